@@ -1,0 +1,83 @@
+"""The `agentdb` command (cyclopts). Commands are thin: parse, call, print; failures are one
+line on stderr and a non-zero exit code."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import cyclopts
+import uvicorn
+from pydantic import ValidationError
+
+from agentdb.localplane import create_app
+from agentdb.pg import PostgresError
+from agentdb.settings import Settings
+
+app = cyclopts.App(
+    name="agentdb",
+    help="Isolated, checkpointable Postgres for every AI-agent session.",
+)
+localplane = cyclopts.App(
+    name="localplane",
+    help="The local, Neon-compatible control plane over an embedded PostgreSQL.",
+)
+app.command(localplane)
+
+
+class CommandError(Exception):
+    """A failure to report as one line and exit code 2."""
+
+
+@localplane.command
+async def serve(
+    *,
+    host: str = "127.0.0.1",
+    port: Annotated[
+        int, cyclopts.Parameter(validator=cyclopts.validators.Number(gte=0, lte=65535))
+    ] = 4010,
+    data_dir: Path | None = None,
+) -> None:
+    """Serve the Neon API v2 subset at http://HOST:PORT/api/v2 (port 0 picks a free one).
+
+    Parameters
+    ----------
+    host
+        Interface to listen on.
+    port
+        TCP port; 0 picks a free one.
+    data_dir
+        Where the embedded PostgreSQL keeps its data
+        (default: AGENTDB_DATA_DIR or a per-user folder).
+    """
+    try:
+        settings = Settings(data_dir=data_dir) if data_dir is not None else Settings()
+        asgi = create_app(settings)
+    except (ValidationError, ValueError) as exc:
+        raise CommandError(str(exc).splitlines()[0]) from exc
+    server = uvicorn.Server(
+        uvicorn.Config(asgi, host=host, port=port, log_level="warning", lifespan="on")
+    )
+    serving = asyncio.create_task(server.serve())
+    while not server.started and not serving.done():
+        await asyncio.wait([serving], timeout=0.05)
+    if serving.done():
+        await serving
+        raise CommandError("the local control plane could not start; see the messages above")
+    bound = server.servers[0].sockets[0].getsockname()[1]
+    print(f"agentdb local control plane: http://{host}:{bound}/api/v2", flush=True)  # noqa: T201
+    await serving
+
+
+def main() -> None:
+    try:
+        result = app()
+    except (CommandError, PostgresError) as exc:
+        print(f"agentdb: error: {exc}", file=sys.stderr)  # noqa: T201
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    if isinstance(result, int):
+        sys.exit(result)

@@ -1,0 +1,332 @@
+"""The core of the local control plane: job scheduling, mutations, lookups.
+
+Each mutation records its resources and operations in one transaction (423 while earlier
+operations run, as on Neon), then a background job does the physical work and finishes the
+operations. Jobs are stored with their operations, so a restart finishes what a crash cut off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import structlog
+
+from agentdb.pg import ServerInfo
+
+from . import _render as render
+from ._engine import Engine
+from ._errors import BadRequest, Locked, NotFound
+from ._models import (
+    BranchRecord,
+    DatabaseRecord,
+    EndpointRecord,
+    OperationRecord,
+    ProjectRecord,
+    RoleRecord,
+    SnapshotRecord,
+    now,
+)
+from ._store import Store, Tx
+
+JSON = dict[str, Any]
+log = structlog.get_logger(__name__)
+
+
+class Mutation:
+    """One mutating request: its transaction and the jobs to start once it commits."""
+
+    def __init__(self, tx: Tx, project_id: str, runner: int) -> None:
+        self.tx = tx
+        self.project_id = project_id
+        self.runner = runner
+        self.jobs: list[tuple[str, JSON]] = []
+        self.steps: list[list[Any]] = []
+
+    async def start(self, ops: list[OperationRecord], kind: str, **args: object) -> None:
+        """Records `ops` as one batch carrying the job `kind`; it runs after the commit."""
+        batch = ops[0].batch
+        for op in ops:
+            op.batch = batch
+            op.runner = self.runner
+        job = {"kind": kind, "args": args}
+        ops[0].job = job
+        await self.tx.put(*ops)
+        self.jobs.append((batch, job))
+
+
+def check_cu(settings: JSON, field: str) -> None:
+    low = settings.get("autoscaling_limit_min_cu")
+    high = settings.get("autoscaling_limit_max_cu")
+    if low is not None and high is not None and low > high:
+        raise BadRequest(
+            f"{field}.autoscaling_limit_min_cu: must not exceed autoscaling_limit_max_cu"
+        )
+
+
+NO_PITR = (
+    "point-in-time branching and restore (LSN or timestamp) are not available on the local "
+    "control plane, whose branches share one PostgreSQL cluster; take a snapshot "
+    "(POST /projects/{project_id}/branches/{branch_id}/snapshot) and restore it instead"
+)
+
+
+class PlaneBase:
+    """State, jobs and lookups shared by the resource modules (`_projects`, `_branches`, ...)."""
+
+    def __init__(
+        self, store: Store, engine: Engine, server: ServerInfo, *, operation_delay_s: float = 0
+    ) -> None:
+        self._store = store
+        self._engine = engine
+        self._server = server
+        self._delay = operation_delay_s
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._project_chain: dict[str, asyncio.Task[None]] = {}
+        self.last_swap_downtime_s: float | None = None
+        # Operations carry the id of the process that runs them; a process holds an advisory lock
+        # on its id while alive, so a restart only takes over jobs whose runner is gone.
+        self.runner_id = secrets.randbelow(2**31 - 1) + 1
+
+    @property
+    def host(self) -> str:
+        return self._server.host
+
+    # --- jobs ------------------------------------------------------------------------------
+
+    def _schedule(self, project_id: str, batch: str, job: JSON) -> None:
+        previous = self._project_chain.get(project_id)
+        task = asyncio.create_task(self._run_job(project_id, batch, job, previous))
+        self._project_chain[project_id] = task
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run_job(
+        self, project_id: str, batch: str, job: JSON, previous: asyncio.Task[None] | None
+    ) -> None:
+        if previous is not None and not previous.done():
+            await asyncio.wait([previous])
+        started = time.perf_counter()
+        status, error = "finished", None
+        handler: Callable[[JSON], Awaitable[None]] = getattr(self, f"_job_{job['kind']}")
+        try:
+            await handler(job["args"])
+        except Exception as exc:
+            log.exception("localplane.job_failed", kind=job["kind"], project_id=project_id)
+            status, error = "error", f"{type(exc).__name__}: {exc}"[:1000]
+        if self._delay:
+            await asyncio.sleep(self._delay)
+        elapsed_ms = int((time.perf_counter() - started) * 1000)
+        async with self._store.tx(project_id) as tx:
+            for op in await tx.list(OperationRecord, project_id):
+                if op.batch == batch and op.status == "running":
+                    op.status, op.error, op.updated_at = status, error, now()
+                    op.total_duration_ms = elapsed_ms
+                    await tx.put(op)
+
+    @asynccontextmanager
+    async def _mutation(
+        self, project_id: str, *, check_idle: bool = True
+    ) -> AsyncIterator[Mutation]:
+        """A transaction serialized per project; jobs started in it run after the commit."""
+        async with self._store.tx(project_id) as tx:
+            if check_idle and await tx.running_operations(project_id):
+                raise Locked
+            mutation = Mutation(tx, project_id, self.runner_id)
+            yield mutation
+        for batch, job in mutation.jobs:
+            self._schedule(project_id, batch, job)
+
+    async def recover(self) -> None:
+        """Re-runs the jobs of operations a previous process left running, then drops orphans."""
+        async with self._store.tx() as tx:
+            ops = await tx.list(OperationRecord)
+        batches: dict[str, tuple[str, JSON]] = {}
+        alive: dict[int, bool] = {}
+        for op in ops:
+            if op.status != "running" or op.job is None:
+                continue
+            if op.runner not in alive:
+                alive[op.runner] = await self._store.runner_alive(op.runner)
+            if not alive[op.runner]:
+                batches[op.batch] = (op.project_id, op.job)
+        for batch, (project_id, job) in batches.items():
+            log.info("localplane.resume_job", kind=job["kind"], project_id=project_id)
+            async with self._store.tx(project_id) as tx:
+                for op in await tx.list(OperationRecord, project_id):
+                    if op.batch == batch:
+                        op.runner = self.runner_id
+                        await tx.put(op)
+            self._schedule(project_id, batch, job)
+
+    async def drain(self) -> None:
+        """Waits for every background job (used at shutdown and by tests)."""
+        while self._tasks:
+            await asyncio.wait(list(self._tasks))
+
+    # --- lookups -----------------------------------------------------------------------------
+
+    @staticmethod
+    async def _project(tx: Tx, project_id: str) -> ProjectRecord:
+        found = await tx.get(ProjectRecord, project_id)
+        if found is None:
+            raise NotFound(f"project {project_id} not found")
+        return found
+
+    @staticmethod
+    async def _branch(tx: Tx, project_id: str, branch_id: str) -> BranchRecord:
+        found = await tx.get(BranchRecord, branch_id)
+        if found is None or found.project_id != project_id:
+            raise NotFound(f"branch {branch_id} not found in project {project_id}")
+        return found
+
+    @staticmethod
+    async def _endpoint(tx: Tx, project_id: str, endpoint_id: str) -> EndpointRecord:
+        found = await tx.get(EndpointRecord, endpoint_id)
+        if found is None or found.project_id != project_id:
+            raise NotFound(f"endpoint {endpoint_id} not found in project {project_id}")
+        return found
+
+    @staticmethod
+    async def _snapshot(tx: Tx, project_id: str, snapshot_id: str) -> SnapshotRecord:
+        found = await tx.get(SnapshotRecord, snapshot_id)
+        if found is None or found.project_id != project_id:
+            raise NotFound(f"snapshot {snapshot_id} not found in project {project_id}")
+        return found
+
+    @staticmethod
+    async def _role(tx: Tx, project_id: str, name: str) -> RoleRecord:
+        found = await tx.get(RoleRecord, f"{project_id}/{name}")
+        if found is None:
+            raise NotFound(f"role {name!r} not found")
+        return found
+
+    @staticmethod
+    async def _databases(tx: Tx, project_id: str, branch_id: str) -> list[DatabaseRecord]:
+        return [d for d in await tx.list(DatabaseRecord, project_id) if d.branch_id == branch_id]
+
+    @staticmethod
+    async def _branch_endpoints(tx: Tx, project_id: str, branch_id: str) -> list[EndpointRecord]:
+        return [e for e in await tx.list(EndpointRecord, project_id) if e.branch_id == branch_id]
+
+    def _endpoint_json(self, e: EndpointRecord, p: ProjectRecord) -> JSON:
+        return render.endpoint(e, host=self.host, region_id=p.region_id)
+
+    def _details(self, r: RoleRecord, d: DatabaseRecord) -> JSON:
+        return render.connection_details(
+            role_physical=r.physical,
+            password=r.password or "",
+            host=self.host,
+            port=self._server.port,
+            db_physical=d.physical,
+        )
+
+    async def _mark_ready(self, project_id: str, *, branch_ids: set[str] | None = None) -> None:
+        """Branches become ready, endpoints in `init` active, and branch sizes are measured."""
+        async with self._store.tx(project_id) as tx:
+            dbs = await tx.list(DatabaseRecord, project_id)
+            for b in await tx.list(BranchRecord, project_id):
+                if branch_ids is not None and b.id not in branch_ids:
+                    continue
+                if b.current_state != "ready":
+                    b.current_state, b.state_changed_at = "ready", now()
+                sizes = [await self._engine.size(d.physical) for d in dbs if d.branch_id == b.id]
+                b.logical_size = sum(s or 0 for s in sizes)
+                b.updated_at = now()
+                await tx.put(b)
+            for e in await tx.list(EndpointRecord, project_id):
+                if e.current_state == "init":
+                    e.current_state, e.started_at = "active", now()
+                    await tx.put(e)
+
+    def _schedule_cleanup(self, project_id: str, databases: list[str], roles: list[str]) -> None:
+        previous = self._project_chain.get(project_id)
+
+        async def cleanup() -> None:
+            if previous is not None and not previous.done():
+                await asyncio.wait([previous])
+            for name in databases:
+                await self._engine.drop_database(name)
+            await self._engine.drop_roles(*roles)
+
+        task = asyncio.create_task(cleanup())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- the one physical job: a list of idempotent steps -------------------------------------
+
+    async def _job_steps(self, args: JSON) -> None:
+        project_id: str = args["project_id"]
+        for step in args["steps"]:
+            await self._step(project_id, step)
+        await self._mark_ready(project_id, branch_ids=set(args.get("ready", [])))
+
+    async def _step(self, project_id: str, step: list[Any]) -> None:  # noqa: C901, PLR0912
+        # one case per step kind; a table of handlers would only scatter them
+        engine = self._engine
+        match step:
+            case ["copy", str(source), str(target), str(group), bool(live), bool(allow)]:
+                await engine.copy_database(
+                    source, target, group, source_is_live=live, allow_connections=allow
+                )
+            case ["schema", str(source), str(target), str(owner), str(group)]:
+                if not await engine.exists(target):
+                    await engine.create_database(target, owner, group)
+                    await engine.copy_schema(source, target)
+            case ["create", str(target), str(owner), str(group)]:
+                await engine.create_database(target, owner, group)
+            case ["swap", str(live), str(replacement), str(parked), bool(allow)]:
+                self.last_swap_downtime_s = await engine.swap(
+                    live, replacement, parked, allow_connections=allow
+                )
+                await engine.set_connections(parked, allowed=True)
+            case ["drop", str(name)]:
+                await engine.drop_database(name)
+            case ["connections", str(name), bool(allowed)]:
+                await engine.set_connections(name, allowed=allowed)
+            case ["role", str(physical), str(group), bool(login)]:
+                async with self._store.tx() as tx:
+                    role = next(
+                        (
+                            r
+                            for r in await tx.list(RoleRecord, project_id)
+                            if r.physical == physical
+                        ),
+                        None,
+                    )
+                if role is not None:
+                    await engine.ensure_role(physical, role.password, group, login=login)
+            case ["password", str(physical)]:
+                async with self._store.tx() as tx:
+                    role = next(
+                        (
+                            r
+                            for r in await tx.list(RoleRecord, project_id)
+                            if r.physical == physical
+                        ),
+                        None,
+                    )
+                if role is not None and role.password:
+                    await engine.set_password(physical, role.password)
+            case ["snapshot_size", str(snapshot_id)]:
+                await self._measure_snapshot(snapshot_id)
+            case _:
+                raise ValueError(f"unknown step {step[0]!r}")
+
+    async def _measure_snapshot(self, snapshot_id: str) -> None:
+        async with self._store.tx() as tx:
+            snap = await tx.get(SnapshotRecord, snapshot_id)
+        if snap is None:
+            return
+        sizes = [await self._engine.size(phys) for _owner, phys in snap.databases.values()]
+        lsn = await self._engine.current_lsn()
+        async with self._store.tx(snap.project_id) as tx:
+            current = await tx.get(SnapshotRecord, snapshot_id)
+            if current is not None:
+                current.full_size = sum(s or 0 for s in sizes)
+                current.lsn = lsn
+                await tx.put(current)

@@ -1,0 +1,407 @@
+"""The local control plane's records (what it stores) and request bodies (what it accepts).
+
+Records mirror Neon's resources plus the physical names that back them in the shared cluster.
+Request models follow `openapi-v2.json`; unknown fields are ignored as Neon does.
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+JSON = dict[str, Any]
+
+_ADJECTIVES = (
+    "aged",
+    "bold",
+    "calm",
+    "cool",
+    "damp",
+    "dark",
+    "fancy",
+    "frosty",
+    "gentle",
+    "holy",
+    "icy",
+    "lively",
+    "misty",
+    "noisy",
+    "odd",
+    "plain",
+    "quiet",
+    "rapid",
+    "shiny",
+    "silent",
+    "small",
+    "snowy",
+    "sparkling",
+    "steep",
+    "sweet",
+    "tiny",
+    "twilight",
+    "wild",
+    "winter",
+    "young",
+)
+_NOUNS = (
+    "band",
+    "bird",
+    "boat",
+    "breeze",
+    "brook",
+    "cake",
+    "cell",
+    "cherry",
+    "cloud",
+    "dawn",
+    "dew",
+    "dream",
+    "field",
+    "fire",
+    "flower",
+    "forest",
+    "frog",
+    "glade",
+    "grass",
+    "hill",
+    "lake",
+    "leaf",
+    "meadow",
+    "moon",
+    "mouse",
+    "paper",
+    "pine",
+    "rain",
+    "river",
+    "salad",
+    "sea",
+    "sky",
+    "smoke",
+    "snow",
+    "star",
+    "sun",
+    "surf",
+    "tree",
+    "water",
+    "wind",
+)
+
+
+def now() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+def neon_id(prefix: str = "") -> str:
+    """An id shaped like Neon's (`br-shiny-wind-02883412`), matching `^[a-z0-9-]{1,60}$`."""
+    words = f"{secrets.choice(_ADJECTIVES)}-{secrets.choice(_NOUNS)}-{secrets.randbelow(10**8):08d}"
+    return f"{prefix}-{words}" if prefix else words
+
+
+def physical_key() -> str:
+    """A short random suffix for physical role and database names (lowercase, no quoting)."""
+    alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
+    return "".join(secrets.choice(alphabet) for _ in range(10))
+
+
+def new_password() -> str:
+    return secrets.token_urlsafe(18)
+
+
+class Record(BaseModel):
+    """A stored resource. `kind` names its rows in `lp_resources`."""
+
+    model_config = ConfigDict(extra="ignore")
+    kind: ClassVar[str]
+
+    id: str
+    project_id: str
+    created_at: datetime = Field(default_factory=now)
+    updated_at: datetime = Field(default_factory=now)
+
+
+class ProjectRecord(Record):
+    kind: ClassVar[str] = "project"
+
+    name: str
+    key: str  # suffix of every physical name that belongs to this project
+    region_id: str = "local"
+    org_id: str | None = None
+    pg_version: int = 18
+    history_retention_seconds: int = 86400
+    store_passwords: bool = True
+    settings: JSON = Field(default_factory=dict)
+    default_endpoint_settings: JSON = Field(default_factory=dict)
+
+    @property
+    def group_role(self) -> str:
+        """NOLOGIN role that every role of the project is a member of; it holds CONNECT."""
+        return f"lp_{self.key}"
+
+
+class BranchRecord(Record):
+    kind: ClassVar[str] = "branch"
+
+    name: str
+    parent_id: str | None = None
+    default: bool = False
+    protected: bool = False
+    current_state: str = "init"
+    state_changed_at: datetime = Field(default_factory=now)
+    init_source: str = "parent-data"
+    expires_at: datetime | None = None
+    restore_status: str | None = None
+    restored_from: str | None = None
+    restored_as: str | None = None
+    restore_target_id: str | None = None  # set until a restored branch is finalized
+    logical_size: int | None = None
+
+
+class EndpointRecord(Record):
+    kind: ClassVar[str] = "endpoint"
+
+    branch_id: str
+    type: Literal["read_write", "read_only"] = "read_write"
+    current_state: Literal["init", "active", "idle"] = "init"
+    autoscaling_limit_min_cu: float = 0.25
+    autoscaling_limit_max_cu: float = 0.25
+    suspend_timeout_seconds: int = 0
+    disabled: bool = False
+    name: str | None = None
+    settings: JSON = Field(default_factory=dict)
+    provisioner: str = "k8s-neonvm"
+    suspended_at: datetime | None = None
+    started_at: datetime | None = None
+
+
+class RoleRecord(Record):
+    """A role of a project. Roles are cluster-wide in PostgreSQL, so a role is shared by all
+    branches of its project (on Neon each branch has its own copy)."""
+
+    kind: ClassVar[str] = "role"
+
+    name: str
+    physical: str
+    password: str | None = None
+    no_login: bool = False
+    protected: bool = False
+
+
+class DatabaseRecord(Record):
+    kind: ClassVar[str] = "database"
+
+    branch_id: str
+    name: str
+    owner_name: str
+    physical: str
+    number: int = Field(default_factory=lambda: secrets.randbelow(2**31 - 1) + 1)
+
+
+class SnapshotRecord(Record):
+    kind: ClassVar[str] = "snapshot"
+
+    name: str
+    source_branch_id: str
+    expires_at: datetime | None = None
+    manual: bool = True
+    lsn: str | None = None
+    timestamp: datetime | None = None
+    full_size: int | None = None
+    # logical database name -> (owner role name, physical snapshot database)
+    databases: dict[str, tuple[str, str]] = Field(default_factory=dict)
+
+
+class OperationRecord(Record):
+    kind: ClassVar[str] = "operation"
+
+    action: str
+    status: str = "running"
+    branch_id: str | None = None
+    endpoint_id: str | None = None
+    error: str | None = None
+    failures_count: int = 0
+    total_duration_ms: int = 0
+    batch: str = Field(default_factory=lambda: str(uuid.uuid4()))
+    job: JSON | None = None  # the work behind the batch; kept so a restart can finish it
+    runner: int = 0  # id of the local-plane process running the job
+
+    @classmethod
+    def new(
+        cls,
+        project_id: str,
+        action: str,
+        *,
+        branch_id: str | None = None,
+        endpoint_id: str | None = None,
+    ) -> OperationRecord:
+        return cls(
+            id=str(uuid.uuid4()),
+            project_id=project_id,
+            action=action,
+            branch_id=branch_id,
+            endpoint_id=endpoint_id,
+        )
+
+
+# --- request bodies -------------------------------------------------------------------------
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+class BranchSpec(_Body):
+    name: str | None = Field(default=None, min_length=1, max_length=256)
+    role_name: str | None = Field(default=None, min_length=1, max_length=53)
+    database_name: str | None = Field(default=None, min_length=1, max_length=63)
+
+
+class EndpointSettingsSpec(_Body):
+    autoscaling_limit_min_cu: float | None = Field(default=None, ge=0.25)
+    autoscaling_limit_max_cu: float | None = Field(default=None, ge=0.25)
+    suspend_timeout_seconds: int | None = Field(default=None, ge=-1, le=604800)
+    pg_settings: dict[str, str] | None = None
+
+
+class QuotaSpec(_Body):
+    active_time_seconds: int | None = Field(default=None, ge=0)
+    compute_time_seconds: int | None = Field(default=None, ge=0)
+    written_data_bytes: int | None = Field(default=None, ge=0)
+    data_transfer_bytes: int | None = Field(default=None, ge=0)
+    logical_size_bytes: int | None = Field(default=None, ge=0)
+
+
+class ProjectSettingsSpec(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    quota: QuotaSpec | None = None
+
+
+class ProjectSpec(_Body):
+    name: str | None = Field(default=None, min_length=1, max_length=256)
+    region_id: str | None = None
+    org_id: str | None = Field(default=None, pattern=r"^[a-z0-9-]{1,60}$")
+    pg_version: int | None = Field(default=None, ge=14, le=18)
+    branch: BranchSpec | None = None
+    default_endpoint_settings: EndpointSettingsSpec | None = None
+    settings: ProjectSettingsSpec | None = None
+    history_retention_seconds: int | None = Field(default=None, ge=0, le=2592000)
+    store_passwords: bool | None = None
+    autoscaling_limit_min_cu: float | None = Field(default=None, ge=0.25)
+    autoscaling_limit_max_cu: float | None = Field(default=None, ge=0.25)
+
+
+class ProjectCreateBody(_Body):
+    project: ProjectSpec
+
+
+class ProjectUpdateSpec(_Body):
+    name: str | None = Field(default=None, min_length=1, max_length=256)
+    settings: ProjectSettingsSpec | None = None
+    default_endpoint_settings: EndpointSettingsSpec | None = None
+    history_retention_seconds: int | None = Field(default=None, ge=0, le=2592000)
+
+
+class ProjectUpdateBody(_Body):
+    project: ProjectUpdateSpec
+
+
+class NewBranchSpec(_Body):
+    parent_id: str | None = Field(default=None, pattern=r"^[a-z0-9-]{1,60}$")
+    name: str | None = Field(default=None, min_length=1, max_length=256)
+    parent_lsn: str | None = None
+    parent_timestamp: str | None = None
+    protected: bool | None = None
+    archived: bool | None = None
+    init_source: Literal["parent-data", "schema-only"] | None = None
+    expires_at: datetime | None = None
+
+
+class NewEndpointSpec(_Body):
+    type: Literal["read_write", "read_only"]
+    autoscaling_limit_min_cu: float | None = Field(default=None, ge=0.25)
+    autoscaling_limit_max_cu: float | None = Field(default=None, ge=0.25)
+    suspend_timeout_seconds: int | None = Field(default=None, ge=-1, le=604800)
+    settings: JSON | None = None
+    provisioner: str | None = None
+
+
+class BranchCreateBody(_Body):
+    branch: NewBranchSpec | None = None
+    endpoints: list[NewEndpointSpec] | None = None
+
+
+class BranchUpdateSpec(_Body):
+    name: str | None = Field(default=None, min_length=1, max_length=256)
+    protected: bool | None = None
+    expires_at: datetime | None = None
+
+
+class BranchUpdateBody(_Body):
+    branch: BranchUpdateSpec
+
+
+class BranchRestoreBody(_Body):
+    source_branch_id: str = Field(pattern=r"^[a-z0-9-]{1,60}$")
+    source_lsn: str | None = None
+    source_timestamp: str | None = None
+    preserve_under_name: str | None = Field(default=None, max_length=256)
+
+
+class EndpointUpdateSpec(_Body):
+    autoscaling_limit_min_cu: float | None = Field(default=None, ge=0.25)
+    autoscaling_limit_max_cu: float | None = Field(default=None, ge=0.25)
+    suspend_timeout_seconds: int | None = Field(default=None, ge=-1, le=604800)
+    disabled: bool | None = None
+    name: str | None = None
+    settings: JSON | None = None
+    provisioner: str | None = None
+
+
+class EndpointUpdateBody(_Body):
+    endpoint: EndpointUpdateSpec
+
+
+class RoleSpec(_Body):
+    name: str = Field(min_length=1, max_length=53)
+    no_login: bool = False
+
+    @field_validator("name")
+    @classmethod
+    def _no_reserved_prefix(cls, value: str) -> str:
+        if value.startswith("pg_"):
+            raise ValueError("role names starting with 'pg_' are reserved")
+        return value
+
+
+class RoleCreateBody(_Body):
+    role: RoleSpec
+
+
+class DatabaseSpec(_Body):
+    name: str = Field(min_length=1, max_length=63)
+    owner_name: str = Field(min_length=1, max_length=53)
+
+
+class DatabaseCreateBody(_Body):
+    database: DatabaseSpec
+
+
+class SnapshotRenameSpec(_Body):
+    name: str | None = Field(default=None, min_length=1, max_length=256)
+
+
+class SnapshotUpdateBody(_Body):
+    snapshot: SnapshotRenameSpec
+
+
+class SnapshotRestoreBody(_Body):
+    name: str | None = Field(default=None, min_length=1, max_length=256)
+    target_branch_id: str | None = Field(default=None, pattern=r"^[a-z0-9-]{1,60}$")
+    finalize_restore: bool = False
+
+
+class FinalizeRestoreBody(_Body):
+    name: str | None = Field(default=None, min_length=1, max_length=256)

@@ -1,0 +1,56 @@
+"""Helpers for local-plane tests: wait for operations, connect, read rows."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import httpx
+import psycopg
+
+TERMINAL_OK = {"finished", "skipped"}
+
+
+async def wait_ops(
+    client: httpx.AsyncClient,
+    project_id: str,
+    operations: list[dict[str, Any]],
+    timeout: float = 60,
+) -> None:
+    """Polls every operation until it finished; fails on error/cancelled or at the deadline."""
+    deadline = time.monotonic() + timeout
+    pending = [op["id"] for op in operations]
+    while pending:
+        still = []
+        for op_id in pending:
+            resp = await client.get(f"/projects/{project_id}/operations/{op_id}")
+            assert resp.status_code == 200, resp.text
+            op = resp.json()["operation"]
+            assert op["status"] not in {"error", "cancelled"}, op
+            if op["status"] not in TERMINAL_OK:
+                still.append(op_id)
+        pending = still
+        if pending:
+            assert time.monotonic() < deadline, f"operations still running: {pending}"
+            await asyncio.sleep(0.02)
+
+
+async def create_project(client: httpx.AsyncClient, **spec: Any) -> dict[str, Any]:
+    resp = await client.post("/projects", json={"project": spec})
+    assert resp.status_code == 201, resp.text
+    body: dict[str, Any] = resp.json()
+    await wait_ops(client, body["project"]["id"], body["operations"])
+    return body
+
+
+async def fetch(uri: str, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    async with await psycopg.AsyncConnection.connect(uri, autocommit=True) as conn:
+        cur = await conn.execute(query, params)
+        return await cur.fetchall() if cur.description else []
+
+
+async def execute(uri: str, *statements: str) -> None:
+    async with await psycopg.AsyncConnection.connect(uri, autocommit=True) as conn:
+        for statement in statements:
+            await conn.execute(statement)
