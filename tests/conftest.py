@@ -3,9 +3,7 @@ reached through httpx with every request and response checked against Neon's Ope
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
@@ -13,8 +11,9 @@ import pytest
 import pytest_asyncio
 from contract.openapi import NeonSpec
 from litestar import Litestar
+from support import client_for, running
 
-from agentdb.localplane import create_app
+from agentdb.localplane import LocalPlane, create_app
 from agentdb.pg import ServerInfo, open_server
 from agentdb.settings import Settings
 
@@ -43,43 +42,11 @@ async def localplane_app(pg_server: ServerInfo, data_dir: Path) -> AsyncIterator
         yield app
 
 
-@asynccontextmanager
-async def running(app: Litestar) -> AsyncIterator[Litestar]:
-    """Runs the app's lifespan in a task of its own: Litestar's lifespan holds an anyio cancel
-    scope, which must be left by the task that entered it (fixture teardown runs in another)."""
-    started, stop = asyncio.Event(), asyncio.Event()
-
-    async def life() -> None:
-        async with app.lifespan():
-            started.set()
-            await stop.wait()
-
-    task = asyncio.create_task(life())
-    waiter = asyncio.create_task(started.wait())
-    await asyncio.wait([task, waiter], return_when=asyncio.FIRST_COMPLETED)
-    if task.done():
-        waiter.cancel()
-        await task  # raises the startup error
-    try:
-        yield app
-    finally:
-        stop.set()
-        await task
-
-
-def client_for(
-    app: Litestar,
-    spec: NeonSpec,
-    token: str | None = "test-key",  # noqa: S107
-) -> httpx.AsyncClient:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    return httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app),
-        base_url="http://localplane/api/v2",
-        headers=headers,
-        timeout=60,
-        **spec.validating_client_kwargs(),
-    )
+@pytest.fixture
+def plane(localplane_app: Litestar) -> LocalPlane:
+    """The in-process plane, for waiting on its background work (`await plane.drain()`)."""
+    found: LocalPlane = localplane_app.state.plane
+    return found
 
 
 @pytest_asyncio.fixture(loop_scope="session")
