@@ -8,6 +8,7 @@ operations. Jobs are stored with their operations, so a restart finishes what a 
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -162,6 +163,33 @@ class PlaneBase:
                         op.runner = self.runner_id
                         await tx.put(op)
             self._schedule(project_id, batch, job)
+
+    async def collect_orphans(self) -> list[str]:
+        """Drops physical databases and project roles that nothing refers to any more: what a
+        crash left behind while a deleted project's databases were being dropped."""
+        # Physical objects are listed before records are read: records are always written
+        # before the objects they name, so an object created meanwhile is never mistaken.
+        databases = await self._engine.list_databases(("lpd_", "lps_"))
+        groups = await self._engine.list_roles("lp_")
+        async with self._store.tx() as tx:
+            referenced = {d.physical for d in await tx.list(DatabaseRecord)}
+            for snap in await tx.list(SnapshotRecord):
+                referenced |= {phys for _owner, phys in snap.databases.values()}
+            keys = {p.key for p in await tx.list(ProjectRecord)}
+            unfinished = json.dumps(
+                [op.job for op in await tx.list(OperationRecord) if op.status == "running"]
+            )
+        dropped = [n for n in databases if n not in referenced and n not in unfinished]
+        for name in dropped:
+            await self._engine.drop_database(name)
+        for group in groups:
+            if group.removeprefix("lp_") not in keys:
+                members = await self._engine.role_members(group)
+                await self._engine.drop_roles(*members, group)
+                dropped += [*members, group]
+        if dropped:
+            log.info("localplane.orphans_dropped", count=len(dropped))
+        return dropped
 
     async def drain(self) -> None:
         """Waits for every background job (used at shutdown and by tests)."""

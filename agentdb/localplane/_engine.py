@@ -250,6 +250,26 @@ class Engine:
             else:
                 await self._block(conn, physical)
 
+    async def list_databases(self, prefixes: tuple[str, ...]) -> list[str]:
+        async with self._conn() as conn:
+            cur = await conn.execute("SELECT datname FROM pg_database ORDER BY datname")
+            return [str(row[0]) for row in await cur.fetchall() if str(row[0]).startswith(prefixes)]
+
+    async def list_roles(self, prefix: str) -> list[str]:
+        async with self._conn() as conn:
+            cur = await conn.execute("SELECT rolname FROM pg_roles ORDER BY rolname")
+            return [str(row[0]) for row in await cur.fetchall() if str(row[0]).startswith(prefix)]
+
+    async def role_members(self, group: str) -> list[str]:
+        async with self._conn() as conn:
+            cur = await conn.execute(
+                "SELECT m.rolname FROM pg_auth_members a"
+                " JOIN pg_roles g ON g.oid = a.roleid JOIN pg_roles m ON m.oid = a.member"
+                " WHERE g.rolname = %s",
+                (group,),
+            )
+            return [str(row[0]) for row in await cur.fetchall()]
+
     async def size(self, physical: str) -> int | None:
         async with self._conn() as conn:
             cur = await conn.execute(

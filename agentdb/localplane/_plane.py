@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+
+import structlog
 
 from agentdb.pg import ServerInfo
 
 from ._branches import BranchesMixin
 from ._compute import ComputeMixin
 from ._engine import Engine
+from ._errors import LocalPlaneError
+from ._models import BranchRecord, SnapshotRecord, now
 from ._projects import ProjectsMixin
 from ._snapshots import SnapshotsMixin
 from ._store import STATE_DATABASE, Store
+
+log = structlog.get_logger(__name__)
+# Neon deletes expired snapshots and branches "by a background job, not exactly on time".
+_SWEEP_INTERVAL_S = 15
 
 
 class LocalPlane(ProjectsMixin, BranchesMixin, SnapshotsMixin, ComputeMixin):
@@ -29,7 +39,41 @@ class LocalPlane(ProjectsMixin, BranchesMixin, SnapshotsMixin, ComputeMixin):
                 plane = cls(store, engine, server, operation_delay_s=operation_delay_s)
                 async with store.hold_runner_lock(plane.runner_id):
                     await plane.recover()
+                    await plane.collect_orphans()
+                    sweeper = asyncio.create_task(plane._sweep_expired())
                     try:
                         yield plane
                     finally:
+                        sweeper.cancel()
+                        await asyncio.gather(sweeper, return_exceptions=True)
                         await plane.drain()
+
+    async def expire(self) -> int:
+        """Deletes snapshots and branches whose `expires_at` has passed, as Neon does;
+        returns how many it deleted. Ones that are busy are left for the next sweep."""
+        current = now()
+        async with self._store.tx() as tx:
+            snapshots = [
+                s for s in await tx.list(SnapshotRecord) if s.expires_at and s.expires_at <= current
+            ]
+            branches = [
+                b for b in await tx.list(BranchRecord) if b.expires_at and b.expires_at <= current
+            ]
+        deleted = 0
+        for snap in snapshots:
+            with contextlib.suppress(LocalPlaneError):
+                await self.delete_snapshot(snap.project_id, snap.id)
+                deleted += 1
+        for branch in branches:
+            with contextlib.suppress(LocalPlaneError):
+                await self.delete_branch(branch.project_id, branch.id)
+                deleted += 1
+        return deleted
+
+    async def _sweep_expired(self) -> None:
+        while True:
+            await asyncio.sleep(_SWEEP_INTERVAL_S)
+            try:
+                await self.expire()
+            except Exception:
+                log.exception("localplane.sweep_failed")

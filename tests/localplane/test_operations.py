@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import collections
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 from pydantic import SecretStr
 from support import client_for, running
@@ -136,3 +139,47 @@ async def test_a_live_runner_keeps_its_jobs(pg_server: ServerInfo, plane: LocalP
     async with LocalPlane.open(pg_server) as other:
         assert await other._store.runner_alive(plane.runner_id)
         assert not await other._store.runner_alive(12345)
+
+
+async def test_expired_snapshots_and_branches_are_deleted(
+    neon_http: httpx.AsyncClient, plane: LocalPlane
+) -> None:
+    created = await create_project(neon_http)
+    project_id, main_id = created["project"]["id"], created["branch"]["id"]
+    child = await neon_http.post(
+        f"/projects/{project_id}/branches", json={"branch": {"name": "short-lived"}}
+    )
+    await wait_ops(neon_http, project_id, child.json()["operations"])
+    child_id = child.json()["branch"]["id"]
+    soon = (datetime.now(UTC) + timedelta(seconds=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    snap = await neon_http.post(
+        f"/projects/{project_id}/branches/{main_id}/snapshot", params={"expires_at": soon}
+    )
+    await wait_ops(neon_http, project_id, snap.json()["operations"])
+    await neon_http.patch(
+        f"/projects/{project_id}/branches/{child_id}", json={"branch": {"expires_at": soon}}
+    )
+    await asyncio.sleep(2.1)
+    await plane.drain()
+    assert await plane.expire() >= 1
+    await plane.drain()
+    await plane.expire()  # the branch waits while the snapshot's deletion runs
+    await plane.drain()
+    assert (await neon_http.get(f"/projects/{project_id}/snapshots")).json() == {"snapshots": []}
+    assert (await neon_http.get(f"/projects/{project_id}/branches/{child_id}")).status_code == 404
+
+
+async def test_orphaned_databases_and_roles_are_collected(
+    pg_server: ServerInfo, plane: LocalPlane
+) -> None:
+    async with await psycopg.AsyncConnection.connect(pg_server.conninfo(), autocommit=True) as su:
+        await su.execute("CREATE ROLE lp_orphan0000 NOLOGIN")
+        await su.execute("CREATE ROLE member_orphan0000 LOGIN IN ROLE lp_orphan0000")
+        await su.execute("CREATE DATABASE lpd_orphan0000_leftover0")
+    dropped = await plane.collect_orphans()
+    assert {"lpd_orphan0000_leftover0", "lp_orphan0000", "member_orphan0000"} <= set(dropped)
+    async with await psycopg.AsyncConnection.connect(pg_server.conninfo(), autocommit=True) as su:
+        cur = await su.execute("SELECT count(*) FROM pg_database WHERE datname LIKE 'lpd_orphan%%'")
+        assert await cur.fetchone() == (0,)
+    # Live projects are untouched: collecting again finds nothing.
+    assert await plane.collect_orphans() == []
