@@ -10,10 +10,11 @@ from typing import Annotated
 
 import cyclopts
 import uvicorn
+from litestar import Litestar
 from pydantic import ValidationError
 
-from agentdb.localplane import create_app
-from agentdb.pg import PostgresError
+from agentdb.localplane import Faults, create_app
+from agentdb.pg import PostgresError, open_server
 from agentdb.settings import Settings
 
 app = cyclopts.App(
@@ -54,9 +55,16 @@ async def serve(
     """
     try:
         settings = Settings(data_dir=data_dir) if data_dir is not None else Settings()
-        asgi = create_app(settings)
+        Faults.parse(settings.localplane_faults)
     except (ValidationError, ValueError) as exc:
-        raise CommandError(str(exc).splitlines()[0]) from exc
+        raise CommandError(_first_line(exc)) from exc
+    # PostgreSQL starts here rather than in the app's lifespan, so its errors reach the user
+    # as one line instead of a server traceback.
+    async with open_server(settings) as info:
+        await _serve(create_app(settings, server=info), host, port)
+
+
+async def _serve(asgi: Litestar, host: str, port: int) -> None:
     server = uvicorn.Server(
         uvicorn.Config(asgi, host=host, port=port, log_level="warning", lifespan="on")
     )
@@ -71,9 +79,20 @@ async def serve(
     await serving
 
 
+def _first_line(exc: BaseException) -> str:
+    if isinstance(exc, ValidationError):
+        err = exc.errors()[0]
+        field = ".".join(str(part) for part in err["loc"])
+        return f"AGENTDB_{field.upper()}: {err['msg']}"
+    return str(exc).strip().splitlines()[0]
+
+
 def main() -> None:
     try:
-        result = app()
+        result = app(exit_on_error=False, print_error=False, help_on_error=False)
+    except cyclopts.CycloptsError as exc:
+        print(f"agentdb: error: {_first_line(exc)}", file=sys.stderr)  # noqa: T201
+        sys.exit(2)
     except (CommandError, PostgresError) as exc:
         print(f"agentdb: error: {exc}", file=sys.stderr)  # noqa: T201
         sys.exit(2)
