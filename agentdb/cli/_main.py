@@ -4,11 +4,14 @@ line on stderr and a non-zero exit code."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import cyclopts
+import structlog
 import uvicorn
 from litestar import Litestar
 from pydantic import ValidationError
@@ -58,23 +61,29 @@ async def serve(
         Faults.parse(settings.localplane_faults)
     except (ValidationError, ValueError) as exc:
         raise CommandError(_first_line(exc)) from exc
-    # PostgreSQL starts here rather than in the app's lifespan, so its errors reach the user
-    # as one line instead of a server traceback.
-    async with open_server(settings) as info:
-        await _serve(create_app(settings, server=info), host, port)
+    # The socket is bound and PostgreSQL started before uvicorn runs, so their failures reach
+    # the user as one line instead of a server traceback.
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        listener = socket.create_server((host, port), family=family)
+    except OSError as exc:
+        raise CommandError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    with listener:
+        async with open_server(settings) as info:
+            await _serve(create_app(settings, server=info), host, listener)
 
 
-async def _serve(asgi: Litestar, host: str, port: int) -> None:
-    server = uvicorn.Server(
-        uvicorn.Config(asgi, host=host, port=port, log_level="warning", lifespan="on")
-    )
-    serving = asyncio.create_task(server.serve())
+async def _serve(asgi: Litestar, host: str, listener: socket.socket) -> None:
+    server = uvicorn.Server(uvicorn.Config(asgi, log_level="warning", lifespan="on"))
+    serving = asyncio.create_task(server.serve(sockets=[listener]))
     while not server.started and not serving.done():
         await asyncio.wait([serving], timeout=0.05)
     if serving.done():
-        await serving
+        # uvicorn raises SystemExit when the app's startup fails; report it as one line.
+        with contextlib.suppress(SystemExit):
+            await serving
         raise CommandError("the local control plane could not start; see the messages above")
-    bound = server.servers[0].sockets[0].getsockname()[1]
+    bound = listener.getsockname()[1]
     print(f"agentdb local control plane: http://{host}:{bound}/api/v2", flush=True)  # noqa: T201
     await serving
 
@@ -88,6 +97,8 @@ def _first_line(exc: BaseException) -> str:
 
 
 def main() -> None:
+    # Logs go to stderr: stdout carries what scripts read (the served URL).
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
     try:
         result = app(exit_on_error=False, print_error=False, help_on_error=False)
     except cyclopts.CycloptsError as exc:

@@ -169,6 +169,8 @@ async def delete_project(request: AnyRequest, project_id: FromPath[str]) -> JSON
 
 @get("/projects/{project_id:str}/connection_uri")
 async def connection_uri(request: AnyRequest, project_id: FromPath[str]) -> JSON:
+    # There is no pooler locally: a pooled URI is the direct one, as far as clients can tell.
+    _query_choice(request, "pooled", "false", {"true", "false"})
     return await _plane(request).connection_uri(
         project_id,
         database_name=_query_required(request, "database_name"),

@@ -66,15 +66,12 @@ def localplane_url(
         url = None
         deadline = time.monotonic() + START_TIMEOUT
         while url is None:
-            remaining = deadline - time.monotonic()
             try:
-                line = lines.get(timeout=max(remaining, 0))
+                line = lines.get(timeout=max(deadline - time.monotonic(), 0))
             except queue.Empty:
-                line = None
-                remaining = 0
+                pytest.fail(f"no URL within {START_TIMEOUT:.0f} s:\n{stderr_path.read_text()}")
             if line is None:
-                why = "exited" if remaining > 0 else f"printed no URL within {START_TIMEOUT:.0f} s"
-                pytest.fail(f"agentdb localplane serve {why}:\n{stderr_path.read_text()}")
+                pytest.fail(f"serve exited ({proc.wait()}):\n{stderr_path.read_text()}")
             if match := URL_LINE.match(line):
                 url = match.group(1)
         yield url
