@@ -170,7 +170,23 @@ async def delete_project(request: AnyRequest, project_id: FromPath[str]) -> JSON
 @get("/projects/{project_id:str}/connection_uri")
 async def connection_uri(request: AnyRequest, project_id: FromPath[str]) -> JSON:
     # There is no pooler locally: a pooled URI is the direct one, as far as clients can tell.
-    _query_choice(request, "pooled", "false", {"true", "false"})
+    # Booleans are read as Go's strconv.ParseBool does (the official SDK sends "False").
+    pooled = request.query_params.get("pooled", "false")
+    if pooled not in {
+        "1",
+        "t",
+        "T",
+        "TRUE",
+        "true",
+        "True",
+        "0",
+        "f",
+        "F",
+        "FALSE",
+        "false",
+        "False",
+    }:
+        raise BadRequest(f"pooled: must be true or false, got {pooled!r}")
     return await _plane(request).connection_uri(
         project_id,
         database_name=_query_required(request, "database_name"),
