@@ -6,6 +6,7 @@ embedded PostgreSQL and the local control plane.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import platformdirs
@@ -14,6 +15,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 def _default_data_dir() -> Path:
+    # Under root the embedded PostgreSQL runs as an unprivileged user, who could not traverse
+    # root's home; a service's conventional place is /var/lib.
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        return Path("/var/lib/agentdb")
     return Path(platformdirs.user_data_dir("agentdb", appauthor=False))
 
 
