@@ -27,6 +27,11 @@ log = structlog.get_logger(__name__)
 # authenticating when connections were disallowed can still slip in, so such statements retry.
 _IN_USE_RETRIES = 50
 _IN_USE_PAUSE_S = 0.02
+_TERMINATE_DEADLINE_S = 10.0
+_TERMINATE_POLL_S = 0.002
+# Filesystems whose files can share blocks; elsewhere PostgreSQL 18's `clone` falls back to
+# copy_file_range(), a full copy that measured no faster than the default.
+_REFLINK_FILESYSTEMS = {"btrfs", "xfs", "bcachefs", "zfs", "ocfs2", "apfs"}
 
 
 class EngineError(Exception):
@@ -35,6 +40,10 @@ class EngineError(Exception):
 
 def _ident(name: str) -> sql.Identifier:
     return sql.Identifier(name)
+
+
+def _rename(old: str, new: str) -> sql.Composed:
+    return sql.SQL("ALTER DATABASE {} RENAME TO {}").format(_ident(old), _ident(new))
 
 
 class Engine:
@@ -75,9 +84,15 @@ class Engine:
         log.info("localplane.cluster_ready", clone=self.clone_supported)
 
     async def _probe_clone(self) -> bool:
-        """`file_copy_method = clone` (PostgreSQL 18) needs a reflink filesystem; try it once."""
-        probe = "lp_clone_probe"
+        """Whether `file_copy_method = clone` makes copies O(1): the cluster must be on a
+        reflink filesystem (checked where the data directory is local) and accept the setting."""
         async with self._conn() as conn:
+            cur = await conn.execute("SELECT current_setting('data_directory')")
+            row = await cur.fetchone()
+            filesystem = await asyncio.to_thread(_filesystem_of, str(row[0]) if row else "")
+            if filesystem not in _REFLINK_FILESYSTEMS:
+                return False
+            probe = "lp_clone_probe"
             await conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(_ident(probe)))
             try:
                 await conn.execute("SET file_copy_method = clone")
@@ -210,29 +225,24 @@ class Engine:
         """
         async with self._conn() as conn:
             started = time.perf_counter()
-            if await self._db_exists(conn, replacement) and await self._db_exists(conn, live):
-                await self._block(conn, live)
-                await self._retry_in_use(
-                    conn,
-                    sql.SQL("ALTER DATABASE {} RENAME TO {}").format(_ident(live), _ident(parked)),
-                )
-            if await self._db_exists(conn, replacement) and not await self._db_exists(conn, live):
-                await self._retry_in_use(
-                    conn,
-                    sql.SQL("ALTER DATABASE {} RENAME TO {}").format(
-                        _ident(replacement), _ident(live)
-                    ),
-                )
+            has_live = await self._db_exists(conn, live)
+            if await self._db_exists(conn, replacement):
+                if has_live:
+                    await self._block(conn, live)
+                # Both renames in one transaction: no client ever sees `live` missing.
+                for attempt in range(_IN_USE_RETRIES):
+                    try:
+                        async with conn.transaction():
+                            if has_live:
+                                await conn.execute(_rename(live, parked))
+                            await conn.execute(_rename(replacement, live))
+                        break
+                    except errors.ObjectInUse:
+                        if attempt == _IN_USE_RETRIES - 1:
+                            raise
+                        await self._block(conn, live)
             await self._set_allow(conn, live, allowed=allow_connections)
             return time.perf_counter() - started
-
-    async def rename(self, old: str, new: str) -> None:
-        async with self._conn() as conn:
-            if await self._db_exists(conn, old) and not await self._db_exists(conn, new):
-                await self._block(conn, old)
-                await self._retry_in_use(
-                    conn, sql.SQL("ALTER DATABASE {} RENAME TO {}").format(_ident(old), _ident(new))
-                )
 
     async def drop_database(self, physical: str) -> None:
         async with self._conn() as conn:
@@ -344,12 +354,23 @@ class Engine:
                 await conn.execute("RESET file_copy_method")
 
     async def _block(self, conn: AsyncConnection, physical: str) -> None:
+        """Closes `physical` to new clients and ends the sessions it has."""
         await self._set_allow(conn, physical, allowed=False)
-        await conn.execute(
-            "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity"
-            " WHERE datname = %s AND pid <> pg_backend_pid()",
-            (physical,),
-        )
+        # pg_terminate_backend(pid, timeout) waits in 100 ms steps; signalling and polling
+        # pg_stat_activity every 2 ms keeps a restore's downtime near 10 ms (benchmark).
+        deadline = time.monotonic() + _TERMINATE_DEADLINE_S
+        while True:
+            cur = await conn.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                " WHERE datname = %s AND pid <> pg_backend_pid()",
+                (physical,),
+            )
+            row = await cur.fetchone()
+            if not row or row[0] == 0:
+                return
+            if time.monotonic() > deadline:
+                raise EngineError(f"sessions of database {physical} did not end in time")
+            await asyncio.sleep(_TERMINATE_POLL_S)
 
     @staticmethod
     async def _allows_connections(conn: AsyncConnection, physical: str) -> bool:
@@ -378,7 +399,7 @@ class Engine:
                     raise
                 if terminate is not None:
                     await conn.execute(
-                        "SELECT pg_terminate_backend(pid, 1000) FROM pg_stat_activity"
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
                         " WHERE datname = %s AND pid <> pg_backend_pid()",
                         (terminate,),
                     )
@@ -401,3 +422,21 @@ class Engine:
             await conn.execute(
                 sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(_ident(name))
             )
+
+
+def _filesystem_of(path: str) -> str | None:
+    """The filesystem type of the mount holding `path`, from /proc/self/mounts (Linux)."""
+    try:
+        with open("/proc/self/mounts", encoding="utf-8") as mounts:  # noqa: PTH123
+            entries = [line.split() for line in mounts]
+    except OSError:
+        return None
+    best: tuple[int, str] | None = None
+    for fields in entries:
+        if len(fields) < 3:  # noqa: PLR2004
+            continue
+        mount_point, fs_type = fields[1], fields[2]
+        inside = path == mount_point or path.startswith(mount_point.rstrip("/") + "/")
+        if inside and (best is None or len(mount_point) > best[0]):
+            best = (len(mount_point), fs_type)
+    return best[1] if best else None

@@ -235,7 +235,8 @@ class SnapshotsMixin(PlaneBase):
         for e in target_endpoints:
             e.branch_id = restored.id
             e.updated_at = now()
-        restored.name, target.name = target.name, old_name or f"{target.name} (old)"
+        taken = {b.name for b in await tx.list(BranchRecord, p.id)}
+        restored.name, target.name = target.name, old_name or _old_name(target.name, taken)
         restored.default, target.default = target.default, False
         restored.protected, target.protected = target.protected, False
         restored.restore_status = "finalized"
@@ -245,3 +246,11 @@ class SnapshotsMixin(PlaneBase):
         restored.updated_at = target.updated_at = now()
         await tx.put(target, restored, *restored_dbs, *target_endpoints)
         return target_endpoints
+
+
+def _old_name(name: str, taken: set[str]) -> str:
+    """Neon names a replaced branch "<name> (old)"; later ones get a number to stay unique."""
+    candidate, number = f"{name} (old)", 2
+    while candidate in taken:
+        candidate, number = f"{name} (old {number})", number + 1
+    return candidate

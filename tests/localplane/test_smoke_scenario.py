@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import httpx
+import psycopg
+import pytest
 
 from .helpers import create_project, execute, fetch, wait_ops
 
@@ -50,3 +52,24 @@ async def test_restore_keeps_connection_string_and_old_branch(neon_http: httpx.A
     assert again.status_code == 200, again.text
     await wait_ops(neon_http, project_id, again.json()["operations"])
     assert await fetch(uri, "SELECT n FROM items ORDER BY n") == [(1,), (2,), (3,)]
+    branches = (await neon_http.get(f"/projects/{project_id}/branches")).json()["branches"]
+    assert sorted(b["name"] for b in branches) == ["main", "main (old 2)", "main (old)"]
+
+
+async def test_restore_ends_open_sessions_and_they_reconnect(neon_http: httpx.AsyncClient) -> None:
+    created = await create_project(neon_http)
+    project_id, main_id = created["project"]["id"], created["branch"]["id"]
+    uri = created["connection_uris"][0]["connection_uri"]
+    await execute(uri, "CREATE TABLE kv (k text)", "INSERT INTO kv VALUES ('before')")
+    snap = await neon_http.post(f"/projects/{project_id}/branches/{main_id}/snapshot")
+    await wait_ops(neon_http, project_id, snap.json()["operations"])
+    await execute(uri, "INSERT INTO kv VALUES ('after')")
+    async with await psycopg.AsyncConnection.connect(uri, autocommit=True) as pooled:
+        restored = await neon_http.post(
+            f"/projects/{project_id}/snapshots/{snap.json()['snapshot']['id']}/restore",
+            json={"target_branch_id": main_id, "finalize_restore": True},
+        )
+        await wait_ops(neon_http, project_id, restored.json()["operations"])
+        with pytest.raises(psycopg.OperationalError):
+            await pooled.execute("SELECT 1")
+    assert await fetch(uri, "SELECT k FROM kv") == [("before",)]
