@@ -25,7 +25,7 @@ import psycopg
 import structlog
 from litestar import Litestar
 
-from agentdb.localplane import LocalPlane, create_app
+from agentdb.localplane import LocalPlane, create_app, running
 from agentdb.pg import ServerInfo, open_server
 from agentdb.settings import Settings
 
@@ -76,30 +76,6 @@ async def local_plane(data_dir: Path) -> AsyncIterator[Plane]:
             ) as http,
         ):
             yield Plane(app=app, server=server, http=http)
-
-
-@asynccontextmanager
-async def running(app: Litestar) -> AsyncIterator[Litestar]:
-    """Runs the app's lifespan in a task of its own: Litestar's lifespan holds an anyio cancel
-    scope, which must be left by the task that entered it."""
-    started, stop = asyncio.Event(), asyncio.Event()
-
-    async def life() -> None:
-        async with app.lifespan():
-            started.set()
-            await stop.wait()
-
-    task = asyncio.create_task(life())
-    waiter = asyncio.create_task(started.wait())
-    await asyncio.wait([task, waiter], return_when=asyncio.FIRST_COMPLETED)
-    if task.done():
-        waiter.cancel()
-        await task  # raises the startup error
-    try:
-        yield app
-    finally:
-        stop.set()
-        await task
 
 
 def expect(resp: httpx.Response, *statuses: int) -> JSON:

@@ -11,9 +11,9 @@ import pytest
 import pytest_asyncio
 from contract.openapi import NeonSpec
 from litestar import Litestar
-from support import client_for, running
+from support import client_for
 
-from agentdb.localplane import LocalPlane, create_app
+from agentdb.localplane import LocalPlane, create_app, running
 from agentdb.pg import ServerInfo, open_server
 from agentdb.settings import Settings
 

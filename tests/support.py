@@ -1,38 +1,25 @@
-"""Test support shared across packages: run an app's lifespan, build a validating client."""
+"""Test support shared across packages: a validating client of the in-process local plane,
+and the real `agentdb` command in a subprocess."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 import httpx
+import pytest
 from contract.openapi import NeonSpec
 from litestar import Litestar
-
-
-@asynccontextmanager
-async def running(app: Litestar) -> AsyncIterator[Litestar]:
-    """Runs the app's lifespan in a task of its own: Litestar's lifespan holds an anyio cancel
-    scope, which must be left by the task that entered it (fixture teardown runs in another)."""
-    started, stop = asyncio.Event(), asyncio.Event()
-
-    async def life() -> None:
-        async with app.lifespan():
-            started.set()
-            await stop.wait()
-
-    task = asyncio.create_task(life())
-    waiter = asyncio.create_task(started.wait())
-    await asyncio.wait([task, waiter], return_when=asyncio.FIRST_COMPLETED)
-    if task.done():
-        waiter.cancel()
-        await task  # raises the startup error
-    try:
-        yield app
-    finally:
-        stop.set()
-        await task
 
 
 def client_for(
@@ -56,3 +43,98 @@ def client_for(
         timeout=60,
         event_hooks=hooks,
     )
+
+
+AGENTDB = Path(sys.executable).with_name("agentdb")
+URL_LINE = re.compile(r"^agentdb local control plane: (http://127\.0\.0\.1:\d+/api/v2)$")
+RUN_TIMEOUT = 120.0
+STOP_TIMEOUT = 30.0
+
+
+def clean_env(**overrides: str) -> dict[str, str]:
+    """The current environment without any AGENTDB_* setting of the developer's, plus ours."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTDB_")}
+    env.update(overrides)
+    return env
+
+
+def agentdb(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(  # noqa: S603 - our own console script, fixed arguments
+        [str(AGENTDB), *args],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=RUN_TIMEOUT,
+        check=False,
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str]) -> str:
+    """A failed command: exit code != 0, no traceback, exactly one line on stderr."""
+    lines = result.stderr.strip().splitlines()
+    shown = "\n".join(lines if len(lines) <= 10 else ["...", *lines[-6:]])
+    assert result.returncode != 0, result
+    assert "Traceback" not in result.stderr, (
+        f"a traceback on stderr (exit code {result.returncode}), not one line:\n{shown}"
+    )
+    assert len(lines) == 1, f"{len(lines)} lines on stderr, not one:\n{shown}"
+    assert lines[0].startswith("agentdb: error: "), (
+        f"not agentdb's error line (exit code {result.returncode}): {lines[0]}"
+    )
+    return lines[0]
+
+
+def _drain(stream: Any, lines: queue.Queue[str | None]) -> None:
+    # structlog also writes to stdout, so the pipe is read to the end or the server could block.
+    for line in stream:
+        lines.put(line.rstrip("\n"))
+    lines.put(None)
+
+
+@contextmanager
+def serving(env: dict[str, str], data_dir: Path) -> Iterator[str]:
+    """`agentdb localplane serve --port 0` until the block ends (SIGTERM, then kill); yields the
+    printed `/api/v2` URL. Also checks that SIGTERM stops it cleanly."""
+    stderr_path = data_dir.with_name(data_dir.name + ".stderr")
+    with stderr_path.open("wb") as stderr:
+        proc = subprocess.Popen(  # noqa: S603
+            [str(AGENTDB), "localplane", "serve", "--port", "0", "--data-dir", str(data_dir)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            env=env,
+            text=True,
+        )
+    lines: queue.Queue[str | None] = queue.Queue()
+    reader = threading.Thread(target=_drain, args=(proc.stdout, lines), daemon=True)
+    reader.start()
+    stopped_in_time = True
+    try:
+        url = None
+        deadline = time.monotonic() + RUN_TIMEOUT
+        while url is None:
+            try:
+                line = lines.get(timeout=max(deadline - time.monotonic(), 0))
+            except queue.Empty:
+                pytest.fail(f"no URL within {RUN_TIMEOUT:.0f} s:\n{stderr_path.read_text()}")
+            if line is None:
+                pytest.fail(f"serve exited ({proc.wait()}):\n{stderr_path.read_text()}")
+            if match := URL_LINE.match(line):
+                url = match.group(1)
+        yield url
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            stopped_in_time = False
+            proc.kill()
+            proc.wait()
+        reader.join(timeout=STOP_TIMEOUT)
+        assert proc.stdout is not None
+        proc.stdout.close()
+    assert stopped_in_time, f"serve ignored SIGTERM for {STOP_TIMEOUT:.0f} s"
+    # uvicorn re-raises the captured SIGTERM once it has shut down.
+    assert proc.returncode in {0, -signal.SIGTERM}, proc.returncode
+    assert "Traceback" not in stderr_path.read_text(), stderr_path.read_text()

@@ -6,6 +6,7 @@ It imports nothing from agentdb's services or meta schema and could ship alone.
 
 from ._app import create_app
 from ._faults import Faults
+from ._lifespan import running
 from ._plane import LocalPlane
 
-__all__ = ["Faults", "LocalPlane", "create_app"]
+__all__ = ["Faults", "LocalPlane", "create_app", "running"]

@@ -7,38 +7,19 @@ nothing here needs the session event loop.
 
 from __future__ import annotations
 
-import os
-import queue
-import re
-import signal
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import neon_api.client
 import psycopg
 import pytest
 from neon_api import NeonAPI, NeonAPIError
+from support import clean_env, serving
 
 from agentdb.pg import ServerInfo
 
-AGENTDB = Path(sys.executable).with_name("agentdb")
-URL_LINE = re.compile(r"^agentdb local control plane: (http://127\.0\.0\.1:\d+/api/v2)$")
-START_TIMEOUT = 60.0
-STOP_TIMEOUT = 30.0
 OPS_TIMEOUT = 60.0
-
-
-def _drain(stream: Any, lines: queue.Queue[str | None]) -> None:
-    """Reads the server's stdout to the end (structlog writes there too, so the pipe must never
-    fill up), handing each line to the test."""
-    for line in stream:
-        lines.put(line.rstrip("\n"))
-    lines.put(None)
 
 
 @pytest.fixture(scope="module")
@@ -47,44 +28,8 @@ def localplane_url(
 ) -> Iterator[str]:
     """`agentdb localplane serve --port 0` on the suite's cluster; yields its `/api/v2` URL."""
     tmp = tmp_path_factory.mktemp("sdk-serve")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTDB_")}
-    env["AGENTDB_DATABASE_URL"] = pg_server.dsn()
-    stderr_path = tmp / "stderr.log"
-    with stderr_path.open("wb") as stderr:
-        proc = subprocess.Popen(  # noqa: S603 - our own console script, fixed arguments
-            [str(AGENTDB), "localplane", "serve", "--port", "0", "--data-dir", str(tmp / "data")],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=stderr,
-            env=env,
-            text=True,
-        )
-    lines: queue.Queue[str | None] = queue.Queue()
-    reader = threading.Thread(target=_drain, args=(proc.stdout, lines), daemon=True)
-    reader.start()
-    try:
-        url = None
-        deadline = time.monotonic() + START_TIMEOUT
-        while url is None:
-            try:
-                line = lines.get(timeout=max(deadline - time.monotonic(), 0))
-            except queue.Empty:
-                pytest.fail(f"no URL within {START_TIMEOUT:.0f} s:\n{stderr_path.read_text()}")
-            if line is None:
-                pytest.fail(f"serve exited ({proc.wait()}):\n{stderr_path.read_text()}")
-            if match := URL_LINE.match(line):
-                url = match.group(1)
+    with serving(clean_env(AGENTDB_DATABASE_URL=pg_server.dsn()), tmp / "data") as url:
         yield url
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        reader.join(timeout=STOP_TIMEOUT)
-        assert proc.stdout is not None
-        proc.stdout.close()
 
 
 @pytest.fixture

@@ -11,9 +11,9 @@ import httpx
 import psycopg
 import pytest
 from pydantic import SecretStr
-from support import client_for, running
+from support import client_for
 
-from agentdb.localplane import Faults, LocalPlane, create_app
+from agentdb.localplane import Faults, LocalPlane, create_app, running
 from agentdb.localplane._models import ProjectCreateBody
 from agentdb.pg import ServerInfo
 from agentdb.settings import Settings
