@@ -289,10 +289,11 @@ class ComputeMixin(PlaneBase):
             ids = [o.id for o in ops]
             ops = ops[ids.index(cursor) + 1 :] if cursor in ids else []
         page = ops[:limit]
-        return {
-            "operations": [render.operation(o) for o in page],
-            "pagination": {"cursor": page[-1].id if page else ""},
-        }
+        result: JSON = {"operations": [render.operation(o) for o in page]}
+        next_cursor = page[-1].id if page else cursor
+        if next_cursor:
+            result["pagination"] = {"cursor": next_cursor}
+        return result
 
     async def get_operation(self, project_id: str, operation_id: str) -> JSON:
         async with self._store.tx() as tx:

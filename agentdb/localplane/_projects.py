@@ -141,12 +141,16 @@ class ProjectsMixin(PlaneBase):
             ids = [p.id for p in projects]
             projects = projects[ids.index(cursor) + 1 :] if cursor in ids else []
         page = projects[:limit]
-        return {
+        result: JSON = {
             "projects": [render.project_list_item(p, host=self.host) for p in page],
-            "pagination": {"cursor": page[-1].id if page else (cursor or "")},
             "applications": {},
             "integrations": {},
         }
+        # The spec wants a non-empty cursor or no pagination at all.
+        next_cursor = page[-1].id if page else cursor
+        if next_cursor:
+            result["pagination"] = {"cursor": next_cursor}
+        return result
 
     async def get_project(self, project_id: str) -> JSON:
         async with self._store.tx() as tx:

@@ -84,6 +84,9 @@ async def test_list_pages_with_cursor_and_filters_by_org(neon_http: httpx.AsyncC
     assert seen == ids
     search = (await neon_http.get("/projects", params={"search": ids[1]})).json()
     assert [p["id"] for p in search["projects"]] == [ids[1]]
+    nothing = (await neon_http.get("/projects", params={"search": "no-project-has-this"})).json()
+    assert nothing["projects"] == []
+    assert "pagination" not in nothing  # the spec wants a non-empty cursor or none
 
 
 async def test_delete_drops_the_databases(neon_http: httpx.AsyncClient, plane) -> None:
