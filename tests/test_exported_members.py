@@ -8,7 +8,14 @@ import types
 
 import pytest
 
-PACKAGES = ["agentdb", "agentdb.pg", "agentdb.localplane", "agentdb.neon", "agentdb.cli", "meta_schema"]
+PACKAGES = [
+    "agentdb",
+    "agentdb.pg",
+    "agentdb.localplane",
+    "agentdb.neon",
+    "agentdb.cli",
+    "meta_schema",
+]
 
 
 @pytest.mark.parametrize("name", PACKAGES)
