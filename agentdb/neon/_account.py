@@ -8,7 +8,7 @@ from datetime import datetime
 
 from pydantic import Field
 
-from ._base import ClientCore, Query, rfc3339, segment_path
+from ._base import ClientCore, Query, follow_cursor, rfc3339, segment_path
 from ._models import NeonModel
 from ._models_platform import (
     ConsumptionPage,
@@ -106,9 +106,8 @@ class AccountMixin(ClientCore):
         page_size: int = 100,
     ) -> AsyncIterator[ProjectConsumption]:
         """Every project's consumption, following `pagination.cursor`."""
-        cursor: str | None = None
-        seen: set[str] = set()
-        while True:
+
+        async def fetch(cursor: str | None) -> tuple[list[ProjectConsumption], str | None]:
             page = await self.consumption_history(
                 org_id=org_id,
                 from_=from_,
@@ -119,12 +118,10 @@ class AccountMixin(ClientCore):
                 limit=page_size,
                 cursor=cursor,
             )
-            for project in page.projects:
-                yield project
-            if len(page.projects) < page_size or not page.cursor or page.cursor in seen:
-                return
-            seen.add(page.cursor)
-            cursor = page.cursor
+            return page.projects, page.cursor
+
+        async for project in follow_cursor(fetch, page_size=page_size):
+            yield project
 
     async def legacy_consumption_history(
         self,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable, Generator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -69,6 +69,29 @@ def _jsonable(value: object) -> object:
     if isinstance(value, datetime):
         return rfc3339(value)
     return value
+
+
+T = TypeVar("T")
+
+
+async def follow_cursor(
+    fetch: Callable[[str | None], Awaitable[tuple[Sequence[T], str | None]]],
+    *,
+    page_size: int | None = None,
+) -> AsyncIterator[T]:
+    """The items of every page, each fetched with the previous page's cursor. Stops on an
+    empty page, on a short one when `page_size` is known (Neon's project cursor is the last id
+    even on the last page), on no cursor, or on a cursor seen before."""
+    cursor: str | None = None
+    seen: set[str] = set()
+    while True:
+        items, cursor = await fetch(cursor)
+        for item in items:
+            yield item
+        short = page_size is not None and len(items) < page_size
+        if not items or short or not cursor or cursor in seen:
+            return
+        seen.add(cursor)
 
 
 def rfc3339(value: datetime) -> str:

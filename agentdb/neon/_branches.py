@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime
 
-from ._base import ClientCore, drop_none, rfc3339, segment_path
+from ._base import ClientCore, drop_none, follow_cursor, rfc3339, segment_path
 from ._models import Branch, BranchChanged, BranchCreated, BranchesPage, EndpointOptions, NeonModel
 
 
@@ -106,9 +106,8 @@ class BranchesMixin(ClientCore):
         page_size: int = 100,
     ) -> AsyncIterator[Branch]:
         """Every branch, page by page, following `pagination.next`."""
-        cursor: str | None = None
-        seen: set[str] = set()
-        while True:
+
+        async def fetch(cursor: str | None) -> tuple[list[Branch], str | None]:
             page = await self.list_branches(
                 project_id,
                 search=search,
@@ -117,12 +116,10 @@ class BranchesMixin(ClientCore):
                 limit=page_size,
                 cursor=cursor,
             )
-            for branch in page.branches:
-                yield branch
-            if not page.branches or not page.next or page.next in seen:
-                return
-            seen.add(page.next)
-            cursor = page.next
+            return page.branches, page.next
+
+        async for branch in follow_cursor(fetch):
+            yield branch
 
     async def find_branch(self, project_id: str, name: str) -> Branch | None:
         """The branch named exactly `name`, or None (look before re-creating)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 
-from ._base import ClientCore, drop_none, segment_path
+from ._base import ClientCore, drop_none, follow_cursor, segment_path
 from ._models import (
     CreatedProject,
     DefaultEndpointSettings,
@@ -102,9 +102,8 @@ class ProjectsMixin(ClientCore):
         recoverable: bool | None = None,
     ) -> AsyncIterator[Project]:
         """Every project, page by page, following `pagination.cursor`."""
-        cursor: str | None = None
-        seen: set[str] = set()
-        while True:
+
+        async def fetch(cursor: str | None) -> tuple[list[Project], str | None]:
             page = await self.list_projects(
                 org_id=org_id,
                 search=search,
@@ -112,13 +111,10 @@ class ProjectsMixin(ClientCore):
                 cursor=cursor,
                 recoverable=recoverable,
             )
-            for project in page.projects:
-                yield project
-            # Neon's cursor is the last id even on the last page: stop on a short page too.
-            if len(page.projects) < page_size or not page.cursor or page.cursor in seen:
-                return
-            seen.add(page.cursor)
-            cursor = page.cursor
+            return page.projects, page.cursor
+
+        async for project in follow_cursor(fetch, page_size=page_size):
+            yield project
 
     async def find_project(self, name: str, *, org_id: str | None = None) -> Project | None:
         """The project named exactly `name` (the oldest if several), or None: what to look for
