@@ -1,0 +1,79 @@
+"""The closed sets of values the meta tables store (as checked text, see `EnumText`).
+
+Adding a value needs a migration that replaces the column's CHECK constraint
+(`ck_<table>_<column>`); the tests compare every CHECK with these enums.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class TokenScope(StrEnum):
+    """What an API token reaches: everything, one user's sessions, or one session."""
+
+    ADMIN = "admin"
+    USER = "user"
+    SESSION = "session"
+
+
+class ActorScope(StrEnum):
+    """Who did something recorded in `events`: a token of some scope, or agentdb itself."""
+
+    ADMIN = "admin"
+    USER = "user"
+    SESSION = "session"
+    SYSTEM = "system"
+
+
+class SessionStatus(StrEnum):
+    """An agent session's state; all but `ready`, `deleted` and `failed` mean a job is running."""
+
+    PROVISIONING = "provisioning"
+    READY = "ready"
+    CHECKPOINTING = "checkpointing"
+    RESTORING = "restoring"
+    DELETING = "deleting"
+    DELETED = "deleted"
+    FAILED = "failed"
+
+
+class CheckpointStatus(StrEnum):
+    PENDING = "pending"
+    READY = "ready"
+    FAILED = "failed"
+    DELETING = "deleting"
+    DELETED = "deleted"
+
+
+class BranchKind(StrEnum):
+    """`dev`: a writable copy to try things on; `preview`: a look at an old checkpoint."""
+
+    DEV = "dev"
+    PREVIEW = "preview"
+
+
+class BranchStatus(StrEnum):
+    PENDING = "pending"
+    READY = "ready"
+    FAILED = "failed"
+    DELETING = "deleting"
+    DELETED = "deleted"
+
+
+class FleetMigrationStatus(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    FINISHED = "finished"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class FleetMigrationResultStatus(StrEnum):
+    """One session's outcome within a fleet migration."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    APPLIED = "applied"
+    FAILED = "failed"
+    SKIPPED = "skipped"

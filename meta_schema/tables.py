@@ -1,0 +1,330 @@
+"""The meta database's tables: who may call agentdb, the agent sessions it runs, their
+checkpoints and branches, and the append-only log of everything done to them.
+
+Rows that a workflow creates (sessions, checkpoints, branches) are written first as intent
+(`provisioning`/`pending`, with an idempotency key), then completed from the control plane's
+answer; ids of Neon objects stay null until then. Composite foreign keys keep every
+checkpoint, branch and session token inside its own agent session.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlmodel import Field, SQLModel
+
+from meta_schema._base import EnumText, TableModel, new_id, one_of, utcnow
+from meta_schema.enums import (
+    ActorScope,
+    BranchKind,
+    BranchStatus,
+    CheckpointStatus,
+    FleetMigrationResultStatus,
+    FleetMigrationStatus,
+    SessionStatus,
+    TokenScope,
+)
+
+_NOW = {"server_default": sa.func.now()}
+_EMPTY_JSON = {"server_default": sa.text("'{}'::jsonb")}
+
+
+class User(TableModel, table=True):
+    """Someone the platform runs agent sessions for."""
+
+    __tablename__ = "users"
+
+    id: uuid.UUID = Field(default_factory=new_id, primary_key=True)
+    name: str = Field(sa_type=sa.Text)
+    # The embedding platform's own id for this user, so creating a user can be idempotent.
+    external_id: str | None = Field(default=None, sa_type=sa.Text, unique=True)
+    # Tiers (quotas, retention) are defined by settings, so this is not a closed enum.
+    tier: str = Field(sa_type=sa.Text)
+    # Neon organization for this user's projects; null means the tier's default.
+    org_id: str | None = Field(default=None, sa_type=sa.Text)
+    created_at: datetime = Field(default_factory=utcnow, sa_column_kwargs=_NOW)
+    disabled_at: datetime | None = None
+
+
+class ApiTokenBase(SQLModel):
+    id: uuid.UUID = Field(default_factory=new_id, primary_key=True)
+    name: str | None = Field(default=None, sa_type=sa.Text)
+    # The first characters of the token, so its owner can tell tokens apart.
+    prefix: str = Field(sa_type=sa.Text)
+    scope: TokenScope = Field(sa_type=EnumText(TokenScope))
+    user_id: uuid.UUID | None = Field(
+        default=None, foreign_key="users.id", ondelete="CASCADE", index=True
+    )
+    session_id: uuid.UUID | None = Field(default=None, index=True)
+    created_at: datetime = Field(default_factory=utcnow, sa_column_kwargs=_NOW)
+    expires_at: datetime | None = None
+    last_used_at: datetime | None = None
+    revoked_at: datetime | None = None
+
+
+class ApiToken(ApiTokenBase, TableModel, table=True):
+    """A bearer token; only its SHA-256 is stored. A session token belongs to the session's
+    owner (composite foreign key), so it can never name someone else's session."""
+
+    __tablename__ = "api_tokens"
+    __table_args__ = (
+        sa.ForeignKeyConstraint(
+            ["session_id", "user_id"],
+            ["agent_sessions.id", "agent_sessions.user_id"],
+            ondelete="CASCADE",
+        ),
+        one_of("scope", TokenScope),
+        sa.CheckConstraint(
+            "(scope = 'admin' AND session_id IS NULL)"
+            " OR (scope = 'user' AND user_id IS NOT NULL AND session_id IS NULL)"
+            " OR (scope = 'session' AND user_id IS NOT NULL AND session_id IS NOT NULL)",
+            name="scope_owner",
+        ),
+        sa.CheckConstraint("token_hash ~ '^[0-9a-f]{64}$'", name="token_hash_sha256_hex"),
+    )
+
+    # Hex SHA-256 of the whole token; unique, which is also the index a request's lookup uses.
+    token_hash: str = Field(sa_type=sa.Text, unique=True)
+
+
+class ApiTokenPublic(ApiTokenBase):
+    """A token as its owner may see it: never its hash."""
+
+
+class AgentSessionBase(SQLModel):
+    id: uuid.UUID = Field(default_factory=new_id, primary_key=True)
+    user_id: uuid.UUID = Field(foreign_key="users.id")
+    name: str = Field(sa_type=sa.Text)
+    status: SessionStatus = Field(
+        default=SessionStatus.PROVISIONING, sa_type=EnumText(SessionStatus)
+    )
+    # The tier and Neon organization the session was created under (the user's may change).
+    tier: str = Field(sa_type=sa.Text)
+    org_id: str | None = Field(default=None, sa_type=sa.Text)
+    # Neon's ids; the live branch changes on every finalized restore.
+    project_id: str | None = Field(default=None, sa_type=sa.Text, unique=True)
+    live_branch_id: str | None = Field(default=None, sa_type=sa.Text)
+    endpoint_id: str | None = Field(default=None, sa_type=sa.Text)
+    database_name: str | None = Field(default=None, sa_type=sa.Text)
+    role_name: str | None = Field(default=None, sa_type=sa.Text)
+    head_checkpoint_id: uuid.UUID | None = None
+    # Why the last workflow on this session failed, for its owner to read.
+    error: str | None = Field(default=None, sa_type=sa.Text)
+    idempotency_key: str | None = Field(default=None, sa_type=sa.Text)
+    created_at: datetime = Field(default_factory=utcnow, sa_column_kwargs=_NOW)
+    updated_at: datetime = Field(
+        default_factory=utcnow, sa_column_kwargs={**_NOW, "onupdate": utcnow}
+    )
+    deleted_at: datetime | None = None
+
+
+class AgentSession(AgentSessionBase, TableModel, table=True):
+    """One agent's isolated database: a Neon project, its live branch and endpoint."""
+
+    __tablename__ = "agent_sessions"
+    __table_args__ = (
+        # The target of api_tokens' (session_id, user_id) foreign key.
+        sa.UniqueConstraint("id", "user_id"),
+        sa.UniqueConstraint("user_id", "idempotency_key"),
+        sa.Index(None, "user_id", "created_at"),
+        # checkpoints references agent_sessions too: the cycle is closed after both exist.
+        sa.ForeignKeyConstraint(
+            ["head_checkpoint_id", "id"],
+            ["checkpoints.id", "checkpoints.session_id"],
+            use_alter=True,
+        ),
+        one_of("status", SessionStatus),
+    )
+
+    # Fernet token of the connection URI (role password included); never logged or shown.
+    encrypted_connection_secret: bytes | None = None
+
+
+class AgentSessionPublic(AgentSessionBase):
+    """An agent session without its connection secret."""
+
+
+class Checkpoint(TableModel, table=True):
+    """A Neon snapshot of a session's database, as a node in the session's checkpoint tree
+    (history forks after a restore; both sides stay)."""
+
+    __tablename__ = "checkpoints"
+    __table_args__ = (
+        # The target of the same-session foreign keys (parent, head, branch source).
+        sa.UniqueConstraint("id", "session_id"),
+        sa.ForeignKeyConstraint(
+            ["parent_id", "session_id"], ["checkpoints.id", "checkpoints.session_id"]
+        ),
+        sa.UniqueConstraint("session_id", "idempotency_key"),
+        sa.Index(None, "session_id", "created_at"),
+        one_of("status", CheckpointStatus),
+        sa.CheckConstraint("parent_id <> id", name="not_own_parent"),
+        sa.CheckConstraint("size_bytes >= 0", name="size_bytes_not_negative"),
+    )
+
+    id: uuid.UUID = Field(default_factory=new_id, primary_key=True)
+    session_id: uuid.UUID = Field(foreign_key="agent_sessions.id", ondelete="CASCADE")
+    parent_id: uuid.UUID | None = Field(default=None, index=True)
+    status: CheckpointStatus = Field(
+        default=CheckpointStatus.PENDING, sa_type=EnumText(CheckpointStatus)
+    )
+    label: str | None = Field(default=None, sa_type=sa.Text)
+    # The agent's message or prompt that led to this state.
+    message: str | None = Field(default=None, sa_type=sa.Text)
+    # Free-form JSON from the caller; the column is "metadata", a name SQLAlchemy reserves.
+    meta: dict[str, Any] = Field(
+        default_factory=dict, sa_type=JSONB, sa_column_kwargs={"name": "metadata", **_EMPTY_JSON}
+    )
+    code_ref: str | None = Field(default=None, sa_type=sa.Text)
+    schema_hash: str | None = Field(default=None, sa_type=sa.Text)
+    # From Neon once the snapshot exists: its id, the branch it was taken from (which retention
+    # must keep in cloud mode), its LSN and time (Neon's clock, never ours) and size.
+    snapshot_id: str | None = Field(default=None, sa_type=sa.Text)
+    source_branch_id: str | None = Field(default=None, sa_type=sa.Text)
+    lsn: str | None = Field(default=None, sa_type=sa.Text)
+    taken_at: datetime | None = None
+    size_bytes: int | None = Field(default=None, sa_type=sa.BigInteger)
+    pinned: bool = Field(default=False, sa_column_kwargs={"server_default": sa.false()})
+    expires_at: datetime | None = None
+    error: str | None = Field(default=None, sa_type=sa.Text)
+    idempotency_key: str | None = Field(default=None, sa_type=sa.Text)
+    created_at: datetime = Field(default_factory=utcnow, sa_column_kwargs=_NOW)
+
+
+class BranchBase(SQLModel):
+    id: uuid.UUID = Field(default_factory=new_id, primary_key=True)
+    session_id: uuid.UUID = Field(foreign_key="agent_sessions.id", ondelete="CASCADE")
+    kind: BranchKind = Field(sa_type=EnumText(BranchKind))
+    name: str = Field(sa_type=sa.Text)
+    status: BranchStatus = Field(default=BranchStatus.PENDING, sa_type=EnumText(BranchStatus))
+    source_checkpoint_id: uuid.UUID | None = None
+    # Neon's ids, once the branch exists.
+    branch_id: str | None = Field(default=None, sa_type=sa.Text)
+    endpoint_id: str | None = Field(default=None, sa_type=sa.Text)
+    expires_at: datetime | None = None
+    error: str | None = Field(default=None, sa_type=sa.Text)
+    idempotency_key: str | None = Field(default=None, sa_type=sa.Text)
+    created_at: datetime = Field(default_factory=utcnow, sa_column_kwargs=_NOW)
+
+
+class Branch(BranchBase, TableModel, table=True):
+    """A dev or preview branch of a session's database, beside its live branch."""
+
+    __tablename__ = "branches"
+    __table_args__ = (
+        sa.ForeignKeyConstraint(
+            ["source_checkpoint_id", "session_id"], ["checkpoints.id", "checkpoints.session_id"]
+        ),
+        sa.UniqueConstraint("session_id", "idempotency_key"),
+        one_of("kind", BranchKind),
+        one_of("status", BranchStatus),
+    )
+
+    encrypted_connection_secret: bytes | None = None
+
+
+class BranchPublic(BranchBase):
+    """A branch without its connection secret."""
+
+
+class Event(TableModel, table=True):
+    """One mutation, as it happened. Append-only: a trigger rejects UPDATE, DELETE and
+    TRUNCATE. No foreign keys, so the log outlives what it describes."""
+
+    __tablename__ = "events"
+    __table_args__ = (
+        sa.Index(None, "session_id", "at"),
+        one_of("actor_scope", ActorScope),
+    )
+
+    id: int | None = Field(
+        default=None,
+        primary_key=True,
+        sa_type=sa.BigInteger,
+        sa_column_args=[sa.Identity(always=True)],
+    )
+    at: datetime = Field(default_factory=utcnow, sa_column_kwargs=_NOW)
+    # An api_tokens id, or "system" for agentdb's own jobs (reconciler, retention).
+    actor: str = Field(sa_type=sa.Text)
+    actor_scope: ActorScope = Field(sa_type=EnumText(ActorScope))
+    request_id: str | None = Field(default=None, sa_type=sa.Text)
+    session_id: uuid.UUID | None = None
+    # What was done, as "<noun>.<verb>", e.g. "checkpoint.create".
+    action: str = Field(sa_type=sa.Text)
+    target_kind: str | None = Field(default=None, sa_type=sa.Text)
+    target_id: str | None = Field(default=None, sa_type=sa.Text)
+    details: dict[str, Any] = Field(
+        default_factory=dict, sa_type=JSONB, sa_column_kwargs=_EMPTY_JSON
+    )
+    neon_operation_ids: list[str] = Field(
+        default_factory=list,
+        sa_type=ARRAY(sa.Text),
+        sa_column_kwargs={"server_default": sa.text("'{}'::text[]")},
+    )
+
+
+class UsageSample(TableModel, table=True):
+    """One consumption metric of a session over one period, as Neon (or the local plane)
+    reported it."""
+
+    __tablename__ = "usage_samples"
+    __table_args__ = (
+        sa.UniqueConstraint("session_id", "metric", "period_start"),
+        sa.CheckConstraint("period_end > period_start", name="period_not_empty"),
+    )
+
+    id: uuid.UUID = Field(default_factory=new_id, primary_key=True)
+    session_id: uuid.UUID = Field(foreign_key="agent_sessions.id", ondelete="CASCADE")
+    # Neon's metric name (e.g. compute_unit_seconds); Neon adds metrics, so not an enum.
+    metric: str = Field(sa_type=sa.Text)
+    period_start: datetime
+    period_end: datetime
+    value: int = Field(sa_type=sa.BigInteger)
+    collected_at: datetime = Field(default_factory=utcnow, sa_column_kwargs=_NOW)
+
+
+class FleetMigration(TableModel, table=True):
+    """SQL to apply to many sessions' databases; its targets are its result rows."""
+
+    __tablename__ = "fleet_migrations"
+    __table_args__ = (one_of("status", FleetMigrationStatus),)
+
+    id: uuid.UUID = Field(default_factory=new_id, primary_key=True)
+    name: str = Field(sa_type=sa.Text, unique=True)
+    sql: str = Field(sa_type=sa.Text)
+    status: FleetMigrationStatus = Field(
+        default=FleetMigrationStatus.PENDING, sa_type=EnumText(FleetMigrationStatus)
+    )
+    created_by: str = Field(sa_type=sa.Text)
+    error: str | None = Field(default=None, sa_type=sa.Text)
+    created_at: datetime = Field(default_factory=utcnow, sa_column_kwargs=_NOW)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class FleetMigrationResult(TableModel, table=True):
+    """A fleet migration on one session, with the checkpoint taken just before it."""
+
+    __tablename__ = "fleet_migration_results"
+    __table_args__ = (
+        sa.UniqueConstraint("fleet_migration_id", "session_id"),
+        sa.ForeignKeyConstraint(
+            ["checkpoint_id", "session_id"], ["checkpoints.id", "checkpoints.session_id"]
+        ),
+        one_of("status", FleetMigrationResultStatus),
+    )
+
+    id: uuid.UUID = Field(default_factory=new_id, primary_key=True)
+    fleet_migration_id: uuid.UUID = Field(foreign_key="fleet_migrations.id", ondelete="CASCADE")
+    session_id: uuid.UUID = Field(foreign_key="agent_sessions.id", ondelete="CASCADE", index=True)
+    status: FleetMigrationResultStatus = Field(
+        default=FleetMigrationResultStatus.PENDING, sa_type=EnumText(FleetMigrationResultStatus)
+    )
+    checkpoint_id: uuid.UUID | None = None
+    error: str | None = Field(default=None, sa_type=sa.Text)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
