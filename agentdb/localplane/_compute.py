@@ -168,7 +168,7 @@ class ComputeMixin(PlaneBase):
 
     async def reset_password(self, project_id: str, branch_id: str, role_name: str) -> JSON:
         async with self._mutation(project_id) as m:
-            p = await self._project(m.tx, project_id)
+            await self._project(m.tx, project_id)
             await self._branch(m.tx, project_id, branch_id)
             r = await self._role(m.tx, project_id, role_name)
             if r.no_login:
@@ -178,7 +178,6 @@ class ComputeMixin(PlaneBase):
             await m.tx.put(r)
             ops = [OperationRecord.new(project_id, "apply_config", branch_id=branch_id)]
             await m.start(ops, "steps", project_id=project_id, steps=[["password", r.physical]])
-        del p
         return {
             "role": render.role(r, branch_id=branch_id, with_password=True),
             "operations": [render.operation(o) for o in ops],
