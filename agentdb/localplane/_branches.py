@@ -62,6 +62,7 @@ class BranchesMixin(PlaneBase):
                 protected=bool(spec.protected),
                 init_source="schema-only" if schema_only else "parent-data",
                 expires_at=spec.expires_at,
+                annotations=body.annotation_value or {},
             )
             roles = {r.name: r for r in await tx.list(RoleRecord, project_id)}
             steps: list[list[Any]] = []
@@ -145,7 +146,7 @@ class BranchesMixin(PlaneBase):
             pagination["next"] = base64.urlsafe_b64encode(str(offset + limit).encode()).decode()
         return {
             "branches": [render.branch(b) for b in page],
-            "annotations": {},
+            "annotations": {b.id: render.annotation(b) for b in page if b.annotations},
             "pagination": pagination,
         }
 

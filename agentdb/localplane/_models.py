@@ -9,7 +9,7 @@ from __future__ import annotations
 import secrets
 import uuid
 from datetime import UTC, datetime
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -157,6 +157,7 @@ class BranchRecord(Record):
     restored_from: str | None = None
     restored_as: str | None = None
     restore_target_id: str | None = None  # set until a restored branch is finalized
+    annotations: dict[str, str] = Field(default_factory=dict)
     logical_size: int | None = None
 
 
@@ -253,8 +254,12 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
+Annotations = Annotated[dict[str, str], Field(max_length=50)]
+
+
 class BranchSpec(_Body):
     name: str | None = Field(default=None, min_length=1, max_length=256)
+    annotations: Annotations | None = None
     role_name: str | None = Field(default=None, min_length=1, max_length=53)
     database_name: str | None = Field(default=None, min_length=1, max_length=63)
 
@@ -331,6 +336,7 @@ class NewEndpointSpec(_Body):
 class BranchCreateBody(_Body):
     branch: NewBranchSpec | None = None
     endpoints: list[NewEndpointSpec] | None = None
+    annotation_value: Annotations | None = None
 
 
 class BranchUpdateSpec(_Body):

@@ -71,6 +71,7 @@ class ProjectsMixin(PlaneBase):
             project_id=project_id,
             name=(branch_spec.name if branch_spec else None) or "main",
             default=True,
+            annotations=(branch_spec.annotations if branch_spec else None) or {},
         )
         e = EndpointRecord(
             id=neon_id("ep"),

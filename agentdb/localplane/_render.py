@@ -127,7 +127,7 @@ def branch(b: BranchRecord) -> JSON:
 
 
 def annotation(b: BranchRecord) -> JSON:
-    return {"object": {"type": "console/branch", "id": b.id}, "value": {}}
+    return {"object": {"type": "console/branch", "id": b.id}, "value": b.annotations}
 
 
 def endpoint(e: EndpointRecord, *, host: str, region_id: str) -> JSON:

@@ -239,6 +239,8 @@ class SnapshotsMixin(PlaneBase):
         restored.name, target.name = target.name, old_name or _old_name(target.name, taken)
         restored.default, target.default = target.default, False
         restored.protected, target.protected = target.protected, False
+        # Annotations identify the live branch (e.g. agentdb's session id): they move with it.
+        restored.annotations, target.annotations = target.annotations, {}
         restored.restore_status = "finalized"
         restored.restored_as = target.id
         restored.restore_target_id = None

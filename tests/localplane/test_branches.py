@@ -231,3 +231,29 @@ async def test_compare_schema_shows_a_unified_diff(neon_http: httpx.AsyncClient)
     )
     assert missing.status_code == 400
     assert "base_branch_id" in missing.json()["message"]
+
+
+async def test_annotations_are_stored_listed_and_follow_a_finalized_restore(
+    neon_http: httpx.AsyncClient,
+) -> None:
+    created = await create_project(neon_http, branch={"annotations": {"agentdb-session": "s-1"}})
+    project_id, main_id = created["project"]["id"], created["branch"]["id"]
+    got = (await neon_http.get(f"/projects/{project_id}/branches/{main_id}")).json()
+    assert got["annotation"]["value"] == {"agentdb-session": "s-1"}
+    child = await _branch(
+        neon_http, project_id, branch={"name": "dev"}, annotation_value={"purpose": "preview"}
+    )
+    listed = (await neon_http.get(f"/projects/{project_id}/branches")).json()
+    assert listed["annotations"][child["branch"]["id"]]["value"] == {"purpose": "preview"}
+    snap = await neon_http.post(f"/projects/{project_id}/branches/{main_id}/snapshot")
+    await wait_ops(neon_http, project_id, snap.json()["operations"])
+    restored = await neon_http.post(
+        f"/projects/{project_id}/snapshots/{snap.json()['snapshot']['id']}/restore",
+        json={"target_branch_id": main_id, "finalize_restore": True},
+    )
+    await wait_ops(neon_http, project_id, restored.json()["operations"])
+    live_id = restored.json()["branch"]["id"]
+    live = (await neon_http.get(f"/projects/{project_id}/branches/{live_id}")).json()
+    assert live["annotation"]["value"] == {"agentdb-session": "s-1"}
+    old = (await neon_http.get(f"/projects/{project_id}/branches/{main_id}")).json()
+    assert old["annotation"]["value"] == {}
