@@ -1,0 +1,163 @@
+"""What the services share: who acts, the clock, the per-session workflow lock and the audit
+log."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import uuid
+import weakref
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+from pydantic import JsonValue
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from agentdb.neon import Snapshot, WithOperations
+from meta_schema import ActorScope, AgentSession, Checkpoint, CheckpointStatus, Event
+
+from ._errors import InvalidInput, SessionNotFound
+
+Clock = Callable[[], datetime]
+SessionFactory = async_sessionmaker[AsyncSession]
+
+# Bounds on what callers may store; the edges report them as 4xx with the field's name.
+MAX_NAME = 200
+MAX_MESSAGE = 10_000
+MAX_IDEMPOTENCY_KEY = 200
+
+
+def system_clock() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Actor:
+    """Who asks for a change, as the audit log records it: a token's id and scope, or agentdb."""
+
+    id: str
+    scope: ActorScope
+    request_id: str | None = None
+
+    @classmethod
+    def system(cls) -> Actor:
+        return cls("system", ActorScope.SYSTEM)
+
+
+SYSTEM = Actor.system()
+
+
+class SessionLocks:
+    """One mutating workflow per agent session at a time.
+
+    An `asyncio.Lock` per session serializes this process's workflows without holding a
+    database connection per waiter; a transaction-scoped advisory lock keyed by the session id
+    serializes processes. A row lock on `agent_sessions` would not do: the workflow itself
+    updates that row from other transactions (intent, then result), which would wait on it.
+    Different sessions take different keys, so they never wait on each other (a hash collision
+    would only make two sessions take turns).
+    """
+
+    def __init__(self, sessions: SessionFactory) -> None:
+        self._sessions = sessions
+        # Entries vanish once no workflow holds or awaits their lock.
+        self._locks: weakref.WeakValueDictionary[uuid.UUID, asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
+
+    @staticmethod
+    def advisory_key(session_id: uuid.UUID) -> int:
+        digest = hashlib.blake2b(
+            session_id.bytes, digest_size=8, person=b"agentdb.session"
+        ).digest()
+        return int.from_bytes(digest, "big", signed=True)
+
+    @asynccontextmanager
+    async def hold(self, session_id: uuid.UUID) -> AsyncIterator[None]:
+        lock = self._locks.get(session_id)
+        if lock is None:
+            lock = asyncio.Lock()
+            self._locks[session_id] = lock
+        async with lock, self._sessions() as holder:
+            await holder.execute(
+                sa.select(sa.func.pg_advisory_xact_lock(self.advisory_key(session_id)))
+            )
+            try:
+                yield
+            finally:
+                # Ending the transaction releases the advisory lock.
+                await holder.rollback()
+
+
+def event(
+    actor: Actor,
+    action: str,
+    *,
+    at: datetime,
+    session_id: uuid.UUID | None,
+    target_kind: str | None = None,
+    target_id: uuid.UUID | str | None = None,
+    details: dict[str, JsonValue] | None = None,
+    operation_ids: Sequence[str] = (),
+) -> Event:
+    """An audit-log row for `action` ("<noun>.<verb>", e.g. "checkpoint.create")."""
+    return Event(
+        at=at,
+        actor=actor.id,
+        actor_scope=actor.scope,
+        request_id=actor.request_id,
+        session_id=session_id,
+        action=action,
+        target_kind=target_kind,
+        target_id=None if target_id is None else str(target_id),
+        details=details or {},
+        neon_operation_ids=list(operation_ids),
+    )
+
+
+def check_text(field: str, value: str | None, limit: int) -> None:
+    if value is None:
+        return
+    if not value.strip():
+        raise InvalidInput(field, "must not be blank")
+    if len(value) > limit:
+        raise InvalidInput(field, f"must be at most {limit} characters")
+    if "\x00" in value:
+        raise InvalidInput(field, "must not contain NUL characters")
+
+
+def describe(error: BaseException) -> str:
+    """An error as its owner may read it: the type and message, which the Neon client keeps
+    free of secrets."""
+    return f"{type(error).__name__}: {error}"
+
+
+#: The name of every session's live branch; a finalized restore keeps it (the replaced branch
+#: becomes "main (old)"), so it finds the live branch when a restore's outcome is unknown.
+LIVE_BRANCH_NAME = "main"
+
+
+def fill_from_snapshot(row: Checkpoint, snapshot: Snapshot, source_branch_id: str) -> None:
+    """Copies what the control plane says about a snapshot onto its checkpoint: its id, the
+    branch it was taken from, and its LSN, time and size (Neon's clock, never ours)."""
+    row.snapshot_id = snapshot.id
+    row.source_branch_id = snapshot.source_branch_id or source_branch_id
+    row.lsn = snapshot.lsn
+    row.taken_at = snapshot.timestamp or snapshot.created_at
+    row.size_bytes = snapshot.full_size
+    row.status = CheckpointStatus.READY
+    row.error = None
+
+
+async def load_session(db: AsyncSession, session_id: uuid.UUID) -> AgentSession:
+    row = await db.get(AgentSession, session_id, populate_existing=True)
+    if row is None:
+        raise SessionNotFound(session_id)
+    return row
+
+
+def operation_ids(*results: WithOperations | None) -> list[str]:
+    return [op.id for result in results if result is not None for op in result.operations]

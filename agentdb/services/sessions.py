@@ -1,0 +1,341 @@
+"""Agent sessions: provisioning a Neon project per session (with a root checkpoint of its
+empty database), reading them, handing their owner the connection URI, and deleting them.
+
+Every workflow writes its intent to the meta DB first, then calls the control plane, then
+records the outcome, so a crash leaves a row a reconciler can finish or undo.
+"""
+
+from __future__ import annotations
+
+import builtins
+import uuid
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
+
+from agentdb.neon import CreatedProject, NeonClient, NeonError, NeonNotFound, SnapshotCreated
+from meta_schema import AgentSession, Checkpoint, CheckpointStatus, Event, SessionStatus, User
+
+from ._common import (
+    LIVE_BRANCH_NAME,
+    MAX_IDEMPOTENCY_KEY,
+    MAX_NAME,
+    SYSTEM,
+    Actor,
+    Clock,
+    SessionFactory,
+    SessionLocks,
+    check_text,
+    describe,
+    event,
+    fill_from_snapshot,
+    load_session,
+    operation_ids,
+    system_clock,
+)
+from ._errors import Conflict, ControlPlaneFailed, UserNotFound
+from ._secrets import Secrets
+from ._views import SessionView
+
+#: Names inside every session's project; each project has its own roles and databases.
+DATABASE_NAME = "app"
+ROLE_NAME = "agent"
+
+
+def project_name(session_id: uuid.UUID) -> str:
+    """The control plane's name for a session's project: how a lost create is found again."""
+    return f"agentdb-{session_id}"
+
+
+class SessionService:
+    """Creates, reads and deletes agent sessions."""
+
+    def __init__(
+        self,
+        sessions: SessionFactory,
+        neon: NeonClient,
+        secrets: Secrets,
+        *,
+        clock: Clock = system_clock,
+        locks: SessionLocks | None = None,
+    ) -> None:
+        self._sessions = sessions
+        self._neon = neon
+        self._secrets = secrets
+        self._clock = clock
+        self._locks = locks or SessionLocks(sessions)
+
+    def _db(self) -> AsyncSession:
+        # Rows stay readable after commit: reloading them implicitly would be blocking IO.
+        return self._sessions(expire_on_commit=False)
+
+    # --- reading -------------------------------------------------------------------------------
+
+    async def get(self, session_id: uuid.UUID) -> SessionView:
+        async with self._db() as db:
+            return SessionView.of(await load_session(db, session_id))
+
+    async def list(self, user_id: uuid.UUID, *, include_deleted: bool = False) -> list[SessionView]:
+        """A user's sessions, oldest first."""
+        query = sa.select(AgentSession).where(col(AgentSession.user_id) == user_id)
+        if not include_deleted:
+            query = query.where(col(AgentSession.status) != SessionStatus.DELETED)
+        async with self._db() as db:
+            rows = await db.scalars(
+                query.order_by(col(AgentSession.created_at), col(AgentSession.id))
+            )
+            return [SessionView.of(row) for row in rows]
+
+    async def connection_uri(self, session_id: uuid.UUID) -> str:
+        """The session database's connection URI, password included: for the session's owner
+        only, never for an LLM, a browser or a log."""
+        async with self._db() as db:
+            row = await load_session(db, session_id)
+        if row.status == SessionStatus.DELETED or row.encrypted_connection_secret is None:
+            raise Conflict(f"session {session_id} has no database ({row.status})")
+        return self._secrets.decrypt(row.encrypted_connection_secret)
+
+    # --- create --------------------------------------------------------------------------------
+
+    async def create(
+        self,
+        user_id: uuid.UUID,
+        name: str | None = None,
+        idempotency_key: str | None = None,
+        *,
+        actor: Actor = SYSTEM,
+    ) -> SessionView:
+        """Provisions a session: its project, live branch, compute, role and database, and a
+        root checkpoint of the empty database. The same `idempotency_key` (per user) returns
+        the session the first call created, whatever its state.
+
+        Raises `UserNotFound`, `InvalidInput`, or `ControlPlaneFailed` (the session is then
+        `failed`, with its error recorded and nothing left on the control plane)."""
+        check_text("name", name, MAX_NAME)
+        check_text("idempotency_key", idempotency_key, MAX_IDEMPOTENCY_KEY)
+        async with self._db() as db:
+            if idempotency_key is not None and (
+                found := await self._by_key(db, user_id, idempotency_key)
+            ):
+                return SessionView.of(found)
+            user = await db.get(User, user_id)
+            if user is None or user.disabled_at is not None:
+                raise UserNotFound(user_id)
+            now = self._clock()
+            row = AgentSession(
+                user_id=user_id,
+                name=name or "",
+                status=SessionStatus.PROVISIONING,
+                tier=user.tier,
+                org_id=user.org_id,
+                database_name=DATABASE_NAME,
+                role_name=ROLE_NAME,
+                idempotency_key=idempotency_key,
+                created_at=now,
+                updated_at=now,
+            )
+            session_id = row.id
+            row.name = name or f"session {session_id}"
+            db.add(row)
+            try:
+                db.add(self._event(actor, "session.create", row, phase="requested"))
+                await db.commit()
+            except IntegrityError:
+                await db.rollback()
+                if idempotency_key is not None and (
+                    found := await self._by_key(db, user_id, idempotency_key)
+                ):
+                    return SessionView.of(found)  # a concurrent call with the same key won
+                raise
+        async with self._locks.hold(session_id):
+            return await self._provision(session_id, actor)
+
+    async def _by_key(
+        self, db: AsyncSession, user_id: uuid.UUID, idempotency_key: str
+    ) -> AgentSession | None:
+        found: AgentSession | None = await db.scalar(
+            sa.select(AgentSession).where(
+                col(AgentSession.user_id) == user_id,
+                col(AgentSession.idempotency_key) == idempotency_key,
+            )
+        )
+        return found
+
+    async def _provision(self, session_id: uuid.UUID, actor: Actor) -> SessionView:
+        async with self._db() as db:
+            row = await load_session(db, session_id)
+            if row.status != SessionStatus.PROVISIONING:
+                # Another workflow got the lock first (a delete, or a reconciler).
+                return SessionView.of(row)
+            created: CreatedProject | None = None
+            root: Checkpoint | None = None
+            snapshot: SnapshotCreated | None = None
+            try:
+                created = await self._neon.create_project(
+                    name=project_name(row.id),
+                    org_id=row.org_id,
+                    branch_name=LIVE_BRANCH_NAME,
+                    database_name=DATABASE_NAME,
+                    role_name=ROLE_NAME,
+                )
+                # Record the project before anything else can fail: it is what a retry or the
+                # reconciler must find and clean up.
+                self._record_project(row, created)
+                root = Checkpoint(
+                    session_id=row.id,
+                    label="root",
+                    message="the empty database, as the session was created",
+                    created_at=self._clock(),
+                )
+                db.add(root)
+                await db.commit()
+                assert row.project_id is not None  # noqa: S101 - set by _record_project
+                assert row.live_branch_id is not None  # noqa: S101
+                snapshot = await self._neon.create_snapshot(
+                    row.project_id, row.live_branch_id, name=str(root.id)
+                )
+            except (NeonError, ControlPlaneFailed) as error:
+                await self._undo_provisioning(
+                    db, row, root=root, created=created, error=error, actor=actor
+                )
+                raise ControlPlaneFailed(f"creating session {row.id} failed: {error}") from error
+            fill_from_snapshot(root, snapshot.snapshot, row.live_branch_id)
+            row.head_checkpoint_id = root.id
+            row.status = SessionStatus.READY
+            row.updated_at = self._clock()
+            db.add(
+                self._event(
+                    actor,
+                    "session.create",
+                    row,
+                    phase="succeeded",
+                    operations=operation_ids(created, snapshot),
+                )
+            )
+            await db.commit()
+            return SessionView.of(row)
+
+    def _record_project(self, row: AgentSession, created: CreatedProject) -> None:
+        if not created.connection_uris or not created.endpoints:
+            raise ControlPlaneFailed("the new project came without a compute or connection URI")
+        row.project_id = created.project.id
+        row.live_branch_id = created.branch.id
+        row.endpoint_id = created.endpoints[0].id
+        uri = created.connection_uris[0].connection_uri.get_secret_value()
+        row.encrypted_connection_secret = self._secrets.encrypt(uri)
+        row.updated_at = self._clock()
+
+    async def _undo_provisioning(
+        self,
+        db: AsyncSession,
+        row: AgentSession,
+        *,
+        root: Checkpoint | None,
+        created: CreatedProject | None,
+        error: NeonError | ControlPlaneFailed,
+        actor: Actor,
+    ) -> None:
+        """Deletes whatever the failed workflow created on the control plane (looking for the
+        project by name when the create may have run unanswered), then marks the session
+        failed. Nothing stays half-written: no project, no secret, no pending checkpoint."""
+        project_id = created.project.id if created else None
+        cleanup_error: str | None = None
+        try:
+            if project_id is None and getattr(error, "maybe_applied", False):
+                lost = await self._neon.find_project(project_name(row.id), org_id=row.org_id)
+                if lost is not None:
+                    project_id = lost.id
+                    await self._neon.wait_for_project_operations(project_id)
+            if project_id is not None:
+                await self._neon.delete_project(project_id)
+        except NeonNotFound:
+            pass
+        except NeonError as cleanup:
+            cleanup_error = describe(cleanup)
+        if root is not None and root in db:
+            root.status = CheckpointStatus.FAILED
+            root.error = describe(error)
+        row.status = SessionStatus.FAILED
+        row.error = describe(error)
+        # Keep the project id only if it may still exist, for the reconciler to delete.
+        row.project_id = project_id if cleanup_error else None
+        row.live_branch_id = row.endpoint_id = None
+        row.encrypted_connection_secret = None
+        row.updated_at = self._clock()
+        db.add(
+            self._event(
+                actor,
+                "session.create",
+                row,
+                phase="failed",
+                error=row.error,
+                cleanup_error=cleanup_error,
+            )
+        )
+        await db.commit()
+
+    # --- delete --------------------------------------------------------------------------------
+
+    async def delete(self, session_id: uuid.UUID, *, actor: Actor = SYSTEM) -> SessionView:
+        """Deletes the session's project (already gone counts as done) and marks the session
+        deleted; its rows stay for the audit log. Deleting twice is fine."""
+        async with self._locks.hold(session_id), self._db() as db:
+            row = await load_session(db, session_id)
+            if row.status == SessionStatus.DELETED:
+                return SessionView.of(row)
+            before = row.status
+            row.status = SessionStatus.DELETING
+            row.updated_at = self._clock()
+            db.add(self._event(actor, "session.delete", row, phase="requested"))
+            await db.commit()
+            try:
+                if row.project_id is not None:
+                    await self._neon.delete_project(row.project_id)
+            except NeonNotFound:
+                pass
+            except NeonError as error:
+                row.status = (
+                    before
+                    if before in {SessionStatus.READY, SessionStatus.FAILED}
+                    else (SessionStatus.FAILED)
+                )
+                row.error = describe(error)
+                row.updated_at = self._clock()
+                db.add(self._event(actor, "session.delete", row, phase="failed", error=row.error))
+                await db.commit()
+                raise ControlPlaneFailed(
+                    f"deleting session {session_id} failed: {error}"
+                ) from error
+            now = self._clock()
+            row.status = SessionStatus.DELETED
+            row.deleted_at = row.updated_at = now
+            row.encrypted_connection_secret = None
+            db.add(self._event(actor, "session.delete", row, phase="succeeded"))
+            await db.commit()
+            return SessionView.of(row)
+
+    def _event(
+        self,
+        actor: Actor,
+        action: str,
+        row: AgentSession,
+        *,
+        phase: str,
+        operations: builtins.list[str] | None = None,
+        **details: str | None,
+    ) -> Event:
+        return event(
+            actor,
+            action,
+            at=self._clock(),
+            session_id=row.id,
+            target_kind="session",
+            target_id=row.id,
+            details={"phase": phase, "status": row.status.value, **details},
+            operation_ids=operations or (),
+        )
+
+
+__all__ = ["DATABASE_NAME", "ROLE_NAME", "SessionService", "project_name"]
