@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import socket
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -73,8 +76,28 @@ async def serve(
             await _serve(create_app(settings, server=info), host, listener)
 
 
+class _Server(uvicorn.Server):
+    """uvicorn re-raises SIGINT/SIGTERM after its graceful shutdown, which would kill the
+    process before the embedded PostgreSQL is stopped; this one just returns."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        originals = {sig: signal.signal(sig, self.handle_exit) for sig in _STOP_SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in originals.items():
+                signal.signal(sig, handler)
+
+
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 async def _serve(asgi: Litestar, host: str, listener: socket.socket) -> None:
-    server = uvicorn.Server(uvicorn.Config(asgi, log_level="warning", lifespan="on"))
+    server = _Server(uvicorn.Config(asgi, log_level="warning", lifespan="on"))
     serving = asyncio.create_task(server.serve(sockets=[listener]))
     while not server.started and not serving.done():
         await asyncio.wait([serving], timeout=0.05)

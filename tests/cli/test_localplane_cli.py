@@ -4,9 +4,11 @@ and `localplane serve` answering HTTP with and without AGENTDB_LOCALPLANE_API_KE
 from __future__ import annotations
 
 import socket
+import time
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 from support import agentdb, assert_one_line_error, clean_env, serving
 
@@ -95,3 +97,25 @@ def test_serve_with_api_key(pg_server: ServerInfo, tmp_path: Path) -> None:
         assert wrong.status_code == 401, wrong.text
         right = http.get("/projects", headers={"Authorization": "Bearer secret"})
         assert right.status_code == 200, right.text
+
+
+def test_sigterm_stops_the_embedded_postgres_it_started(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    with serving(clean_env(), data_dir) as url:
+        assert (
+            httpx.get(f"{url}/projects", headers={"Authorization": "Bearer x"}).status_code == 200
+        )
+        assert _postgres_processes(data_dir)
+    deadline = time.monotonic() + 30
+    while _postgres_processes(data_dir) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _postgres_processes(data_dir) == []
+
+
+def _postgres_processes(data_dir: Path) -> list[int]:
+    found = []
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        cmdline = " ".join(proc.info["cmdline"] or [])
+        if proc.info["name"] == "postgres" and str(data_dir) in cmdline:
+            found.append(proc.pid)
+    return found
