@@ -22,6 +22,7 @@ from meta_schema.tables import (
     Event,
     FleetMigration,
     FleetMigrationResult,
+    IdempotencyRecord,
     UsageSample,
     User,
 )
@@ -43,6 +44,7 @@ __all__ = [
     "FleetMigrationResult",
     "FleetMigrationResultStatus",
     "FleetMigrationStatus",
+    "IdempotencyRecord",
     "SessionStatus",
     "TokenScope",
     "UsageSample",

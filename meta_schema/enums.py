@@ -47,10 +47,13 @@ class CheckpointStatus(StrEnum):
 
 
 class BranchKind(StrEnum):
-    """`dev`: a writable copy to try things on; `preview`: a look at an old checkpoint."""
+    """`dev`: a writable copy to try things on; `preview`: a look at an old checkpoint;
+    `replaced`: a live branch a restore replaced (Neon's "(old)" branch), kept while a
+    retained checkpoint's snapshot was taken from it, then deleted."""
 
     DEV = "dev"
     PREVIEW = "preview"
+    REPLACED = "replaced"
 
 
 class BranchStatus(StrEnum):

@@ -40,6 +40,8 @@ class User(TableModel, table=True):
 
     id: uuid.UUID = Field(default_factory=new_id, primary_key=True)
     name: str = Field(sa_type=sa.Text)
+    # Stored lower-cased, so one address is one user.
+    email: str = Field(sa_type=sa.Text, unique=True)
     # The embedding platform's own id for this user, so creating a user can be idempotent.
     external_id: str | None = Field(default=None, sa_type=sa.Text, unique=True)
     # Tiers (quotas, retention) are defined by settings, so this is not a closed enum.
@@ -112,6 +114,8 @@ class AgentSessionBase(SQLModel):
     database_name: str | None = Field(default=None, sa_type=sa.Text)
     role_name: str | None = Field(default=None, sa_type=sa.Text)
     head_checkpoint_id: uuid.UUID | None = None
+    # The checkpoint a restore in flight puts back: what the reconciler needs to finish it.
+    restore_target_id: uuid.UUID | None = None
     # Why the last workflow on this session failed, for its owner to read.
     error: str | None = Field(default=None, sa_type=sa.Text)
     idempotency_key: str | None = Field(default=None, sa_type=sa.Text)
@@ -184,6 +188,9 @@ class Checkpoint(TableModel, table=True):
     # From Neon once the snapshot exists: its id, the branch it was taken from (which retention
     # must keep in cloud mode), its LSN and time (Neon's clock, never ours) and size.
     snapshot_id: str | None = Field(default=None, sa_type=sa.Text)
+    # What the snapshot holds (schema and row counts per table), described once on demand:
+    # a checkpoint never changes, so diffs reuse it.
+    summary: dict[str, Any] | None = Field(default=None, sa_type=JSONB)
     source_branch_id: str | None = Field(default=None, sa_type=sa.Text)
     lsn: str | None = Field(default=None, sa_type=sa.Text)
     taken_at: datetime | None = None
@@ -229,6 +236,34 @@ class Branch(BranchBase, TableModel, table=True):
 
 class BranchPublic(BranchBase):
     """A branch without its connection secret."""
+
+
+class IdempotencyRecord(TableModel, table=True):
+    """A POST made with an `Idempotency-Key`: the first call's answer, replayed to a retry of
+    the same request by the same token. The answer is stored encrypted: it may hold a token or
+    a connection URI."""
+
+    __tablename__ = "idempotency_records"
+    __table_args__ = (
+        sa.UniqueConstraint("principal", "key"),
+        sa.CheckConstraint(
+            "(status_code IS NULL) = (encrypted_response IS NULL)", name="answer_complete"
+        ),
+    )
+
+    id: uuid.UUID = Field(default_factory=new_id, primary_key=True)
+    # The api_tokens id that sent the request: keys are per caller.
+    principal: str = Field(sa_type=sa.Text)
+    key: str = Field(sa_type=sa.Text)
+    method: str = Field(sa_type=sa.Text)
+    path: str = Field(sa_type=sa.Text)
+    # SHA-256 of the request body: the same key with another body is a caller's mistake.
+    fingerprint: str = Field(sa_type=sa.Text)
+    # Null while the first call runs.
+    status_code: int | None = None
+    encrypted_response: bytes | None = None
+    created_at: datetime = Field(default_factory=utcnow, sa_column_kwargs=_NOW, index=True)
+    completed_at: datetime | None = None
 
 
 class Event(TableModel, table=True):

@@ -62,7 +62,7 @@ async def refused(
 
 
 async def new_user(db: AsyncSession) -> User:
-    user = User(name="ada", tier="free")
+    user = User(name="ada", email=f"ada-{uuid.uuid4()}@example.com", tier="free")
     await add(db, user)
     return user
 
@@ -101,7 +101,7 @@ async def test_rows_round_trip_with_enums_utc_times_and_json(db: AsyncSession):
 
 def test_ids_are_uuid7_stamped_with_the_creation_millisecond():
     before = time.time_ns() // 1_000_000
-    user = User(name="u", tier="free")
+    user = User(name="u", email="u@example.com", tier="free")
     after = time.time_ns() // 1_000_000
     assert (user.id.version, user.id.variant) == (7, uuid.RFC_4122)
     assert before <= user.id.int >> 80 <= after

@@ -108,6 +108,7 @@ async def test_upgrade_creates_every_table(empty_dsn: str):
         "usage_samples",
         "fleet_migrations",
         "fleet_migration_results",
+        "idempotency_records",
     }
     assert await versions_of(empty_dsn) == [head_revision()]
 
@@ -242,11 +243,11 @@ async def test_new_revision_against_an_up_to_date_database_is_empty_and_formatte
     config.set_main_option("script_location", str(scripts))
 
     await asyncio.to_thread(
-        command.revision, config, message="nothing new", autogenerate=True, rev_id="0002"
+        command.revision, config, message="nothing new", autogenerate=True, rev_id="9999"
     )
 
-    script = (scripts / "versions" / "0002_nothing_new.py").read_text()
-    assert "down_revision: str | None = '0001'" not in script  # ruff format ran
-    assert 'down_revision: str | None = "0001"' in script
+    script = (scripts / "versions" / "9999_nothing_new.py").read_text()
+    assert "down_revision: str | None = '0002'" not in script  # ruff format ran
+    assert 'down_revision: str | None = "0002"' in script
     assert script.count("    pass\n") == 2, script
-    compile(script, "0002_nothing_new.py", "exec")
+    compile(script, "9999_nothing_new.py", "exec")

@@ -122,7 +122,7 @@ def checkpoint_service(
 
 @pytest_asyncio.fixture(loop_scope="session")
 async def user_id(meta_sessions: async_sessionmaker[AsyncSession]) -> uuid.UUID:
-    user = meta_schema.User(name="ada", tier="free")
+    user = meta_schema.User(name="ada", email=f"ada-{uuid.uuid4()}@example.com", tier="free")
     created = user.id
     async with meta_sessions() as db:
         db.add(user)
