@@ -54,3 +54,70 @@ class Settings(BaseSettings):
         ge=0,
         description="Extra time each local-plane operation stays 'running'.",
     )
+
+    # --- agentdb serve -------------------------------------------------------------------------
+    admin_token: SecretStr | None = Field(
+        default=None,
+        description="The platform's admin bearer token (default: generated on first start, "
+        "stored hashed and printed once).",
+    )
+    secret_key: SecretStr | None = Field(
+        default=None,
+        description="Fernet key that encrypts connection secrets at rest (default: generated "
+        "into <data_dir>/secret.key on first start).",
+    )
+    meta_database: str = Field(
+        default="agentdb_meta",
+        pattern=r"^[a-z_][a-z0-9_]{0,62}$",
+        description="Name of the meta database inside the PostgreSQL server.",
+    )
+    project_prefix: str = Field(
+        default="agentdb-",
+        pattern=r"^[a-z][a-z0-9-]{0,19}$",
+        description="Start of every session's project name; the reconciler deletes only "
+        "projects with this prefix that no session owns.",
+    )
+    neon_api_key: SecretStr | None = Field(
+        default=None,
+        description="Neon API key: set it to run sessions on Neon cloud instead of the local "
+        "control plane.",
+    )
+    neon_api_url: str = Field(
+        default="https://console.neon.tech/api/v2",
+        description="Neon API base URL (used only with AGENTDB_NEON_API_KEY).",
+    )
+    neon_org_id: str | None = Field(
+        default=None,
+        description="Neon organization that owns the sessions' projects (cloud mode).",
+    )
+    sql_statement_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="Statement timeout for SQL run through agentdb, in seconds.",
+    )
+    sql_max_rows: int = Field(
+        default=1000,
+        ge=1,
+        le=10_000,
+        description="Most rows one SQL call returns (the rest are cut, `truncated` says so).",
+    )
+    branch_ttl_s: int = Field(
+        default=86_400,
+        gt=0,
+        description="Default lifetime of dev and preview branches, in seconds.",
+    )
+    reconcile_interval_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="How often the reconciler looks for interrupted workflows, in seconds.",
+    )
+    expiry_interval_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="How often expired branches and replaced branches are cleaned up, in seconds.",
+    )
+
+    @property
+    def uses_neon_cloud(self) -> bool:
+        return self.neon_api_key is not None

@@ -19,8 +19,10 @@ import uvicorn
 from litestar import Litestar
 from pydantic import ValidationError
 
+from agentdb.api import create_app as create_api
 from agentdb.localplane import Faults, create_app
 from agentdb.pg import PostgresError, open_server
+from agentdb.runtime import StartupError, open_runtime
 from agentdb.settings import Settings
 
 app = cyclopts.App(
@@ -38,13 +40,74 @@ class CommandError(Exception):
     """A failure to report as one line and exit code 2."""
 
 
+Port = Annotated[int, cyclopts.Parameter(validator=cyclopts.validators.Number(gte=0, lte=65535))]
+
+
+@app.command(name="serve")
+async def serve_api(
+    *,
+    host: str = "127.0.0.1",
+    port: Port = 8000,
+    data_dir: Path | None = None,
+) -> None:
+    """Run agentdb: the REST API at http://HOST:PORT/v1 over the embedded PostgreSQL and the
+    local control plane (or Neon cloud with AGENTDB_NEON_API_KEY).
+
+    Parameters
+    ----------
+    host
+        Interface to listen on.
+    port
+        TCP port; 0 picks a free one.
+    data_dir
+        Where the embedded PostgreSQL and the generated secret key live
+        (default: AGENTDB_DATA_DIR or a per-user folder).
+    """
+    settings = _settings(data_dir)
+    with _listen(host, port) as listener:
+        try:
+            async with open_runtime(settings) as runtime:
+                if runtime.new_admin_token is not None:
+                    token = runtime.new_admin_token.get_secret_value()
+                    print(f"agentdb admin token (shown once, keep it): {token}", flush=True)  # noqa: T201
+                await _serve(
+                    create_api(runtime),
+                    host,
+                    listener,
+                    what="agentdb API",
+                    path="/v1 (OpenAPI: /schema)",
+                )
+        except StartupError as exc:
+            raise CommandError(str(exc)) from None
+
+
+def _settings(data_dir: Path | None) -> Settings:
+    try:
+        settings = Settings(data_dir=data_dir) if data_dir is not None else Settings()
+        Faults.parse(settings.localplane_faults)
+    except (ValidationError, ValueError) as exc:
+        raise CommandError(_first_line(exc)) from exc
+    return settings
+
+
+@contextlib.contextmanager
+def _listen(host: str, port: int) -> Iterator[socket.socket]:
+    # The socket is bound and PostgreSQL started before uvicorn runs, so their failures reach
+    # the user as one line instead of a server traceback.
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        listener = socket.create_server((host, port), family=family)
+    except OSError as exc:
+        raise CommandError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    with listener:
+        yield listener
+
+
 @localplane.command
 async def serve(
     *,
     host: str = "127.0.0.1",
-    port: Annotated[
-        int, cyclopts.Parameter(validator=cyclopts.validators.Number(gte=0, lte=65535))
-    ] = 4010,
+    port: Port = 4010,
     data_dir: Path | None = None,
 ) -> None:
     """Serve the Neon API v2 subset at http://HOST:PORT/api/v2 (port 0 picks a free one).
@@ -59,21 +122,16 @@ async def serve(
         Where the embedded PostgreSQL keeps its data
         (default: AGENTDB_DATA_DIR or a per-user folder).
     """
-    try:
-        settings = Settings(data_dir=data_dir) if data_dir is not None else Settings()
-        Faults.parse(settings.localplane_faults)
-    except (ValidationError, ValueError) as exc:
-        raise CommandError(_first_line(exc)) from exc
-    # The socket is bound and PostgreSQL started before uvicorn runs, so their failures reach
-    # the user as one line instead of a server traceback.
-    try:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        listener = socket.create_server((host, port), family=family)
-    except OSError as exc:
-        raise CommandError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    with listener:
+    settings = _settings(data_dir)
+    with _listen(host, port) as listener:
         async with open_server(settings) as info:
-            await _serve(create_app(settings, server=info), host, listener)
+            await _serve(
+                create_app(settings, server=info),
+                host,
+                listener,
+                what="agentdb local control plane",
+                path="/api/v2",
+            )
 
 
 class _Server(uvicorn.Server):
@@ -96,7 +154,9 @@ class _Server(uvicorn.Server):
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-async def _serve(asgi: Litestar, host: str, listener: socket.socket) -> None:
+async def _serve(
+    asgi: Litestar, host: str, listener: socket.socket, *, what: str, path: str
+) -> None:
     server = _Server(uvicorn.Config(asgi, log_level="warning", lifespan="on"))
     serving = asyncio.create_task(server.serve(sockets=[listener]))
     while not server.started and not serving.done():
@@ -105,9 +165,9 @@ async def _serve(asgi: Litestar, host: str, listener: socket.socket) -> None:
         # uvicorn raises SystemExit when the app's startup fails; report it as one line.
         with contextlib.suppress(SystemExit):
             await serving
-        raise CommandError("the local control plane could not start; see the messages above")
+        raise CommandError(f"the {what} could not start; see the messages above")
     bound = listener.getsockname()[1]
-    print(f"agentdb local control plane: http://{host}:{bound}/api/v2", flush=True)  # noqa: T201
+    print(f"{what}: http://{host}:{bound}{path}", flush=True)  # noqa: T201
     await serving
 
 

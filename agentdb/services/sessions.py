@@ -44,9 +44,14 @@ DATABASE_NAME = "app"
 ROLE_NAME = "agent"
 
 
-def project_name(session_id: uuid.UUID) -> str:
-    """The control plane's name for a session's project: how a lost create is found again."""
-    return f"agentdb-{session_id}"
+#: Every session's project is named this prefix + the session id.
+PROJECT_PREFIX = "agentdb-"
+
+
+def project_name(session_id: uuid.UUID, prefix: str = PROJECT_PREFIX) -> str:
+    """The control plane's name for a session's project: how a lost create is found again, and
+    how the reconciler tells this installation's projects from anything else in the account."""
+    return f"{prefix}{session_id}"
 
 
 class SessionService:
@@ -60,11 +65,17 @@ class SessionService:
         *,
         clock: Clock = system_clock,
         locks: SessionLocks | None = None,
+        default_org_id: str | None = None,
+        project_prefix: str = PROJECT_PREFIX,
     ) -> None:
+        """`default_org_id`: the Neon organization for users without one of their own;
+        `project_prefix`: what this installation's project names start with."""
         self._sessions = sessions
         self._neon = neon
         self._secrets = secrets
         self._clock = clock
+        self._default_org_id = default_org_id
+        self._project_prefix = project_prefix
         self._locks = locks or SessionLocks(sessions)
 
     def _db(self) -> AsyncSession:
@@ -129,7 +140,7 @@ class SessionService:
                 name=name or "",
                 status=SessionStatus.PROVISIONING,
                 tier=user.tier,
-                org_id=user.org_id,
+                org_id=user.org_id or self._default_org_id,
                 database_name=DATABASE_NAME,
                 role_name=ROLE_NAME,
                 idempotency_key=idempotency_key,
@@ -174,7 +185,7 @@ class SessionService:
             snapshot: SnapshotCreated | None = None
             try:
                 created = await self._neon.create_project(
-                    name=project_name(row.id),
+                    name=project_name(row.id, self._project_prefix),
                     org_id=row.org_id,
                     branch_name=LIVE_BRANCH_NAME,
                     database_name=DATABASE_NAME,
@@ -244,7 +255,9 @@ class SessionService:
         cleanup_error: str | None = None
         try:
             if project_id is None and getattr(error, "maybe_applied", False):
-                lost = await self._neon.find_project(project_name(row.id), org_id=row.org_id)
+                lost = await self._neon.find_project(
+                    project_name(row.id, self._project_prefix), org_id=row.org_id
+                )
                 if lost is not None:
                     project_id = lost.id
                     await self._neon.wait_for_project_operations(project_id)
@@ -338,4 +351,4 @@ class SessionService:
         )
 
 
-__all__ = ["DATABASE_NAME", "ROLE_NAME", "SessionService", "project_name"]
+__all__ = ["DATABASE_NAME", "PROJECT_PREFIX", "ROLE_NAME", "SessionService", "project_name"]

@@ -1,0 +1,6 @@
+"""agentdb's REST API (`/v1`, Litestar): thin handlers over the services, bearer tokens,
+RFC 9457 problem+json errors and `Idempotency-Key` on POSTs."""
+
+from ._app import create_app
+
+__all__ = ["create_app"]

@@ -1,0 +1,42 @@
+"""The REST API as a Litestar app over a running `Runtime`."""
+
+from __future__ import annotations
+
+from importlib.metadata import version
+
+from litestar import Litestar
+from litestar.datastructures import State
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components, SecurityScheme
+
+from agentdb.runtime import Runtime
+
+from ._auth import AuthMiddleware, RequestIdMiddleware
+from ._idempotency import IdempotencyMiddleware
+from ._problems import EXCEPTION_HANDLERS
+from ._routes import ROUTES
+
+
+def create_app(runtime: Runtime) -> Litestar:
+    """The `/v1` API with its OpenAPI document at `/schema`. The runtime's lifetime is the
+    caller's: the app neither opens nor closes it."""
+    return Litestar(
+        route_handlers=ROUTES,
+        # Outermost first: the request id covers everything, auth runs before idempotency
+        # (keys are per token).
+        middleware=[RequestIdMiddleware(), AuthMiddleware(), IdempotencyMiddleware()],
+        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        state=State({"runtime": runtime}),
+        openapi_config=OpenAPIConfig(
+            title="agentdb",
+            version=version("agentdb"),
+            description="Isolated, checkpointable Postgres for every AI-agent session.",
+            path="/schema",
+            components=Components(
+                security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer")}
+            ),
+            security=[{"bearer": []}],
+        ),
+        logging_config=None,
+        debug=False,
+    )

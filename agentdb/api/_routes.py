@@ -1,0 +1,429 @@
+"""The `/v1` routes. Each handler parses, authorizes, calls one service and renders: no logic
+of its own beyond who may see what."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+from typing import Annotated, Any
+
+from litestar import Controller, Request, delete, get, post
+from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
+from litestar.types import ControllerRouterHandler
+from pydantic import JsonValue
+
+from agentdb.runtime import Runtime
+from agentdb.services import CheckpointView, SessionView
+from agentdb.services._views import BranchView, DiffView
+from agentdb.services.sql import SqlResult
+from agentdb.services.tokens import IssuedToken
+from agentdb.services.users import UserView
+from meta_schema import TokenScope
+
+from ._auth import (
+    actor_of,
+    principal_of,
+    reachable_session,
+    require_admin,
+    require_owner,
+    require_user,
+    runtime_of,
+    sees_secrets,
+)
+from ._models import (
+    BranchList,
+    BranchOut,
+    CheckpointList,
+    CreateBranch,
+    CreateCheckpoint,
+    CreatePreview,
+    CreateSession,
+    CreateToken,
+    CreateUser,
+    EventList,
+    Health,
+    RunSql,
+    SessionList,
+    SessionOut,
+    TokenOut,
+    UserList,
+)
+from ._problems import BadRequest
+
+AnyRequest = Request[Any, Any, Any]
+#: A background job failing this many times in a row makes /healthz say "degraded".
+FAILING_JOB = 3
+IdempotencyKey = Annotated[
+    str | None,
+    HeaderParameter(
+        name="Idempotency-Key",
+        required=False,
+        description="Retries with the same key get the first answer.",
+    ),
+]
+
+
+def rt(request: AnyRequest) -> Runtime:
+    return runtime_of(request.scope)
+
+
+def _ttl(seconds: int | None) -> timedelta | None:
+    return None if seconds is None else timedelta(seconds=seconds)
+
+
+def _token_out(issued: IssuedToken) -> TokenOut:
+    view = issued.view
+    return TokenOut(
+        id=view.id,
+        token=issued.token.get_secret_value(),
+        scope=view.scope,
+        user_id=view.user_id,
+        session_id=view.session_id,
+        name=view.name,
+        prefix=view.prefix,
+        created_at=view.created_at,
+        expires_at=view.expires_at,
+    )
+
+
+async def _session_out(request: AnyRequest, view: SessionView) -> SessionOut:
+    uri = None
+    if sees_secrets(request) and view.status.value in {"ready", "checkpointing", "restoring"}:
+        uri = await rt(request).sessions.connection_uri(view.id)
+    return SessionOut(**view.model_dump(), connection_uri=uri)
+
+
+async def _branch_out(request: AnyRequest, view: BranchView) -> BranchOut:
+    uri = None
+    if sees_secrets(request) and view.status.value == "ready":
+        uri = await rt(request).branches.connection_uri(view.session_id, view.id)
+    return BranchOut(**view.model_dump(), connection_uri=uri)
+
+
+# --- health ---------------------------------------------------------------------------------
+
+
+@get("/healthz", tags=["health"], summary="Liveness and background jobs")
+async def healthz(request: AnyRequest) -> Health:
+    runtime = rt(request)
+    jobs: dict[str, JsonValue] = {}
+    degraded = False
+    for name, job in runtime.jobs.status().items():
+        degraded |= job.consecutive_failures >= FAILING_JOB
+        jobs[name] = {
+            "every_seconds": job.every.total_seconds(),
+            "runs": job.runs,
+            "failures": job.failures,
+            "consecutive_failures": job.consecutive_failures,
+            "last_succeeded_at": _iso(job.last_succeeded_at),
+            "last_error": job.last_error,
+        }
+    return Health(
+        status="degraded" if degraded else "ok", control_plane=runtime.control_plane, jobs=jobs
+    )
+
+
+def _iso(at: datetime | None) -> str | None:
+    return None if at is None else at.isoformat()
+
+
+# --- users ----------------------------------------------------------------------------------
+
+
+class Users(Controller):
+    path = "/v1/users"
+    tags = ["users"]  # noqa: RUF012 - Litestar's declaration style
+
+    @post("/", summary="Create a user (admin)")
+    async def create(self, request: AnyRequest, data: JSONBody[CreateUser]) -> UserView:
+        require_admin(request)
+        return await rt(request).users.create(
+            data.email, data.name, data.tier, actor=actor_of(request)
+        )
+
+    @get("/", summary="List users (admin)")
+    async def index(
+        self,
+        request: AnyRequest,
+        limit: Annotated[int, QueryParameter(ge=1, le=500)] = 100,
+        after: Annotated[uuid.UUID | None, QueryParameter()] = None,
+    ) -> UserList:
+        require_admin(request)
+        return UserList(users=await rt(request).users.list(limit=limit, after=after))
+
+    @get("/{user_id:uuid}", summary="Get a user")
+    async def show(self, request: AnyRequest, user_id: FromPath[uuid.UUID]) -> UserView:
+        require_user(request, user_id)
+        return await rt(request).users.get(user_id)
+
+    @post("/{user_id:uuid}/tokens", summary="Issue a user token")
+    async def token(
+        self,
+        request: AnyRequest,
+        user_id: FromPath[uuid.UUID],
+        data: JSONBody[CreateToken | None] = None,
+    ) -> TokenOut:
+        require_user(request, user_id)
+        data = data or CreateToken()
+        issued = await rt(request).tokens.issue_user_token(
+            user_id, name=data.name, ttl=_ttl(data.ttl_seconds), actor=actor_of(request)
+        )
+        return _token_out(issued)
+
+
+# --- sessions -------------------------------------------------------------------------------
+
+
+class Sessions(Controller):
+    path = "/v1/sessions"
+    tags = ["sessions"]  # noqa: RUF012
+
+    @post("/", summary="Open an agent session (its own Postgres)")
+    async def create(
+        self,
+        request: AnyRequest,
+        data: JSONBody[CreateSession],
+        idempotency_key: IdempotencyKey = None,
+    ) -> SessionOut:
+        principal = principal_of(request)
+        if principal.scope == TokenScope.SESSION:
+            require_owner(request)
+        user_id = data.user_id or principal.user_id
+        if user_id is None:
+            raise BadRequest("user_id", "required with the admin token")
+        require_user(request, user_id)
+        view = await rt(request).sessions.create(
+            user_id, data.name, idempotency_key, actor=actor_of(request)
+        )
+        return await _session_out(request, view)
+
+    @get("/", summary="List sessions")
+    async def index(
+        self, request: AnyRequest, user_id: Annotated[uuid.UUID | None, QueryParameter()] = None
+    ) -> SessionList:
+        principal = principal_of(request)
+        if principal.scope == TokenScope.SESSION:
+            assert principal.session_id is not None  # noqa: S101 - a session token's session
+            views = [await reachable_session(request, principal.session_id)]
+        else:
+            owner = user_id or principal.user_id
+            if owner is None:
+                raise BadRequest("user_id", "required with the admin token")
+            require_user(request, owner)
+            views = await rt(request).sessions.list(owner)
+        return SessionList(sessions=[await _session_out(request, v) for v in views])
+
+    @get("/{session_id:uuid}", summary="Get a session")
+    async def show(self, request: AnyRequest, session_id: FromPath[uuid.UUID]) -> SessionOut:
+        return await _session_out(request, await reachable_session(request, session_id))
+
+    @delete("/{session_id:uuid}", status_code=200, summary="Delete a session and its database")
+    async def remove(self, request: AnyRequest, session_id: FromPath[uuid.UUID]) -> SessionOut:
+        await reachable_session(request, session_id)
+        view = await rt(request).sessions.delete(session_id, actor=actor_of(request))
+        return SessionOut(**view.model_dump())
+
+    @post("/{session_id:uuid}/tokens", summary="Issue a session token (for the agent)")
+    async def token(
+        self,
+        request: AnyRequest,
+        session_id: FromPath[uuid.UUID],
+        data: JSONBody[CreateToken | None] = None,
+    ) -> TokenOut:
+        await reachable_session(request, session_id)
+        require_owner(request)
+        data = data or CreateToken()
+        issued = await rt(request).tokens.issue_session_token(
+            session_id, name=data.name, ttl=_ttl(data.ttl_seconds), actor=actor_of(request)
+        )
+        return _token_out(issued)
+
+    @post("/{session_id:uuid}/sql", status_code=200, summary="Run SQL on the session's database")
+    async def sql(
+        self, request: AnyRequest, session_id: FromPath[uuid.UUID], data: JSONBody[RunSql]
+    ) -> SqlResult:
+        await reachable_session(request, session_id)
+        timeout = None if data.timeout_seconds is None else timedelta(seconds=data.timeout_seconds)
+        return await rt(request).sql.run(
+            session_id,
+            data.sql,
+            data.params,
+            max_rows=data.max_rows,
+            timeout=timeout,
+            actor=actor_of(request),
+        )
+
+    @get("/{session_id:uuid}/events", summary="The session's audit log, oldest first")
+    async def events(
+        self,
+        request: AnyRequest,
+        session_id: FromPath[uuid.UUID],
+        after: Annotated[int | None, QueryParameter(ge=0)] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=500)] = 100,
+    ) -> EventList:
+        await reachable_session(request, session_id)
+        events = await rt(request).events.list(session_id, after=after, limit=limit)
+        next_after = events[-1].id if len(events) == limit else None
+        return EventList(events=events, next_after=next_after)
+
+
+# --- checkpoints ----------------------------------------------------------------------------
+
+
+class Checkpoints(Controller):
+    path = "/v1/sessions/{session_id:uuid}/checkpoints"
+    tags = ["checkpoints"]  # noqa: RUF012
+
+    @post("/", summary="Checkpoint the session's database")
+    async def create(
+        self,
+        request: AnyRequest,
+        session_id: FromPath[uuid.UUID],
+        data: JSONBody[CreateCheckpoint | None] = None,
+        idempotency_key: IdempotencyKey = None,
+    ) -> CheckpointView:
+        await reachable_session(request, session_id)
+        data = data or CreateCheckpoint()
+        return await rt(request).checkpoints.create(
+            session_id,
+            data.label,
+            data.message,
+            data.metadata,
+            idempotency_key=idempotency_key,
+            actor=actor_of(request),
+        )
+
+    @get("/", summary="The checkpoint tree and its head")
+    async def index(self, request: AnyRequest, session_id: FromPath[uuid.UUID]) -> CheckpointList:
+        await reachable_session(request, session_id)
+        tree = await rt(request).checkpoints.list(session_id)
+        return CheckpointList(head_id=tree.head_id, checkpoints=tree.checkpoints)
+
+    @get("/{checkpoint_id:uuid}", summary="Get a checkpoint")
+    async def show(
+        self,
+        request: AnyRequest,
+        session_id: FromPath[uuid.UUID],
+        checkpoint_id: FromPath[uuid.UUID],
+    ) -> CheckpointView:
+        await reachable_session(request, session_id)
+        return await rt(request).checkpoints.get(session_id, checkpoint_id)
+
+    @delete("/{checkpoint_id:uuid}", status_code=200, summary="Delete a checkpoint")
+    async def remove(
+        self,
+        request: AnyRequest,
+        session_id: FromPath[uuid.UUID],
+        checkpoint_id: FromPath[uuid.UUID],
+    ) -> CheckpointView:
+        await reachable_session(request, session_id)
+        return await rt(request).checkpoints.delete(
+            session_id, checkpoint_id, actor=actor_of(request)
+        )
+
+    @post(
+        "/{checkpoint_id:uuid}/restore",
+        status_code=200,
+        summary="Put the database back to a checkpoint (same connection string)",
+    )
+    async def restore(
+        self,
+        request: AnyRequest,
+        session_id: FromPath[uuid.UUID],
+        checkpoint_id: FromPath[uuid.UUID],
+    ) -> SessionOut:
+        await reachable_session(request, session_id)
+        await rt(request).checkpoints.restore(session_id, checkpoint_id, actor=actor_of(request))
+        return await _session_out(request, await rt(request).sessions.get(session_id))
+
+    @post("/{checkpoint_id:uuid}/preview", summary="Open a checkpoint as a separate branch")
+    async def preview(
+        self,
+        request: AnyRequest,
+        session_id: FromPath[uuid.UUID],
+        checkpoint_id: FromPath[uuid.UUID],
+        data: JSONBody[CreatePreview | None] = None,
+        idempotency_key: IdempotencyKey = None,
+    ) -> BranchOut:
+        await reachable_session(request, session_id)
+        data = data or CreatePreview()
+        view = await rt(request).branches.preview(
+            session_id,
+            checkpoint_id,
+            ttl=_ttl(data.ttl_seconds),
+            idempotency_key=idempotency_key,
+            actor=actor_of(request),
+        )
+        return await _branch_out(request, view)
+
+    @get("/{checkpoint_id:uuid}/diff", summary="Schema and row-count diff")
+    async def diff(
+        self,
+        request: AnyRequest,
+        session_id: FromPath[uuid.UUID],
+        checkpoint_id: FromPath[uuid.UUID],
+        against: Annotated[
+            str, QueryParameter(description="HEAD (the live database) or another checkpoint id")
+        ] = "HEAD",
+    ) -> DiffView:
+        await reachable_session(request, session_id)
+        other: uuid.UUID | None = None
+        if against.upper() != "HEAD":
+            try:
+                other = uuid.UUID(against)
+            except ValueError:
+                raise BadRequest("against", "must be HEAD or a checkpoint id") from None
+        return await rt(request).checkpoints.diff(session_id, checkpoint_id, other)
+
+
+# --- branches -------------------------------------------------------------------------------
+
+
+class Branches(Controller):
+    path = "/v1/sessions/{session_id:uuid}/branches"
+    tags = ["branches"]  # noqa: RUF012
+
+    @post("/", summary="Branch a dev copy, from now or from a checkpoint")
+    async def create(
+        self,
+        request: AnyRequest,
+        session_id: FromPath[uuid.UUID],
+        data: JSONBody[CreateBranch | None] = None,
+        idempotency_key: IdempotencyKey = None,
+    ) -> BranchOut:
+        await reachable_session(request, session_id)
+        data = data or CreateBranch()
+        view = await rt(request).branches.create(
+            session_id,
+            name=data.name,
+            checkpoint_id=data.checkpoint_id,
+            ttl=_ttl(data.ttl_seconds),
+            idempotency_key=idempotency_key,
+            actor=actor_of(request),
+        )
+        return await _branch_out(request, view)
+
+    @get("/", summary="The session's dev and preview branches")
+    async def index(self, request: AnyRequest, session_id: FromPath[uuid.UUID]) -> BranchList:
+        await reachable_session(request, session_id)
+        views = await rt(request).branches.list(session_id)
+        return BranchList(branches=[await _branch_out(request, v) for v in views])
+
+    @post("/{branch_id:uuid}/reset", status_code=200, summary="Reset a branch to where it began")
+    async def reset(
+        self, request: AnyRequest, session_id: FromPath[uuid.UUID], branch_id: FromPath[uuid.UUID]
+    ) -> BranchOut:
+        await reachable_session(request, session_id)
+        view = await rt(request).branches.reset(session_id, branch_id, actor=actor_of(request))
+        return await _branch_out(request, view)
+
+    @delete("/{branch_id:uuid}", status_code=200, summary="Delete a branch")
+    async def remove(
+        self, request: AnyRequest, session_id: FromPath[uuid.UUID], branch_id: FromPath[uuid.UUID]
+    ) -> BranchOut:
+        await reachable_session(request, session_id)
+        view = await rt(request).branches.delete(session_id, branch_id, actor=actor_of(request))
+        return BranchOut(**view.model_dump())
+
+
+ROUTES: list[ControllerRouterHandler] = [healthz, Users, Sessions, Checkpoints, Branches]

@@ -1,0 +1,220 @@
+"""Everything `agentdb serve` runs, wired from settings: the PostgreSQL server, the migrated meta
+database, the control plane (Neon cloud or the in-process local plane), the services and their
+background jobs. The REST API, and later the MCP server and the CLI, are built over a `Runtime`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Literal
+
+import psycopg
+import structlog
+from psycopg import errors as pg_errors
+from psycopg import sql
+from pydantic import SecretStr
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
+
+import meta_schema
+from agentdb.localplane import create_app as create_localplane
+from agentdb.localplane import running
+from agentdb.neon import NeonClient
+from agentdb.pg import ServerInfo, open_server
+from agentdb.services import (
+    CheckpointService,
+    Secrets,
+    SessionLocks,
+    SessionService,
+)
+from agentdb.services.branches import BranchService
+from agentdb.services.events import EventService
+from agentdb.services.jobs import JobRunner
+from agentdb.services.reconcile import Reconciler
+from agentdb.services.sql import SqlService
+from agentdb.services.tokens import TokenService
+from agentdb.services.users import UserService
+from agentdb.settings import Settings
+
+log = structlog.get_logger("agentdb.runtime")
+
+SECRET_KEY_FILE = "secret.key"  # noqa: S105 - a file name
+
+
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    """The running services, as the interfaces (REST, MCP, CLI) call them."""
+
+    settings: Settings
+    control_plane: Literal["local", "neon"]
+    neon: NeonClient
+    meta: async_sessionmaker[AsyncSession]
+    secrets: Secrets
+    users: UserService
+    tokens: TokenService
+    sessions: SessionService
+    checkpoints: CheckpointService
+    branches: BranchService
+    sql: SqlService
+    events: EventService
+    reconciler: Reconciler
+    jobs: JobRunner
+    #: An admin token generated at this start (none was configured or stored): show it once.
+    new_admin_token: SecretStr | None
+
+
+@asynccontextmanager
+async def open_runtime(
+    settings: Settings,
+    *,
+    server: ServerInfo | None = None,
+    neon: NeonClient | None = None,
+    start_jobs: bool = True,
+) -> AsyncIterator[Runtime]:
+    """Starts (or attaches to) PostgreSQL, migrates the meta database, opens the control plane
+    and builds the services; with `start_jobs`, the reconciler has run once before this yields
+    and the periodic jobs run until it exits. `neon` replaces the control plane the settings
+    choose (the caller keeps it open)."""
+    async with AsyncExitStack() as stack:
+        if server is None:
+            server = await stack.enter_async_context(open_server(settings))
+        meta_dsn = await ensure_database(server, settings.meta_database)
+        await meta_schema.upgrade(meta_dsn)
+        engine = create_async_engine(
+            meta_schema.database_url(meta_dsn), pool_size=10, max_overflow=20, pool_pre_ping=True
+        )
+        stack.push_async_callback(engine.dispose)
+        meta = async_sessionmaker(engine)
+        secrets = load_secrets(settings)
+
+        control_plane: Literal["local", "neon"] = "neon" if settings.uses_neon_cloud else "local"
+        if neon is None:
+            neon = await stack.enter_async_context(await _control_plane(settings, server, stack))
+
+        locks = SessionLocks(meta)
+        sessions = SessionService(
+            meta,
+            neon,
+            secrets,
+            locks=locks,
+            default_org_id=settings.neon_org_id,
+            project_prefix=settings.project_prefix,
+        )
+        checkpoints = CheckpointService(meta, neon, locks=locks)
+        branches = BranchService(
+            meta, neon, secrets, locks=locks, default_ttl=timedelta(seconds=settings.branch_ttl_s)
+        )
+        reconciler = Reconciler(
+            meta, neon, secrets, locks=locks, project_prefix=settings.project_prefix
+        )
+        tokens = TokenService(meta)
+        jobs = JobRunner(meta)
+        jobs.add("reconcile", reconciler.run_once, every=seconds(settings.reconcile_interval_s))
+        jobs.add("expire_branches", branches.expire, every=seconds(settings.expiry_interval_s))
+        jobs.add(
+            "cleanup_replaced_branches",
+            checkpoints.cleanup_replaced,
+            every=seconds(settings.expiry_interval_s),
+        )
+        runtime = Runtime(
+            settings=settings,
+            control_plane=control_plane,
+            neon=neon,
+            meta=meta,
+            secrets=secrets,
+            users=UserService(meta),
+            tokens=tokens,
+            sessions=sessions,
+            checkpoints=checkpoints,
+            branches=branches,
+            sql=SqlService(
+                meta,
+                secrets,
+                statement_timeout=seconds(settings.sql_statement_timeout_s),
+                max_rows=settings.sql_max_rows,
+            ),
+            events=EventService(meta),
+            reconciler=reconciler,
+            jobs=jobs,
+            new_admin_token=await tokens.ensure_admin_token(settings.admin_token),
+        )
+        if start_jobs:
+            # Whatever a crash left half-done is settled before the first request.
+            await jobs.run_now("reconcile")
+            await stack.enter_async_context(jobs)
+        log.info("agentdb.started", control_plane=control_plane)
+        yield runtime
+
+
+async def _control_plane(
+    settings: Settings, server: ServerInfo, stack: AsyncExitStack
+) -> NeonClient:
+    if settings.neon_api_key is not None:
+        return NeonClient(settings.neon_api_url, api_key=settings.neon_api_key.get_secret_value())
+    plane = await stack.enter_async_context(running(create_localplane(settings, server=server)))
+    key = settings.localplane_api_key
+    return NeonClient.for_app(plane, api_key=key.get_secret_value() if key else "local")
+
+
+def seconds(value: float) -> timedelta:
+    return timedelta(seconds=value)
+
+
+async def ensure_database(server: ServerInfo, name: str) -> str:
+    """Creates the meta database if it is missing (closed to PUBLIC, like every database in the
+    cluster) and returns its DSN."""
+    async with await psycopg.AsyncConnection.connect(server.conninfo(), autocommit=True) as conn:
+        found = await conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+        if await found.fetchone() is None:
+            with contextlib.suppress(pg_errors.DuplicateDatabase):  # another process won
+                await conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            await conn.execute(
+                sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(sql.Identifier(name))
+            )
+    return server.dsn(name)
+
+
+class StartupError(Exception):
+    """agentdb cannot start with these settings; the message says which and why."""
+
+
+def load_secrets(settings: Settings) -> Secrets:
+    """The Fernet key: AGENTDB_SECRET_KEY, else the one generated into the data dir on first
+    start (readable by its owner only)."""
+    if settings.secret_key is not None:
+        source, key = "AGENTDB_SECRET_KEY", settings.secret_key.get_secret_value()
+    else:
+        path = Path(settings.data_dir) / SECRET_KEY_FILE
+        source, key = str(path), _read_or_create_key(path)
+    try:
+        return Secrets(key)
+    except ValueError as error:
+        raise StartupError(f"{source}: {error}") from None
+
+
+def _read_or_create_key(path: Path) -> str:
+    with contextlib.suppress(FileNotFoundError):
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Written aside, then linked into place: link() fails if the name exists, so two processes
+    # starting at once agree on the first key, and nobody ever reads a half-written file.
+    draft = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(Secrets.generate_key() + "\n")
+    try:
+        os.link(draft, path)
+        log.info("agentdb.secret_key_generated", path=str(path))
+    except FileExistsError:
+        pass
+    finally:
+        draft.unlink()
+    return path.read_text().strip()
+
+
+__all__ = ["Runtime", "StartupError", "ensure_database", "load_secrets", "open_runtime"]
