@@ -4,11 +4,15 @@ ServiceError
  ├── NotFound                  an unknown (or someone else's) id
  │    ├── UserNotFound
  │    ├── SessionNotFound
- │    └── CheckpointNotFound
+ │    ├── CheckpointNotFound
+ │    ├── BranchNotFound
+ │    └── TokenNotFound
  ├── Conflict                  the request clashes with the current state (e.g. a deleted session)
+ │    └── AlreadyExists(field, message)   a unique value (an email) is taken
  ├── InvalidInput(field, message)
  ├── SessionBusy               a workflow on the session is unfinished (a reconciler's job)
  ├── ControlPlaneFailed        Neon (or the local plane) failed; what was done is recorded
+ ├── SqlFailed                 PostgreSQL refused a caller's SQL (sqlstate, message, position)
  └── SecretDecryptionFailed    a stored secret does not open with the configured key
 """
 
@@ -67,3 +71,67 @@ class SessionBusy(ServiceError):  # noqa: N818
 
 class ControlPlaneFailed(ServiceError):  # noqa: N818
     """The control plane refused or failed a call; the meta DB records the outcome."""
+
+
+class BranchNotFound(NotFound):
+    """No dev or preview branch with this id in this session."""
+
+    def __init__(self, branch_id: uuid.UUID) -> None:
+        super().__init__(f"no branch {branch_id}")
+        self.branch_id = branch_id
+
+
+class AlreadyExists(Conflict):
+    """Something with this value exists already; `field` names the value (e.g. "email")."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+class TokenNotFound(NotFound):
+    def __init__(self, token_id: uuid.UUID) -> None:
+        super().__init__(f"no token {token_id}")
+        self.token_id = token_id
+
+
+class SqlFailed(ServiceError):  # noqa: N818
+    """PostgreSQL refused the caller's SQL, with what an agent needs to fix it: the SQLSTATE
+    (class "08" means the database could not be reached), PostgreSQL's message, detail and
+    hint, and the 1-based character position in the SQL text it points at."""
+
+    def __init__(
+        self,
+        sqlstate: str | None,
+        message: str,
+        *,
+        detail: str | None = None,
+        hint: str | None = None,
+        position: int | None = None,
+    ) -> None:
+        text = f"{sqlstate}: {message}" if sqlstate else message
+        if position is not None:
+            text += f" (at character {position})"
+        super().__init__(text)
+        self.sqlstate = sqlstate
+        self.message = message
+        self.detail = detail
+        self.hint = hint
+        self.position = position
+
+
+class JobNotFound(NotFound):
+    """No background job of this name is registered with the runner."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"no job named {name!r}")
+        self.name = name
+
+
+class JobBusy(ServiceError):  # noqa: N818
+    """Another process (sharing the meta DB) kept running the job past the wait's deadline."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"job {name!r} is running in another process")
+        self.name = name

@@ -40,6 +40,10 @@ async def meta_dsn(pg_server: ServerInfo) -> AsyncIterator[str]:
     name = f"services_meta_{secrets.token_hex(6)}"
     async with await psycopg.AsyncConnection.connect(pg_server.conninfo(), autocommit=True) as conn:
         await conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        # Like agentdb's own meta database: closed to every role but the superuser.
+        await conn.execute(
+            sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(sql.Identifier(name))
+        )
     dsn = pg_server.dsn(name)
     await meta_schema.upgrade(dsn)
     yield dsn

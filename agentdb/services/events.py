@@ -1,0 +1,94 @@
+"""The audit log of one agent session, read as a feed: everything done to it, oldest first,
+paged by event id (a caller keeps the last id it saw and asks for what came after)."""
+
+from __future__ import annotations
+
+import builtins
+import uuid
+from datetime import datetime
+
+import sqlalchemy as sa
+from pydantic import BaseModel, ConfigDict, JsonValue
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
+
+from meta_schema import ActorScope, Event
+
+from ._common import SessionFactory, load_session
+from ._errors import InvalidInput
+
+MAX_LIST = 500
+
+
+class EventView(BaseModel):
+    """One recorded mutation: who did what to which target, and the control plane's
+    operation ids it took."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: int
+    at: datetime
+    actor: str
+    actor_scope: ActorScope
+    request_id: str | None
+    session_id: uuid.UUID | None
+    action: str
+    target_kind: str | None
+    target_id: str | None
+    details: dict[str, JsonValue]
+    neon_operation_ids: list[str]
+
+    @classmethod
+    def of(cls, row: Event) -> EventView:
+        assert row.id is not None  # noqa: S101 - the database assigns it on insert
+        return cls(
+            id=row.id,
+            at=row.at,
+            actor=row.actor,
+            actor_scope=row.actor_scope,
+            request_id=row.request_id,
+            session_id=row.session_id,
+            action=row.action,
+            target_kind=row.target_kind,
+            target_id=row.target_id,
+            details=row.details,
+            neon_operation_ids=list(row.neon_operation_ids),
+        )
+
+
+class EventService:
+    """Reads a session's events."""
+
+    def __init__(self, sessions: SessionFactory) -> None:
+        self._sessions = sessions
+
+    def _db(self) -> AsyncSession:
+        return self._sessions(expire_on_commit=False)
+
+    async def list(
+        self, session_id: uuid.UUID, *, after: int | None = None, limit: int = 100
+    ) -> builtins.list[EventView]:
+        """The session's events with an id above `after`, oldest first, at most `limit`
+        (1..500). Raises `SessionNotFound`, `InvalidInput`.
+
+        Ids are drawn at insert, not at commit: a transaction still open while a page is read
+        may later commit an id below the page's last one. Workflows commit their events within
+        milliseconds, so a feed that must see everything re-reads a short window."""
+        if not 1 <= limit <= MAX_LIST:
+            raise InvalidInput("limit", f"must be between 1 and {MAX_LIST}")
+        if after is not None and after < 0:
+            raise InvalidInput("after", "must not be negative")
+        query = (
+            sa.select(Event)
+            .where(col(Event.session_id) == session_id)
+            .order_by(col(Event.id))
+            .limit(limit)
+        )
+        if after is not None:
+            query = query.where(col(Event.id) > after)
+        async with self._db() as db:
+            await load_session(db, session_id)
+            return [EventView.of(row) for row in await db.scalars(query)]
+
+
+__all__ = ["EventService", "EventView"]

@@ -1,0 +1,481 @@
+"""Running an agent's SQL on its session's own database, as the session's own role: one
+transaction per call, a statement timeout, a row cap, and results as JSON-safe values.
+
+The connection URI never leaves this module; nothing here can name another database, so the
+SQL reaches the session's data and nothing else (the role has no CONNECT elsewhere, and
+dblink/postgres_fdw need a superuser to install).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from datetime import date, datetime, timedelta
+from datetime import time as time_of_day
+from typing import Any
+
+import psycopg
+import stamina
+import structlog
+from psycopg import errors, pq
+from psycopg.abc import AdaptContext, Buffer
+from psycopg.adapt import AdaptersMap, Loader
+from psycopg.conninfo import conninfo_to_dict
+from psycopg.types.json import Jsonb
+from psycopg.types.string import TextLoader
+from pydantic import BaseModel, ConfigDict, JsonValue
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from meta_schema import SessionStatus
+
+from ._common import SYSTEM, Actor, Clock, SessionFactory, load_session, system_clock
+from ._errors import Conflict, InvalidInput, SessionBusy, SqlFailed
+from ._secrets import Secrets
+
+log = structlog.get_logger(__name__)
+
+MAX_ROWS_LIMIT = 10_000
+MAX_TIMEOUT = timedelta(hours=1)
+MAX_SQL_LENGTH = 1_000_000
+#: PostgreSQL's own limit on bind parameters in one statement.
+MAX_PARAMS = 65_535
+CONNECT_TIMEOUT_S = 10
+#: A checkpoint closes the database for ~0.1-2 s and a restore's swap for ~15-75 ms
+#: (DESIGN.md); these attempts span about 3 s.
+_CONNECT_ATTEMPTS = 7
+#: The whole call may run this much longer than `timeout` before agentdb cancels it: the
+#: server's statement_timeout counts per statement, and the agent's SQL may change it.
+_CALL_GRACE_S = 1.0
+#: Sessions in these states have a database to run SQL on; a checkpoint only closes it briefly.
+_RUNNABLE = frozenset({SessionStatus.READY, SessionStatus.CHECKPOINTING})
+_BUSY = frozenset({SessionStatus.PROVISIONING, SessionStatus.RESTORING, SessionStatus.DELETING})
+#: Types whose psycopg value maps to JSON as is; every other type comes back as PostgreSQL's
+#: text for it (numeric keeps its precision, interval its months, ranges their bounds).
+_NATIVE_TYPES = frozenset(
+    {
+        "bool",
+        "int2",
+        "int4",
+        "int8",
+        "oid",
+        "float4",
+        "float8",
+        "text",
+        "varchar",
+        "bpchar",
+        "name",
+        "json",
+        "jsonb",
+        "bytea",
+        "uuid",
+        "date",
+        "time",
+        "timetz",
+        "timestamp",
+        "timestamptz",
+    }
+)
+_CONNECTION_CLOSED_STATES = frozenset({"57P01", "57P02", "57P03"})
+
+
+class SqlColumn(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    #: PostgreSQL's name for the type, e.g. "integer", "numeric(10,2)", "text[]".
+    type: str
+
+
+class SqlResult(BaseModel):
+    """The last statement's result.
+
+    `row_count` is what PostgreSQL counted: rows returned (even beyond the cap) or affected,
+    0 for commands with neither. `truncated` says `rows` stops at the cap. `command` is
+    PostgreSQL's tag, e.g. "SELECT 3", "INSERT 0 1", "CREATE TABLE".
+
+    Values as JSON: null, bool, text, int and float as themselves (NaN and infinities as the
+    strings "NaN", "Infinity", "-Infinity"); numeric as a string, to keep every digit;
+    json/jsonb as JSON; arrays as lists; bytea as PostgreSQL's hex text ("\\x0102", which
+    reads back as a bytea parameter); date, time and timestamp as ISO 8601 (infinity and BC
+    dates as PostgreSQL's text); uuid as a string; every other type (interval, ranges, inet,
+    enums, composite rows ...) as PostgreSQL's text for it.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    columns: list[SqlColumn]
+    rows: list[list[JsonValue]]
+    row_count: int
+    truncated: bool
+    command: str
+
+
+class _NativeOrText(Loader):
+    """psycopg's loader for a type, falling back to PostgreSQL's text for values Python cannot
+    hold (dates at infinity, BC, or after year 9999)."""
+
+    native: type[Loader]
+
+    def __init__(self, oid: int, context: AdaptContext | None = None) -> None:
+        super().__init__(oid, context)
+        self._native = self.native(oid, context)
+        self._text = TextLoader(oid, context)
+
+    def load(self, data: Buffer) -> Any:  # noqa: ANN401 - whatever the type's loader makes
+        try:
+            return self._native.load(data)
+        except psycopg.DataError:
+            return self._text.load(data)
+
+
+def _result_adapters() -> AdaptersMap:
+    """psycopg's adapters, with the loaders of `_NATIVE_TYPES` made lenient and every other
+    known type loaded as text (arrays keep their own loader, so they stay lists)."""
+    adapters = AdaptersMap(psycopg.adapters)
+    for info in psycopg.postgres.types:
+        native = psycopg.adapters.get_loader(info.oid, pq.Format.TEXT)
+        if info.name in _NATIVE_TYPES and native is not None:
+            lenient = type(f"{native.__name__}OrText", (_NativeOrText,), {"native": native})
+            adapters.register_loader(info.oid, lenient)
+        else:
+            adapters.register_loader(info.oid, TextLoader)
+    return adapters
+
+
+def _json_value(value: object) -> JsonValue:  # noqa: PLR0911 - one case per Python type
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return value
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, bytes | bytearray | memoryview):
+        return "\\x" + bytes(value).hex()
+    if isinstance(value, datetime | date | time_of_day):
+        return value.isoformat()
+    if isinstance(value, list | tuple):
+        return [_json_value(item) for item in value]
+    if isinstance(value, dict):
+        # json/jsonb, decoded by json.loads: JSON already.
+        return {str(key): _json_value(item) for key, item in value.items()}
+    return str(value)
+
+
+def _leaves(value: list[JsonValue]) -> Iterator[JsonValue]:
+    for item in value:
+        if isinstance(item, list):
+            yield from _leaves(item)
+        elif item is not None:
+            yield item
+
+
+def _floats(value: JsonValue) -> JsonValue:
+    if isinstance(value, list):
+        return [_floats(item) for item in value]
+    if isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def _kind(value: JsonValue) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "text"
+    return "object"
+
+
+def _param(value: JsonValue, where: str) -> object:
+    """One parameter as psycopg adapts it: scalars as themselves (text as an untyped literal
+    PostgreSQL casts to what the statement needs), lists as arrays, objects as jsonb."""
+    if isinstance(value, dict):
+        return Jsonb(value)
+    if isinstance(value, list):
+        leaves = list(_leaves(value))
+        kinds = {_kind(leaf) for leaf in leaves}
+        if "object" in kinds:
+            raise InvalidInput(
+                "params", f"{where}: arrays cannot hold objects; pass such an array as JSON"
+            )
+        if len(kinds) > 1:
+            raise InvalidInput("params", f"{where}: array items must all be of one type")
+        if any(isinstance(leaf, str) and "\x00" in leaf for leaf in leaves):
+            raise InvalidInput("params", f"{where}: text cannot contain NUL characters")
+        # psycopg wants one Python type per array: ints beside floats become floats.
+        if any(isinstance(leaf, float) for leaf in leaves):
+            return _floats(value)
+        return value
+    if isinstance(value, str) and "\x00" in value:
+        raise InvalidInput("params", f"{where}: text cannot contain NUL characters")
+    if value is not None and not isinstance(value, bool | int | float | str):
+        raise InvalidInput("params", f"{where}: {type(value).__name__} is not a JSON value")
+    return value
+
+
+def _bind(params: Sequence[JsonValue] | None) -> list[object] | None:
+    if params is None:
+        return None
+    if not isinstance(params, list):
+        raise InvalidInput("params", "must be a list of values for $1, $2, ...")
+    if len(params) > MAX_PARAMS:
+        raise InvalidInput("params", f"must have at most {MAX_PARAMS} values")
+    return [_param(value, f"${index}") for index, value in enumerate(params, start=1)]
+
+
+def _seconds(timeout: timedelta) -> str:
+    return f"{timeout.total_seconds():g} s"
+
+
+def _is_briefly_closed(error: Exception) -> bool:
+    """A connect refused because a checkpoint or restore has the database closed for a moment
+    (local plane: ALLOW_CONNECTIONS false, or the rename swap of a restore)."""
+    if not isinstance(error, psycopg.OperationalError):
+        return False
+    text = str(error)
+    return "is not currently accepting connections" in text or (
+        "database" in text and "does not exist" in text
+    )
+
+
+def _server_reason(error: psycopg.Error) -> str:
+    """libpq's connect error without the server's address (`... failed: FATAL:  reason`)."""
+    text = str(error).strip()
+    _, fatal, reason = text.rpartition("FATAL:")
+    return reason.strip() if fatal else text.rsplit(":", 1)[-1].strip() or "connection failed"
+
+
+class SqlService:
+    """Runs SQL in agent sessions' databases."""
+
+    def __init__(
+        self,
+        sessions: SessionFactory,
+        secrets: Secrets,
+        *,
+        statement_timeout: timedelta = timedelta(seconds=30),
+        max_rows: int = 1000,
+        clock: Clock = system_clock,
+    ) -> None:
+        if not timedelta(0) < statement_timeout <= MAX_TIMEOUT:
+            raise ValueError("statement_timeout must be positive and at most an hour")
+        if not 1 <= max_rows <= MAX_ROWS_LIMIT:
+            raise ValueError(f"max_rows must be between 1 and {MAX_ROWS_LIMIT}")
+        self._sessions = sessions
+        self._secrets = secrets
+        self._timeout = statement_timeout
+        self._max_rows = max_rows
+        self._clock = clock
+        self._adapters = _result_adapters()
+
+    def _db(self) -> AsyncSession:
+        return self._sessions(expire_on_commit=False)
+
+    async def run(
+        self,
+        session_id: uuid.UUID,
+        sql: str,
+        params: list[JsonValue] | None = None,
+        *,
+        max_rows: int | None = None,
+        timeout: timedelta | None = None,  # noqa: ASYNC109 - PostgreSQL's statement_timeout
+        actor: Actor = SYSTEM,
+    ) -> SqlResult:
+        """Runs `sql` in one transaction on the session's database and returns the last
+        statement's result; any error rolls back everything the call did.
+
+        With `params` (values for `$1`, `$2`, ...) `sql` must be one statement; without, it
+        may be several separated by `;`. `timeout` (default: the service's) bounds each
+        statement and, with a second's grace, the whole call. BEGIN/COMMIT inside `sql` are
+        the caller's own: a COMMIT makes what ran before it permanent.
+
+        Raises `SessionNotFound`, `SessionBusy` (provisioning, restoring, deleting),
+        `Conflict` (deleted or failed), `InvalidInput` (sql, params, max_rows, timeout) and
+        `SqlFailed` (PostgreSQL's error; SQLSTATE class 08 when the database is unreachable).
+        """
+        _check_sql(sql)
+        bound = _bind(params)
+        cap = self._max_rows if max_rows is None else max_rows
+        if isinstance(cap, bool) or not isinstance(cap, int) or not 1 <= cap <= MAX_ROWS_LIMIT:
+            raise InvalidInput("max_rows", f"must be between 1 and {MAX_ROWS_LIMIT}")
+        limit = self._timeout if timeout is None else timeout
+        if not timedelta(milliseconds=1) <= limit <= MAX_TIMEOUT:
+            raise InvalidInput("timeout", "must be between 1 ms and 1 hour")
+        uri = await self._uri(session_id)
+        started = time.perf_counter()
+        conn = await self._connect(uri, limit)
+        try:
+            result = await self._execute(conn, sql, bound, cap, limit)
+        finally:
+            # Closing without a commit rolls back whatever an error left open.
+            await conn.close()
+        log.debug(
+            "sql.run",
+            session_id=str(session_id),
+            actor=actor.id,
+            params=len(bound or ()),
+            command=result.command,
+            row_count=result.row_count,
+            truncated=result.truncated,
+            ms=round((time.perf_counter() - started) * 1000, 1),
+        )
+        return result
+
+    async def _uri(self, session_id: uuid.UUID) -> str:
+        async with self._db() as db:
+            row = await load_session(db, session_id)
+        if row.status in _BUSY:
+            raise SessionBusy(session_id, row.status.value)
+        if row.status not in _RUNNABLE or row.encrypted_connection_secret is None:
+            raise Conflict(f"session {session_id} is {row.status}: it has no database to query")
+        return self._secrets.decrypt(row.encrypted_connection_secret)
+
+    async def _connect(
+        self, uri: str, limit: timedelta
+    ) -> psycopg.AsyncConnection[tuple[Any, ...]]:
+        given = conninfo_to_dict(uri).get("options")
+        milliseconds = max(1, round(limit.total_seconds() * 1000))
+        options = f"{given} " if given else ""
+        options += f"-c statement_timeout={milliseconds}"
+        try:
+            # Only connecting is retried: a statement once sent is never sent again.
+            async for attempt in stamina.retry_context(
+                on=_is_briefly_closed,
+                attempts=_CONNECT_ATTEMPTS,
+                wait_initial=0.05,
+                wait_max=1.0,
+                wait_jitter=0.05,
+            ):
+                with attempt:
+                    return await psycopg.AsyncConnection.connect(
+                        uri,
+                        options=options,
+                        connect_timeout=CONNECT_TIMEOUT_S,
+                        application_name="agentdb-sql",
+                        prepare_threshold=None,
+                        context=self._adapters,
+                        cursor_factory=psycopg.AsyncRawCursor,
+                    )
+        except psycopg.Error as error:
+            raise SqlFailed(
+                "08001", f"cannot connect to the session's database: {_server_reason(error)}"
+            ) from None
+        raise AssertionError("unreachable: stamina re-raises the last error")  # pragma: no cover
+
+    async def _execute(
+        self,
+        conn: psycopg.AsyncConnection[tuple[Any, ...]],
+        sql: str,
+        params: list[object] | None,
+        cap: int,
+        limit: timedelta,
+    ) -> SqlResult:
+        committing = False
+        try:
+            async with asyncio.timeout(limit.total_seconds() + _CALL_GRACE_S):
+                cursor = conn.cursor()
+                await cursor.execute(sql, params)
+                await cursor.set_result(-1)
+                result = await self._result(conn, cursor, cap)
+                committing = True
+                await conn.commit()
+                return result
+        except TimeoutError:
+            raise SqlFailed(
+                "57014", f"canceled: the statement timeout of {_seconds(limit)} was exceeded"
+            ) from None
+        except psycopg.Error as error:
+            raise _failed(error, limit, committing=committing, with_params=bool(params)) from None
+
+    async def _result(
+        self,
+        conn: psycopg.AsyncConnection[tuple[Any, ...]],
+        cursor: psycopg.AsyncCursor[tuple[Any, ...]],
+        cap: int,
+    ) -> SqlResult:
+        command = cursor.statusmessage or ""
+        count = max(cursor.rowcount, 0)
+        description = cursor.description
+        if description is None:
+            return SqlResult(columns=[], rows=[], row_count=count, truncated=False, command=command)
+        # Only cap + 1 rows become Python objects; the extra one tells whether there are more.
+        # libpq still receives the whole result (bounded by the statement timeout).
+        rows = await cursor.fetchmany(cap + 1)
+        types = await self._type_names(conn, cursor)
+        return SqlResult(
+            columns=[
+                SqlColumn(name=column.name, type=name)
+                for column, name in zip(description, types, strict=True)
+            ],
+            rows=[[_json_value(value) for value in row] for row in rows[:cap]],
+            row_count=count,
+            truncated=len(rows) > cap,
+            command=command,
+        )
+
+    @staticmethod
+    async def _type_names(
+        conn: psycopg.AsyncConnection[tuple[Any, ...]], cursor: psycopg.AsyncCursor[Any]
+    ) -> list[str]:
+        """PostgreSQL's own names for the columns' types ("integer", "numeric(10,2)",
+        "timestamp with time zone", an enum's name), in one query."""
+        result = cursor.pgresult
+        assert result is not None  # noqa: S101 - the cursor has a result with columns
+        # As text: psycopg would send small numbers as int2[], which has no cast to oid[].
+        oids = [str(result.ftype(i)) for i in range(result.nfields)]
+        modifiers = [str(result.fmod(i)) for i in range(result.nfields)]
+        found = await conn.execute(
+            "SELECT pg_catalog.format_type(t, m) FROM ROWS FROM"
+            " (pg_catalog.unnest($1::oid[]), pg_catalog.unnest($2::int4[]))"
+            " WITH ORDINALITY AS c(t, m, n) ORDER BY n",
+            [oids, modifiers],
+        )
+        return [str(name) for (name,) in await found.fetchall()]
+
+
+def _check_sql(sql: str) -> None:
+    if not isinstance(sql, str) or not sql.strip():
+        raise InvalidInput("sql", "must not be empty")
+    if len(sql) > MAX_SQL_LENGTH:
+        raise InvalidInput("sql", f"must be at most {MAX_SQL_LENGTH} characters")
+    if "\x00" in sql:
+        raise InvalidInput("sql", "must not contain NUL characters")
+
+
+def _failed(
+    error: psycopg.Error, timeout: timedelta, *, committing: bool, with_params: bool
+) -> SqlFailed | InvalidInput:
+    diag = error.diag
+    sqlstate = error.sqlstate
+    message = diag.message_primary or str(error).strip() or type(error).__name__
+    if with_params and isinstance(error, errors.SyntaxError) and "multiple commands" in message:
+        return InvalidInput(
+            "sql", "with params, sql must be a single statement (drop the params to run several)"
+        )
+    if isinstance(error, errors.QueryCanceled) and "statement timeout" in message:
+        message = f"canceled: the statement timeout of {_seconds(timeout)} was exceeded"
+    elif sqlstate in _CONNECTION_CLOSED_STATES or (
+        sqlstate is None and isinstance(error, psycopg.OperationalError)
+    ):
+        outcome = (
+            "whether the transaction committed is unknown"
+            if committing
+            else "nothing was committed"
+        )
+        message = f"{message} (the connection closed, e.g. for a checkpoint or restore; {outcome})"
+        sqlstate = sqlstate or "08006"
+    position = diag.statement_position
+    return SqlFailed(
+        sqlstate,
+        message,
+        detail=diag.message_detail,
+        hint=diag.message_hint,
+        position=int(position) if position else None,
+    )
+
+
+__all__ = ["MAX_ROWS_LIMIT", "SqlColumn", "SqlResult", "SqlService"]

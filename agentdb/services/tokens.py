@@ -1,0 +1,440 @@
+"""API tokens: issuing bearer tokens for a user or one agent session, the platform's admin token,
+and resolving a token to the `Principal` it stands for.
+
+Only a token's SHA-256 is stored. Tokens carry a prefix per scope ("adb_admin_", "adb_user_",
+"adb_sess_") so secret scanners can find leaked ones, then 256 random bits in base62.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import string
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from pydantic import BaseModel, ConfigDict, SecretStr
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
+
+from meta_schema import (
+    ActorScope,
+    AgentSession,
+    ApiToken,
+    Event,
+    SessionStatus,
+    TokenScope,
+    User,
+)
+
+from ._common import MAX_NAME, SYSTEM, Actor, Clock, SessionFactory, check_text, event, system_clock
+from ._errors import Conflict, InvalidInput, SessionNotFound, TokenNotFound, UserNotFound
+
+SCOPE_PREFIXES = {
+    TokenScope.ADMIN: "adb_admin_",
+    TokenScope.USER: "adb_user_",
+    TokenScope.SESSION: "adb_sess_",
+}
+_ALPHABET = string.ascii_letters + string.digits
+#: 62**43 > 2**256: base62 keeps a token one "word" (double-click selects it whole).
+_SECRET_LENGTH = 43
+#: Random characters kept in a token's `prefix`, to tell tokens apart (not enough to guess).
+_PREFIX_RANDOM = 6
+#: Longer strings are not tokens; refusing them bounds the work a request can cause.
+MAX_TOKEN_LENGTH = 1024
+MAX_TTL = timedelta(days=3650)
+#: `last_used_at` is written at most this often per token, not on every request.
+LAST_USED_RESOLUTION = timedelta(minutes=1)
+#: The name of the row holding the operator's AGENTDB_ADMIN_TOKEN (its hash).
+CONFIGURED_ADMIN_NAME = "AGENTDB_ADMIN_TOKEN"
+GENERATED_ADMIN_NAME = "generated admin token"
+MIN_CONFIGURED_LENGTH = 16
+#: Serializes `ensure_admin_token` across processes that start at once.
+_ADMIN_LOCK_KEY = int.from_bytes(
+    hashlib.blake2b(b"agentdb.admin_token", digest_size=8).digest(), "big", signed=True
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who a request's token stands for, and what it may reach: the admin token everything,
+    a user token that user and their sessions, a session token exactly its session."""
+
+    token_id: uuid.UUID
+    scope: TokenScope
+    user_id: uuid.UUID | None
+    session_id: uuid.UUID | None
+
+    @property
+    def is_admin(self) -> bool:
+        return self.scope == TokenScope.ADMIN
+
+    def can_reach_user(self, user_id: uuid.UUID) -> bool:
+        """Whether this token may act on the user as a whole (a session token may not: it
+        reaches one session, never its owner's others)."""
+        if self.scope == TokenScope.ADMIN:
+            return True
+        return self.scope == TokenScope.USER and self.user_id == user_id
+
+    def can_reach_session(self, session_user_id: uuid.UUID, session_id: uuid.UUID) -> bool:
+        if self.scope == TokenScope.ADMIN:
+            return True
+        if self.scope == TokenScope.USER:
+            return self.user_id == session_user_id
+        return self.session_id == session_id and self.user_id == session_user_id
+
+    def actor(self, request_id: str | None = None) -> Actor:
+        """This token as the audit log records it."""
+        return Actor(str(self.token_id), ActorScope(self.scope.value), request_id)
+
+
+class TokenView(BaseModel):
+    """A token as its owner may see it: never the token or its hash."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: uuid.UUID
+    scope: TokenScope
+    user_id: uuid.UUID | None
+    session_id: uuid.UUID | None
+    name: str | None
+    prefix: str
+    created_at: datetime
+    expires_at: datetime | None
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+    @classmethod
+    def of(cls, row: ApiToken) -> TokenView:
+        return cls(
+            id=row.id,
+            scope=row.scope,
+            user_id=row.user_id,
+            session_id=row.session_id,
+            name=row.name,
+            prefix=row.prefix,
+            created_at=row.created_at,
+            expires_at=row.expires_at,
+            last_used_at=row.last_used_at,
+            revoked_at=row.revoked_at,
+        )
+
+
+class IssuedToken(BaseModel):
+    """A new token: `token` is shown this once and stored nowhere."""
+
+    model_config = ConfigDict(frozen=True)
+
+    token: SecretStr
+    view: TokenView
+
+
+def token_hash(token: str) -> str:
+    """Hex SHA-256 of a token, as `api_tokens.token_hash` stores it. A fast hash suffices:
+    tokens carry 256 random bits, so there is nothing to brute-force."""
+    return hashlib.sha256(token.encode("utf-8", "replace")).hexdigest()
+
+
+def new_token(scope: TokenScope) -> str:
+    return SCOPE_PREFIXES[scope] + "".join(secrets.choice(_ALPHABET) for _ in range(_SECRET_LENGTH))
+
+
+def _check_ttl(ttl: timedelta | None) -> None:
+    if ttl is not None and not timedelta(0) < ttl <= MAX_TTL:
+        raise InvalidInput("ttl", f"must be positive and at most {MAX_TTL.days} days")
+
+
+class TokenService:
+    """Issues, authenticates and revokes API tokens."""
+
+    def __init__(self, sessions: SessionFactory, *, clock: Clock = system_clock) -> None:
+        self._sessions = sessions
+        self._clock = clock
+
+    def _db(self) -> AsyncSession:
+        return self._sessions(expire_on_commit=False)
+
+    # --- issuing -------------------------------------------------------------------------------
+
+    async def issue_user_token(
+        self,
+        user_id: uuid.UUID,
+        *,
+        name: str | None = None,
+        ttl: timedelta | None = None,
+        actor: Actor = SYSTEM,
+    ) -> IssuedToken:
+        """A token reaching the user and all their sessions. Raises `UserNotFound` (also for
+        a disabled user) or `InvalidInput`."""
+        check_text("name", name, MAX_NAME)
+        _check_ttl(ttl)
+        async with self._db() as db:
+            user = await db.get(User, user_id)
+            if user is None or user.disabled_at is not None:
+                raise UserNotFound(user_id)
+            return await self._issue(
+                db,
+                TokenScope.USER,
+                user_id=user_id,
+                session_id=None,
+                name=name,
+                ttl=ttl,
+                actor=actor,
+            )
+
+    async def issue_session_token(
+        self,
+        session_id: uuid.UUID,
+        *,
+        name: str | None = None,
+        ttl: timedelta | None = None,
+        actor: Actor = SYSTEM,
+    ) -> IssuedToken:
+        """A token reaching this one session and nothing else: what an agent gets. Raises
+        `SessionNotFound`, `Conflict` (a deleted session, a disabled owner) or
+        `InvalidInput`."""
+        check_text("name", name, MAX_NAME)
+        _check_ttl(ttl)
+        async with self._db() as db:
+            session = await db.get(AgentSession, session_id)
+            if session is None:
+                raise SessionNotFound(session_id)
+            if session.status in {SessionStatus.DELETING, SessionStatus.DELETED}:
+                raise Conflict(f"session {session_id} is {session.status}")
+            owner = await db.get(User, session.user_id)
+            if owner is None or owner.disabled_at is not None:
+                raise Conflict(f"the owner of session {session_id} is disabled")
+            return await self._issue(
+                db,
+                TokenScope.SESSION,
+                user_id=session.user_id,
+                session_id=session_id,
+                name=name,
+                ttl=ttl,
+                actor=actor,
+            )
+
+    async def _issue(
+        self,
+        db: AsyncSession,
+        scope: TokenScope,
+        *,
+        user_id: uuid.UUID | None,
+        session_id: uuid.UUID | None,
+        name: str | None,
+        ttl: timedelta | None,
+        actor: Actor,
+    ) -> IssuedToken:
+        token = new_token(scope)
+        row = self._row(
+            db,
+            token,
+            scope,
+            user_id=user_id,
+            session_id=session_id,
+            name=name,
+            ttl=ttl,
+            actor=actor,
+        )
+        await db.commit()
+        return IssuedToken(token=SecretStr(token), view=TokenView.of(row))
+
+    def _row(
+        self,
+        db: AsyncSession,
+        token: str,
+        scope: TokenScope,
+        *,
+        user_id: uuid.UUID | None = None,
+        session_id: uuid.UUID | None = None,
+        name: str | None,
+        ttl: timedelta | None = None,
+        actor: Actor = SYSTEM,
+        prefix: str | None = None,
+        source: str = "issued",
+    ) -> ApiToken:
+        now = self._clock()
+        row = ApiToken(
+            token_hash=token_hash(token),
+            prefix=prefix
+            if prefix is not None
+            else token[: len(SCOPE_PREFIXES[scope]) + _PREFIX_RANDOM],
+            scope=scope,
+            user_id=user_id,
+            session_id=session_id,
+            name=name,
+            created_at=now,
+            expires_at=None if ttl is None else now + ttl,
+        )
+        db.add(row)
+        db.add(self._event(actor, "token.issue", row, source=source))
+        return row
+
+    # --- authenticating ------------------------------------------------------------------------
+
+    async def authenticate(self, token: str) -> Principal | None:
+        """The principal `token` stands for, or None when it is unknown, revoked, expired, or
+        its user is disabled or its session deleted (callers answer all of these alike).
+
+        The same work for every token: one hash and one lookup by the unique hash index.
+        """
+        if not isinstance(token, str) or len(token) > MAX_TOKEN_LENGTH:
+            return None
+        digest = token_hash(token)
+        query = (
+            sa.select(ApiToken, col(User.disabled_at), col(AgentSession.status))
+            .outerjoin(User, col(User.id) == col(ApiToken.user_id))
+            .outerjoin(AgentSession, col(AgentSession.id) == col(ApiToken.session_id))
+            .where(col(ApiToken.token_hash) == digest)
+        )
+        async with self._db() as db:
+            found = (await db.execute(query)).one_or_none()
+            if found is None:
+                return None
+            row, user_disabled_at, session_status = found
+            now = self._clock()
+            if (
+                not hmac.compare_digest(row.token_hash, digest)
+                or row.revoked_at is not None
+                or (row.expires_at is not None and row.expires_at <= now)
+                or user_disabled_at is not None
+                or (row.session_id is not None and session_status == SessionStatus.DELETED)
+            ):
+                return None
+            if row.last_used_at is None or now - row.last_used_at >= LAST_USED_RESOLUTION:
+                await self._touch(db, row.id, now)
+            return Principal(
+                token_id=row.id, scope=row.scope, user_id=row.user_id, session_id=row.session_id
+            )
+
+    async def _touch(self, db: AsyncSession, token_id: uuid.UUID, now: datetime) -> None:
+        # The condition repeats in SQL so that concurrent requests write once between them.
+        await db.execute(
+            sa.update(ApiToken)
+            .where(
+                col(ApiToken.id) == token_id,
+                sa.or_(
+                    col(ApiToken.last_used_at).is_(None),
+                    col(ApiToken.last_used_at) <= now - LAST_USED_RESOLUTION,
+                ),
+            )
+            .values(last_used_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        await db.commit()
+
+    # --- the admin token -----------------------------------------------------------------------
+
+    async def ensure_admin_token(self, configured: SecretStr | None) -> SecretStr | None:
+        """Makes sure the platform has an admin token, at start-up.
+
+        With `configured` (AGENTDB_ADMIN_TOKEN): its hash is stored (once), and a previously
+        configured value that differs is revoked; returns None. Raises `InvalidInput` for a
+        value shorter than 16 characters and `Conflict` when the value was revoked or is
+        another token's. Without: if no valid admin token exists, one is generated, stored
+        hashed and returned for the caller to show once; otherwise None. Processes starting
+        at once take turns on an advisory lock.
+        """
+        value = None if configured is None else configured.get_secret_value()
+        if value is not None:
+            if not MIN_CONFIGURED_LENGTH <= len(value) <= MAX_TOKEN_LENGTH:
+                raise InvalidInput(
+                    "admin_token",
+                    f"must be {MIN_CONFIGURED_LENGTH} to {MAX_TOKEN_LENGTH} characters",
+                )
+            if any(c.isspace() or not c.isprintable() for c in value):
+                raise InvalidInput("admin_token", "must not contain spaces or control characters")
+        async with self._db() as db:
+            await db.execute(sa.select(sa.func.pg_advisory_xact_lock(_ADMIN_LOCK_KEY)))
+            if value is None:
+                generated = await self._generate_admin(db)
+                await db.commit()
+                return generated
+            await self._store_configured(db, value)
+            await db.commit()
+            return None
+
+    async def _generate_admin(self, db: AsyncSession) -> SecretStr | None:
+        now = self._clock()
+        valid = await db.scalar(
+            sa.select(col(ApiToken.id))
+            .where(
+                col(ApiToken.scope) == TokenScope.ADMIN,
+                col(ApiToken.revoked_at).is_(None),
+                sa.or_(col(ApiToken.expires_at).is_(None), col(ApiToken.expires_at) > now),
+            )
+            .limit(1)
+        )
+        if valid is not None:
+            return None
+        token = new_token(TokenScope.ADMIN)
+        self._row(db, token, TokenScope.ADMIN, name=GENERATED_ADMIN_NAME, source="generated")
+        return SecretStr(token)
+
+    async def _store_configured(self, db: AsyncSession, value: str) -> None:
+        digest = token_hash(value)
+        found = await db.scalar(sa.select(ApiToken).where(col(ApiToken.token_hash) == digest))
+        if found is not None and found.scope != TokenScope.ADMIN:
+            raise Conflict("AGENTDB_ADMIN_TOKEN equals another token; configure a new value")
+        if found is not None and found.revoked_at is not None:
+            raise Conflict("AGENTDB_ADMIN_TOKEN was revoked; configure a new value")
+        if found is None:
+            # The prefix of an operator's value would give part of it away.
+            self._row(
+                db,
+                value,
+                TokenScope.ADMIN,
+                name=CONFIGURED_ADMIN_NAME,
+                prefix="(configured)",
+                source="configured",
+            )
+        replaced = await db.scalars(
+            sa.select(ApiToken).where(
+                col(ApiToken.scope) == TokenScope.ADMIN,
+                col(ApiToken.name) == CONFIGURED_ADMIN_NAME,
+                col(ApiToken.revoked_at).is_(None),
+                col(ApiToken.token_hash) != digest,
+            )
+        )
+        for old in replaced:
+            old.revoked_at = self._clock()
+            db.add(self._event(SYSTEM, "token.revoke", old, reason="AGENTDB_ADMIN_TOKEN changed"))
+
+    # --- revoking ------------------------------------------------------------------------------
+
+    async def revoke(self, token_id: uuid.UUID, *, actor: Actor = SYSTEM) -> None:
+        """Revokes a token for good; revoking it again changes nothing. Raises
+        `TokenNotFound`."""
+        async with self._db() as db:
+            row = await db.get(ApiToken, token_id, with_for_update=True)
+            if row is None:
+                raise TokenNotFound(token_id)
+            if row.revoked_at is not None:
+                return
+            row.revoked_at = self._clock()
+            db.add(self._event(actor, "token.revoke", row))
+            await db.commit()
+
+    def _event(self, actor: Actor, action: str, row: ApiToken, **details: str) -> Event:
+        return event(
+            actor,
+            action,
+            at=self._clock(),
+            session_id=row.session_id,
+            target_kind="token",
+            target_id=row.id,
+            details={"scope": row.scope.value, "prefix": row.prefix, **details},
+        )
+
+
+__all__ = [
+    "SCOPE_PREFIXES",
+    "IssuedToken",
+    "Principal",
+    "TokenService",
+    "TokenView",
+    "token_hash",
+]

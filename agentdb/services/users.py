@@ -1,0 +1,162 @@
+"""Users: the people a platform runs agent sessions for, each with a tier (quotas, retention)
+and a unique, lower-cased email address."""
+
+from __future__ import annotations
+
+import builtins
+import uuid
+from datetime import datetime
+
+import sqlalchemy as sa
+from pydantic import BaseModel, ConfigDict
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
+
+from meta_schema import User
+
+from ._common import MAX_NAME, SYSTEM, Actor, Clock, SessionFactory, check_text, event, system_clock
+from ._errors import AlreadyExists, InvalidInput, UserNotFound
+
+#: Issue 8 makes tiers configurable; until then these are all there is.
+KNOWN_TIERS = ("free", "pro")
+DEFAULT_TIER = "free"
+#: RFC 5321's limit on a forward path, the usual bound on a whole address.
+MAX_EMAIL = 254
+MAX_LIST = 500
+_EMAIL_UNIQUE = "uq_users_email"
+
+
+class UserView(BaseModel):
+    """A user as the platform sees it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: uuid.UUID
+    email: str
+    name: str
+    tier: str
+    org_id: str | None
+    created_at: datetime
+    disabled_at: datetime | None
+
+    @classmethod
+    def of(cls, row: User) -> UserView:
+        return cls(
+            id=row.id,
+            email=row.email,
+            name=row.name,
+            tier=row.tier,
+            org_id=row.org_id,
+            created_at=row.created_at,
+            disabled_at=row.disabled_at,
+        )
+
+
+def normalized_email(email: str) -> str:
+    """`email` lower-cased, after a pragmatic check (real validation is the platform's: it
+    sends the mails). Raises `InvalidInput("email", ...)`."""
+    if not email:
+        raise InvalidInput("email", "must not be empty")
+    if len(email) > MAX_EMAIL:
+        raise InvalidInput("email", f"must be at most {MAX_EMAIL} characters")
+    if any(c.isspace() or not c.isprintable() for c in email):
+        raise InvalidInput("email", "must not contain spaces or control characters")
+    local, at, domain = email.partition("@")
+    if not at or "@" in domain:
+        raise InvalidInput("email", "must contain exactly one '@'")
+    if not local:
+        raise InvalidInput("email", "needs a name before the '@'")
+    if "." not in domain or domain.startswith(".") or domain.endswith(".") or ".." in domain:
+        raise InvalidInput("email", "needs a domain with a dot after the '@', e.g. example.com")
+    return email.lower()
+
+
+def check_limit(limit: int) -> None:
+    if not 1 <= limit <= MAX_LIST:
+        raise InvalidInput("limit", f"must be between 1 and {MAX_LIST}")
+
+
+class UserService:
+    """Creates and reads users."""
+
+    def __init__(self, sessions: SessionFactory, *, clock: Clock = system_clock) -> None:
+        self._sessions = sessions
+        self._clock = clock
+
+    def _db(self) -> AsyncSession:
+        return self._sessions(expire_on_commit=False)
+
+    async def create(
+        self,
+        email: str,
+        name: str | None = None,
+        tier: str | None = None,
+        *,
+        actor: Actor = SYSTEM,
+    ) -> UserView:
+        """A new user; `name` defaults to the part of the address before the '@' and `tier`
+        to "free". Raises `InvalidInput` or `AlreadyExists("email", ...)`."""
+        address = normalized_email(email)
+        check_text("name", name, MAX_NAME)
+        tier = DEFAULT_TIER if tier is None else tier
+        if tier not in KNOWN_TIERS:
+            raise InvalidInput("tier", f"must be one of {', '.join(KNOWN_TIERS)}")
+        async with self._db() as db:
+            if await db.scalar(sa.select(col(User.id)).where(col(User.email) == address)):
+                raise AlreadyExists("email", f"a user with email {address} exists")
+            now = self._clock()
+            row = User(
+                name=name or email.partition("@")[0],
+                email=address,
+                tier=tier,
+                created_at=now,
+            )
+            db.add(row)
+            db.add(
+                event(
+                    actor,
+                    "user.create",
+                    at=now,
+                    session_id=None,
+                    target_kind="user",
+                    target_id=row.id,
+                    details={"tier": tier},
+                )
+            )
+            try:
+                await db.commit()
+            except IntegrityError as error:
+                # A concurrent create with the same address got there first.
+                if _constraint(error) == _EMAIL_UNIQUE:
+                    raise AlreadyExists("email", f"a user with email {address} exists") from None
+                raise
+            return UserView.of(row)
+
+    async def get(self, user_id: uuid.UUID) -> UserView:
+        async with self._db() as db:
+            row = await db.get(User, user_id)
+            if row is None:
+                raise UserNotFound(user_id)
+            return UserView.of(row)
+
+    async def list(
+        self, *, limit: int = 100, after: uuid.UUID | None = None
+    ) -> builtins.list[UserView]:
+        """Users oldest first (ids are UUIDv7, so id order is creation order), from the one
+        after `after`."""
+        check_limit(limit)
+        query = sa.select(User).order_by(col(User.id)).limit(limit)
+        if after is not None:
+            query = query.where(col(User.id) > after)
+        async with self._db() as db:
+            return [UserView.of(row) for row in await db.scalars(query)]
+
+
+def _constraint(error: IntegrityError) -> str | None:
+    diag = getattr(error.orig, "diag", None)
+    name = getattr(diag, "constraint_name", None)
+    return name if isinstance(name, str) else None
+
+
+__all__ = ["KNOWN_TIERS", "UserService", "UserView"]
