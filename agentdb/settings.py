@@ -6,11 +6,13 @@ embedded PostgreSQL and the local control plane.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 from pathlib import Path
 
 import platformdirs
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -20,6 +22,10 @@ def _default_data_dir() -> Path:
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         return Path("/var/lib/agentdb")
     return Path(platformdirs.user_data_dir("agentdb", appauthor=False))
+
+
+FERNET_KEY_BYTES = 32
+MIN_ADMIN_TOKEN, MAX_ADMIN_TOKEN = 16, 1024
 
 
 class Settings(BaseSettings):
@@ -117,6 +123,31 @@ class Settings(BaseSettings):
         gt=0,
         description="How often expired branches and replaced branches are cleaned up, in seconds.",
     )
+
+    @field_validator("secret_key")
+    @classmethod
+    def _fernet_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            try:
+                raw = base64.urlsafe_b64decode(value.get_secret_value().encode("ascii"))
+            except (ValueError, binascii.Error):
+                raw = b""
+            if len(raw) != FERNET_KEY_BYTES:
+                raise ValueError("not a Fernet key (32 url-safe base64-encoded bytes)")
+        return value
+
+    @field_validator("admin_token")
+    @classmethod
+    def _admin_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            token = value.get_secret_value()
+            if not MIN_ADMIN_TOKEN <= len(token) <= MAX_ADMIN_TOKEN or any(
+                c.isspace() for c in token
+            ):
+                raise ValueError(
+                    f"must be {MIN_ADMIN_TOKEN} to {MAX_ADMIN_TOKEN} characters without spaces"
+                )
+        return value
 
     @property
     def uses_neon_cloud(self) -> bool:

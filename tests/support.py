@@ -92,14 +92,24 @@ def _drain(stream: Any, lines: queue.Queue[str | None]) -> None:
     lines.put(None)
 
 
+API_LINE = re.compile(r"^agentdb API: (http://127\.0\.0\.1:\d+)/v1 ")
+
+
 @contextmanager
-def serving(env: dict[str, str], data_dir: Path) -> Iterator[str]:
-    """`agentdb localplane serve --port 0` until the block ends (SIGTERM, then kill); yields the
-    printed `/api/v2` URL. Also checks that SIGTERM stops it cleanly."""
+def serving(
+    env: dict[str, str],
+    data_dir: Path,
+    command: tuple[str, ...] = ("localplane", "serve"),
+    url_line: re.Pattern[str] = URL_LINE,
+    printed: list[str] | None = None,
+) -> Iterator[str]:
+    """`agentdb localplane serve --port 0` (or another serving `command`) until the block ends
+    (SIGTERM, then kill); yields the URL `url_line` finds in its output, and adds the lines
+    printed before it to `printed`. Also checks that SIGTERM stops it cleanly."""
     stderr_path = data_dir.with_name(data_dir.name + ".stderr")
     with stderr_path.open("wb") as stderr:
         proc = subprocess.Popen(  # noqa: S603
-            [str(AGENTDB), "localplane", "serve", "--port", "0", "--data-dir", str(data_dir)],
+            [str(AGENTDB), *command, "--port", "0", "--data-dir", str(data_dir)],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=stderr,
@@ -120,8 +130,10 @@ def serving(env: dict[str, str], data_dir: Path) -> Iterator[str]:
                 pytest.fail(f"no URL within {RUN_TIMEOUT:.0f} s:\n{stderr_path.read_text()}")
             if line is None:
                 pytest.fail(f"serve exited ({proc.wait()}):\n{stderr_path.read_text()}")
-            if match := URL_LINE.match(line):
+            if match := url_line.match(line):
                 url = match.group(1)
+            elif printed is not None:
+                printed.append(line)
         yield url
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -3,6 +3,7 @@ of its own beyond who may see what."""
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from datetime import datetime, timedelta
 from typing import Annotated, Any
@@ -13,7 +14,7 @@ from litestar.types import ControllerRouterHandler
 from pydantic import JsonValue
 
 from agentdb.runtime import Runtime
-from agentdb.services import CheckpointView, SessionView
+from agentdb.services import CheckpointView, SessionView, UserNotFound
 from agentdb.services._views import BranchView, DiffView
 from agentdb.services.sql import SqlResult
 from agentdb.services.tokens import IssuedToken
@@ -65,6 +66,15 @@ IdempotencyKey = Annotated[
 
 def rt(request: AnyRequest) -> Runtime:
     return runtime_of(request.scope)
+
+
+def _scoped(request: AnyRequest, key: str | None) -> str | None:
+    """The services' idempotency key for a caller's `Idempotency-Key`: keys are per token, as
+    the replay store keeps them, so two callers never share a key by accident."""
+    if key is None:
+        return None
+    token = principal_of(request).token_id
+    return hashlib.sha256(f"{token}\n{key}".encode()).hexdigest()
 
 
 def _ttl(seconds: int | None) -> timedelta | None:
@@ -193,7 +203,7 @@ class Sessions(Controller):
             raise BadRequest("user_id", "required with the admin token")
         require_user(request, user_id)
         view = await rt(request).sessions.create(
-            user_id, data.name, idempotency_key, actor=actor_of(request)
+            user_id, data.name, _scoped(request, idempotency_key), actor=actor_of(request)
         )
         return await _session_out(request, view)
 
@@ -204,7 +214,10 @@ class Sessions(Controller):
         principal = principal_of(request)
         if principal.scope == TokenScope.SESSION:
             assert principal.session_id is not None  # noqa: S101 - a session token's session
-            views = [await reachable_session(request, principal.session_id)]
+            own = await reachable_session(request, principal.session_id)
+            if user_id is not None and user_id != own.user_id:
+                raise UserNotFound(user_id)
+            views = [own]
         else:
             owner = user_id or principal.user_id
             if owner is None:
@@ -289,7 +302,7 @@ class Checkpoints(Controller):
             data.label,
             data.message,
             data.metadata,
-            idempotency_key=idempotency_key,
+            idempotency_key=_scoped(request, idempotency_key),
             actor=actor_of(request),
         )
 
@@ -351,7 +364,7 @@ class Checkpoints(Controller):
             session_id,
             checkpoint_id,
             ttl=_ttl(data.ttl_seconds),
-            idempotency_key=idempotency_key,
+            idempotency_key=_scoped(request, idempotency_key),
             actor=actor_of(request),
         )
         return await _branch_out(request, view)
@@ -398,7 +411,7 @@ class Branches(Controller):
             name=data.name,
             checkpoint_id=data.checkpoint_id,
             ttl=_ttl(data.ttl_seconds),
-            idempotency_key=idempotency_key,
+            idempotency_key=_scoped(request, idempotency_key),
             actor=actor_of(request),
         )
         return await _branch_out(request, view)
