@@ -10,7 +10,7 @@ $(BIN)/agentdb:
 setup: $(BIN)/agentdb
 
 run: setup
-	$(BIN)/agentdb localplane serve
+	$(BIN)/agentdb serve
 
 test: setup
 	$(BIN)/pytest
@@ -26,3 +26,4 @@ format: setup
 
 bench: setup
 	$(BIN)/python benchmarks/localplane.py
+	$(BIN)/python benchmarks/api.py
