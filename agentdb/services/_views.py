@@ -1,14 +1,23 @@
 """What the services return: typed, frozen views without secrets (a connection URI is only
-ever returned by `SessionService.connection_uri`)."""
+ever returned by `SessionService.connection_uri` and `BranchService.connection_uri`)."""
 
 from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
-from meta_schema import AgentSession, Checkpoint, CheckpointStatus, SessionStatus
+from meta_schema import (
+    AgentSession,
+    Branch,
+    BranchKind,
+    BranchStatus,
+    Checkpoint,
+    CheckpointStatus,
+    SessionStatus,
+)
 
 
 class _View(BaseModel):
@@ -66,11 +75,12 @@ class CheckpointView(_View):
     created_at: datetime
 
     @classmethod
-    def of(cls, row: Checkpoint) -> CheckpointView:
+    def of(cls, row: Checkpoint, *, parent_id: uuid.UUID | None = None) -> CheckpointView:
+        """`parent_id` overrides the row's (the nearest ancestor not deleted)."""
         return cls(
             id=row.id,
             session_id=row.session_id,
-            parent_id=row.parent_id,
+            parent_id=parent_id if parent_id is not None else row.parent_id,
             status=row.status,
             label=row.label,
             message=row.message,
@@ -94,3 +104,109 @@ class CheckpointTree(_View):
     def children(self, checkpoint_id: uuid.UUID | None) -> list[CheckpointView]:
         """The checkpoints whose parent is `checkpoint_id` (None: the roots)."""
         return [c for c in self.checkpoints if c.parent_id == checkpoint_id]
+
+
+class BranchView(_View):
+    """A dev branch (a writable copy) or a preview (a look at a checkpoint), beside the live
+    database. `source_checkpoint_id` None means it was copied from the live database."""
+
+    id: uuid.UUID
+    session_id: uuid.UUID
+    kind: BranchKind
+    name: str
+    status: BranchStatus
+    source_checkpoint_id: uuid.UUID | None
+    expires_at: datetime | None
+    error: str | None
+    created_at: datetime
+
+    @classmethod
+    def of(cls, row: Branch) -> BranchView:
+        return cls(
+            id=row.id,
+            session_id=row.session_id,
+            kind=row.kind,
+            name=row.name,
+            status=row.status,
+            source_checkpoint_id=row.source_checkpoint_id,
+            expires_at=row.expires_at,
+            error=row.error,
+            created_at=row.created_at,
+        )
+
+
+# --- diffs ---------------------------------------------------------------------------------
+
+Change = Literal["added", "removed", "changed"]
+ObjectKind = Literal["view", "type", "function"]
+
+
+class ColumnShape(_View):
+    """A column's type as Postgres prints it, whether it takes NULL, and its default (or
+    identity / generated expression)."""
+
+    type: str
+    nullable: bool
+    default: str | None = None
+
+
+class ColumnChange(_View):
+    name: str
+    before: ColumnShape
+    after: ColumnShape
+
+
+class TableDiff(_View):
+    """One table (schema-qualified `name`) on both sides. An added table lists all its
+    columns, indexes and constraints as added; a removed one as removed. Row counts are exact when
+    `rows_exact`, else Postgres' estimate (None if it has none); `data_changed` compares the
+    rows' contents of small tables and is None when a side was too large to read."""
+
+    name: str
+    change: Literal["added", "removed", "changed", "unchanged"]
+    rows_from: int | None
+    rows_to: int | None
+    rows_exact: bool
+    data_changed: bool | None
+    columns_added: list[str] = Field(default_factory=list)
+    columns_removed: list[str] = Field(default_factory=list)
+    columns_changed: list[ColumnChange] = Field(default_factory=list)
+    indexes_added: list[str] = Field(default_factory=list)
+    indexes_removed: list[str] = Field(default_factory=list)
+    indexes_changed: list[str] = Field(default_factory=list)
+    constraints_added: list[str] = Field(default_factory=list)
+    constraints_removed: list[str] = Field(default_factory=list)
+    constraints_changed: list[str] = Field(default_factory=list)
+
+
+class ObjectDiff(_View):
+    """A view, type (enum, domain, composite) or function that differs."""
+
+    kind: ObjectKind
+    name: str
+    change: Change
+
+
+class DiffSummary(_View):
+    tables_added: int
+    tables_removed: int
+    tables_changed: int
+    tables_unchanged: int
+    objects_changed: int
+    identical: bool
+
+
+class DiffView(_View):
+    """What changed from one checkpoint to another (`to_checkpoint_id`) or to the live
+    database as it is now (`to_checkpoint_id` None): every table of either side, sorted by
+    name, and the views, types and functions that differ. Equal schema hashes mean equal
+    schemas (row counts and contents aside)."""
+
+    session_id: uuid.UUID
+    from_checkpoint_id: uuid.UUID
+    to_checkpoint_id: uuid.UUID | None
+    from_schema_hash: str
+    to_schema_hash: str
+    summary: DiffSummary
+    tables: list[TableDiff] = Field(default_factory=list)
+    objects: list[ObjectDiff] = Field(default_factory=list)

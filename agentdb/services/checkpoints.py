@@ -1,5 +1,6 @@
-"""Checkpoints: snapshots of a session's live database, kept as a tree, and restoring one in
-place (same connection URI). One mutating workflow per session at a time (`SessionLocks`)."""
+"""Checkpoints: snapshots of a session's live database, kept as a tree, restoring one in place
+(same connection URI), deleting one, and diffing two (or one against the live database). One
+mutating workflow per session at a time (`SessionLocks`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import builtins
 import json
 import uuid
 
+import psycopg
 import sqlalchemy as sa
 from pydantic import JsonValue
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -18,7 +20,16 @@ from agentdb.neon import (
     NeonNotFound,
     SnapshotCreated,
 )
-from meta_schema import AgentSession, Checkpoint, CheckpointStatus, Event, SessionStatus
+from meta_schema import (
+    AgentSession,
+    Branch,
+    BranchKind,
+    BranchStatus,
+    Checkpoint,
+    CheckpointStatus,
+    Event,
+    SessionStatus,
+)
 
 from ._common import (
     LIVE_BRANCH_NAME,
@@ -39,7 +50,8 @@ from ._common import (
     system_clock,
 )
 from ._errors import CheckpointNotFound, Conflict, ControlPlaneFailed, InvalidInput, SessionBusy
-from ._views import CheckpointTree, CheckpointView
+from ._views import CheckpointTree, CheckpointView, DiffView
+from .diff import DatabaseDescription, compare, describe_snapshot, describe_uri, reading_error
 
 MAX_METADATA_BYTES = 64 * 1024
 #: Session states that mean a workflow is running; found under the lock, one was interrupted.
@@ -53,6 +65,19 @@ _UNFINISHED = frozenset(
 )
 #: Checkpoints whose snapshot is (or may be) kept, so their source branch must stay.
 _RETAINED = (CheckpointStatus.PENDING, CheckpointStatus.READY, CheckpointStatus.DELETING)
+#: What a restore calls the live branch it replaced (Neon renames it "main (old)").
+REPLACED_BRANCH_NAME = f"{LIVE_BRANCH_NAME} (old)"
+
+
+async def load_ready_session(db: AsyncSession, session_id: uuid.UUID) -> AgentSession:
+    """The session, if no workflow left it mid-way (`SessionBusy`) and it has a database
+    (`Conflict` when failed or deleted)."""
+    row = await load_session(db, session_id)
+    if row.status in _UNFINISHED:
+        raise SessionBusy(session_id, row.status.value)
+    if row.status != SessionStatus.READY or row.project_id is None:
+        raise Conflict(f"session {session_id} is {row.status}")
+    return row
 
 
 class CheckpointService:
@@ -79,25 +104,39 @@ class CheckpointService:
     async def get(self, session_id: uuid.UUID, checkpoint_id: uuid.UUID) -> CheckpointView:
         async with self._db() as db:
             await load_session(db, session_id)
-            return CheckpointView.of(await self._load(db, session_id, checkpoint_id))
+            found = await self._load(db, session_id, checkpoint_id)
+            return CheckpointView.of(found, parent_id=await _visible_parent(db, found))
 
     async def list(self, session_id: uuid.UUID) -> CheckpointTree:
-        """The session's checkpoint tree, oldest first, with its head."""
+        """The session's checkpoint tree, oldest first, with its head. Deleted checkpoints are
+        left out; their children hang under the nearest ancestor that is not deleted."""
         async with self._db() as db:
             row = await load_session(db, session_id)
-            found = await db.scalars(
-                sa.select(Checkpoint)
-                .where(
-                    col(Checkpoint.session_id) == session_id,
-                    col(Checkpoint.status) != CheckpointStatus.DELETED,
+            found = list(
+                await db.scalars(
+                    sa.select(Checkpoint)
+                    .where(col(Checkpoint.session_id) == session_id)
+                    .order_by(col(Checkpoint.created_at), col(Checkpoint.id))
                 )
-                .order_by(col(Checkpoint.created_at), col(Checkpoint.id))
             )
-            return CheckpointTree(
-                session_id=session_id,
-                head_id=row.head_checkpoint_id,
-                checkpoints=[CheckpointView.of(c) for c in found],
-            )
+        by_id = {c.id: c for c in found}
+
+        def visible(parent_id: uuid.UUID | None) -> uuid.UUID | None:
+            while parent_id is not None and (parent := by_id.get(parent_id)) is not None:
+                if parent.status != CheckpointStatus.DELETED:
+                    break
+                parent_id = parent.parent_id
+            return parent_id
+
+        return CheckpointTree(
+            session_id=session_id,
+            head_id=row.head_checkpoint_id,
+            checkpoints=[
+                CheckpointView.of(c, parent_id=visible(c.parent_id))
+                for c in found
+                if c.status != CheckpointStatus.DELETED
+            ],
+        )
 
     async def _load(
         self, db: AsyncSession, session_id: uuid.UUID, checkpoint_id: uuid.UUID
@@ -111,12 +150,15 @@ class CheckpointService:
         return found
 
     async def _ready_session(self, db: AsyncSession, session_id: uuid.UUID) -> AgentSession:
-        row = await load_session(db, session_id)
-        if row.status in _UNFINISHED:
-            raise SessionBusy(session_id, row.status.value)
-        if row.status != SessionStatus.READY or row.project_id is None:
-            raise Conflict(f"session {session_id} is {row.status}")
-        return row
+        return await load_ready_session(db, session_id)
+
+    async def _ready_checkpoint(
+        self, db: AsyncSession, session_id: uuid.UUID, checkpoint_id: uuid.UUID
+    ) -> Checkpoint:
+        checkpoint = await self._load(db, session_id, checkpoint_id)
+        if checkpoint.status != CheckpointStatus.READY or checkpoint.snapshot_id is None:
+            raise Conflict(f"checkpoint {checkpoint_id} is {checkpoint.status}")
+        return checkpoint
 
     # --- create --------------------------------------------------------------------------------
 
@@ -221,16 +263,20 @@ class CheckpointService:
     ) -> CheckpointView:
         """Puts the session's database back to `checkpoint_id`, in place: the connection URI
         stays, open connections are ended. Later checkpoints are kept; the next checkpoint is
-        a child of this one. Returns the restored checkpoint (the new head)."""
+        a child of this one. Returns the restored checkpoint (the new head).
+
+        The replaced live branch is recorded as a `replaced` branch and deleted at once unless
+        a retained checkpoint was taken from it (then `cleanup_replaced` deletes it later)."""
         async with self._locks.hold(session_id), self._db() as db:
             row = await self._ready_session(db, session_id)
-            checkpoint = await self._load(db, session_id, checkpoint_id)
-            if checkpoint.status != CheckpointStatus.READY or checkpoint.snapshot_id is None:
-                raise Conflict(f"checkpoint {checkpoint_id} is {checkpoint.status}")
+            checkpoint = await self._ready_checkpoint(db, session_id, checkpoint_id)
             assert row.project_id is not None  # noqa: S101 - checked by _ready_session
+            assert checkpoint.snapshot_id is not None  # noqa: S101 - checked above
             replaced = row.live_branch_id
             assert replaced is not None  # noqa: S101
             row.status = SessionStatus.RESTORING
+            # What a reconciler needs to finish the restore if this process dies mid-way.
+            row.restore_target_id = checkpoint.id
             row.updated_at = self._clock()
             db.add(self._event(actor, "checkpoint.restore", checkpoint, phase="requested"))
             await db.commit()
@@ -244,7 +290,13 @@ class CheckpointService:
                 )
             except NeonError as error:
                 row.live_branch_id = await self._live_branch(row.project_id) or replaced
+                if row.live_branch_id != replaced:
+                    # The restore happened after all: the live database is the checkpoint's,
+                    # and the "(old)" branch needs cleaning up (by `cleanup_replaced`).
+                    row.head_checkpoint_id = checkpoint.id
+                    db.add(self._replaced_row(row, replaced))
                 row.status = SessionStatus.READY
+                row.restore_target_id = None
                 row.error = describe(error)
                 row.updated_at = self._clock()
                 db.add(
@@ -254,14 +306,18 @@ class CheckpointService:
                 )
                 await db.commit()
                 raise ControlPlaneFailed(f"restore of {session_id} failed: {error}") from error
-            # The new live branch id first: from here on every call must target it.
+            # The new live branch id and the replaced one in one commit: from here on every
+            # call must target the new one, and the old one is never lost track of.
             row.live_branch_id = restored.branch.id
             row.head_checkpoint_id = checkpoint.id
             row.status = SessionStatus.READY
+            row.restore_target_id = None
             row.error = None
             row.updated_at = self._clock()
+            old = self._replaced_row(row, replaced)
+            db.add(old)
             await db.commit()
-            cleanup_operations, outcome = await self._drop_replaced(db, row, replaced)
+            cleanup_operations = await self._drop_replaced(db, row, old)
             db.add(
                 self._event(
                     actor,
@@ -270,39 +326,103 @@ class CheckpointService:
                     phase="succeeded",
                     operations=[*operation_ids(restored), *cleanup_operations],
                     replaced_branch=replaced,
-                    replaced_branch_outcome=outcome,
+                    replaced_branch_outcome=old.status.value,
                     live_branch=restored.branch.id,
                 )
             )
             await db.commit()
-            return CheckpointView.of(checkpoint)
+            return CheckpointView.of(checkpoint, parent_id=await _visible_parent(db, checkpoint))
+
+    def _replaced_row(self, row: AgentSession, branch_id: str) -> Branch:
+        return Branch(
+            session_id=row.id,
+            kind=BranchKind.REPLACED,
+            name=REPLACED_BRANCH_NAME,
+            status=BranchStatus.READY,
+            branch_id=branch_id,
+            created_at=self._clock(),
+        )
 
     async def _drop_replaced(
-        self, db: AsyncSession, row: AgentSession, replaced: str
-    ) -> tuple[builtins.list[str], str]:
-        """Deletes the "(old)" branch a restore left, unless a retained checkpoint's snapshot
-        was taken from it (whether Neon keeps such snapshots without their branch is
-        unconfirmed; the local plane does). Returns its operations and the outcome
-        ("deleted", "kept" or why it failed); a failure leaves the branch for retention."""
-        assert row.project_id is not None  # noqa: S101
+        self, db: AsyncSession, row: AgentSession, old: Branch
+    ) -> builtins.list[str]:
+        """Deletes a replaced live branch unless a retained checkpoint's snapshot was taken
+        from it (whether Neon keeps such snapshots without their branch is unconfirmed; the
+        local plane does). Leaves `old` deleted, ready (kept) or deleting (failed, with the
+        error; retried later) and returns the control plane's operation ids."""
+        assert old.branch_id is not None  # noqa: S101 - replaced rows always name their branch
         needed = await db.scalar(
             sa.select(sa.func.count())
             .select_from(Checkpoint)
             .where(
                 col(Checkpoint.session_id) == row.id,
-                col(Checkpoint.source_branch_id) == replaced,
+                col(Checkpoint.source_branch_id) == old.branch_id,
                 col(Checkpoint.status).in_(_RETAINED),
             )
         )
         if needed:
-            return [], "kept"
+            old.status = BranchStatus.READY
+            return []
+        operations: builtins.list[str] = []
         try:
-            deleted = await self._neon.delete_branch(row.project_id, replaced)
+            if row.project_id is not None:
+                operations = operation_ids(
+                    await self._neon.delete_branch(row.project_id, old.branch_id)
+                )
         except NeonNotFound:
-            return [], "deleted"
+            pass
         except NeonError as error:
-            return [], f"failed: {describe(error)}"
-        return operation_ids(deleted), "deleted"
+            old.status = BranchStatus.DELETING
+            old.error = describe(error)
+            return []
+        old.status = BranchStatus.DELETED
+        old.error = None
+        return operations
+
+    async def cleanup_replaced(self) -> int:
+        """Deletes, in every session, the replaced live branches that no retained checkpoint
+        needs any more (and retries those whose deletion failed). Returns how many were
+        deleted. Meant for a periodic job."""
+        async with self._db() as db:
+            candidates = (
+                await db.execute(
+                    sa.select(col(Branch.id), col(Branch.session_id))
+                    .where(
+                        col(Branch.kind) == BranchKind.REPLACED,
+                        col(Branch.status).in_((BranchStatus.READY, BranchStatus.DELETING)),
+                    )
+                    .order_by(col(Branch.created_at))
+                )
+            ).all()
+        deleted = 0
+        for branch_id, session_id in candidates:
+            async with self._locks.hold(session_id), self._db() as db:
+                old = await db.get(Branch, branch_id, populate_existing=True)
+                if old is None or old.status not in {BranchStatus.READY, BranchStatus.DELETING}:
+                    continue  # someone else got to it
+                before: BranchStatus = old.status
+                operations = await self._drop_replaced(db, await load_session(db, session_id), old)
+                after: BranchStatus = old.status
+                if after != before or after == BranchStatus.DELETING:
+                    db.add(
+                        event(
+                            SYSTEM,
+                            "branch.delete",
+                            at=self._clock(),
+                            session_id=session_id,
+                            target_kind="branch",
+                            target_id=old.id,
+                            details={
+                                "kind": old.kind.value,
+                                "status": old.status.value,
+                                "error": old.error,
+                            },
+                            operation_ids=operations,
+                        )
+                    )
+                await db.commit()
+                deleted += after == BranchStatus.DELETED
+        return deleted
 
     async def _live_branch(self, project_id: str) -> str | None:
         """After a restore whose outcome is unknown: the id of the branch now live (the
@@ -312,6 +432,174 @@ class CheckpointService:
         except NeonError:
             return None
         return found.id if found else None
+
+    # --- delete --------------------------------------------------------------------------------
+
+    async def delete(
+        self, session_id: uuid.UUID, checkpoint_id: uuid.UUID, *, actor: Actor = SYSTEM
+    ) -> CheckpointView:
+        """Deletes a checkpoint's snapshot (already gone counts as done) and drops it from the
+        tree; its children hang under its parent from then on. The head checkpoint cannot be
+        deleted (`Conflict`): the live database descends from it. A deleted checkpoint is
+        gone: deleting it again raises `CheckpointNotFound`, like any unknown id."""
+        async with self._locks.hold(session_id), self._db() as db:
+            row = await self._ready_session(db, session_id)
+            checkpoint = await self._load(db, session_id, checkpoint_id)
+            assert row.project_id is not None  # noqa: S101 - checked by _ready_session
+            if checkpoint.id == row.head_checkpoint_id:
+                raise Conflict(
+                    f"checkpoint {checkpoint_id} is the session's head (the live database "
+                    "descends from it); take or restore another checkpoint first"
+                )
+            if checkpoint.status == CheckpointStatus.PENDING:
+                raise Conflict(f"checkpoint {checkpoint_id} is still being taken")
+            operations: builtins.list[str] = []
+            if checkpoint.snapshot_id is not None:
+                checkpoint.status = CheckpointStatus.DELETING
+                db.add(self._event(actor, "checkpoint.delete", checkpoint, phase="requested"))
+                await db.commit()
+                try:
+                    operations = [
+                        op.id
+                        for op in await self._neon.delete_snapshot(
+                            row.project_id, checkpoint.snapshot_id
+                        )
+                    ]
+                except NeonNotFound:
+                    pass
+                except NeonError as error:
+                    # Stays `deleting`: its snapshot may be gone or not; deleting again retries.
+                    checkpoint.error = describe(error)
+                    db.add(
+                        self._event(
+                            actor,
+                            "checkpoint.delete",
+                            checkpoint,
+                            phase="failed",
+                            error=checkpoint.error,
+                        )
+                    )
+                    await db.commit()
+                    raise ControlPlaneFailed(
+                        f"deleting checkpoint {checkpoint_id} failed: {error}"
+                    ) from error
+            checkpoint.status = CheckpointStatus.DELETED
+            checkpoint.error = None
+            db.add(
+                self._event(
+                    actor,
+                    "checkpoint.delete",
+                    checkpoint,
+                    phase="succeeded",
+                    operations=operations,
+                )
+            )
+            await db.commit()
+            return CheckpointView.of(checkpoint, parent_id=await _visible_parent(db, checkpoint))
+
+    # --- diff ----------------------------------------------------------------------------------
+
+    async def diff(
+        self,
+        session_id: uuid.UUID,
+        checkpoint_id: uuid.UUID,
+        against: uuid.UUID | None = None,
+        *,
+        actor: Actor = SYSTEM,
+    ) -> DiffView:
+        """What changed from `checkpoint_id` to `against` (another checkpoint) or, without
+        it, to the live database as it is now: tables, columns, indexes, constraints, views,
+        types, functions and row counts.
+
+        A checkpoint is read once, through a temporary branch restored from its snapshot,
+        and its description is kept (a checkpoint never changes): later diffs of it need no
+        control plane."""
+        async with self._locks.hold(session_id), self._db() as db:
+            row = await load_session(db, session_id)
+            source = await self._ready_checkpoint(db, session_id, checkpoint_id)
+            target = None
+            if against is not None:
+                target = await self._ready_checkpoint(db, session_id, against)
+            before = await self._description(db, row, source, actor)
+            if target is not None:
+                after = await self._description(db, row, target, actor)
+            else:
+                after = await self._live_description(db, session_id)
+        return compare(
+            before,
+            after,
+            session_id=session_id,
+            from_checkpoint_id=checkpoint_id,
+            to_checkpoint_id=against,
+        )
+
+    async def _description(
+        self, db: AsyncSession, row: AgentSession, checkpoint: Checkpoint, actor: Actor
+    ) -> DatabaseDescription:
+        cached = DatabaseDescription.from_summary(checkpoint.summary)
+        if cached is not None:
+            return cached
+        row = await self._ready_session(db, row.id)
+        assert row.project_id is not None  # noqa: S101 - checked by _ready_session
+        assert row.live_branch_id is not None  # noqa: S101
+        assert checkpoint.snapshot_id is not None  # noqa: S101 - checked by _ready_checkpoint
+        try:
+            reading = await describe_snapshot(
+                self._neon,
+                row.project_id,
+                checkpoint.snapshot_id,
+                live_branch_id=row.live_branch_id,
+                database_name=row.database_name or "",
+                role_name=row.role_name or "",
+                branch_name=f"diff-{checkpoint.id}",
+            )
+        except NeonError as error:
+            raise ControlPlaneFailed(
+                f"reading checkpoint {checkpoint.id} failed: {describe(error)}"
+            ) from error
+        except psycopg.Error as error:
+            # Not chained: a traceback would print what `reading_error` withholds.
+            raise ControlPlaneFailed(
+                f"reading checkpoint {checkpoint.id} failed: {reading_error(error)}"
+            ) from None
+        description = reading.description
+        checkpoint.summary = description.model_dump(mode="json")
+        checkpoint.schema_hash = description.schema_hash()
+        db.add(
+            self._event(
+                actor,
+                "checkpoint.describe",
+                checkpoint,
+                phase="succeeded",
+                operations=reading.operation_ids,
+                temporary_branch=reading.branch_id,
+                cleanup_error=reading.cleanup_error,
+            )
+        )
+        await db.commit()
+        return description
+
+    async def _live_description(
+        self, db: AsyncSession, session_id: uuid.UUID
+    ) -> DatabaseDescription:
+        row = await self._ready_session(db, session_id)
+        assert row.project_id is not None  # noqa: S101 - checked by _ready_session
+        try:
+            uri = await self._neon.connection_uri(
+                row.project_id,
+                database_name=row.database_name or "",
+                role_name=row.role_name or "",
+                branch_id=row.live_branch_id,
+            )
+            return await describe_uri(uri)
+        except NeonError as error:
+            raise ControlPlaneFailed(
+                f"reading the live database of {session_id} failed: {describe(error)}"
+            ) from error
+        except psycopg.Error as error:
+            raise ControlPlaneFailed(
+                f"reading the live database of {session_id} failed: {reading_error(error)}"
+            ) from None
 
     def _event(
         self,
@@ -335,6 +623,17 @@ class CheckpointService:
         )
 
 
+async def _visible_parent(db: AsyncSession, checkpoint: Checkpoint) -> uuid.UUID | None:
+    """The nearest ancestor that is not deleted (what the tree shows as the parent)."""
+    parent_id = checkpoint.parent_id
+    while parent_id is not None:
+        parent = await db.get(Checkpoint, parent_id)
+        if parent is None or parent.status != CheckpointStatus.DELETED:
+            return parent_id
+        parent_id = parent.parent_id
+    return None
+
+
 def _checked_metadata(metadata: dict[str, JsonValue] | None) -> dict[str, JsonValue]:
     if metadata is None:
         return {}
@@ -350,4 +649,4 @@ def _checked_metadata(metadata: dict[str, JsonValue] | None) -> dict[str, JsonVa
     return loaded
 
 
-__all__ = ["MAX_METADATA_BYTES", "CheckpointService"]
+__all__ = ["MAX_METADATA_BYTES", "REPLACED_BRANCH_NAME", "CheckpointService"]

@@ -8,6 +8,7 @@ import uuid
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from litestar import Litestar
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -23,7 +24,15 @@ from agentdb.services import (
     SessionService,
     SessionView,
 )
-from meta_schema import AgentSession, CheckpointStatus, SessionStatus
+from meta_schema import (
+    AgentSession,
+    Branch,
+    BranchKind,
+    BranchStatus,
+    Checkpoint,
+    CheckpointStatus,
+    SessionStatus,
+)
 
 from .conftest import execute, failing_neon, fetch
 
@@ -276,3 +285,214 @@ async def test_deleted_session_refuses_checkpoints(
     await session_service.delete(session.id)
     with pytest.raises(Conflict):
         await checkpoint_service.create(session.id)
+
+
+# --- delete ------------------------------------------------------------------------------------
+
+
+async def test_delete_drops_the_snapshot_and_reparents_the_children(
+    *,
+    session_service: SessionService,
+    checkpoint_service: CheckpointService,
+    user_id: uuid.UUID,
+    meta_sessions,
+    neon: NeonClient,
+) -> None:
+    session, uri = await session_with_items(session_service, user_id)
+    project_id = await project_of(meta_sessions, session.id)
+    root_id = session.head_checkpoint_id
+    one = await checkpoint_service.create(session.id, label="one")
+    two = await checkpoint_service.create(session.id, label="two")
+    three = await checkpoint_service.create(session.id, label="three")
+    async with meta_sessions() as db:
+        snapshot_of_two = (await db.get(Checkpoint, two.id)).snapshot_id
+
+    deleted = await checkpoint_service.delete(session.id, two.id)
+    assert (deleted.id, deleted.status, deleted.parent_id) == (
+        two.id,
+        CheckpointStatus.DELETED,
+        one.id,
+    )
+    assert snapshot_of_two not in {s.id for s in await neon.list_snapshots(project_id)}
+    tree = await checkpoint_service.list(session.id)
+    assert [c.id for c in tree.checkpoints] == [root_id, one.id, three.id]
+    assert [c.id for c in tree.children(one.id)] == [three.id]
+    assert (await checkpoint_service.get(session.id, three.id)).parent_id == one.id
+
+    # A chain of deleted checkpoints: the child climbs to the nearest one still there.
+    await checkpoint_service.delete(session.id, one.id)
+    tree = await checkpoint_service.list(session.id)
+    assert [(c.id, c.parent_id) for c in tree.checkpoints] == [(root_id, None), (three.id, root_id)]
+    assert (await checkpoint_service.get(session.id, three.id)).parent_id == root_id
+
+    # Gone is gone: deleting, reading or restoring it again finds nothing.
+    for call in (
+        checkpoint_service.delete(session.id, two.id),
+        checkpoint_service.get(session.id, two.id),
+        checkpoint_service.restore(session.id, two.id),
+    ):
+        with pytest.raises(CheckpointNotFound):
+            await call
+    assert await fetch(uri, ROWS) == [(1,)]  # the live database is untouched
+
+
+async def test_the_head_checkpoint_cannot_be_deleted(
+    session_service: SessionService, checkpoint_service: CheckpointService, user_id: uuid.UUID
+) -> None:
+    session, _ = await session_with_items(session_service, user_id)
+    one = await checkpoint_service.create(session.id)
+    two = await checkpoint_service.create(session.id)
+    with pytest.raises(Conflict, match="head"):
+        await checkpoint_service.delete(session.id, two.id)
+    # After a restore the head is the restored one, and the former head may go.
+    await checkpoint_service.restore(session.id, one.id)
+    with pytest.raises(Conflict, match="head"):
+        await checkpoint_service.delete(session.id, one.id)
+    assert (await checkpoint_service.delete(session.id, two.id)).status == CheckpointStatus.DELETED
+    assert (await checkpoint_service.get(session.id, one.id)).status == CheckpointStatus.READY
+
+
+async def test_a_failed_snapshot_delete_keeps_the_checkpoint_for_a_retry(
+    localplane_app: Litestar,
+    meta_sessions,
+    session_service: SessionService,
+    checkpoint_service: CheckpointService,
+    user_id: uuid.UUID,
+) -> None:
+    session, _ = await session_with_items(session_service, user_id)
+    one = await checkpoint_service.create(session.id)
+    await checkpoint_service.create(session.id)
+
+    def fails(request: httpx.Request) -> bool:
+        return request.method == "DELETE" and "/snapshots/" in request.url.path
+
+    async with failing_neon(localplane_app, fails, status=400) as broken:
+        with pytest.raises(ControlPlaneFailed):
+            await CheckpointService(meta_sessions, broken).delete(session.id, one.id)
+    pending = await checkpoint_service.get(session.id, one.id)
+    assert pending.status == CheckpointStatus.DELETING
+    assert pending.error
+    with pytest.raises(Conflict):  # a half-deleted checkpoint cannot be restored
+        await checkpoint_service.restore(session.id, one.id)
+    assert (await checkpoint_service.delete(session.id, one.id)).status == CheckpointStatus.DELETED
+
+
+# --- restore bookkeeping ---------------------------------------------------------------------
+
+
+async def replaced_rows(meta_sessions, session_id: uuid.UUID) -> list[Branch]:
+    async with meta_sessions() as db:
+        found = await db.scalars(
+            sa.select(Branch)
+            .where(Branch.session_id == session_id, Branch.kind == BranchKind.REPLACED)
+            .order_by(Branch.created_at)
+        )
+        return list(found)
+
+
+async def session_row(meta_sessions, session_id: uuid.UUID) -> AgentSession:
+    async with meta_sessions() as db:
+        row = await db.get(AgentSession, session_id)
+        assert row is not None
+        return row
+
+
+async def test_restore_records_the_replaced_branch_and_clears_its_target(
+    *,
+    session_service: SessionService,
+    checkpoint_service: CheckpointService,
+    user_id: uuid.UUID,
+    meta_sessions,
+    neon: NeonClient,
+) -> None:
+    session, uri = await session_with_items(session_service, user_id)
+    project_id = await project_of(meta_sessions, session.id)
+    main = await live_branch(meta_sessions, session.id)
+    one = await checkpoint_service.create(session.id)
+
+    await checkpoint_service.restore(session.id, one.id)
+    first_restore = await live_branch(meta_sessions, session.id)
+    assert (await session_row(meta_sessions, session.id)).restore_target_id is None
+    (kept,) = await replaced_rows(meta_sessions, session.id)
+    # The root and `one` were taken from `main`: kept for now.
+    assert (kept.name, kept.branch_id, kept.status) == ("main (old)", main, BranchStatus.READY)
+
+    await execute(uri, "INSERT INTO items VALUES (2)")
+    two = await checkpoint_service.create(session.id)
+    await checkpoint_service.restore(session.id, one.id)
+    # Nothing retained came from the first restore's branch... except `two`.
+    rows = await replaced_rows(meta_sessions, session.id)
+    assert [(r.branch_id, r.status) for r in rows] == [
+        (main, BranchStatus.READY),
+        (first_restore, BranchStatus.READY),
+    ]
+    await checkpoint_service.restore(session.id, one.id)
+    third = await replaced_rows(meta_sessions, session.id)
+    assert third[-1].status == BranchStatus.DELETED  # nothing was taken from it
+
+    # Once no retained checkpoint needs them, the cleanup job deletes the kept ones.
+    head = await checkpoint_service.create(session.id)
+    for checkpoint_id in (session.head_checkpoint_id, one.id, two.id):
+        assert checkpoint_id is not None
+        await checkpoint_service.delete(session.id, checkpoint_id)
+    assert await checkpoint_service.cleanup_replaced() >= 2
+    assert {r.status for r in await replaced_rows(meta_sessions, session.id)} == {
+        BranchStatus.DELETED
+    }
+    names = {b.id async for b in neon.iter_branches(project_id)}
+    assert main not in names
+    assert first_restore not in names
+    assert (await checkpoint_service.list(session.id)).head_id == head.id
+    assert await fetch(uri, ROWS) == [(1,)]
+
+
+async def test_a_failed_restore_clears_its_target(
+    localplane_app: Litestar,
+    meta_sessions,
+    session_service: SessionService,
+    checkpoint_service: CheckpointService,
+    user_id: uuid.UUID,
+) -> None:
+    session, _ = await session_with_items(session_service, user_id)
+    one = await checkpoint_service.create(session.id)
+
+    def fails(request: httpx.Request) -> bool:
+        return request.url.path.endswith("/restore")
+
+    async with failing_neon(localplane_app, fails, status=400) as broken:
+        with pytest.raises(ControlPlaneFailed):
+            await CheckpointService(meta_sessions, broken).restore(session.id, one.id)
+    row = await session_row(meta_sessions, session.id)
+    assert (row.status, row.restore_target_id) == (SessionStatus.READY, None)
+    assert row.error
+    assert await replaced_rows(meta_sessions, session.id) == []
+
+
+async def test_a_replaced_branch_that_cannot_be_deleted_is_retried_by_cleanup(
+    *,
+    localplane_app: Litestar,
+    meta_sessions,
+    session_service: SessionService,
+    checkpoint_service: CheckpointService,
+    user_id: uuid.UUID,
+    neon: NeonClient,
+) -> None:
+    session, _ = await session_with_items(session_service, user_id)
+    project_id = await project_of(meta_sessions, session.id)
+    one = await checkpoint_service.create(session.id)
+    await checkpoint_service.restore(session.id, one.id)  # `main` is kept (one came from it)
+
+    def fails(request: httpx.Request) -> bool:
+        return request.method == "DELETE" and "/branches/" in request.url.path
+
+    async with failing_neon(localplane_app, fails, status=400) as broken:
+        await CheckpointService(meta_sessions, broken).restore(session.id, one.id)
+    failed = (await replaced_rows(meta_sessions, session.id))[-1]
+    assert failed.status == BranchStatus.DELETING
+    assert failed.error
+    assert failed.branch_id in {b.id async for b in neon.iter_branches(project_id)}
+
+    assert await checkpoint_service.cleanup_replaced() >= 1
+    rows = await replaced_rows(meta_sessions, session.id)
+    assert [r.status for r in rows] == [BranchStatus.READY, BranchStatus.DELETED]
+    assert failed.branch_id not in {b.id async for b in neon.iter_branches(project_id)}
