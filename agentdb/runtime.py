@@ -27,18 +27,18 @@ from agentdb.localplane import running
 from agentdb.neon import NeonClient
 from agentdb.pg import ServerInfo, open_server
 from agentdb.services import (
+    BranchService,
     CheckpointService,
+    EventService,
+    JobRunner,
+    Reconciler,
     Secrets,
     SessionLocks,
     SessionService,
+    SqlService,
+    TokenService,
+    UserService,
 )
-from agentdb.services.branches import BranchService
-from agentdb.services.events import EventService
-from agentdb.services.jobs import JobRunner
-from agentdb.services.reconcile import Reconciler
-from agentdb.services.sql import SqlService
-from agentdb.services.tokens import TokenService
-from agentdb.services.users import UserService
 from agentdb.settings import Settings
 
 log = structlog.get_logger("agentdb.runtime")

@@ -10,6 +10,7 @@ import pytest
 
 PACKAGES = [
     "agentdb",
+    "agentdb.api",
     "agentdb.pg",
     "agentdb.localplane",
     "agentdb.neon",

@@ -18,8 +18,7 @@ from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from agentdb.runtime import Runtime
-from agentdb.services import Actor, SessionNotFound, SessionView, UserNotFound
-from agentdb.services.tokens import Principal
+from agentdb.services import Actor, Principal, SessionNotFound, SessionView, UserNotFound
 from meta_schema import ActorScope, TokenScope
 
 from ._problems import Forbidden, Unauthorized

@@ -36,7 +36,7 @@ from litestar.types import (
 from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import col
 
-from agentdb.services.tokens import Principal
+from agentdb.services import Principal
 from meta_schema import IdempotencyRecord
 from meta_schema._base import new_id
 

@@ -8,10 +8,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
-from agentdb.services import CheckpointView, SessionView
-from agentdb.services._views import BranchView
-from agentdb.services.events import EventView
-from agentdb.services.users import UserView
+from agentdb.services import BranchView, CheckpointView, EventView, SessionView, UserView
 from meta_schema import TokenScope
 
 #: Ten years: long-lived tokens are the platform's choice, endless ones are not offered.

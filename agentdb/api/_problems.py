@@ -22,6 +22,7 @@ from litestar.status_codes import (
 )
 
 from agentdb.services import (
+    AlreadyExists,
     Conflict,
     ControlPlaneFailed,
     InvalidInput,
@@ -29,8 +30,8 @@ from agentdb.services import (
     SecretDecryptionFailed,
     ServiceError,
     SessionBusy,
+    SqlFailed,
 )
-from agentdb.services._errors import AlreadyExists, SqlFailed
 
 log = structlog.get_logger("agentdb.api")
 

@@ -14,11 +14,16 @@ from litestar.types import ControllerRouterHandler
 from pydantic import JsonValue
 
 from agentdb.runtime import Runtime
-from agentdb.services import CheckpointView, SessionView, UserNotFound
-from agentdb.services._views import BranchView, DiffView
-from agentdb.services.sql import SqlResult
-from agentdb.services.tokens import IssuedToken
-from agentdb.services.users import UserView
+from agentdb.services import (
+    BranchView,
+    CheckpointView,
+    DiffView,
+    IssuedToken,
+    SessionView,
+    SqlResult,
+    UserNotFound,
+    UserView,
+)
 from meta_schema import TokenScope
 
 from ._auth import (

@@ -1,8 +1,11 @@
-"""agentdb's domain services: agent sessions and their checkpoints, over the meta DB and the
-Neon client. The REST API, MCP tools and CLI call these; none of them talk to Neon directly."""
+"""agentdb's domain services over the meta DB and the Neon client: users and their tokens,
+agent sessions, checkpoints, branches, SQL, the audit log, the reconciler and the background
+job runner. The REST API, MCP tools and CLI call these; none of them talk to Neon directly."""
 
 from ._common import Actor, Clock, SessionLocks, system_clock
 from ._errors import (
+    AlreadyExists,
+    BranchNotFound,
     CheckpointNotFound,
     Conflict,
     ControlPlaneFailed,
@@ -11,15 +14,28 @@ from ._errors import (
     ServiceError,
     SessionBusy,
     SessionNotFound,
+    SqlFailed,
+    TokenNotFound,
     UserNotFound,
 )
 from ._secrets import SecretDecryptionFailed, Secrets
-from ._views import CheckpointTree, CheckpointView, SessionView
+from ._views import BranchView, CheckpointTree, CheckpointView, DiffView, SessionView
+from .branches import BranchService
 from .checkpoints import CheckpointService
+from .events import EventService, EventView
+from .jobs import JobRunner, JobStatus
+from .reconcile import Reconciler, ReconcileReport
 from .sessions import SessionService
+from .sql import SqlColumn, SqlResult, SqlService
+from .tokens import IssuedToken, Principal, TokenService, TokenView
+from .users import UserService, UserView
 
 __all__ = [
     "Actor",
+    "AlreadyExists",
+    "BranchNotFound",
+    "BranchService",
+    "BranchView",
     "CheckpointNotFound",
     "CheckpointService",
     "CheckpointTree",
@@ -27,8 +43,17 @@ __all__ = [
     "Clock",
     "Conflict",
     "ControlPlaneFailed",
+    "DiffView",
+    "EventService",
+    "EventView",
     "InvalidInput",
+    "IssuedToken",
+    "JobRunner",
+    "JobStatus",
     "NotFound",
+    "Principal",
+    "ReconcileReport",
+    "Reconciler",
     "SecretDecryptionFailed",
     "Secrets",
     "ServiceError",
@@ -37,6 +62,15 @@ __all__ = [
     "SessionNotFound",
     "SessionService",
     "SessionView",
+    "SqlColumn",
+    "SqlFailed",
+    "SqlResult",
+    "SqlService",
+    "TokenNotFound",
+    "TokenService",
+    "TokenView",
     "UserNotFound",
+    "UserService",
+    "UserView",
     "system_clock",
 ]

@@ -16,7 +16,16 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from agentdb.neon import CreatedProject, NeonClient, NeonError, NeonNotFound, SnapshotCreated
-from meta_schema import AgentSession, Checkpoint, CheckpointStatus, Event, SessionStatus, User
+from meta_schema import (
+    AgentSession,
+    Branch,
+    BranchStatus,
+    Checkpoint,
+    CheckpointStatus,
+    Event,
+    SessionStatus,
+    User,
+)
 
 from ._common import (
     LIVE_BRANCH_NAME,
@@ -325,6 +334,12 @@ class SessionService:
             row.status = SessionStatus.DELETED
             row.deleted_at = row.updated_at = now
             row.encrypted_connection_secret = None
+            # The project took its branches with it.
+            await db.execute(
+                sa.update(Branch)
+                .where(col(Branch.session_id) == row.id, col(Branch.status) != BranchStatus.DELETED)
+                .values(status=BranchStatus.DELETED, encrypted_connection_secret=None)
+            )
             db.add(self._event(actor, "session.delete", row, phase="succeeded"))
             await db.commit()
             return SessionView.of(row)
