@@ -116,7 +116,9 @@ def assert_problem(
     assert response.headers["content-type"].startswith("application/problem+json")
     body: dict[str, Any] = response.json()
     assert body["status"] == status
-    assert body["title"] and body["detail"] and body["type"]
+    assert body["title"]
+    assert body["detail"]
+    assert body["type"]
     assert body["request_id"] == response.headers["x-request-id"]
     if field is not None:
         fields = [e["field"] for e in body.get("errors", [])]

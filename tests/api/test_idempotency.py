@@ -74,7 +74,8 @@ async def test_replayed_secrets_are_stored_encrypted(
     assert created.status_code == replay.status_code == 201
     assert replay.json()["id"] == created.json()["id"]
     uri = created.json()["connection_uri"]
-    assert uri and replay.json()["connection_uri"] == uri
+    assert uri
+    assert replay.json()["connection_uri"] == uri
 
     token_headers = {**tenant.user_token, "Idempotency-Key": "agent-token"}
     path = f"/v1/sessions/{created.json()['id']}/tokens"

@@ -14,7 +14,7 @@ from support import API_LINE, agentdb, assert_one_line_error, clean_env, serving
 TOKEN_PREFIX = "agentdb admin token (shown once, keep it): "
 
 
-def serve_api(env: dict[str, str], data_dir: Path, printed: list[str]):  # noqa: ANN201
+def serve_api(env: dict[str, str], data_dir: Path, printed: list[str]):
     return serving(env, data_dir, ("serve",), API_LINE, printed)
 
 
