@@ -86,7 +86,7 @@ async def open_runtime(
         meta_dsn = await ensure_database(server, settings.meta_database)
         await meta_schema.upgrade(meta_dsn)
         engine = create_async_engine(
-            meta_schema.database_url(meta_dsn), pool_size=10, max_overflow=20, pool_pre_ping=True
+            meta_schema.database_url(meta_dsn), pool_size=10, max_overflow=50, pool_pre_ping=True
         )
         stack.push_async_callback(engine.dispose)
         meta = async_sessionmaker(engine)
@@ -109,8 +109,15 @@ async def open_runtime(
         branches = BranchService(
             meta, neon, secrets, locks=locks, default_ttl=timedelta(seconds=settings.branch_ttl_s)
         )
+        # Every workflow holds its session's lock from before its intent row is written, so
+        # the reconciler needs no grace period: a row it can lock is truly abandoned.
         reconciler = Reconciler(
-            meta, neon, secrets, locks=locks, project_prefix=settings.project_prefix
+            meta,
+            neon,
+            secrets,
+            locks=locks,
+            project_prefix=settings.project_prefix,
+            grace=timedelta(0),
         )
         tokens = TokenService(meta)
         jobs = JobRunner(meta)

@@ -26,6 +26,7 @@ from meta_schema import (
     SessionStatus,
     User,
 )
+from meta_schema._base import new_id
 
 from ._common import (
     LIVE_BRANCH_NAME,
@@ -135,41 +136,44 @@ class SessionService:
         `failed`, with its error recorded and nothing left on the control plane)."""
         check_text("name", name, MAX_NAME)
         check_text("idempotency_key", idempotency_key, MAX_IDEMPOTENCY_KEY)
-        async with self._db() as db:
-            if idempotency_key is not None and (
-                found := await self._by_key(db, user_id, idempotency_key)
-            ):
-                return SessionView.of(found)
-            user = await db.get(User, user_id)
-            if user is None or user.disabled_at is not None:
-                raise UserNotFound(user_id)
-            now = self._clock()
-            row = AgentSession(
-                user_id=user_id,
-                name=name or "",
-                status=SessionStatus.PROVISIONING,
-                tier=user.tier,
-                org_id=user.org_id or self._default_org_id,
-                database_name=DATABASE_NAME,
-                role_name=ROLE_NAME,
-                idempotency_key=idempotency_key,
-                created_at=now,
-                updated_at=now,
-            )
-            session_id = row.id
-            row.name = name or f"session {session_id}"
-            db.add(row)
-            try:
-                db.add(self._event(actor, "session.create", row, phase="requested"))
-                await db.commit()
-            except IntegrityError:
-                await db.rollback()
+        # The lock is taken before the intent row exists: a reconciler that finds the row
+        # provisioning waits for this create instead of undoing it.
+        session_id = new_id()
+        async with self._locks.hold(session_id):
+            async with self._db() as db:
                 if idempotency_key is not None and (
                     found := await self._by_key(db, user_id, idempotency_key)
                 ):
-                    return SessionView.of(found)  # a concurrent call with the same key won
-                raise
-        async with self._locks.hold(session_id):
+                    return SessionView.of(found)
+                user = await db.get(User, user_id)
+                if user is None or user.disabled_at is not None:
+                    raise UserNotFound(user_id)
+                now = self._clock()
+                row = AgentSession(
+                    id=session_id,
+                    user_id=user_id,
+                    name=name or "",
+                    status=SessionStatus.PROVISIONING,
+                    tier=user.tier,
+                    org_id=user.org_id or self._default_org_id,
+                    database_name=DATABASE_NAME,
+                    role_name=ROLE_NAME,
+                    idempotency_key=idempotency_key,
+                    created_at=now,
+                    updated_at=now,
+                )
+                row.name = name or f"session {session_id}"
+                db.add(row)
+                try:
+                    db.add(self._event(actor, "session.create", row, phase="requested"))
+                    await db.commit()
+                except IntegrityError:
+                    await db.rollback()
+                    if idempotency_key is not None and (
+                        found := await self._by_key(db, user_id, idempotency_key)
+                    ):
+                        return SessionView.of(found)  # a concurrent call with the same key won
+                    raise
             return await self._provision(session_id, actor)
 
     async def _by_key(
