@@ -40,6 +40,7 @@ from ._common import (
 )
 from ._errors import ControlPlaneFailed
 from ._secrets import Secrets
+from .branches import neon_branch_name
 
 log = structlog.get_logger(__name__)
 
@@ -368,7 +369,7 @@ class Reconciler:
                 col(Branch.session_id) == row.id
             )
         ):
-            keep.add(_neon_branch_name(kind, branch_row))
+            keep.add(neon_branch_name(kind, branch_row))
             if branch_id is not None:
                 keep.add(branch_id)
         sources = await db.scalars(
@@ -446,7 +447,7 @@ class Reconciler:
             if row.project_id is not None:
                 branch_id = branch.branch_id
                 if branch_id is None and branch.status == BranchStatus.PENDING:
-                    name = _neon_branch_name(branch.kind, branch.id)
+                    name = neon_branch_name(branch.kind, branch.id)
                     branch_id = await self._find_branch(row.project_id, name)
                 if branch_id is not None:
                     await self._delete_branch(row.project_id, branch_id)
@@ -632,12 +633,6 @@ def _stuck_branch(cutoff: datetime) -> sa.ColumnElement[bool]:
             sa.and_(col(Branch.status) == BranchStatus.FAILED, col(Branch.branch_id).is_not(None)),
         ),
     )
-
-
-def _neon_branch_name(kind: BranchKind, branch_row_id: uuid.UUID) -> str:
-    """The control plane's name for a dev or preview branch, as `BranchService` names it:
-    how an interrupted create's branch is found again."""
-    return f"{kind.value}-{branch_row_id}"
 
 
 __all__ = ["ReconcileReport", "Reconciler"]

@@ -3,8 +3,12 @@ delete, events paging, and session delete, each checked against the data."""
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 import psycopg
+
+from agentdb.runtime import Runtime
 
 from .conftest import ADMIN, Tenant, make_tenant, sql_runner
 
@@ -150,3 +154,22 @@ async def test_deleting_a_session_drops_its_database_and_branches(http: httpx.As
     assert again.status_code == 200  # deleting twice is fine
     listed = (await http.get("/v1/sessions", headers=tenant.user_token)).json()["sessions"]
     assert listed == []
+
+
+async def test_expired_previews_are_deleted_by_the_background_job(
+    http: httpx.AsyncClient, tenant: Tenant, runtime: Runtime
+):
+    s = f"/v1/sessions/{tenant.session_id}"
+    head = tenant.session["head_checkpoint_id"]
+    preview = await http.post(
+        f"{s}/checkpoints/{head}/preview", json={"ttl_seconds": 1}, headers=tenant.user_token
+    )
+    assert preview.status_code == 201, preview.text
+    await asyncio.sleep(1.2)
+    assert await runtime.jobs.run_now("expire_branches") >= 1
+    listed = (await http.get(f"{s}/branches", headers=tenant.user_token)).json()["branches"]
+    assert preview.json()["id"] not in [b["id"] for b in listed]
+    health = (await http.get("/healthz")).json()
+    assert health["status"] == "ok"
+    assert health["jobs"]["expire_branches"]["runs"] >= 1
+    assert set(health["jobs"]) == {"reconcile", "expire_branches", "cleanup_replaced_branches"}
