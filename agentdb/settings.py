@@ -10,6 +10,7 @@ import base64
 import binascii
 import os
 from pathlib import Path
+from typing import Literal
 
 import platformdirs
 from pydantic import Field, SecretStr, field_validator
@@ -59,6 +60,11 @@ class Settings(BaseSettings):
         default=0,
         ge=0,
         description="Extra time each local-plane operation stays 'running'.",
+    )
+
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info",
+        description="Least severe log lines written to stderr.",
     )
 
     # --- agentdb serve -------------------------------------------------------------------------

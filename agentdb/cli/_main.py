@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 import socket
 import sys
@@ -179,9 +180,23 @@ def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0]
 
 
+def _log_level() -> int:
+    try:
+        name = Settings().log_level
+    except ValidationError:
+        name = "info"  # the command itself reports the bad setting
+    return logging.getLevelNamesMapping()[name.upper()]
+
+
 def main() -> None:
-    # Logs go to stderr: stdout carries what scripts read (the served URL).
-    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+    # Logs go to stderr: stdout carries what scripts read (the served URL). Debug lines (every
+    # control-plane request, every SQL call) only with AGENTDB_LOG_LEVEL=debug.
+    level = _log_level()
+    structlog.configure(
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+    )
+    logging.basicConfig(level=max(level, logging.WARNING), stream=sys.stderr)
     try:
         result = app(exit_on_error=False, print_error=False, help_on_error=False)
     except cyclopts.CycloptsError as exc:
