@@ -10,16 +10,19 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
 import psycopg
+import sqlalchemy as sa
 import structlog
 from psycopg import errors as pg_errors
 from psycopg import sql
 from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
+from sqlmodel import col
 
 import meta_schema
 from agentdb.localplane import create_app as create_localplane
@@ -40,9 +43,12 @@ from agentdb.services import (
     UserService,
 )
 from agentdb.settings import Settings
+from meta_schema import IdempotencyRecord
 
 log = structlog.get_logger("agentdb.runtime")
 
+#: How long a POST's answer is kept for replay under its Idempotency-Key.
+IDEMPOTENCY_KEEP_FOR = timedelta(hours=24)
 SECRET_KEY_FILE = "secret.key"  # noqa: S105 - a file name
 
 
@@ -86,7 +92,7 @@ async def open_runtime(
         meta_dsn = await ensure_database(server, settings.meta_database)
         await meta_schema.upgrade(meta_dsn)
         engine = create_async_engine(
-            meta_schema.database_url(meta_dsn), pool_size=10, max_overflow=50, pool_pre_ping=True
+            meta_schema.database_url(meta_dsn), pool_size=10, max_overflow=50, pool_recycle=1800
         )
         stack.push_async_callback(engine.dispose)
         meta = async_sessionmaker(engine)
@@ -128,6 +134,11 @@ async def open_runtime(
             checkpoints.cleanup_replaced,
             every=seconds(settings.expiry_interval_s),
         )
+        jobs.add(
+            "expire_idempotency_keys",
+            partial(delete_expired_answers, meta),
+            every=seconds(settings.expiry_interval_s),
+        )
         runtime = Runtime(
             settings=settings,
             control_plane=control_plane,
@@ -166,6 +177,18 @@ async def _control_plane(
     plane = await stack.enter_async_context(running(create_localplane(settings, server=server)))
     key = settings.localplane_api_key
     return NeonClient.for_app(plane, api_key=key.get_secret_value() if key else "local")
+
+
+async def delete_expired_answers(meta: async_sessionmaker[AsyncSession]) -> int:
+    """Deletes the POST answers kept for replay longer than `IDEMPOTENCY_KEEP_FOR`."""
+    async with meta() as db:
+        result = await db.execute(
+            sa.delete(IdempotencyRecord).where(
+                col(IdempotencyRecord.created_at) < datetime.now(UTC) - IDEMPOTENCY_KEEP_FOR
+            )
+        )
+        await db.commit()
+    return int(getattr(result, "rowcount", 0) or 0)
 
 
 def seconds(value: float) -> timedelta:

@@ -10,6 +10,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
 
 from agentdb.runtime import Runtime
+from agentdb.services import Principal
 
 from ._auth import AuthMiddleware, RequestIdMiddleware
 from ._idempotency import IdempotencyMiddleware
@@ -17,16 +18,19 @@ from ._problems import EXCEPTION_HANDLERS
 from ._routes import ROUTES
 
 
-def create_app(runtime: Runtime) -> Litestar:
+def create_app(runtime: Runtime, *, trusted: Principal | None = None) -> Litestar:
     """The `/v1` API with its OpenAPI document at `/schema`. The runtime's lifetime is the
-    caller's: the app neither opens nor closes it."""
+    caller's: the app neither opens nor closes it.
+
+    `trusted` is who a request without an `Authorization` header acts as: only for an app that
+    is reached in-process and never served on a socket (the SDK's embedded mode)."""
     return Litestar(
         route_handlers=ROUTES,
         # Outermost first: the request id covers everything, auth runs before idempotency
         # (keys are per token).
         middleware=[RequestIdMiddleware(), AuthMiddleware(), IdempotencyMiddleware()],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
-        state=State({"runtime": runtime}),
+        state=State({"runtime": runtime, "trusted": trusted}),
         openapi_config=OpenAPIConfig(
             title="agentdb",
             version=version("agentdb"),

@@ -69,10 +69,14 @@ class AuthMiddleware(ASGIMiddleware):
         header = next(
             (v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), ""
         )
+        trusted: Principal | None = scope["litestar_app"].state.trusted
         scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        if not header and trusted is not None:
+            principal: Principal | None = trusted
+        elif scheme.lower() != "bearer" or not token.strip():
             raise Unauthorized("send 'Authorization: Bearer <token>'")
-        principal = await runtime_of(scope).tokens.authenticate(token.strip())
+        else:
+            principal = await runtime_of(scope).tokens.authenticate(token.strip())
         if principal is None:
             raise Unauthorized("the token is not valid (unknown, revoked or expired)")
         scope["user"] = principal

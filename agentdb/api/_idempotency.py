@@ -36,6 +36,7 @@ from litestar.types import (
 from sqlalchemy.dialects.postgresql import insert
 from sqlmodel import col
 
+from agentdb.runtime import IDEMPOTENCY_KEEP_FOR
 from agentdb.services import Principal
 from meta_schema import IdempotencyRecord
 from meta_schema._base import new_id
@@ -46,7 +47,7 @@ from ._problems import BadRequest
 HEADER = b"idempotency-key"
 MAX_KEY = 200
 STALE_AFTER = timedelta(minutes=5)
-KEEP_FOR = timedelta(hours=24)
+KEEP_FOR = IDEMPOTENCY_KEEP_FOR
 MAX_BODY = 1024 * 1024
 
 
@@ -108,14 +109,6 @@ class _Store:
         """Records the key as taken by this call (None), or returns the stored answer."""
         now = datetime.now(UTC)
         async with self._meta() as db:
-            # Keys are kept a day; expired ones are cleared lazily, here.
-            await db.execute(
-                sa.delete(IdempotencyRecord).where(
-                    col(IdempotencyRecord.principal) == principal,
-                    col(IdempotencyRecord.key) == key,
-                    col(IdempotencyRecord.created_at) < now - KEEP_FOR,
-                )
-            )
             inserted = await db.scalar(
                 insert(IdempotencyRecord)
                 .values(
@@ -143,6 +136,14 @@ class _Store:
             )
             if found is None:  # deleted meanwhile: let the caller retry
                 raise _conflict(409, "the Idempotency-Key is being reset; retry")
+            if now - found.created_at >= KEEP_FOR and found.status_code is not None:
+                # Past its time: the key is free again (a periodic job deletes such rows).
+                found.fingerprint = fingerprint
+                found.method, found.path = scope["method"], scope["path"]
+                found.created_at, found.status_code = now, None
+                found.encrypted_response = found.completed_at = None
+                await db.commit()
+                return None
             if found.fingerprint != fingerprint:
                 raise _conflict(
                     422,

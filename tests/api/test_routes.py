@@ -172,4 +172,9 @@ async def test_expired_previews_are_deleted_by_the_background_job(
     health = (await http.get("/healthz")).json()
     assert health["status"] == "ok"
     assert health["jobs"]["expire_branches"]["runs"] >= 1
-    assert set(health["jobs"]) == {"reconcile", "expire_branches", "cleanup_replaced_branches"}
+    assert set(health["jobs"]) == {
+        "reconcile",
+        "expire_branches",
+        "cleanup_replaced_branches",
+        "expire_idempotency_keys",
+    }

@@ -1,0 +1,315 @@
+"""`AgentDB`: the async client. Remote, it is an httpx client of `agentdb serve`'s REST API;
+embedded, it runs agentdb's runtime in this process and reaches the same API app through
+`httpx.ASGITransport`, so the two modes cannot drift apart: same routes, same checks, same
+answers, same errors."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self, TypeVar, cast
+
+import httpx
+from pydantic import BaseModel, JsonValue, TypeAdapter
+
+from agentdb.api import create_app
+from agentdb.runtime import open_runtime
+from agentdb.services import Principal
+from agentdb.settings import Settings
+from meta_schema import TokenScope
+
+from ._errors import error_from
+from ._models import (
+    Branch,
+    Checkpoint,
+    CheckpointTree,
+    Diff,
+    Event,
+    Session,
+    SqlResult,
+    Token,
+    User,
+)
+
+M = TypeVar("M", bound=BaseModel)
+Id = uuid.UUID | str
+
+#: Who an embedded client acts as: the process itself, with the admin's reach.
+EMBEDDED = Principal(
+    token_id=uuid.UUID(int=0), scope=TokenScope.ADMIN, user_id=None, session_id=None
+)
+_INTERNAL_URL = "http://agentdb"
+#: In process nothing is lost on the way; only a runaway operation should hit this.
+EMBEDDED_TIMEOUT = 3600.0
+
+
+class AgentDB:
+    """The agentdb client. Use it as an async context manager:
+
+    ```python
+    async with AgentDB.connect("http://127.0.0.1:8000", token) as db:  # or AgentDB.local()
+        session = await db.create_session(user_id=user.id)
+        await db.sql(session.id, "create table t (x int)")
+        checkpoint = await db.create_checkpoint(session.id, label="empty t")
+    ```
+    """
+
+    def __init__(self, opener: Any) -> None:  # noqa: ANN401 - a private factory of clients
+        self._opener = opener
+        self._stack: AsyncExitStack | None = None
+        self._http: httpx.AsyncClient | None = None
+
+    @classmethod
+    def local(
+        cls, data_dir: Path | str | None = None, *, settings: Settings | None = None
+    ) -> AgentDB:
+        """Embedded: agentdb in this process on the embedded PostgreSQL and the local control
+        plane (or whatever `settings` choose), with the admin's reach. Nothing listens on a
+        socket."""
+        if settings is None:
+            settings = Settings(data_dir=Path(data_dir)) if data_dir is not None else Settings()
+
+        @asynccontextmanager
+        async def opener() -> AsyncIterator[httpx.AsyncClient]:
+            async with open_runtime(settings) as runtime:
+                app = create_app(runtime, trusted=EMBEDDED)
+                async with httpx.AsyncClient(
+                    transport=httpx.ASGITransport(app=cast("Any", app)),
+                    base_url=_INTERNAL_URL,
+                    timeout=EMBEDDED_TIMEOUT,
+                ) as http:
+                    yield http
+
+        return cls(opener)
+
+    @classmethod
+    def connect(
+        cls,
+        url: str,
+        token: str,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        timeout: float = 120,
+    ) -> AgentDB:
+        """Remote: the REST API at `url` (e.g. "http://127.0.0.1:8000") with a bearer token
+        (admin, user or session)."""
+        if not token:
+            raise ValueError("a token is required (admin, user or session)")
+
+        @asynccontextmanager
+        async def opener() -> AsyncIterator[httpx.AsyncClient]:
+            async with httpx.AsyncClient(
+                base_url=url.rstrip("/"),
+                headers={"Authorization": f"Bearer {token}"},
+                transport=transport,
+                timeout=timeout,
+            ) as http:
+                yield http
+
+        return cls(opener)
+
+    async def __aenter__(self) -> Self:
+        stack = AsyncExitStack()
+        try:
+            self._http = await stack.enter_async_context(self._opener())
+        except BaseException:
+            await stack.aclose()
+            raise
+        self._stack = stack
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        stack, self._stack, self._http = self._stack, None, None
+        if stack is not None:
+            await stack.aclose()
+
+    # --- plumbing --------------------------------------------------------------------------
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,  # noqa: ANN401 - a JSON document
+        params: dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> Any:  # noqa: ANN401 - the decoded JSON answer
+        if self._http is None:
+            raise RuntimeError("use `async with AgentDB...(...) as db:` before calling it")
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
+        query = {k: str(v) for k, v in (params or {}).items() if v is not None}
+        response = await self._http.request(
+            method, path, json=json, params=query or None, headers=headers
+        )
+        if response.is_error:
+            raise error_from(response)
+        return response.json()
+
+    async def _one(self, model: type[M], method: str, path: str, **kwargs: Any) -> M:  # noqa: ANN401
+        return model.model_validate(await self._request(method, path, **kwargs))
+
+    async def _many(self, model: type[M], key: str, path: str, **kwargs: Any) -> list[M]:  # noqa: ANN401
+        body = await self._request("GET", path, **kwargs)
+        return TypeAdapter(list[model]).validate_python(body[key])  # type: ignore[valid-type]
+
+    # --- users -------------------------------------------------------------------------------
+
+    async def create_user(
+        self, email: str, *, name: str | None = None, tier: str | None = None
+    ) -> User:
+        body = _body(email=email, name=name, tier=tier)
+        return await self._one(User, "POST", "/v1/users", json=body)
+
+    async def list_users(self, *, limit: int = 100, after: Id | None = None) -> list[User]:
+        return await self._many(User, "users", "/v1/users", params={"limit": limit, "after": after})
+
+    async def get_user(self, user_id: Id) -> User:
+        return await self._one(User, "GET", f"/v1/users/{user_id}")
+
+    async def create_user_token(
+        self, user_id: Id, *, name: str | None = None, ttl_seconds: int | None = None
+    ) -> Token:
+        body = _body(name=name, ttl_seconds=ttl_seconds)
+        return await self._one(Token, "POST", f"/v1/users/{user_id}/tokens", json=body)
+
+    # --- sessions ----------------------------------------------------------------------------
+
+    async def create_session(
+        self,
+        *,
+        user_id: Id | None = None,
+        name: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Session:
+        body = _body(user_id=None if user_id is None else str(user_id), name=name)
+        return await self._one(
+            Session, "POST", "/v1/sessions", json=body, idempotency_key=idempotency_key
+        )
+
+    async def list_sessions(self, *, user_id: Id | None = None) -> list[Session]:
+        return await self._many(Session, "sessions", "/v1/sessions", params={"user_id": user_id})
+
+    async def get_session(self, session_id: Id) -> Session:
+        return await self._one(Session, "GET", f"/v1/sessions/{session_id}")
+
+    async def delete_session(self, session_id: Id) -> Session:
+        return await self._one(Session, "DELETE", f"/v1/sessions/{session_id}")
+
+    async def create_session_token(
+        self, session_id: Id, *, name: str | None = None, ttl_seconds: int | None = None
+    ) -> Token:
+        body = _body(name=name, ttl_seconds=ttl_seconds)
+        return await self._one(Token, "POST", f"/v1/sessions/{session_id}/tokens", json=body)
+
+    async def sql(
+        self,
+        session_id: Id,
+        sql: str,
+        params: list[JsonValue] | None = None,
+        *,
+        max_rows: int | None = None,
+        timeout_seconds: float | None = None,
+    ) -> SqlResult:
+        """Runs `sql` as the session's own role, in one transaction; `$1, $2...` take
+        `params`. Raises `SqlError` (with `sqlstate`) when PostgreSQL refuses it."""
+        body = _body(sql=sql, params=params, max_rows=max_rows, timeout_seconds=timeout_seconds)
+        return await self._one(SqlResult, "POST", f"/v1/sessions/{session_id}/sql", json=body)
+
+    async def list_events(
+        self, session_id: Id, *, after: int | None = None, limit: int = 100
+    ) -> list[Event]:
+        return await self._many(
+            Event,
+            "events",
+            f"/v1/sessions/{session_id}/events",
+            params={"after": after, "limit": limit},
+        )
+
+    # --- checkpoints ---------------------------------------------------------------------------
+
+    async def create_checkpoint(
+        self,
+        session_id: Id,
+        *,
+        label: str | None = None,
+        message: str | None = None,
+        metadata: dict[str, JsonValue] | None = None,
+        idempotency_key: str | None = None,
+    ) -> Checkpoint:
+        body = _body(label=label, message=message, metadata=metadata)
+        return await self._one(
+            Checkpoint,
+            "POST",
+            f"/v1/sessions/{session_id}/checkpoints",
+            json=body,
+            idempotency_key=idempotency_key,
+        )
+
+    async def list_checkpoints(self, session_id: Id) -> CheckpointTree:
+        return await self._one(CheckpointTree, "GET", f"/v1/sessions/{session_id}/checkpoints")
+
+    async def get_checkpoint(self, session_id: Id, checkpoint_id: Id) -> Checkpoint:
+        path = f"/v1/sessions/{session_id}/checkpoints/{checkpoint_id}"
+        return await self._one(Checkpoint, "GET", path)
+
+    async def delete_checkpoint(self, session_id: Id, checkpoint_id: Id) -> Checkpoint:
+        path = f"/v1/sessions/{session_id}/checkpoints/{checkpoint_id}"
+        return await self._one(Checkpoint, "DELETE", path)
+
+    async def restore_checkpoint(self, session_id: Id, checkpoint_id: Id) -> Session:
+        """Puts the session's database back to the checkpoint, in place: the connection
+        string stays, later checkpoints stay restorable."""
+        path = f"/v1/sessions/{session_id}/checkpoints/{checkpoint_id}/restore"
+        return await self._one(Session, "POST", path)
+
+    async def preview_checkpoint(
+        self, session_id: Id, checkpoint_id: Id, *, ttl_seconds: int | None = None
+    ) -> Branch:
+        path = f"/v1/sessions/{session_id}/checkpoints/{checkpoint_id}/preview"
+        return await self._one(Branch, "POST", path, json=_body(ttl_seconds=ttl_seconds))
+
+    async def diff_checkpoints(
+        self, session_id: Id, checkpoint_id: Id, against: Id = "HEAD"
+    ) -> Diff:
+        path = f"/v1/sessions/{session_id}/checkpoints/{checkpoint_id}/diff"
+        return await self._one(Diff, "GET", path, params={"against": against})
+
+    # --- branches ------------------------------------------------------------------------------
+
+    async def create_branch(
+        self,
+        session_id: Id,
+        *,
+        name: str | None = None,
+        checkpoint_id: Id | None = None,
+        ttl_seconds: int | None = None,
+    ) -> Branch:
+        body = _body(
+            name=name,
+            checkpoint_id=None if checkpoint_id is None else str(checkpoint_id),
+            ttl_seconds=ttl_seconds,
+        )
+        return await self._one(Branch, "POST", f"/v1/sessions/{session_id}/branches", json=body)
+
+    async def list_branches(self, session_id: Id) -> list[Branch]:
+        return await self._many(Branch, "branches", f"/v1/sessions/{session_id}/branches")
+
+    async def reset_branch(self, session_id: Id, branch_id: Id) -> Branch:
+        path = f"/v1/sessions/{session_id}/branches/{branch_id}/reset"
+        return await self._one(Branch, "POST", path)
+
+    async def delete_branch(self, session_id: Id, branch_id: Id) -> Branch:
+        return await self._one(Branch, "DELETE", f"/v1/sessions/{session_id}/branches/{branch_id}")
+
+
+def _body(**fields: Any) -> dict[str, Any]:  # noqa: ANN401
+    """A request body without the fields left out, so the server's defaults apply."""
+    return {k: v for k, v in fields.items() if v is not None}
