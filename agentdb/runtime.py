@@ -49,6 +49,7 @@ log = structlog.get_logger("agentdb.runtime")
 
 #: How long a POST's answer is kept for replay under its Idempotency-Key.
 IDEMPOTENCY_KEEP_FOR = timedelta(hours=24)
+LOCAL_PLANE_REQUESTS_PER_MIN = 1_000_000
 SECRET_KEY_FILE = "secret.key"  # noqa: S105 - a file name
 
 
@@ -176,7 +177,15 @@ async def _control_plane(
         return NeonClient(settings.neon_api_url, api_key=settings.neon_api_key.get_secret_value())
     plane = await stack.enter_async_context(running(create_localplane(settings, server=server)))
     key = settings.localplane_api_key
-    return NeonClient.for_app(plane, api_key=key.get_secret_value() if key else "local")
+    # Neon's request limits guard Neon's servers; the local plane answers in-process, where
+    # they would only queue agentdb behind itself (20 sessions checkpointing at once need
+    # more than 40 requests a second).
+    return NeonClient.for_app(
+        plane,
+        api_key=key.get_secret_value() if key else "local",
+        rate_limit_per_min=LOCAL_PLANE_REQUESTS_PER_MIN,
+        burst_per_s=None,
+    )
 
 
 async def delete_expired_answers(meta: async_sessionmaker[AsyncSession]) -> int:
