@@ -27,7 +27,7 @@ from sqlmodel import col
 import meta_schema
 from agentdb.localplane import create_app as create_localplane
 from agentdb.localplane import running
-from agentdb.neon import NeonClient
+from agentdb.neon import DefaultEndpointSettings, NeonClient
 from agentdb.pg import ServerInfo, open_server
 from agentdb.services import (
     BranchService,
@@ -111,6 +111,11 @@ async def open_runtime(
             locks=locks,
             default_org_id=settings.neon_org_id,
             project_prefix=settings.project_prefix,
+            endpoint_settings=DefaultEndpointSettings(
+                autoscaling_limit_min_cu=settings.compute_min_cu,
+                autoscaling_limit_max_cu=settings.compute_max_cu,
+                suspend_timeout_seconds=settings.compute_suspend_timeout_s,
+            ),
         )
         checkpoints = CheckpointService(meta, neon, locks=locks)
         branches = BranchService(

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 import platformdirs
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -102,6 +102,25 @@ class Settings(BaseSettings):
         default=None,
         description="Neon organization that owns the sessions' projects (cloud mode).",
     )
+    compute_min_cu: float = Field(
+        default=0.25,
+        ge=0.25,
+        le=56,
+        description="Smallest size of a session's compute, in Neon compute units.",
+    )
+    compute_max_cu: float = Field(
+        default=2,
+        ge=0.25,
+        le=56,
+        description="Largest size a session's compute autoscales to, in Neon compute units.",
+    )
+    compute_suspend_timeout_s: int = Field(
+        default=300,
+        ge=-1,
+        le=604_800,
+        description="Idle seconds before a session's compute suspends (0: Neon's default, "
+        "-1: never).",
+    )
     sql_statement_timeout_s: float = Field(
         default=30.0,
         gt=0,
@@ -130,6 +149,16 @@ class Settings(BaseSettings):
         description="How often expired branches and replaced branches are cleaned up, in seconds.",
     )
 
+    # --- clients of a running agentdb (the operator commands, `agentdb mcp`) -------------------
+    url: str | None = Field(
+        default=None,
+        description="URL of a running `agentdb serve`, e.g. http://127.0.0.1:8000.",
+    )
+    token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token (admin, user or session) for the agentdb at AGENTDB_URL.",
+    )
+
     @field_validator("secret_key")
     @classmethod
     def _fernet_key(cls, value: SecretStr | None) -> SecretStr | None:
@@ -154,6 +183,12 @@ class Settings(BaseSettings):
                     f"must be {MIN_ADMIN_TOKEN} to {MAX_ADMIN_TOKEN} characters without spaces"
                 )
         return value
+
+    @model_validator(mode="after")
+    def _compute_range(self) -> Settings:
+        if self.compute_min_cu > self.compute_max_cu:
+            raise ValueError("compute_min_cu must not exceed compute_max_cu")
+        return self
 
     @property
     def uses_neon_cloud(self) -> bool:

@@ -15,7 +15,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
-from agentdb.neon import CreatedProject, NeonClient, NeonError, NeonNotFound, SnapshotCreated
+from agentdb.neon import (
+    CreatedProject,
+    DefaultEndpointSettings,
+    NeonClient,
+    NeonError,
+    NeonNotFound,
+    SnapshotCreated,
+)
 from meta_schema import (
     AgentSession,
     Branch,
@@ -77,15 +84,18 @@ class SessionService:
         locks: SessionLocks | None = None,
         default_org_id: str | None = None,
         project_prefix: str = PROJECT_PREFIX,
+        endpoint_settings: DefaultEndpointSettings | None = None,
     ) -> None:
         """`default_org_id`: the Neon organization for users without one of their own;
-        `project_prefix`: what this installation's project names start with."""
+        `project_prefix`: what this installation's project names start with;
+        `endpoint_settings`: each session's compute (autoscaling limits, suspend timeout)."""
         self._sessions = sessions
         self._neon = neon
         self._secrets = secrets
         self._clock = clock
         self._default_org_id = default_org_id
         self._project_prefix = project_prefix
+        self._endpoint_settings = endpoint_settings
         self._locks = locks or SessionLocks(sessions)
 
     def _db(self) -> AsyncSession:
@@ -203,6 +213,7 @@ class SessionService:
                     branch_name=LIVE_BRANCH_NAME,
                     database_name=DATABASE_NAME,
                     role_name=ROLE_NAME,
+                    default_endpoint_settings=self._endpoint_settings,
                 )
                 # Record the project before anything else can fail: it is what a retry or the
                 # reconciler must find and clean up.
