@@ -3,28 +3,23 @@ line on stderr and a non-zero exit code."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
-import signal
 import socket
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
 import cyclopts
 import structlog
-import uvicorn
-from litestar import Litestar
 from pydantic import ValidationError
 
-from agentdb.api import create_app as create_api
-from agentdb.localplane import Faults, create_app
-from agentdb.pg import PostgresError, open_server
-from agentdb.runtime import StartupError, open_runtime
+from agentdb.pg import PostgresError
 from agentdb.settings import Settings
+
+from ._commands import ClientError
+from ._commands import register as register_operator_commands
 
 app = cyclopts.App(
     name="agentdb",
@@ -35,6 +30,9 @@ localplane = cyclopts.App(
     help="The local, Neon-compatible control plane over an embedded PostgreSQL.",
 )
 app.command(localplane)
+
+# The operator commands (users, sessions, sql, checkpoints, branches): clients of `agentdb serve`.
+register_operator_commands(app)
 
 
 class CommandError(Exception):
@@ -64,6 +62,13 @@ async def serve_api(
         Where the embedded PostgreSQL and the generated secret key live
         (default: AGENTDB_DATA_DIR or a per-user folder).
     """
+    # Imported here, not at the top: the client commands start without the server's modules.
+    from agentdb.api import create_app as create_api  # noqa: PLC0415
+    from agentdb.runtime import StartupError, open_runtime  # noqa: PLC0415
+    from agentdb.tools import McpHttp  # noqa: PLC0415
+
+    from ._serving import serve  # noqa: PLC0415
+
     settings = _settings(data_dir)
     with _listen(host, port) as listener:
         try:
@@ -71,20 +76,73 @@ async def serve_api(
                 if runtime.new_admin_token is not None:
                     token = runtime.new_admin_token.get_secret_value()
                     print(f"agentdb admin token (shown once, keep it): {token}", flush=True)  # noqa: T201
-                await _serve(
-                    create_api(runtime),
-                    host,
-                    listener,
-                    what="agentdb API",
-                    path="/v1 (OpenAPI: /schema)",
-                )
+                api = create_api(runtime)
+                mcp = McpHttp(api)  # MCP over streamable HTTP, each request with its own token
+                api.register(mcp.route)
+                async with mcp.running():
+                    await serve(
+                        api,
+                        host,
+                        listener,
+                        what="agentdb API",
+                        path="/v1 (OpenAPI: /schema, MCP: /mcp)",
+                    )
         except StartupError as exc:
             raise CommandError(str(exc)) from None
+
+
+@app.command(name="mcp")
+async def mcp_stdio(
+    *,
+    url: str | None = None,
+    token: str | None = None,
+    data_dir: Path | None = None,
+) -> None:
+    """Serve agentdb's tools to an MCP client (Claude Desktop, an IDE agent...) over stdio.
+    stdout is the MCP channel; logs go to stderr.
+
+    Parameters
+    ----------
+    url
+        A running `agentdb serve` to call (default: AGENTDB_URL). Without one, agentdb runs
+        embedded in this process and every tool takes a `session_id`.
+    token
+        Bearer token for URL (default: AGENTDB_TOKEN, which keeps it out of the process
+        list). A session token scopes the tools to its one session.
+    data_dir
+        Where the embedded PostgreSQL lives when no URL is given
+        (default: AGENTDB_DATA_DIR or a per-user folder).
+    """
+    import httpx  # noqa: PLC0415 - the MCP server's modules load only for this command
+
+    from agentdb.runtime import StartupError  # noqa: PLC0415
+    from agentdb.sdk import AgentDB  # noqa: PLC0415
+    from agentdb.tools import ToolError, serve_stdio  # noqa: PLC0415
+
+    settings = _settings(data_dir)
+    url = url or settings.url
+    if url is None:
+        if token is not None:
+            raise CommandError("--token needs --url (without a URL agentdb mcp runs embedded)")
+        client, secret = AgentDB.local(settings=settings), None
+    else:
+        secret = token or (settings.token.get_secret_value() if settings.token else None)
+        if not secret:
+            raise CommandError("AGENTDB_TOKEN (or --token) is required with a URL")
+        client = AgentDB.connect(url, secret)
+    try:
+        await serve_stdio(client, token=secret)
+    except (ToolError, StartupError) as exc:
+        raise CommandError(str(exc)) from None
+    except httpx.HTTPError as exc:
+        raise CommandError(f"cannot reach agentdb at {url}: {exc!r}") from None
 
 
 def _settings(data_dir: Path | None) -> Settings:
     try:
         settings = Settings(data_dir=data_dir) if data_dir is not None else Settings()
+        from agentdb.localplane._faults import Faults  # noqa: PLC0415
+
         Faults.parse(settings.localplane_faults)
     except (ValidationError, ValueError) as exc:
         raise CommandError(_first_line(exc)) from exc
@@ -123,53 +181,21 @@ async def serve(
         Where the embedded PostgreSQL keeps its data
         (default: AGENTDB_DATA_DIR or a per-user folder).
     """
+    from agentdb.localplane import create_app  # noqa: PLC0415
+    from agentdb.pg import open_server  # noqa: PLC0415
+
+    from ._serving import serve  # noqa: PLC0415
+
     settings = _settings(data_dir)
     with _listen(host, port) as listener:
         async with open_server(settings) as info:
-            await _serve(
+            await serve(
                 create_app(settings, server=info),
                 host,
                 listener,
                 what="agentdb local control plane",
                 path="/api/v2",
             )
-
-
-class _Server(uvicorn.Server):
-    """uvicorn re-raises SIGINT/SIGTERM after its graceful shutdown, which would kill the
-    process before the embedded PostgreSQL is stopped; this one just returns."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        originals = {sig: signal.signal(sig, self.handle_exit) for sig in _STOP_SIGNALS}
-        try:
-            yield
-        finally:
-            for sig, handler in originals.items():
-                signal.signal(sig, handler)
-
-
-_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-async def _serve(
-    asgi: Litestar, host: str, listener: socket.socket, *, what: str, path: str
-) -> None:
-    server = _Server(uvicorn.Config(asgi, log_level="warning", lifespan="on"))
-    serving = asyncio.create_task(server.serve(sockets=[listener]))
-    while not server.started and not serving.done():
-        await asyncio.wait([serving], timeout=0.05)
-    if serving.done():
-        # uvicorn raises SystemExit when the app's startup fails; report it as one line.
-        with contextlib.suppress(SystemExit):
-            await serving
-        raise CommandError(f"the {what} could not start; see the messages above")
-    bound = listener.getsockname()[1]
-    print(f"{what}: http://{host}:{bound}{path}", flush=True)  # noqa: T201
-    await serving
 
 
 def _first_line(exc: BaseException) -> str:
@@ -205,6 +231,9 @@ def main() -> None:
     except (CommandError, PostgresError) as exc:
         print(f"agentdb: error: {exc}", file=sys.stderr)  # noqa: T201
         sys.exit(2)
+    except ClientError as exc:
+        print(f"agentdb: error: {exc}", file=sys.stderr)  # noqa: T201
+        sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)
     if isinstance(result, int):

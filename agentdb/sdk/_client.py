@@ -15,8 +15,6 @@ from typing import Any, Self, TypeVar, cast
 import httpx
 from pydantic import BaseModel, JsonValue, TypeAdapter
 
-from agentdb.api import create_app
-from agentdb.runtime import open_runtime
 from agentdb.services import Principal
 from agentdb.settings import Settings
 from meta_schema import TokenScope
@@ -74,6 +72,10 @@ class AgentDB:
 
         @asynccontextmanager
         async def opener() -> AsyncIterator[httpx.AsyncClient]:
+            # The server's modules load only for the embedded mode.
+            from agentdb.api import create_app  # noqa: PLC0415
+            from agentdb.runtime import open_runtime  # noqa: PLC0415
+
             async with open_runtime(settings) as runtime:
                 app = create_app(runtime, trusted=EMBEDDED)
                 async with httpx.AsyncClient(

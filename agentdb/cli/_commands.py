@@ -1,0 +1,320 @@
+"""The operator commands: `agentdb users`, `sessions`, `sql`, `checkpoints` and `branches`,
+each a thin client of a running `agentdb serve` through the SDK's remote mode. Tables for
+people, `--json` for scripts; see `_remote` for the options, errors and exit codes."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Annotated
+
+import cyclopts
+from cyclopts import Parameter
+from pydantic import JsonValue
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from agentdb.sdk import SqlResult
+
+from ._checkpoints import branches, checkpoints
+from ._remote import (
+    NO_OPTIONS,
+    WHERE_TOKENS_COME_FROM,
+    ClientError,
+    Remote,
+    Secrets,
+    connected,
+    details,
+    emit,
+    listing,
+    shown,
+    usage_error,
+    working,
+)
+
+__all__ = ["ClientError", "register"]
+
+Positive = Annotated[int, Parameter(validator=cyclopts.validators.Number(gt=0))]
+
+users = cyclopts.App(
+    name="users",
+    help="Users of the platform (admin token). Each owns sessions and gets user tokens.",
+)
+sessions = cyclopts.App(
+    name="sessions",
+    help="Agent sessions: each has its own PostgreSQL database, checkpoints and branches.",
+)
+
+USER_COLUMNS = ("id", "email", "name", "tier", "created_at")
+SESSION_COLUMNS = ("id", "name", "status", "user_id", "head_checkpoint_id", "created_at")
+
+
+def register(app: cyclopts.App) -> None:
+    """Adds the operator commands to `agentdb`."""
+    app.help = (
+        f"{app.help}\n\nThe operator commands (users, sessions, sql, checkpoints, branches) "
+        f"talk to a running `agentdb serve` (--url / AGENTDB_URL) with a token "
+        f"(--token / AGENTDB_TOKEN): {WHERE_TOKENS_COME_FROM}. Exit codes: 1 when the operation "
+        f"fails, 2 when the command line is wrong."
+    )
+    for sub in (users, sessions, checkpoints, branches):
+        app.command(sub)
+    app.command(sql, name="sql")
+
+
+# --- users -------------------------------------------------------------------------------------
+
+
+@users.command(name="create")
+async def create_user(
+    email: str,
+    /,
+    *,
+    name: str | None = None,
+    tier: str | None = None,
+    options: Remote = NO_OPTIONS,
+) -> None:
+    """Create a user (admin token).
+
+    Parameters
+    ----------
+    email
+        The user's email address (unique).
+    name
+        Display name (default: from the email).
+    tier
+        Plan tier (default: the platform's default).
+    """
+    async with connected(options) as db:
+        user = await db.create_user(email, name=name, tier=tier)
+    emit(options, user, lambda: details(user))
+
+
+@users.command(name="ls")
+async def list_users(
+    *, limit: Positive = 100, after: uuid.UUID | None = None, options: Remote = NO_OPTIONS
+) -> None:
+    """List users, oldest first (admin token).
+
+    Parameters
+    ----------
+    limit
+        At most this many.
+    after
+        Start after this user id (the last one of the previous page).
+    """
+    async with connected(options) as db:
+        found = await db.list_users(limit=limit, after=after)
+    emit(options, found, lambda: listing(found, USER_COLUMNS, empty="no users"))
+
+
+@users.command(name="token")
+async def user_token(
+    user_id: uuid.UUID,
+    /,
+    *,
+    name: str | None = None,
+    ttl: Positive | None = None,
+    options: Remote = NO_OPTIONS,
+) -> None:
+    """Issue a user token and print it (shown this once; agentdb keeps only its hash).
+
+    A user token reaches that user's sessions: give it to the platform code acting for them.
+
+    Parameters
+    ----------
+    user_id
+        The user.
+    name
+        A name to recognize the token by.
+    ttl
+        Lifetime in seconds (default: no expiry).
+    """
+    async with connected(options) as db:
+        token = await db.create_user_token(user_id, name=name, ttl_seconds=ttl)
+    emit(options, token, lambda: token.token)
+
+
+# --- sessions ----------------------------------------------------------------------------------
+
+
+@sessions.command(name="create")
+async def create_session(
+    *,
+    user: uuid.UUID | None = None,
+    name: str | None = None,
+    secrets: Secrets = False,
+    options: Remote = NO_OPTIONS,
+) -> None:
+    """Open an agent session: a new PostgreSQL database with a root checkpoint.
+
+    Parameters
+    ----------
+    user
+        The owner (required with the admin token; a user token opens its own).
+    name
+        A name for the session.
+    secrets
+        Also print the connection URI (hidden by default).
+    """
+    async with connected(options) as db:
+        with working("Creating the session's database"):
+            session = await db.create_session(user_id=user, name=name)
+    emit(options, session, lambda: details(session, secrets=secrets), secrets=secrets)
+
+
+@sessions.command(name="ls")
+async def list_sessions(
+    *, user: uuid.UUID | None = None, secrets: Secrets = False, options: Remote = NO_OPTIONS
+) -> None:
+    """List sessions.
+
+    Parameters
+    ----------
+    user
+        Whose sessions (required with the admin token).
+    secrets
+        With --json, also the connection URIs (hidden by default).
+    """
+    async with connected(options) as db:
+        found = await db.list_sessions(user_id=user)
+    emit(
+        options,
+        found,
+        lambda: listing(found, SESSION_COLUMNS, empty="no sessions"),
+        secrets=secrets,
+    )
+
+
+@sessions.command(name="show")
+async def show_session(
+    session_id: uuid.UUID, /, *, secrets: Secrets = False, options: Remote = NO_OPTIONS
+) -> None:
+    """Show a session.
+
+    Parameters
+    ----------
+    session_id
+        The session.
+    secrets
+        Also print the connection URI (admin and user tokens only; hidden by default).
+    """
+    async with connected(options) as db:
+        session = await db.get_session(session_id)
+    emit(options, session, lambda: details(session, secrets=secrets), secrets=secrets)
+
+
+@sessions.command(name="rm")
+async def delete_session(session_id: uuid.UUID, /, *, options: Remote = NO_OPTIONS) -> None:
+    """Delete a session with its database, checkpoints and branches (no undo).
+
+    Parameters
+    ----------
+    session_id
+        The session.
+    """
+    async with connected(options) as db:
+        with working("Deleting the session"):
+            session = await db.delete_session(session_id)
+    emit(options, session, lambda: details(session, title="deleted"))
+
+
+@sessions.command(name="token")
+async def session_token(
+    session_id: uuid.UUID,
+    /,
+    *,
+    name: str | None = None,
+    ttl: Positive | None = None,
+    options: Remote = NO_OPTIONS,
+) -> None:
+    """Issue a session token and print it (shown this once): what the agent gets. It reaches
+    this session only and never sees connection URIs.
+
+    Parameters
+    ----------
+    session_id
+        The session.
+    name
+        A name to recognize the token by.
+    ttl
+        Lifetime in seconds (default: no expiry).
+    """
+    async with connected(options) as db:
+        token = await db.create_session_token(session_id, name=name, ttl_seconds=ttl)
+    emit(options, token, lambda: token.token)
+
+
+# --- sql ---------------------------------------------------------------------------------------
+
+
+async def sql(
+    session_id: uuid.UUID,
+    statement: Annotated[str, Parameter(name="SQL")],
+    /,
+    *,
+    param: Annotated[list[str] | None, Parameter(negative="")] = None,
+    params_json: str | None = None,
+    max_rows: Positive | None = None,
+    timeout_seconds: Annotated[
+        float | None, Parameter(name="--timeout", validator=cyclopts.validators.Number(gt=0))
+    ] = None,
+    options: Remote = NO_OPTIONS,
+) -> None:
+    """Run SQL on a session's database, in one transaction, as the session's own role.
+
+    Parameters
+    ----------
+    session_id
+        The session.
+    statement
+        The SQL: one or more statements (only one with parameters); the last one's rows show.
+    param
+        A value for $1, $2, ... in order (repeat the option); text that PostgreSQL casts to
+        the type the statement needs.
+    params_json
+        All the values as a JSON array instead, for numbers, NULLs, arrays and jsonb,
+        e.g. '[1, null, {"a": 2}]'.
+    max_rows
+        Return at most this many rows (default: the server's AGENTDB_SQL_MAX_ROWS).
+    timeout_seconds
+        Statement timeout in seconds (default: the server's).
+    """
+    values = _params(param, params_json)
+    async with connected(options) as db:
+        result = await db.sql(
+            session_id, statement, values, max_rows=max_rows, timeout_seconds=timeout_seconds
+        )
+    emit(options, result, lambda: _result_table(result))
+
+
+def _params(param: list[str] | None, params_json: str | None) -> list[JsonValue] | None:
+    if params_json is None:
+        return list(param) if param is not None else None
+    if param is not None:
+        raise usage_error("give either --param or --params-json, not both")
+    try:
+        values = json.loads(params_json)
+    except ValueError as exc:
+        raise usage_error(f"--params-json: not JSON ({exc})") from None
+    if not isinstance(values, list):
+        raise usage_error("--params-json: must be a JSON array, e.g. '[1, \"two\", null]'")
+    return values
+
+
+def _result_table(result: SqlResult) -> RenderableType:
+    summary = Text(result.command, style="dim")
+    if result.truncated:
+        summary.append(
+            f" (showing {len(result.rows)} of {result.row_count} rows; see --max-rows)",
+            style="yellow",
+        )
+    if not result.columns:
+        return summary
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in result.columns:
+        table.add_column(column.name)
+    for row in result.rows:
+        table.add_row(*(Text("NULL", style="dim") if v is None else shown(v) for v in row))
+    return Group(table, summary)

@@ -1,0 +1,19 @@
+"""agentdb as tools for agents: one definition per tool, exported as OpenAI and Anthropic
+function-calling schemas, a dispatcher (`Toolbox.call`) and an MCP server (stdio for desktop
+agent clients, streamable HTTP at `/mcp` of `agentdb serve`)."""
+
+from ._definitions import TOOLS, Tool, ToolInput
+from ._mcp import McpHttp, build_mcp_server, scoped_toolbox, serve_stdio
+from ._toolbox import Toolbox, ToolError
+
+__all__ = [
+    "TOOLS",
+    "McpHttp",
+    "Tool",
+    "ToolError",
+    "ToolInput",
+    "Toolbox",
+    "build_mcp_server",
+    "scoped_toolbox",
+    "serve_stdio",
+]

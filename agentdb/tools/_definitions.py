@@ -1,0 +1,372 @@
+"""The agent's tools, one definition each: the name, the description an LLM reads to decide
+when to call it, the pydantic model of its input (the source of every JSON schema and of the
+dispatcher's validation) and the handler, which calls the SDK exactly as a REST client would.
+
+Results are compact JSON without secrets: connection URIs never reach the agent.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
+
+from agentdb.sdk import AgentDB, Branch, Checkpoint, Diff, Session, SqlResult
+
+#: Most rows and longest timeout one SQL call may ask for (the API's own limits).
+MAX_ROWS = 10_000
+MAX_TIMEOUT_SECONDS = 3600
+SESSION_ID_DESCRIPTION = "The agent session whose database to work on."
+
+
+class ToolInput(BaseModel):
+    """Every tool's input: unknown arguments are refused (a typo is named, not ignored), and
+    `session_id` is filled in by a toolbox bound to one session."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    session_id: uuid.UUID | None = Field(default=None, description=SESSION_ID_DESCRIPTION)
+
+
+class RunSql(ToolInput):
+    sql: str = Field(
+        min_length=1,
+        description="SQL to run. Several statements separated by ';' are allowed when `params` "
+        "is not given; the result is the last statement's.",
+    )
+    params: list[JsonValue] | None = Field(
+        default=None,
+        description="Values for $1, $2, ... in `sql` (then `sql` must be one statement).",
+    )
+    max_rows: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_ROWS,
+        description="Most rows to return (default: the server's, usually 1000).",
+    )
+    timeout_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        le=MAX_TIMEOUT_SECONDS,
+        description="Statement timeout (default: the server's, usually 30 s).",
+    )
+
+
+class CreateCheckpoint(ToolInput):
+    label: str | None = Field(
+        default=None, description="Short name for this state, e.g. 'users table created'."
+    )
+    message: str | None = Field(
+        default=None, description="What you just did and why (your step or the user's prompt)."
+    )
+    metadata: dict[str, JsonValue] | None = Field(
+        default=None, description="Free-form JSON to keep with it, e.g. {'commit': 'abc123'}."
+    )
+
+
+class NoArguments(ToolInput):
+    pass
+
+
+class OneCheckpoint(ToolInput):
+    checkpoint_id: uuid.UUID = Field(description="The checkpoint's id (see list_checkpoints).")
+
+
+class PreviewCheckpoint(OneCheckpoint):
+    ttl_seconds: int | None = Field(
+        default=None, gt=0, description="Lifetime of the preview (default: the server's, a day)."
+    )
+
+
+class DiffCheckpoints(OneCheckpoint):
+    against: str = Field(
+        default="HEAD",
+        description="'HEAD' (the live database as it is now, the default) or another "
+        "checkpoint's id.",
+    )
+
+
+class CreateBranch(ToolInput):
+    name: str | None = Field(default=None, description="A name for the branch.")
+    checkpoint_id: uuid.UUID | None = Field(
+        default=None,
+        description="Copy this checkpoint (default: the live database as it is now).",
+    )
+    ttl_seconds: int | None = Field(
+        default=None, gt=0, description="Lifetime of the branch (default: the server's, a day)."
+    )
+
+
+class OneBranch(ToolInput):
+    branch_id: uuid.UUID = Field(description="The branch's id (from create_branch).")
+
+
+InputT = TypeVar("InputT", bound=ToolInput)
+Handler = Callable[[AgentDB, uuid.UUID, InputT], Awaitable[JsonValue]]
+
+
+@dataclass(frozen=True, slots=True)
+class Tool(Generic[InputT]):
+    """One tool: what the agent sees (`name`, `description`, the schema of `input_model`) and
+    what runs (`handler`, given the SDK client, the session and the validated input).
+    `read_only` tools change nothing; `destructive` ones can lose data of the live database or
+    a branch (MCP clients may ask the user first)."""
+
+    name: str
+    description: str
+    input_model: type[InputT]
+    handler: Handler[InputT]
+    read_only: bool = False
+    destructive: bool = False
+
+
+# --- results: compact, no secrets -----------------------------------------------------------
+
+
+def session_result(session: Session) -> dict[str, JsonValue]:
+    out: dict[str, JsonValue] = {
+        "id": str(session.id),
+        "name": session.name,
+        "status": session.status.value,
+        "head_checkpoint_id": _id(session.head_checkpoint_id),
+        "database_name": session.database_name,
+        "created_at": session.created_at.isoformat(),
+    }
+    if session.error:
+        out["error"] = session.error
+    return out
+
+
+def checkpoint_result(checkpoint: Checkpoint) -> dict[str, JsonValue]:
+    out: dict[str, JsonValue] = {
+        "id": str(checkpoint.id),
+        "parent_id": _id(checkpoint.parent_id),
+        "status": checkpoint.status.value,
+        "label": checkpoint.label,
+        "message": checkpoint.message,
+        "taken_at": None if checkpoint.taken_at is None else checkpoint.taken_at.isoformat(),
+        "size_bytes": checkpoint.size_bytes,
+    }
+    if checkpoint.metadata:
+        out["metadata"] = checkpoint.metadata
+    if checkpoint.error:
+        out["error"] = checkpoint.error
+    return out
+
+
+def branch_result(branch: Branch) -> dict[str, JsonValue]:
+    out: dict[str, JsonValue] = {
+        "id": str(branch.id),
+        "kind": branch.kind.value,
+        "name": branch.name,
+        "status": branch.status.value,
+        "source_checkpoint_id": _id(branch.source_checkpoint_id),
+        "expires_at": None if branch.expires_at is None else branch.expires_at.isoformat(),
+    }
+    if branch.error:
+        out["error"] = branch.error
+    return out
+
+
+def sql_result(result: SqlResult) -> dict[str, JsonValue]:
+    return {
+        "command": result.command,
+        "columns": [{"name": c.name, "type": c.type} for c in result.columns],
+        "rows": list(result.rows),
+        "row_count": result.row_count,
+        "truncated": result.truncated,
+    }
+
+
+def diff_result(diff: Diff) -> dict[str, JsonValue]:
+    """The summary, and only the tables that differ in some way (schema, row count or data)."""
+    tables: list[JsonValue] = [
+        t.model_dump(mode="json", exclude_defaults=True)
+        for t in diff.tables
+        if t.change != "unchanged" or t.rows_from != t.rows_to or t.data_changed
+    ]
+    return {
+        "from_checkpoint_id": str(diff.from_checkpoint_id),
+        "to": "HEAD" if diff.to_checkpoint_id is None else str(diff.to_checkpoint_id),
+        "summary": diff.summary.model_dump(mode="json"),
+        "tables": tables,
+        "objects": [o.model_dump(mode="json") for o in diff.objects],
+    }
+
+
+def _id(value: uuid.UUID | None) -> str | None:
+    return None if value is None else str(value)
+
+
+# --- handlers -------------------------------------------------------------------------------
+
+
+async def run_sql(db: AgentDB, session_id: uuid.UUID, args: RunSql) -> JsonValue:
+    result = await db.sql(
+        session_id,
+        args.sql,
+        args.params,
+        max_rows=args.max_rows,
+        timeout_seconds=args.timeout_seconds,
+    )
+    return sql_result(result)
+
+
+async def create_checkpoint(
+    db: AgentDB, session_id: uuid.UUID, args: CreateCheckpoint
+) -> JsonValue:
+    checkpoint = await db.create_checkpoint(
+        session_id, label=args.label, message=args.message, metadata=args.metadata
+    )
+    return checkpoint_result(checkpoint)
+
+
+async def list_checkpoints(db: AgentDB, session_id: uuid.UUID, _: NoArguments) -> JsonValue:
+    tree = await db.list_checkpoints(session_id)
+    return {
+        "head_id": _id(tree.head_id),
+        "checkpoints": [checkpoint_result(c) for c in tree.checkpoints],
+    }
+
+
+async def restore_checkpoint(db: AgentDB, session_id: uuid.UUID, args: OneCheckpoint) -> JsonValue:
+    return session_result(await db.restore_checkpoint(session_id, args.checkpoint_id))
+
+
+async def preview_checkpoint(
+    db: AgentDB, session_id: uuid.UUID, args: PreviewCheckpoint
+) -> JsonValue:
+    branch = await db.preview_checkpoint(
+        session_id, args.checkpoint_id, ttl_seconds=args.ttl_seconds
+    )
+    return branch_result(branch)
+
+
+async def diff_checkpoints(db: AgentDB, session_id: uuid.UUID, args: DiffCheckpoints) -> JsonValue:
+    return diff_result(await db.diff_checkpoints(session_id, args.checkpoint_id, args.against))
+
+
+async def create_branch(db: AgentDB, session_id: uuid.UUID, args: CreateBranch) -> JsonValue:
+    branch = await db.create_branch(
+        session_id, name=args.name, checkpoint_id=args.checkpoint_id, ttl_seconds=args.ttl_seconds
+    )
+    return branch_result(branch)
+
+
+async def reset_branch(db: AgentDB, session_id: uuid.UUID, args: OneBranch) -> JsonValue:
+    return branch_result(await db.reset_branch(session_id, args.branch_id))
+
+
+async def delete_branch(db: AgentDB, session_id: uuid.UUID, args: OneBranch) -> JsonValue:
+    return branch_result(await db.delete_branch(session_id, args.branch_id))
+
+
+async def get_session(db: AgentDB, session_id: uuid.UUID, _: NoArguments) -> JsonValue:
+    return session_result(await db.get_session(session_id))
+
+
+# --- the tools, as the agent reads them -------------------------------------------------------
+
+TOOLS: tuple[Tool[Any], ...] = (
+    Tool(
+        "run_sql",
+        "Run SQL on the session's own PostgreSQL database (PostgreSQL 18 with pgvector) and "
+        "get the result: DDL, inserts, updates, queries. It runs as the session's own role "
+        "(not a superuser), in one transaction per call: if any statement fails, nothing of "
+        "the call is kept. Pass values as parameters $1, $2, ... in `params` rather than "
+        "pasting them into the SQL. At most `max_rows` rows come back (`truncated` says when "
+        "more existed) and every statement has a timeout. After each meaningful change "
+        "(a migration, a data load, a fix), call create_checkpoint so you can go back to it.",
+        RunSql,
+        run_sql,
+        destructive=True,
+    ),
+    Tool(
+        "create_checkpoint",
+        "Save the database as it is now, as a checkpoint you can restore later. Call it after "
+        "every meaningful step (schema change, data load, finished task) and before anything "
+        "risky; give it a label and a message saying what the step did. Checkpoints form a "
+        "tree: the new one becomes the head, a child of the previous head. Takes about a "
+        "second; the database is paused briefly while it is taken.",
+        CreateCheckpoint,
+        create_checkpoint,
+    ),
+    Tool(
+        "list_checkpoints",
+        "List the session's checkpoints, oldest first, each with its parent, label and "
+        "message, and `head_id`: the checkpoint the live database descends from now. After a "
+        "restore, history forks: every checkpoint stays listed and restorable.",
+        NoArguments,
+        list_checkpoints,
+        read_only=True,
+    ),
+    Tool(
+        "restore_checkpoint",
+        "Put the session's database back to a checkpoint, in place: all data and schema "
+        "become exactly what they were when it was taken, and everything since is gone from "
+        "the live database. The connection string stays the same (open connections are "
+        "closed; reconnect). Later checkpoints are kept and stay restorable, so a restore can "
+        "be undone by restoring a later one; the next checkpoint you create hangs under the "
+        "restored one. Use diff_checkpoints first to see what would change.",
+        OneCheckpoint,
+        restore_checkpoint,
+        destructive=True,
+    ),
+    Tool(
+        "preview_checkpoint",
+        "Open a checkpoint as a separate copy (a preview branch) without touching the live "
+        "database, e.g. for the user or the platform to look at an earlier state. "
+        "It is a different database from the one run_sql works on, and it expires on its own "
+        "(`expires_at`); delete it with delete_branch when done.",
+        PreviewCheckpoint,
+        preview_checkpoint,
+    ),
+    Tool(
+        "diff_checkpoints",
+        "Compare a checkpoint with the live database ('HEAD') or with another checkpoint: "
+        "tables, columns, indexes and constraints added, removed or changed, views, types and "
+        "functions that differ, and row counts. Only tables that differ are listed. Changes "
+        "nothing.",
+        DiffCheckpoints,
+        diff_checkpoints,
+        read_only=True,
+    ),
+    Tool(
+        "create_branch",
+        "Make a dev branch: a separate, writable copy of the live database as it is now, or "
+        "of a checkpoint, for trying something without touching the live database. It is a "
+        "different database from the one run_sql works on, and it expires on its own "
+        "(`expires_at`). To change the live database, use run_sql and restore_checkpoint "
+        "instead.",
+        CreateBranch,
+        create_branch,
+    ),
+    Tool(
+        "reset_branch",
+        "Put a dev or preview branch back to where it started (the database it was copied "
+        "from, or its checkpoint); what was written on the branch is gone. The live database "
+        "is not touched.",
+        OneBranch,
+        reset_branch,
+        destructive=True,
+    ),
+    Tool(
+        "delete_branch",
+        "Delete a dev or preview branch and its database. The live database and the "
+        "checkpoints are not touched.",
+        OneBranch,
+        delete_branch,
+        destructive=True,
+    ),
+    Tool(
+        "get_session",
+        "Show the session: its status (ready, checkpointing, restoring ...), its database's "
+        "name and its head checkpoint (the one the live database descends from).",
+        NoArguments,
+        get_session,
+        read_only=True,
+    ),
+)

@@ -1,0 +1,206 @@
+"""The tools as an MCP server (the official `mcp` SDK's low-level `Server`): the same
+definitions, names, descriptions and input schemas as `Toolbox`, with a failed call answered as
+an MCP tool error (`isError`) whose text says what to change.
+
+Two transports: stdio (`agentdb mcp`, for desktop agent clients) and streamable HTTP mounted at
+`/mcp` by `agentdb serve`, where each request acts with its own bearer token through an SDK
+client of the in-process API app, so a session token reaches its one session and nothing else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from importlib.metadata import version
+from typing import Any
+
+import httpx
+from litestar import asgi
+from litestar.handlers import ASGIRouteHandler
+from litestar.types import ASGIApp, Receive, Scope, Send
+from mcp import types
+from mcp.server import Server, ServerRequestContext
+from mcp.server.stdio import stdio_server
+from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+from mcp.shared.exceptions import MCPError
+
+from agentdb.sdk import AgentDB, AgentDBError
+from agentdb.services.tokens import SCOPE_PREFIXES
+from meta_schema import TokenScope
+
+from ._definitions import Tool
+from ._toolbox import Toolbox, ToolError
+
+#: Tells an agent (and its client) how the tools fit together, once per connection.
+INSTRUCTIONS = (
+    "agentdb gives this agent session its own PostgreSQL database. Work with run_sql. Call "
+    "create_checkpoint after every meaningful step; restore_checkpoint puts the database back "
+    "to any checkpoint in place (same connection string, later checkpoints kept). "
+    "diff_checkpoints shows what changed. Dev and preview branches are separate databases "
+    "that expire on their own."
+)
+SESSION_TOKEN_PREFIX = SCOPE_PREFIXES[TokenScope.SESSION]
+#: Base URL of the in-process API app as the HTTP transport's SDK clients call it.
+INTERNAL_URL = "http://agentdb"
+
+#: Gives the toolbox for one MCP request: the transport's request (None on stdio) in, a
+#: toolbox acting with that request's credentials out, for the time of the call.
+ToolboxSource = Callable[[object], AbstractAsyncContextManager[Toolbox]]
+
+
+async def scoped_toolbox(client: AgentDB, token: str | None = None) -> Toolbox:
+    """A toolbox for whoever holds `token`: bound to its session for a session token (whose
+    session list is exactly that session), unbound (`session_id` in every call) otherwise."""
+    if token is None or not token.startswith(SESSION_TOKEN_PREFIX):
+        return Toolbox(client)
+    try:
+        sessions = await client.list_sessions()
+    except AgentDBError as exc:
+        raise ToolError(str(exc), status=exc.status) from exc
+    if len(sessions) != 1:
+        raise ToolError("the session token does not lead to exactly one session")
+    return Toolbox(client, session_id=sessions[0].id)
+
+
+def build_mcp_server(toolbox: Toolbox | ToolboxSource, *, name: str = "agentdb") -> Server[Any]:
+    """An MCP server offering agentdb's tools: over one `Toolbox` (stdio, embedded), or over
+    a `ToolboxSource` that gives each request a toolbox acting with its caller's token."""
+    source = _fixed(toolbox) if isinstance(toolbox, Toolbox) else toolbox
+
+    async def list_tools(
+        ctx: ServerRequestContext[Any, Any], _: types.PaginatedRequestParams | None
+    ) -> types.ListToolsResult:
+        try:
+            async with source(ctx.request) as box:
+                return types.ListToolsResult(tools=[_mcp_tool(box, t) for t in box.tools])
+        except ToolError as exc:
+            raise MCPError(types.INVALID_REQUEST, exc.message) from exc
+
+    async def call_tool(
+        ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
+    ) -> types.CallToolResult:
+        try:
+            async with source(ctx.request) as box:
+                result = await box.call(params.name, params.arguments)
+        except ToolError as exc:
+            return types.CallToolResult(
+                content=[types.TextContent(type="text", text=exc.message)], is_error=True
+            )
+        return types.CallToolResult(
+            content=[types.TextContent(type="text", text=_compact(result))],
+            structured_content=result if isinstance(result, dict) else {"result": result},
+        )
+
+    return Server(
+        name,
+        version=version("agentdb"),
+        title="agentdb",
+        instructions=INSTRUCTIONS,
+        on_list_tools=list_tools,
+        on_call_tool=call_tool,
+    )
+
+
+def _mcp_tool(box: Toolbox, tool: Tool[Any]) -> types.Tool:
+    return types.Tool(
+        name=tool.name,
+        description=tool.description,
+        input_schema=box.input_schema(tool.name),
+        annotations=types.ToolAnnotations(
+            read_only_hint=tool.read_only,
+            destructive_hint=tool.destructive,
+            open_world_hint=False,
+        ),
+    )
+
+
+def _fixed(toolbox: Toolbox) -> ToolboxSource:
+    @asynccontextmanager
+    async def source(_: object) -> AsyncIterator[Toolbox]:
+        yield toolbox
+
+    return source
+
+
+# --- stdio ----------------------------------------------------------------------------------
+
+
+async def serve_stdio(client: AgentDB, *, token: str | None = None) -> None:
+    """Serves the tools over this process's stdin/stdout until the MCP client closes them.
+    Opens and closes `client` (embedded or remote); `token` is the one it connects with, which
+    decides whether the tools are bound to one session.
+
+    Startup (an embedded PostgreSQL, the session a token leads to) happens before the MCP
+    channel opens, so its failures end the command with their own message; Python's stdout
+    points at stderr meanwhile, and while serving the MCP SDK points file descriptor 1 there,
+    so nothing else can write into the channel."""
+    async with contextlib.AsyncExitStack() as stack:
+        with contextlib.redirect_stdout(sys.stderr):
+            await stack.enter_async_context(client)
+            toolbox = await scoped_toolbox(client, token)
+        server = build_mcp_server(toolbox)
+        async with stdio_server() as (read, write):
+            await server.run(read, write, server.create_initialization_options())
+
+
+# --- streamable HTTP, inside agentdb serve ----------------------------------------------------
+
+
+class McpHttp:
+    """The MCP server over streamable HTTP, for mounting in the API app (`route`), stateless
+    and answering JSON: every request carries its caller's bearer token, and the tools act
+    with it through an SDK client of `api`, so they pass the API's own authorization.
+
+    `running()` must be entered around serving (it owns the MCP SDK's task group)."""
+
+    def __init__(self, api: ASGIApp, *, path: str = "/mcp") -> None:
+        self._api = api
+        self.path = path
+        self.server = build_mcp_server(self._toolbox_for)
+        # DNS-rebinding protection is off: it guards servers that trust whoever reaches them,
+        # and every request here must carry a bearer token a rebinding page does not have.
+        self._manager = StreamableHTTPSessionManager(
+            self.server, json_response=True, stateless=True, security_settings=None
+        )
+
+    def running(self) -> AbstractAsyncContextManager[None]:
+        return self._manager.run()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._manager.handle_request(scope, receive, send)  # type: ignore[arg-type]
+
+    @property
+    def route(self) -> ASGIRouteHandler:
+        """A Litestar route handler mounting this app at `path` (the API's middleware, bearer
+        authentication included, runs before it)."""
+
+        async def mcp_endpoint(scope: Scope, receive: Receive, send: Send) -> None:
+            await self(scope, receive, send)
+
+        return asgi(self.path, is_mount=True, copy_scope=True)(mcp_endpoint)
+
+    @asynccontextmanager
+    async def _toolbox_for(self, request: object) -> AsyncIterator[Toolbox]:
+        token = _bearer(request)
+        if token is None:
+            raise ToolError("send 'Authorization: Bearer <token>' (an agentdb token)")
+        transport = httpx.ASGITransport(app=self._api)  # type: ignore[arg-type]
+        async with AgentDB.connect(INTERNAL_URL, token, transport=transport) as client:
+            yield await scoped_toolbox(client, token)
+
+
+def _bearer(request: object) -> str | None:
+    headers = getattr(request, "headers", None)
+    value = headers.get("authorization") if headers is not None else None
+    if not isinstance(value, str):
+        return None
+    scheme, _, token = value.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def _compact(result: object) -> str:
+    """The result as the agent reads it: JSON without padding (every character is a token)."""
+    return json.dumps(result, separators=(",", ":"), ensure_ascii=False)

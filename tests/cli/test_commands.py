@@ -1,0 +1,326 @@
+"""The operator commands (`agentdb users|sessions|sql|checkpoints|branches`) run as the real
+command in subprocesses against one `agentdb serve` for the module: --json answers checked
+against the data, the checkpoint tree as drawn, secrets shown only when asked, and bad input as
+one line with exit code 2 (the command line is wrong) or 1 (the operation failed). The tests
+share the server, a user and a session, and run in file order: the last one deletes the session.
+
+Each run costs ~1.7 s of Python start-up, so independent runs go in parallel (`run_all`)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+from support import API_LINE, agentdb, assert_one_line_error, clean_env, serving
+
+ADMIN = "adb_admin_cli-commands-test-token"
+
+
+@pytest.fixture(scope="module")
+def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    data_dir = tmp_path_factory.mktemp("cli-commands") / "data"
+    with serving(clean_env(AGENTDB_ADMIN_TOKEN=ADMIN), data_dir, ("serve",), API_LINE) as served:
+        yield served
+
+
+@pytest.fixture(scope="module")
+def admin(url: str) -> dict[str, str]:
+    return clean_env(AGENTDB_URL=url, AGENTDB_TOKEN=ADMIN)
+
+
+def ok(*args: str, env: dict[str, str]) -> str:
+    """Runs a command that must succeed silently on stderr; its stdout."""
+    result = agentdb(*args, env=env)
+    assert result.returncode == 0, result
+    assert result.stderr == "", result.stderr
+    return result.stdout
+
+
+def doc(*args: str, env: dict[str, str]) -> Any:
+    return json.loads(ok(*args, "--json", env=env))
+
+
+def run_all(
+    *runs: tuple[tuple[str, ...], dict[str, str]],
+) -> list[subprocess.CompletedProcess[str]]:
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return list(pool.map(lambda run: agentdb(*run[0], env=run[1]), runs))
+
+
+def stdout_of(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 0, result
+    assert result.stderr == "", result.stderr
+    return result.stdout
+
+
+def json_of(result: subprocess.CompletedProcess[str]) -> Any:
+    return json.loads(stdout_of(result))
+
+
+@pytest.fixture(scope="module")
+def user(admin: dict[str, str]) -> dict[str, Any]:
+    return doc("users", "create", "cli@example.com", "--name", "CLI", "--tier", "pro", env=admin)
+
+
+@pytest.fixture(scope="module")
+def session(admin: dict[str, str], user: dict[str, Any]) -> dict[str, Any]:
+    return doc("sessions", "create", "--user", user["id"], "--name", "todo app", env=admin)
+
+
+@pytest.fixture(scope="module")
+def tokens(
+    admin: dict[str, str], user: dict[str, Any], session: dict[str, Any]
+) -> tuple[dict[str, str], dict[str, str]]:
+    """The environments of the user's platform code and of the session's agent: `users token`
+    and `sessions token` print the token alone on one line."""
+    envs = []
+    for result in run_all(
+        (("users", "token", user["id"]), admin), (("sessions", "token", session["id"]), admin)
+    ):
+        token = stdout_of(result)
+        assert token.count("\n") == 1
+        assert token.startswith("adb_")
+        envs.append({**admin, "AGENTDB_TOKEN": token.strip()})
+    return envs[0], envs[1]
+
+
+@pytest.fixture(scope="module")
+def agent(tokens: tuple[dict[str, str], dict[str, str]]) -> dict[str, str]:
+    return tokens[1]
+
+
+def test_users_sessions_and_tokens(
+    admin: dict[str, str],
+    user: dict[str, Any],
+    session: dict[str, Any],
+    tokens: tuple[dict[str, str], dict[str, str]],
+) -> None:
+    assert (user["email"], user["name"], user["tier"]) == ("cli@example.com", "CLI", "pro")
+    assert session["user_id"] == user["id"]
+    assert (session["name"], session["status"]) == ("todo app", "ready")
+    assert session["head_checkpoint_id"] is not None  # the root checkpoint
+    assert "connection_uri" not in session  # not asked for
+
+    sid, as_user = session["id"], tokens[0]
+    listed, table, token_doc, secret, human, mine, theirs = run_all(
+        (("users", "ls", "--json"), admin),
+        (("users", "ls"), admin),
+        (("users", "token", user["id"], "--name", "ci", "--ttl", "3600", "--json"), admin),
+        (("sessions", "show", sid, "--secrets", "--json"), admin),
+        (("sessions", "show", sid), admin),
+        # A user token reaches the user's own sessions; no --user is needed with it.
+        (("sessions", "ls", "--json"), as_user),
+        (("sessions", "ls", "--user", user["id"]), admin),
+    )
+    assert user["id"] in [u["id"] for u in json_of(listed)]
+    assert any(
+        user["id"] in line and "cli@example.com" in line for line in table.stdout.splitlines()
+    )
+    token = json_of(token_doc)
+    assert (token["scope"], token["user_id"], token["name"]) == ("user", user["id"], "ci")
+    assert token["token"].startswith(token["prefix"])
+    shown = json_of(secret)
+    assert shown.pop("connection_uri").startswith("postgresql://")
+    assert shown == session | {"updated_at": shown["updated_at"]}
+    text = stdout_of(human)
+    assert sid in text
+    assert "postgresql://" not in text
+    assert "connection_uri" not in text
+    assert [s["id"] for s in json_of(mine)] == [sid]
+    assert any(line.startswith(sid) and "todo app" in line for line in theirs.stdout.splitlines())
+
+
+@pytest.fixture(scope="module")
+def history(agent: dict[str, str], session: dict[str, Any]) -> dict[str, Any]:
+    """As the agent: two todos, checkpoint, one deleted, checkpoint, restore to the first, and
+    a checkpoint after the restore (a second child of the first)."""
+    sid = session["id"]
+    made = doc(
+        "sql",
+        sid,
+        "create table todo (id int primary key, title text, done bool);"
+        "insert into todo values (1, 'write docs', null), (2, 'ship', true)",
+        env=agent,
+    )
+    first = doc(
+        "checkpoints",
+        "create",
+        sid,
+        "--label",
+        "two todos",
+        "--message",
+        "add the todo table",
+        "--metadata",
+        '{"step": 1}',
+        env=agent,
+    )
+    deleted = ok("sql", sid, "delete from todo where id = $1", "--param", "1", env=agent)
+    second = doc("checkpoints", "create", sid, "--label", "one todo", env=agent)
+    restored = doc("checkpoints", "restore", sid, first["id"], env=agent)
+    third = doc("checkpoints", "create", sid, "--label", "after the restore", env=agent)
+    return {
+        "third": third,
+        "made": made,
+        "first": first,
+        "deleted": deleted,
+        "second": second,
+        "restored": restored,
+    }
+
+
+def test_sql_checkpoints_restore_and_the_tree(
+    agent: dict[str, str], session: dict[str, Any], history: dict[str, Any]
+) -> None:
+    sid, root = session["id"], session["head_checkpoint_id"]
+    first, second, third = history["first"], history["second"], history["third"]
+    assert history["made"]["command"] == "INSERT 0 2"
+    assert history["deleted"] == "DELETE 1\n"
+    assert (first["parent_id"], first["label"], first["status"]) == (root, "two todos", "ready")
+    assert (first["message"], first["metadata"]) == ("add the todo table", {"step": 1})
+    assert second["parent_id"] == first["id"]
+    assert history["restored"]["head_checkpoint_id"] == first["id"]
+    assert "connection_uri" not in history["restored"]
+
+    rows, tree_doc, tree, diff_doc, diff, table = run_all(
+        (("sql", sid, "select id, title, done from todo order by id", "--json"), agent),
+        (("checkpoints", "ls", sid, "--json"), agent),
+        (("checkpoints", "ls", sid), agent),
+        (("checkpoints", "diff", sid, first["id"], "--against", second["id"], "--json"), agent),
+        (("checkpoints", "diff", sid, second["id"]), agent),
+        (("sql", sid, "select id, done from todo order by id", "--max-rows", "1"), agent),
+    )
+    # The restore brought back the deleted row.
+    result = json_of(rows)
+    assert [c["name"] for c in result["columns"]] == ["id", "title", "done"]
+    assert result["rows"] == [[1, "write docs", None], [2, "ship", True]]
+
+    listed = json_of(tree_doc)
+    assert listed["head_id"] == third["id"]
+    assert {c["id"]: c["parent_id"] for c in listed["checkpoints"]} == {
+        root: None,
+        first["id"]: root,
+        second["id"]: first["id"],
+        third["id"]: first["id"],
+    }
+
+    # Drawn: each checkpoint one line, under its parent and indented deeper, children (oldest
+    # first) side by side, the head marked.
+    lines = stdout_of(tree).splitlines()
+    assert lines[0] == f"session {sid}"
+    ids = (root, first["id"], second["id"], third["id"])
+    assert len(lines) == 1 + len(ids)
+    at = {cid: next(i for i, line in enumerate(lines) if cid in line) for cid in ids}
+    indent = {cid: lines[i].index(cid) for cid, i in at.items()}
+    assert at[root] < at[first["id"]] < at[second["id"]] < at[third["id"]]
+    assert indent[root] < indent[first["id"]] < indent[second["id"]] == indent[third["id"]]
+    assert [line for line in lines if "HEAD" in line] == [lines[at[third["id"]]]]
+    assert "two todos" in lines[at[first["id"]]]
+    assert "after the restore" in lines[at[third["id"]]]
+
+    changed = json_of(diff_doc)
+    assert (changed["from_checkpoint_id"], changed["to_checkpoint_id"]) == (
+        first["id"],
+        second["id"],
+    )
+    todo = next(t for t in changed["tables"] if t["name"] == "public.todo")
+    assert (todo["change"], todo["rows_from"], todo["rows_to"]) == ("changed", 2, 1)
+    assert "public.todo" in stdout_of(diff)
+    assert "1 -> 2" in stdout_of(diff)  # against HEAD: the restored rows
+
+    # NULL shown as such, and the cut at --max-rows said.
+    text = stdout_of(table).splitlines()
+    assert text[0].split() == ["id", "done"]
+    assert text[1].split() == ["1", "NULL"]
+    assert text[-1] == "SELECT 2 (showing 1 of 2 rows; see --max-rows)"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_bad_input_is_one_line_and_the_exit_code_says_whose_fault(
+    admin: dict[str, str], agent: dict[str, str], session: dict[str, Any]
+) -> None:
+    sid, unknown = session["id"], str(uuid.uuid4())
+    no_token = {k: v for k, v in admin.items() if k != "AGENTDB_TOKEN"}
+    cases: list[tuple[tuple[str, ...], dict[str, str], int, str]] = [
+        # The command line is wrong: 2.
+        (("sessions", "show", "not-an-id"), admin, 2, "SESSION_ID"),
+        (("sql", sid, "select 1", "--bogus"), admin, 2, "--bogus"),
+        (("sessions", "ls"), no_token, 2, "AGENTDB_TOKEN"),
+        # agentdb refuses a value: 2, naming the option.
+        (("sessions", "create", "--name", "orphan"), admin, 2, "--user: required"),
+        (("users", "create", "not-an-email"), admin, 2, "EMAIL: "),
+        (("checkpoints", "diff", sid, unknown, "--against", "yesterday"), agent, 2, "--against"),
+        # The operation failed: 1.
+        (("sessions", "show", unknown), admin, 1, f"no session {unknown}"),
+        (("sql", sid, "select * from nope"), agent, 1, '42P01: relation "nope" does not exist'),
+        (("sessions", "ls", "--token", "adb_not-a-token"), admin, 1, "token is not valid"),
+        (
+            ("sessions", "show", sid, "--url", f"http://127.0.0.1:{_free_port()}"),
+            admin,
+            1,
+            "cannot reach",
+        ),
+    ]
+    results = run_all(*((args, env) for args, env, _, _ in cases))
+    for (args, _, code, wanted), result in zip(cases, results, strict=True):
+        line = assert_one_line_error(result)
+        assert result.returncode == code, (args, line)
+        assert wanted in line, (args, line)
+        assert ADMIN not in line
+        assert result.stdout == "", (args, result.stdout)
+
+
+def test_previews_branches_and_removal(
+    admin: dict[str, str], user: dict[str, Any], session: dict[str, Any], history: dict[str, Any]
+) -> None:
+    """Runs last: it deletes the module's session."""
+    sid, second = session["id"], history["second"]["id"]
+    preview, branch = map(
+        json_of,
+        run_all(
+            (("checkpoints", "preview", sid, second, "--ttl", "600", "--secrets", "--json"), admin),
+            (("branches", "create", sid, "--from", second, "--name", "trial", "--json"), admin),
+        ),
+    )
+    assert (preview["kind"], preview["source_checkpoint_id"]) == ("preview", second)
+    assert preview["connection_uri"].startswith("postgresql://")
+    assert (branch["kind"], branch["name"], branch["status"]) == ("dev", "trial", "ready")
+    assert branch["source_checkpoint_id"] == second
+    assert "connection_uri" not in branch
+
+    listed, table, reset = run_all(
+        (("branches", "ls", sid, "--json"), admin),
+        (("branches", "ls", sid), admin),
+        (("branches", "reset", sid, branch["id"], "--json"), admin),
+    )
+    assert {(b["id"], b["kind"]) for b in json_of(listed)} == {
+        (preview["id"], "preview"),
+        (branch["id"], "dev"),
+    }
+    assert "postgresql://" not in stdout_of(listed)
+    assert [line.split()[:2] for line in stdout_of(table).splitlines()[1:]] == [
+        [b["id"], b["kind"]] for b in json_of(listed)
+    ]
+    assert (json_of(reset)["id"], json_of(reset)["status"]) == (branch["id"], "ready")
+
+    gone_branch, gone_checkpoint = run_all(
+        (("branches", "rm", sid, branch["id"], "--json"), admin),
+        (("checkpoints", "rm", sid, second, "--json"), admin),
+    )
+    assert json_of(gone_branch)["status"] in {"deleting", "deleted"}
+    assert json_of(gone_checkpoint)["status"] in {"deleting", "deleted"}
+
+    removed = doc("sessions", "rm", sid, env=admin)
+    assert (removed["id"], removed["status"]) == (sid, "deleted")
+    # Gone, and nothing else was left behind (the refused `sessions create` made none).
+    assert doc("sessions", "ls", "--user", user["id"], env=admin) == []
