@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from agentdb.pg import ServerInfo, open_server
 from agentdb.settings import Settings
 
+from ._addon_routes import NEON_ROUTES, SERVICES
 from ._errors import LocalPlaneError
 from ._faults import Faults
 from ._plane import LocalPlane
@@ -127,9 +128,13 @@ def create_app(
             app.state.server = info
             yield
 
-    api = Router(path="/api/v2", route_handlers=ROUTES, before_request=_gatekeeper(settings))
+    api = Router(
+        path="/api/v2",
+        route_handlers=[*ROUTES, *NEON_ROUTES],
+        before_request=_gatekeeper(settings),
+    )
     return Litestar(
-        route_handlers=[api],
+        route_handlers=[api, SERVICES],
         lifespan=[lifespan],
         exception_handlers={
             LocalPlaneError: _on_plane_error,

@@ -11,11 +11,14 @@ import structlog
 
 from agentdb.pg import ServerInfo
 
+from ._addons import AddonLineageMixin
 from ._branches import BranchesMixin
 from ._compute import ComputeMixin
+from ._data_api import DataApiMixin
 from ._engine import Engine
 from ._errors import LocalPlaneError
 from ._models import BranchRecord, SnapshotRecord, now
+from ._neon_auth import NeonAuthMixin
 from ._projects import ProjectsMixin
 from ._snapshots import SnapshotsMixin
 from ._store import STATE_DATABASE, Store
@@ -25,7 +28,15 @@ log = structlog.get_logger(__name__)
 _SWEEP_INTERVAL_S = 15
 
 
-class LocalPlane(ProjectsMixin, BranchesMixin, SnapshotsMixin, ComputeMixin):
+class LocalPlane(
+    AddonLineageMixin,  # first: it wraps the branch, restore and project calls below it
+    NeonAuthMixin,
+    DataApiMixin,
+    ProjectsMixin,
+    BranchesMixin,
+    SnapshotsMixin,
+    ComputeMixin,
+):
     """Everything the HTTP layer calls; one per process and cluster."""
 
     @classmethod
