@@ -30,6 +30,7 @@ from agentdb.localplane import running
 from agentdb.neon import DefaultEndpointSettings, NeonClient
 from agentdb.pg import ServerInfo, open_server
 from agentdb.services import (
+    AddonService,
     BranchService,
     CheckpointService,
     EventService,
@@ -68,6 +69,7 @@ class Runtime:
     checkpoints: CheckpointService
     branches: BranchService
     sql: SqlService
+    addons: AddonService
     events: EventService
     reconciler: Reconciler
     jobs: JobRunner
@@ -131,6 +133,7 @@ async def open_runtime(
             project_prefix=settings.project_prefix,
             grace=timedelta(0),
         )
+        addons = AddonService(meta, neon, secrets, locks=locks)
         tokens = TokenService(meta)
         jobs = JobRunner(meta)
         jobs.add("reconcile", reconciler.run_once, every=seconds(settings.reconcile_interval_s))
@@ -161,7 +164,10 @@ async def open_runtime(
                 secrets,
                 statement_timeout=seconds(settings.sql_statement_timeout_s),
                 max_rows=settings.sql_max_rows,
+                # DDL run through agentdb keeps the Data API's schema cache fresh.
+                after_ddl=addons.refresh_after_ddl,
             ),
+            addons=addons,
             events=EventService(meta),
             reconciler=reconciler,
             jobs=jobs,

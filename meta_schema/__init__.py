@@ -3,6 +3,8 @@
 from meta_schema._migrate import alembic_config, database_url, metadata, upgrade
 from meta_schema.enums import (
     ActorScope,
+    AddonKind,
+    AddonStatus,
     BranchKind,
     BranchStatus,
     CheckpointStatus,
@@ -23,12 +25,15 @@ from meta_schema.tables import (
     FleetMigration,
     FleetMigrationResult,
     IdempotencyRecord,
+    SessionAddon,
     UsageSample,
     User,
 )
 
 __all__ = [
     "ActorScope",
+    "AddonKind",
+    "AddonStatus",
     "AgentSession",
     "AgentSessionPublic",
     "ApiToken",
@@ -45,6 +50,7 @@ __all__ = [
     "FleetMigrationResultStatus",
     "FleetMigrationStatus",
     "IdempotencyRecord",
+    "SessionAddon",
     "SessionStatus",
     "TokenScope",
     "UsageSample",

@@ -80,3 +80,21 @@ class FleetMigrationResultStatus(StrEnum):
     APPLIED = "applied"
     FAILED = "failed"
     SKIPPED = "skipped"
+
+
+class AddonKind(StrEnum):
+    """A per-session add-on of the control plane: Neon Auth, or the Data API (REST over the
+    session's database, with Neon Auth's JWTs)."""
+
+    AUTH = "auth"
+    DATA_API = "data_api"
+
+
+class AddonStatus(StrEnum):
+    """`enabling` and `disabling` are intents written before the control-plane call."""
+
+    ENABLING = "enabling"
+    ENABLED = "enabled"
+    DISABLING = "disabling"
+    DISABLED = "disabled"
+    FAILED = "failed"

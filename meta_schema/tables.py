@@ -20,6 +20,8 @@ from sqlmodel import Field, SQLModel
 from meta_schema._base import EnumText, TableModel, new_id, one_of, utcnow
 from meta_schema.enums import (
     ActorScope,
+    AddonKind,
+    AddonStatus,
     BranchKind,
     BranchStatus,
     CheckpointStatus,
@@ -236,6 +238,36 @@ class Branch(BranchBase, TableModel, table=True):
 
 class BranchPublic(BranchBase):
     """A branch without its connection secret."""
+
+
+class SessionAddon(TableModel, table=True):
+    """Neon Auth or the Data API on a session's live database. The control plane keeps the
+    configuration per branch (so a restore's new live branch inherits it); this row records
+    the intent, the outcome and the keys Neon hands out only once, encrypted."""
+
+    __tablename__ = "session_addons"
+    __table_args__ = (
+        sa.UniqueConstraint("session_id", "kind"),
+        one_of("kind", AddonKind),
+        one_of("status", AddonStatus),
+    )
+
+    id: uuid.UUID = Field(default_factory=new_id, primary_key=True)
+    session_id: uuid.UUID = Field(foreign_key="agent_sessions.id", ondelete="CASCADE")
+    kind: AddonKind = Field(sa_type=EnumText(AddonKind))
+    status: AddonStatus = Field(default=AddonStatus.ENABLING, sa_type=EnumText(AddonStatus))
+    # What the caller asked for (e.g. the Data API's default grants), for a retry to repeat.
+    settings: dict[str, Any] = Field(
+        default_factory=dict, sa_type=JSONB, sa_column_kwargs=_EMPTY_JSON
+    )
+    # Fernet token of a JSON object of the keys Neon returned (Neon Auth's client and server
+    # keys); never logged, shown only to the session's owner.
+    encrypted_secret: bytes | None = None
+    error: str | None = Field(default=None, sa_type=sa.Text)
+    created_at: datetime = Field(default_factory=utcnow, sa_column_kwargs=_NOW)
+    updated_at: datetime = Field(
+        default_factory=utcnow, sa_column_kwargs={**_NOW, "onupdate": utcnow}
+    )
 
 
 class IdempotencyRecord(TableModel, table=True):

@@ -8,7 +8,16 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
-from agentdb.services import BranchView, CheckpointView, EventView, SessionView, UserView
+from agentdb.services import (
+    AuthUserView,
+    AuthView,
+    BranchView,
+    CheckpointView,
+    EventView,
+    OAuthProviderView,
+    SessionView,
+    UserView,
+)
 from meta_schema import TokenScope
 
 #: Ten years: long-lived tokens are the platform's choice, endless ones are not offered.
@@ -120,3 +129,36 @@ class Health(BaseModel):
     status: str
     control_plane: str
     jobs: dict[str, JsonValue]
+
+
+# --- add-ons: Neon Auth and the Data API ----------------------------------------------------
+
+
+class AuthOut(AuthView):
+    secret_server_key: str | None = Field(
+        default=None, description="Only for admin and user tokens, never for session tokens."
+    )
+
+
+class AuthUserList(BaseModel):
+    users: list[AuthUserView]
+
+
+class AddOAuthProvider(Body):
+    provider: str = Field(description="google, github, microsoft or vercel.")
+    client_id: str | None = Field(
+        default=None, description="Your OAuth app's id (with client_secret); none: Neon's keys."
+    )
+    client_secret: str | None = Field(default=None, description="Never shown again.")
+
+
+class OAuthProviderList(BaseModel):
+    providers: list[OAuthProviderView]
+
+
+class EnableDataApi(Body):
+    add_default_grants: bool = Field(
+        default=True,
+        description="Let signed-in users read and write the public schema's tables (RLS "
+        "policies then separate users' rows).",
+    )

@@ -26,6 +26,7 @@ from agentdb.services import (
 )
 from meta_schema import TokenScope
 
+from ._addon_routes import ADDON_ROUTES
 from ._auth import (
     actor_of,
     principal_of,
@@ -444,4 +445,6 @@ class Branches(Controller):
         return BranchOut(**view.model_dump())
 
 
-ROUTES: list[ControllerRouterHandler] = [healthz, Users, Sessions, Checkpoints, Branches]
+ROUTES: list[ControllerRouterHandler] = [
+    healthz, Users, Sessions, Checkpoints, Branches, *ADDON_ROUTES
+]  # fmt: skip

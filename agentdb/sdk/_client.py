@@ -21,11 +21,15 @@ from meta_schema import TokenScope
 
 from ._errors import error_from
 from ._models import (
+    Auth,
+    AuthUser,
     Branch,
     Checkpoint,
     CheckpointTree,
+    DataApi,
     Diff,
     Event,
+    OAuthProvider,
     Session,
     SqlResult,
     Token,
@@ -310,6 +314,66 @@ class AgentDB:
 
     async def delete_branch(self, session_id: Id, branch_id: Id) -> Branch:
         return await self._one(Branch, "DELETE", f"/v1/sessions/{session_id}/branches/{branch_id}")
+
+    # --- Neon Auth and the Data API ------------------------------------------------------------
+
+    async def enable_auth(self, session_id: Id) -> Auth:
+        """Turns on Neon Auth for the session's database (enabling twice is fine): sign-up
+        and sign-in for the app, a JWKS, the users in the database's `neon_auth` schema."""
+        return await self._one(Auth, "POST", f"/v1/sessions/{session_id}/auth")
+
+    async def get_auth(self, session_id: Id) -> Auth:
+        return await self._one(Auth, "GET", f"/v1/sessions/{session_id}/auth")
+
+    async def disable_auth(self, session_id: Id, *, delete_data: bool = False) -> Auth:
+        """Turns Neon Auth off; `delete_data` also drops the app's users."""
+        params = {"delete_data": "true"} if delete_data else None
+        return await self._one(Auth, "DELETE", f"/v1/sessions/{session_id}/auth", params=params)
+
+    async def list_auth_users(self, session_id: Id, *, limit: int = 100) -> list[AuthUser]:
+        return await self._many(
+            AuthUser, "users", f"/v1/sessions/{session_id}/auth/users", params={"limit": limit}
+        )
+
+    async def list_oauth_providers(self, session_id: Id) -> list[OAuthProvider]:
+        path = f"/v1/sessions/{session_id}/auth/oauth-providers"
+        return await self._many(OAuthProvider, "providers", path)
+
+    async def add_oauth_provider(
+        self,
+        session_id: Id,
+        provider: str,
+        *,
+        client_id: str | None = None,
+        client_secret: str | None = None,
+    ) -> OAuthProvider:
+        body = _body(provider=provider, client_id=client_id, client_secret=client_secret)
+        path = f"/v1/sessions/{session_id}/auth/oauth-providers"
+        return await self._one(OAuthProvider, "POST", path, json=body)
+
+    async def delete_oauth_provider(self, session_id: Id, provider: str) -> list[OAuthProvider]:
+        """Removes `provider`; returns the providers left."""
+        path = f"/v1/sessions/{session_id}/auth/oauth-providers/{provider}"
+        body = await self._request("DELETE", path)
+        return TypeAdapter(list[OAuthProvider]).validate_python(body["providers"])
+
+    async def enable_data_api(
+        self, session_id: Id, *, add_default_grants: bool | None = None
+    ) -> DataApi:
+        """Serves the session's database over REST (PostgREST) with Neon Auth's JWTs (Neon
+        Auth is turned on too); enabling twice is fine."""
+        body = _body(add_default_grants=add_default_grants)
+        return await self._one(DataApi, "POST", f"/v1/sessions/{session_id}/data-api", json=body)
+
+    async def get_data_api(self, session_id: Id) -> DataApi:
+        return await self._one(DataApi, "GET", f"/v1/sessions/{session_id}/data-api")
+
+    async def refresh_data_api(self, session_id: Id) -> DataApi:
+        """Refreshes the schema cache (agentdb does it itself after DDL run through it)."""
+        return await self._one(DataApi, "PATCH", f"/v1/sessions/{session_id}/data-api")
+
+    async def disable_data_api(self, session_id: Id) -> DataApi:
+        return await self._one(DataApi, "DELETE", f"/v1/sessions/{session_id}/data-api")
 
 
 def _body(**fields: Any) -> dict[str, Any]:  # noqa: ANN401

@@ -19,7 +19,18 @@ from ._errors import (
     UserNotFound,
 )
 from ._secrets import SecretDecryptionFailed, Secrets
-from ._views import BranchView, CheckpointTree, CheckpointView, DiffView, SessionView
+from ._views import (
+    AuthUserView,
+    AuthView,
+    BranchView,
+    CheckpointTree,
+    CheckpointView,
+    DataApiView,
+    DiffView,
+    OAuthProviderView,
+    SessionView,
+)
+from .addons import AddonService
 from .branches import BranchService
 from .checkpoints import CheckpointService
 from .events import EventService, EventView
@@ -32,7 +43,10 @@ from .users import UserService, UserView
 
 __all__ = [
     "Actor",
+    "AddonService",
     "AlreadyExists",
+    "AuthUserView",
+    "AuthView",
     "BranchNotFound",
     "BranchService",
     "BranchView",
@@ -43,6 +57,7 @@ __all__ = [
     "Clock",
     "Conflict",
     "ControlPlaneFailed",
+    "DataApiView",
     "DiffView",
     "EventService",
     "EventView",
@@ -51,6 +66,7 @@ __all__ = [
     "JobRunner",
     "JobStatus",
     "NotFound",
+    "OAuthProviderView",
     "Principal",
     "ReconcileReport",
     "Reconciler",

@@ -10,6 +10,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from meta_schema import (
+    AddonStatus,
     AgentSession,
     Branch,
     BranchKind,
@@ -210,3 +211,62 @@ class DiffView(_View):
     summary: DiffSummary
     tables: list[TableDiff] = Field(default_factory=list)
     objects: list[ObjectDiff] = Field(default_factory=list)
+
+
+# --- add-ons: Neon Auth and the Data API ----------------------------------------------------
+
+
+class AuthView(_View):
+    """Neon Auth on a session's live database. `base_url` is what the app's auth client needs
+    (Better Auth: sign-up at `{base_url}/sign-up/email`, sign-in at `{base_url}/sign-in/email`);
+    `jwks_url` verifies the JWTs it issues. `pub_client_key` is publishable; the server key is
+    never part of this view."""
+
+    session_id: uuid.UUID
+    enabled: bool
+    status: AddonStatus
+    provider: str | None = None
+    base_url: str | None = None
+    jwks_url: str | None = None
+    database_name: str | None = None
+    pub_client_key: str | None = None
+    enabled_at: datetime | None = None
+    error: str | None = None
+
+
+class AuthUserView(_View):
+    """A user who signed up to the app (a row of `neon_auth`'s users table)."""
+
+    id: str
+    email: str | None
+    name: str | None
+    email_verified: bool
+    signed_in_at: datetime | None
+    created_at: datetime | None
+    updated_at: datetime | None
+
+
+class OAuthProviderView(_View):
+    """A sign-in provider of Neon Auth; `type` "shared" means Neon's development keys."""
+
+    id: str
+    type: str | None = None
+    client_id: str | None = None
+
+
+class DataApiView(_View):
+    """The Data API (PostgREST) over a session's live database: `url` serves
+    `{url}/{table}`; requests with a Neon Auth JWT (`Authorization: Bearer`) run as role
+    `authenticated` with the token's claims in `request.jwt.claims` (`auth.user_id()` is its
+    `sub`), requests without one as `anonymous`. `state` is the control plane's status."""
+
+    session_id: uuid.UUID
+    enabled: bool
+    status: AddonStatus
+    url: str | None = None
+    state: str | None = None
+    jwks_url: str | None = None
+    schemas: list[str] = Field(default_factory=list)
+    available_schemas: list[str] = Field(default_factory=list)
+    default_grants: bool | None = None
+    error: str | None = None

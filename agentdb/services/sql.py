@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import date, datetime, timedelta
 from datetime import time as time_of_day
 from typing import Any
@@ -79,6 +80,18 @@ _NATIVE_TYPES = frozenset(
     }
 )
 _CONNECTION_CLOSED_STATES = frozenset({"57P01", "57P02", "57P03"})
+#: Command tags (and keywords) after which the Data API's schema cache is stale.
+_DDL_TAGS = frozenset({"CREATE", "ALTER", "DROP", "GRANT", "REVOKE", "COMMENT"})
+_DDL_WORD = re.compile(r"\b(create|alter|drop|grant|revoke|comment)\b", re.IGNORECASE)
+#: Called with the session's id after SQL that may have been DDL ran and committed.
+AfterDdl = Callable[[uuid.UUID], Awaitable[object]]
+
+
+def is_ddl(sql: str, command: str) -> bool:
+    """Whether SQL that ran may have changed the schema: its last command tag is DDL, or its
+    text holds a DDL keyword (an earlier statement of a script). A false positive costs one
+    schema-cache refresh."""
+    return command.split(" ", 1)[0].upper() in _DDL_TAGS or _DDL_WORD.search(sql) is not None
 
 
 class SqlColumn(BaseModel):
@@ -260,7 +273,10 @@ class SqlService:
         statement_timeout: timedelta = timedelta(seconds=30),
         max_rows: int = 1000,
         clock: Clock = system_clock,
+        after_ddl: AfterDdl | None = None,
     ) -> None:
+        """`after_ddl` runs after SQL that may have changed the schema (the Data API's schema
+        cache refresh); it must not raise."""
         if not timedelta(0) < statement_timeout <= MAX_TIMEOUT:
             raise ValueError("statement_timeout must be positive and at most an hour")
         if not 1 <= max_rows <= MAX_ROWS_LIMIT:
@@ -270,6 +286,7 @@ class SqlService:
         self._timeout = statement_timeout
         self._max_rows = max_rows
         self._clock = clock
+        self._after_ddl = after_ddl
         self._adapters = _result_adapters()
 
     def _db(self) -> AsyncSession:
@@ -323,6 +340,8 @@ class SqlService:
             truncated=result.truncated,
             ms=round((time.perf_counter() - started) * 1000, 1),
         )
+        if self._after_ddl is not None and is_ddl(sql, result.command):
+            await self._after_ddl(session_id)
         return result
 
     async def _uri(self, session_id: uuid.UUID) -> str:
@@ -478,4 +497,4 @@ def _failed(
     )
 
 
-__all__ = ["MAX_ROWS_LIMIT", "SqlColumn", "SqlResult", "SqlService"]
+__all__ = ["MAX_ROWS_LIMIT", "AfterDdl", "SqlColumn", "SqlResult", "SqlService", "is_ddl"]

@@ -14,7 +14,7 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
-from agentdb.sdk import AgentDB, Branch, Checkpoint, Diff, Session, SqlResult
+from agentdb.sdk import AgentDB, Auth, Branch, Checkpoint, DataApi, Diff, Session, SqlResult
 
 #: Most rows and longest timeout one SQL call may ask for (the API's own limits).
 MAX_ROWS = 10_000
@@ -102,6 +102,15 @@ class CreateBranch(ToolInput):
 
 class OneBranch(ToolInput):
     branch_id: uuid.UUID = Field(description="The branch's id (from create_branch).")
+
+
+class EnableDataApi(ToolInput):
+    add_default_grants: bool = Field(
+        default=True,
+        description="Grant signed-in users (role `authenticated`) SELECT, INSERT, UPDATE and "
+        "DELETE on the public schema's tables, now and later (default true). With false, "
+        "GRANT what the API may reach yourself.",
+    )
 
 
 InputT = TypeVar("InputT", bound=ToolInput)
@@ -197,6 +206,38 @@ def diff_result(diff: Diff) -> dict[str, JsonValue]:
     }
 
 
+def auth_result(auth: Auth) -> dict[str, JsonValue]:
+    """Neon Auth's URLs and publishable key; the server key never reaches the agent."""
+    out: dict[str, JsonValue] = {"enabled": auth.enabled, "status": auth.status.value}
+    if auth.enabled and auth.base_url:
+        out |= {
+            "provider": auth.provider,
+            "base_url": auth.base_url,
+            "jwks_url": auth.jwks_url,
+            "sign_up_url": f"{auth.base_url}/sign-up/email",
+            "sign_in_url": f"{auth.base_url}/sign-in/email",
+            "users_table": "neon_auth.users_sync",
+            "pub_client_key": auth.pub_client_key,
+        }
+    if auth.error:
+        out["error"] = auth.error
+    return out
+
+
+def data_api_result(api: DataApi) -> dict[str, JsonValue]:
+    out: dict[str, JsonValue] = {"enabled": api.enabled, "status": api.status.value}
+    if api.enabled:
+        out |= {
+            "url": api.url,
+            "jwks_url": api.jwks_url,
+            "schemas": list(api.schemas),
+            "default_grants": api.default_grants,
+        }
+    if api.error:
+        out["error"] = api.error
+    return out
+
+
 def _id(value: uuid.UUID | None) -> str | None:
     return None if value is None else str(value)
 
@@ -266,6 +307,16 @@ async def delete_branch(db: AgentDB, session_id: uuid.UUID, args: OneBranch) -> 
 
 async def get_session(db: AgentDB, session_id: uuid.UUID, _: NoArguments) -> JsonValue:
     return session_result(await db.get_session(session_id))
+
+
+async def enable_auth(db: AgentDB, session_id: uuid.UUID, _: NoArguments) -> JsonValue:
+    return auth_result(await db.enable_auth(session_id))
+
+
+async def enable_data_api(db: AgentDB, session_id: uuid.UUID, args: EnableDataApi) -> JsonValue:
+    return data_api_result(
+        await db.enable_data_api(session_id, add_default_grants=args.add_default_grants)
+    )
 
 
 # --- the tools, as the agent reads them -------------------------------------------------------
@@ -368,5 +419,34 @@ TOOLS: tuple[Tool[Any], ...] = (
         NoArguments,
         get_session,
         read_only=True,
+    ),
+    Tool(
+        "enable_auth",
+        "Turn on sign-up and sign-in (Neon Auth, managed Better Auth) for the app you are "
+        "building; calling it again just returns the current state. You get `base_url` (what "
+        "the app's auth client needs; email sign-up is POST {base_url}/sign-up/email with "
+        "{email, password, name}, sign-in POST {base_url}/sign-in/email), and `jwks_url`, "
+        "the public keys that verify the JWTs it issues (the user's id is the `sub` claim). "
+        "Signed-up users appear in the table neon_auth.users_sync (id, email, name, ...) of "
+        "the session's database, readable with run_sql; don't add foreign keys into it. "
+        "Auth and its users survive checkpoints and restores.",
+        NoArguments,
+        enable_auth,
+    ),
+    Tool(
+        "enable_data_api",
+        "Serve the session's database as a REST API (PostgREST-compatible: GET/POST/PATCH/"
+        "DELETE {url}/{table} with filters like ?id=eq.1, select, order, limit) for the app's "
+        "frontend; turns on enable_auth's sign-in too. Calling it again returns the current "
+        "state. You get `url` and `jwks_url`. A request with `Authorization: Bearer <JWT "
+        "from sign-in>` runs as role `authenticated` with the token's claims in "
+        "current_setting('request.jwt.claims'); `auth.user_id()` returns the user's id "
+        "(text). Without a token it runs as `anonymous`. Protect per-user rows with row-level "
+        "security, e.g. ALTER TABLE todos ENABLE ROW LEVEL SECURITY; CREATE POLICY own ON todos "
+        "TO authenticated USING (user_id = auth.user_id()) WITH CHECK (user_id = "
+        "auth.user_id()). Schema changes made with run_sql are picked up automatically. "
+        "Survives checkpoints and restores.",
+        EnableDataApi,
+        enable_data_api,
     ),
 )

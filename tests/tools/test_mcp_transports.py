@@ -33,6 +33,8 @@ TOOL_NAMES = {
     "reset_branch",
     "delete_branch",
     "get_session",
+    "enable_auth",
+    "enable_data_api",
 }
 
 

@@ -30,6 +30,8 @@ NAMES = {
     "reset_branch",
     "delete_branch",
     "get_session",
+    "enable_auth",
+    "enable_data_api",
 }
 META_SCHEMAS = [jsonschema.Draft202012Validator, jsonschema.Draft7Validator]
 
@@ -99,7 +101,7 @@ def arguments_for(schema: dict[str, Any], values: dict[str, Any]) -> dict[str, A
     return arguments
 
 
-async def test_every_tool_round_trips_through_the_dispatcher(api_app: Litestar, tenant: Tenant):
+async def test_every_tool_round_trips_through_the_dispatcher(api_app: Litestar, tenant: Tenant):  # noqa: PLR0915
     async with client_of(api_app, tenant.session_token) as client:
         box = Toolbox(client, session_id=tenant.session_id)
         schemas = {name: schema for name, (_, schema) in exported(box).items()}
@@ -113,6 +115,7 @@ async def test_every_tool_round_trips_through_the_dispatcher(api_app: Litestar, 
             "name": "experiment",
             "ttl_seconds": 600,
             "against": "HEAD",
+            "add_default_grants": True,
         }
 
         async def call(name: str, **override: Any) -> Any:
@@ -163,6 +166,21 @@ async def test_every_tool_round_trips_through_the_dispatcher(api_app: Litestar, 
         session = await call("get_session")
         assert session["id"] == str(tenant.session_id)
         assert session["status"] == "ready"
+
+        auth = await call("enable_auth")
+        assert auth["enabled"] is True
+        assert auth["sign_up_url"] == f"{auth['base_url']}/sign-up/email"
+        assert auth["jwks_url"]
+        assert "secret_server_key" not in auth
+        api = await call("enable_data_api")
+        assert api["enabled"] is True
+        assert api["url"]
+        assert api["jwks_url"] == auth["jwks_url"]
+        assert (await call("enable_data_api"))["url"] == api["url"]  # twice is fine
+        async with client_of(api_app, tenant.user_token) as owner:
+            secret = (await owner.get_auth(tenant.session_id)).secret_server_key
+        assert secret
+        assert secret not in json.dumps([auth, api])
 
 
 async def test_an_unbound_toolbox_takes_the_session_id(api_app: Litestar, tenant: Tenant):
