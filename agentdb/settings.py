@@ -149,6 +149,12 @@ class Settings(BaseSettings):
         description="How often expired branches and replaced branches are cleaned up, in seconds.",
     )
 
+    demo: bool | None = Field(
+        default=None,
+        description="Serve the chat demo at /demo/ from `agentdb serve` (its pages need no "
+        "token); default: on with the local control plane, off with Neon cloud.",
+    )
+
     # --- clients of a running agentdb (the operator commands, `agentdb mcp`) -------------------
     url: str | None = Field(
         default=None,

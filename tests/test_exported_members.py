@@ -18,6 +18,7 @@ PACKAGES = [
     "agentdb.neon",
     "agentdb.cli",
     "meta_schema",
+    "demo",
 ]
 
 

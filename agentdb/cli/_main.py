@@ -33,6 +33,12 @@ app.command(localplane)
 
 # The operator commands (users, sessions, sql, checkpoints, branches): clients of `agentdb serve`.
 register_operator_commands(app)
+# The chat demo alone (agentdb/cli/_demo.py), loaded when called.
+app.command(
+    "agentdb.cli._demo:run_demo",
+    name="demo",
+    help="Run the chat demo alone at http://HOST:PORT/demo/ on the embedded PostgreSQL.",
+)
 
 
 class CommandError(Exception):
@@ -66,6 +72,7 @@ async def serve_api(
     from agentdb.api import create_app as create_api  # noqa: PLC0415
     from agentdb.runtime import StartupError, open_runtime  # noqa: PLC0415
     from agentdb.tools import McpHttp  # noqa: PLC0415
+    from demo import create_demo_app, open_demo, with_demo  # noqa: PLC0415
 
     from ._serving import serve  # noqa: PLC0415
 
@@ -79,13 +86,22 @@ async def serve_api(
                 api = create_api(runtime)
                 mcp = McpHttp(api)  # MCP over streamable HTTP, each request with its own token
                 api.register(mcp.route)
-                async with mcp.running():
+                # The chat demo at /demo/, beside the API (not inside it: its pages need no
+                # token, so it is off by default where sessions cost money: Neon cloud).
+                serve_demo = (
+                    settings.demo if settings.demo is not None else not settings.uses_neon_cloud
+                )
+                async with (
+                    mcp.running(),
+                    open_demo(runtime, api) if serve_demo else contextlib.nullcontext() as demo,
+                ):
                     await serve(
-                        api,
+                        api if demo is None else with_demo(api, create_demo_app(demo)),
                         host,
                         listener,
                         what="agentdb API",
-                        path="/v1 (OpenAPI: /schema, MCP: /mcp)",
+                        path="/v1 (OpenAPI: /schema, MCP: /mcp"
+                        + (", demo: /demo/)" if demo is not None else ")"),
                     )
         except StartupError as exc:
             raise CommandError(str(exc)) from None

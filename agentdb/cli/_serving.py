@@ -11,7 +11,7 @@ import threading
 from collections.abc import Iterator
 
 import uvicorn
-from litestar import Litestar
+from litestar.types import ASGIApp
 
 from ._main import CommandError
 
@@ -36,9 +36,7 @@ class _Server(uvicorn.Server):
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-async def serve(
-    asgi: Litestar, host: str, listener: socket.socket, *, what: str, path: str
-) -> None:
+async def serve(asgi: ASGIApp, host: str, listener: socket.socket, *, what: str, path: str) -> None:
     server = _Server(uvicorn.Config(asgi, log_level="warning", lifespan="on"))
     serving = asyncio.create_task(server.serve(sockets=[listener]))
     while not server.started and not serving.done():

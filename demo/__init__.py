@@ -1,0 +1,30 @@
+"""agentdb's chat demo: a person chats with a codegen agent that builds its session's database
+through agentdb's tools; every turn that changed the database becomes a checkpoint the person
+can restore, preview and diff in the browser. `agentdb demo` runs it alone, `agentdb serve`
+serves it at `/demo`."""
+
+from ._agents import Agent, AnthropicAgent, OfflineAgent, OpenAIAgent, Tools, choose_agent
+from ._app import PREFIX, create_demo_app, open_demo, with_demo
+from ._chat import Busy, Chat, Demo, DemoError, Turn
+from ._commands import COMMANDS_HELP, CommandError, parse
+
+__all__ = [
+    "COMMANDS_HELP",
+    "PREFIX",
+    "Agent",
+    "AnthropicAgent",
+    "Busy",
+    "Chat",
+    "CommandError",
+    "Demo",
+    "DemoError",
+    "OfflineAgent",
+    "OpenAIAgent",
+    "Tools",
+    "Turn",
+    "choose_agent",
+    "create_demo_app",
+    "open_demo",
+    "parse",
+    "with_demo",
+]
