@@ -239,6 +239,9 @@ def main() -> None:
         wrapper_class=structlog.make_filtering_bound_logger(level),
     )
     logging.basicConfig(level=max(level, logging.WARNING), stream=sys.stderr)
+    # Libraries that log every request at INFO (a Litestar app may also raise the root level).
+    for noisy in ("httpx", "mcp", "uvicorn.access"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
     try:
         result = app(exit_on_error=False, print_error=False, help_on_error=False)
     except cyclopts.CycloptsError as exc:
