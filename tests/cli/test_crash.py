@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 from support import AGENTDB, API_LINE, RUN_TIMEOUT, clean_env, serving
 
@@ -111,6 +112,21 @@ def rows(http: httpx.Client, sid: str) -> list[list[Any]]:
     return result
 
 
+@pytest.fixture
+def stop_orphaned_postgres(tmp_path: Path) -> Iterator[None]:
+    """A killed agentdb leaves its PostgreSQL running; the restarted one attaches to it and, not
+    having started it, leaves it running at exit. Stop it once the test is done."""
+    yield
+    for pidfile in tmp_path.glob("*/pg/cluster/postmaster.pid"):
+        try:
+            postmaster = psutil.Process(int(pidfile.read_text().split()[0]))
+            postmaster.terminate()
+            postmaster.wait(timeout=30)
+        except (OSError, ValueError, IndexError, psutil.Error):
+            continue
+
+
+@pytest.mark.usefixtures("stop_orphaned_postgres")
 def test_killed_mid_checkpoint_and_mid_restore_recovers(tmp_path: Path) -> None:
     plane_env = clean_env(
         AGENTDB_LOCALPLANE_API_KEY=PLANE_KEY, AGENTDB_LOCALPLANE_OPERATION_DELAY_MS="1500"
