@@ -44,6 +44,7 @@ from agentdb.services import (
     UserService,
 )
 from agentdb.settings import Settings
+from agentdb.tiers import Tiers, TiersError, load_tiers
 from meta_schema import IdempotencyRecord
 
 log = structlog.get_logger("agentdb.runtime")
@@ -59,6 +60,7 @@ class Runtime:
     """The running services, as the interfaces (REST, MCP, CLI) call them."""
 
     settings: Settings
+    tiers: Tiers
     control_plane: Literal["local", "neon"]
     neon: NeonClient
     meta: async_sessionmaker[AsyncSession]
@@ -100,26 +102,32 @@ async def open_runtime(
         stack.push_async_callback(engine.dispose)
         meta = async_sessionmaker(engine)
         secrets = load_secrets(settings)
+        tiers = load_configured_tiers(settings)
+        endpoint_settings = DefaultEndpointSettings(
+            autoscaling_limit_min_cu=settings.compute_min_cu,
+            autoscaling_limit_max_cu=settings.compute_max_cu,
+            suspend_timeout_seconds=settings.compute_suspend_timeout_s,
+        )
 
         control_plane: Literal["local", "neon"] = "neon" if settings.uses_neon_cloud else "local"
         if neon is None:
             neon = await stack.enter_async_context(await _control_plane(settings, server, stack))
 
         locks = SessionLocks(meta)
-        sessions = SessionService(
-            meta,
-            neon,
-            secrets,
-            locks=locks,
-            default_org_id=settings.neon_org_id,
-            project_prefix=settings.project_prefix,
-            endpoint_settings=DefaultEndpointSettings(
-                autoscaling_limit_min_cu=settings.compute_min_cu,
-                autoscaling_limit_max_cu=settings.compute_max_cu,
-                suspend_timeout_seconds=settings.compute_suspend_timeout_s,
-            ),
-        )
-        checkpoints = CheckpointService(meta, neon, locks=locks)
+        try:
+            sessions = SessionService(
+                meta,
+                neon,
+                secrets,
+                locks=locks,
+                default_org_id=settings.neon_org_id,
+                project_prefix=settings.project_prefix,
+                endpoint_settings=endpoint_settings,
+                tiers=tiers,
+            )
+        except TiersError as error:
+            raise StartupError(f"{_tiers_source(settings)}: {error}") from None
+        checkpoints = CheckpointService(meta, neon, locks=locks, tiers=tiers)
         branches = BranchService(
             meta, neon, secrets, locks=locks, default_ttl=timedelta(seconds=settings.branch_ttl_s)
         )
@@ -150,11 +158,12 @@ async def open_runtime(
         )
         runtime = Runtime(
             settings=settings,
+            tiers=tiers,
             control_plane=control_plane,
             neon=neon,
             meta=meta,
             secrets=secrets,
-            users=UserService(meta),
+            users=UserService(meta, tiers=tiers),
             tokens=tokens,
             sessions=sessions,
             checkpoints=checkpoints,
@@ -233,6 +242,19 @@ class StartupError(Exception):
     """agentdb cannot start with these settings; the message says which and why."""
 
 
+def load_configured_tiers(settings: Settings) -> Tiers:
+    """The tiers of AGENTDB_TIERS_FILE, else the built-in ones; `StartupError` naming the
+    file and the key when the file is unusable."""
+    try:
+        return load_tiers(settings.tiers_file)
+    except TiersError as error:
+        raise StartupError(f"AGENTDB_TIERS_FILE {error}") from None
+
+
+def _tiers_source(settings: Settings) -> str:
+    return f"AGENTDB_TIERS_FILE {settings.tiers_file}" if settings.tiers_file else "built-in tiers"
+
+
 def load_secrets(settings: Settings) -> Secrets:
     """The Fernet key: AGENTDB_SECRET_KEY, else the one generated into the data dir on first
     start (readable by its owner only)."""
@@ -267,4 +289,11 @@ def _read_or_create_key(path: Path) -> str:
     return path.read_text().strip()
 
 
-__all__ = ["Runtime", "StartupError", "ensure_database", "load_secrets", "open_runtime"]
+__all__ = [
+    "Runtime",
+    "StartupError",
+    "ensure_database",
+    "load_configured_tiers",
+    "load_secrets",
+    "open_runtime",
+]

@@ -121,6 +121,11 @@ class Settings(BaseSettings):
         description="Idle seconds before a session's compute suspends (0: Neon's default, "
         "-1: never).",
     )
+    tiers_file: Path | None = Field(
+        default=None,
+        description="TOML file of the tiers (organization, compute, quota, session and "
+        "checkpoint limits per plan); default: built-in free, pro and enterprise tiers.",
+    )
     sql_statement_timeout_s: float = Field(
         default=30.0,
         gt=0,

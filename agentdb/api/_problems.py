@@ -26,6 +26,7 @@ from agentdb.services import (
     Conflict,
     ControlPlaneFailed,
     InvalidInput,
+    LimitExceeded,
     NotFound,
     SecretDecryptionFailed,
     ServiceError,
@@ -145,6 +146,16 @@ def _service_error(request: AnyRequest, exc: ServiceError) -> Response[dict[str,
             str(exc),
             kind="already-exists",
             errors=[{"field": exc.field, "message": exc.message}],
+        )
+    if isinstance(exc, LimitExceeded):
+        # 409 like every Conflict: the request is fine, the user's current state refuses it.
+        return problem(
+            request,
+            HTTP_409_CONFLICT,
+            str(exc),
+            kind="limit-exceeded",
+            limit=exc.limit,
+            allowed=exc.allowed,
         )
     if isinstance(exc, NotFound):
         return problem(request, HTTP_404_NOT_FOUND, str(exc))

@@ -341,6 +341,38 @@ class Checkpoints(Controller):
         )
 
     @post(
+        "/{checkpoint_id:uuid}/pin",
+        status_code=200,
+        summary="Pin a checkpoint: retention never prunes it",
+    )
+    async def pin(
+        self,
+        request: AnyRequest,
+        session_id: FromPath[uuid.UUID],
+        checkpoint_id: FromPath[uuid.UUID],
+    ) -> CheckpointView:
+        await reachable_session(request, session_id)
+        return await rt(request).checkpoints.pin(
+            session_id, checkpoint_id, pinned=True, actor=actor_of(request)
+        )
+
+    @post(
+        "/{checkpoint_id:uuid}/unpin",
+        status_code=200,
+        summary="Unpin a checkpoint: retention may prune it again",
+    )
+    async def unpin(
+        self,
+        request: AnyRequest,
+        session_id: FromPath[uuid.UUID],
+        checkpoint_id: FromPath[uuid.UUID],
+    ) -> CheckpointView:
+        await reachable_session(request, session_id)
+        return await rt(request).checkpoints.pin(
+            session_id, checkpoint_id, pinned=False, actor=actor_of(request)
+        )
+
+    @post(
         "/{checkpoint_id:uuid}/restore",
         status_code=200,
         summary="Put the database back to a checkpoint (same connection string)",

@@ -8,7 +8,8 @@ ServiceError
  │    ├── BranchNotFound
  │    └── TokenNotFound
  ├── Conflict                  the request clashes with the current state (e.g. a deleted session)
- │    └── AlreadyExists(field, message)   a unique value (an email) is taken
+ │    ├── AlreadyExists(field, message)   a unique value (an email) is taken
+ │    └── LimitExceeded(limit, allowed)   the user's tier allows no more (sessions, ...)
  ├── InvalidInput(field, message)
  ├── SessionBusy               a workflow on the session is unfinished (a reconciler's job)
  ├── ControlPlaneFailed        Neon (or the local plane) failed; what was done is recorded
@@ -135,3 +136,14 @@ class JobBusy(ServiceError):  # noqa: N818
     def __init__(self, name: str) -> None:
         super().__init__(f"job {name!r} is running in another process")
         self.name = name
+
+
+class LimitExceeded(Conflict):
+    """The user's tier allows no more of something; `limit` names the tier's limit (e.g.
+    "max_sessions_per_user") and `allowed` its value."""
+
+    def __init__(self, limit: str, allowed: int, message: str) -> None:
+        super().__init__(f"{limit}: {message}")
+        self.limit = limit
+        self.allowed = allowed
+        self.message = message

@@ -10,6 +10,7 @@ import uuid
 
 import psycopg
 import sqlalchemy as sa
+import structlog
 from pydantic import JsonValue
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
@@ -20,6 +21,7 @@ from agentdb.neon import (
     NeonNotFound,
     SnapshotCreated,
 )
+from agentdb.tiers import Tiers
 from meta_schema import (
     AgentSession,
     Branch,
@@ -49,9 +51,18 @@ from ._common import (
     operation_ids,
     system_clock,
 )
-from ._errors import CheckpointNotFound, Conflict, ControlPlaneFailed, InvalidInput, SessionBusy
+from ._errors import (
+    CheckpointNotFound,
+    Conflict,
+    ControlPlaneFailed,
+    InvalidInput,
+    ServiceError,
+    SessionBusy,
+)
 from ._views import CheckpointTree, CheckpointView, DiffView
 from .diff import DatabaseDescription, compare, describe_snapshot, describe_uri, reading_error
+
+log = structlog.get_logger(__name__)
 
 MAX_METADATA_BYTES = 64 * 1024
 #: Session states that mean a workflow is running; found under the lock, one was interrupted.
@@ -90,11 +101,15 @@ class CheckpointService:
         *,
         clock: Clock = system_clock,
         locks: SessionLocks | None = None,
+        tiers: Tiers | None = None,
     ) -> None:
+        """`tiers`: each session's tier caps its checkpoints (`max_checkpoints_per_session`);
+        without them, every checkpoint is kept until deleted."""
         self._sessions = sessions
         self._neon = neon
         self._clock = clock
         self._locks = locks or SessionLocks(sessions)
+        self._tiers = tiers
 
     def _db(self) -> AsyncSession:
         return self._sessions(expire_on_commit=False)
@@ -173,7 +188,9 @@ class CheckpointService:
         actor: Actor = SYSTEM,
     ) -> CheckpointView:
         """Snapshots the session's database as it is now, as a child of the head checkpoint,
-        which it becomes. The same `idempotency_key` returns the checkpoint taken first."""
+        which it becomes. The same `idempotency_key` returns the checkpoint taken first.
+        Then, if the session's tier keeps fewer checkpoints, the oldest ones are pruned
+        (`prune`)."""
         check_text("label", label, MAX_NAME)
         check_text("message", message, MAX_MESSAGE)
         check_text("idempotency_key", idempotency_key, MAX_IDEMPOTENCY_KEY)
@@ -234,7 +251,10 @@ class CheckpointService:
                 )
             )
             await db.commit()
-            return CheckpointView.of(checkpoint)
+            view = CheckpointView.of(checkpoint)
+        # After the lock is released: pruning deletes through `delete`, which takes it.
+        await self.prune(session_id, actor=actor)
+        return view
 
     async def _snapshot(
         self, project_id: str, branch_id: str, checkpoint: Checkpoint
@@ -433,15 +453,93 @@ class CheckpointService:
             return None
         return found.id if found else None
 
+    # --- retention -----------------------------------------------------------------------------
+
+    async def prune(
+        self, session_id: uuid.UUID, *, actor: Actor = SYSTEM
+    ) -> builtins.list[uuid.UUID]:
+        """Deletes (snapshots included, through `delete`, each recorded as a
+        `checkpoint.delete` event with `reason: retention`) the oldest checkpoints beyond the
+        session tier's `max_checkpoints_per_session`, and returns their ids, oldest first.
+
+        Every ready checkpoint counts, but the head (the live database descends from it), the
+        root (the empty database, the session's "start over") and pinned ones are never
+        pruned: a session with many pinned checkpoints keeps more than the limit. A failure
+        stops pruning without raising (the next checkpoint retries); it is logged, and a
+        failed snapshot delete is recorded as `delete` records it."""
+        async with self._db() as db:
+            row = await load_session(db, session_id)
+            tier = self._tiers.find(row.tier) if self._tiers is not None else None
+            allowed = tier.max_checkpoints_per_session if tier is not None else None
+            if allowed is None:
+                return []
+            ready = list(
+                await db.scalars(
+                    sa.select(Checkpoint)
+                    .where(
+                        col(Checkpoint.session_id) == session_id,
+                        col(Checkpoint.status) == CheckpointStatus.READY,
+                    )
+                    .order_by(col(Checkpoint.created_at), col(Checkpoint.id))
+                )
+            )
+        excess = len(ready) - allowed
+        candidates = [
+            c
+            for c in ready
+            if not c.pinned and c.parent_id is not None and c.id != row.head_checkpoint_id
+        ]
+        pruned: builtins.list[uuid.UUID] = []
+        for checkpoint in candidates[: max(excess, 0)]:
+            try:
+                await self.delete(session_id, checkpoint.id, actor=actor, reason="retention")
+            except ServiceError as error:
+                log.warning(
+                    "checkpoint.prune_failed",
+                    session_id=str(session_id),
+                    checkpoint_id=str(checkpoint.id),
+                    error=describe(error),
+                )
+                break
+            pruned.append(checkpoint.id)
+        return pruned
+
+    async def pin(
+        self,
+        session_id: uuid.UUID,
+        checkpoint_id: uuid.UUID,
+        *,
+        pinned: bool = True,
+        actor: Actor = SYSTEM,
+    ) -> CheckpointView:
+        """Pins (or with `pinned=False` unpins) a checkpoint: retention never prunes a pinned
+        one; deleting it explicitly still works. Recorded as `checkpoint.pin` / `.unpin`;
+        pinning twice is fine (nothing is recorded when nothing changes)."""
+        async with self._locks.hold(session_id), self._db() as db:
+            await load_session(db, session_id)
+            checkpoint = await self._load(db, session_id, checkpoint_id)
+            if checkpoint.pinned != pinned:
+                checkpoint.pinned = pinned
+                action = "checkpoint.pin" if pinned else "checkpoint.unpin"
+                db.add(self._event(actor, action, checkpoint, phase="succeeded"))
+                await db.commit()
+            return CheckpointView.of(checkpoint, parent_id=await _visible_parent(db, checkpoint))
+
     # --- delete --------------------------------------------------------------------------------
 
     async def delete(
-        self, session_id: uuid.UUID, checkpoint_id: uuid.UUID, *, actor: Actor = SYSTEM
+        self,
+        session_id: uuid.UUID,
+        checkpoint_id: uuid.UUID,
+        *,
+        actor: Actor = SYSTEM,
+        reason: str | None = None,
     ) -> CheckpointView:
         """Deletes a checkpoint's snapshot (already gone counts as done) and drops it from the
         tree; its children hang under its parent from then on. The head checkpoint cannot be
         deleted (`Conflict`): the live database descends from it. A deleted checkpoint is
-        gone: deleting it again raises `CheckpointNotFound`, like any unknown id."""
+        gone: deleting it again raises `CheckpointNotFound`, like any unknown id. `reason`
+        (e.g. "retention") goes into its events."""
         async with self._locks.hold(session_id), self._db() as db:
             row = await self._ready_session(db, session_id)
             checkpoint = await self._load(db, session_id, checkpoint_id)
@@ -456,7 +554,11 @@ class CheckpointService:
             operations: builtins.list[str] = []
             if checkpoint.snapshot_id is not None:
                 checkpoint.status = CheckpointStatus.DELETING
-                db.add(self._event(actor, "checkpoint.delete", checkpoint, phase="requested"))
+                db.add(
+                    self._event(
+                        actor, "checkpoint.delete", checkpoint, phase="requested", reason=reason
+                    )
+                )
                 await db.commit()
                 try:
                     operations = [
@@ -477,6 +579,7 @@ class CheckpointService:
                             checkpoint,
                             phase="failed",
                             error=checkpoint.error,
+                            reason=reason,
                         )
                     )
                     await db.commit()
@@ -492,6 +595,7 @@ class CheckpointService:
                     checkpoint,
                     phase="succeeded",
                     operations=operations,
+                    reason=reason,
                 )
             )
             await db.commit()
@@ -609,8 +713,11 @@ class CheckpointService:
         *,
         phase: str,
         operations: builtins.list[str] | None = None,
+        reason: str | None = None,
         **details: str | None,
     ) -> Event:
+        if reason is not None:  # why a workflow ran when the caller did not ask for it
+            details["reason"] = reason
         return event(
             actor,
             action,

@@ -23,6 +23,7 @@ from agentdb.neon import (
     NeonNotFound,
     SnapshotCreated,
 )
+from agentdb.tiers import Tier, Tiers
 from meta_schema import (
     AgentSession,
     Branch,
@@ -52,7 +53,7 @@ from ._common import (
     operation_ids,
     system_clock,
 )
-from ._errors import Conflict, ControlPlaneFailed, UserNotFound
+from ._errors import Conflict, ControlPlaneFailed, LimitExceeded, UserNotFound
 from ._secrets import Secrets
 from ._views import SessionView
 
@@ -85,10 +86,14 @@ class SessionService:
         default_org_id: str | None = None,
         project_prefix: str = PROJECT_PREFIX,
         endpoint_settings: DefaultEndpointSettings | None = None,
+        tiers: Tiers | None = None,
     ) -> None:
-        """`default_org_id`: the Neon organization for users without one of their own;
-        `project_prefix`: what this installation's project names start with;
-        `endpoint_settings`: each session's compute (autoscaling limits, suspend timeout)."""
+        """`default_org_id`: the Neon organization for users without one of their own (or
+        their tier's); `project_prefix`: what this installation's project names start with;
+        `endpoint_settings`: each session's compute (autoscaling limits, suspend timeout) where
+        the user's tier sets none; `tiers`: what each tier gives and caps (without them, every
+        session gets `endpoint_settings` and no limits apply). Raises `TiersError` when a
+        tier's compute range does not fit with `endpoint_settings`."""
         self._sessions = sessions
         self._neon = neon
         self._secrets = secrets
@@ -96,6 +101,9 @@ class SessionService:
         self._default_org_id = default_org_id
         self._project_prefix = project_prefix
         self._endpoint_settings = endpoint_settings
+        self._tiers = tiers
+        for tier in tiers.tiers if tiers is not None else ():
+            tier.endpoint_settings(endpoint_settings)  # checked once, before any session
         self._locks = locks or SessionLocks(sessions)
 
     def _db(self) -> AsyncSession:
@@ -142,8 +150,11 @@ class SessionService:
         root checkpoint of the empty database. The same `idempotency_key` (per user) returns
         the session the first call created, whatever its state.
 
-        Raises `UserNotFound`, `InvalidInput`, or `ControlPlaneFailed` (the session is then
-        `failed`, with its error recorded and nothing left on the control plane)."""
+        The session gets the user's tier: its organization, compute, quota and history
+        retention. Raises `UserNotFound`, `InvalidInput`, `LimitExceeded` (the user has their
+        tier's `max_sessions_per_user` sessions that are not deleted; nothing is written),
+        `Conflict` (the user's tier is not configured), or `ControlPlaneFailed` (the session
+        is then `failed`, with its error recorded and nothing left on the control plane)."""
         check_text("name", name, MAX_NAME)
         check_text("idempotency_key", idempotency_key, MAX_IDEMPOTENCY_KEY)
         # The lock is taken before the intent row exists: a reconciler that finds the row
@@ -155,9 +166,14 @@ class SessionService:
                     found := await self._by_key(db, user_id, idempotency_key)
                 ):
                     return SessionView.of(found)
-                user = await db.get(User, user_id)
+                # The user's row stays locked until the intent row is in: concurrent creates
+                # for one user count their sessions one after the other.
+                user = await db.get(User, user_id, with_for_update=True)
                 if user is None or user.disabled_at is not None:
                     raise UserNotFound(user_id)
+                tier = self._tier(user.tier)
+                if tier is not None:
+                    await self._check_session_limit(db, user, tier)
                 now = self._clock()
                 row = AgentSession(
                     id=session_id,
@@ -165,7 +181,9 @@ class SessionService:
                     name=name or "",
                     status=SessionStatus.PROVISIONING,
                     tier=user.tier,
-                    org_id=user.org_id or self._default_org_id,
+                    org_id=user.org_id
+                    or (tier.org_id if tier is not None else None)
+                    or self._default_org_id,
                     database_name=DATABASE_NAME,
                     role_name=ROLE_NAME,
                     idempotency_key=idempotency_key,
@@ -185,6 +203,38 @@ class SessionService:
                         return SessionView.of(found)  # a concurrent call with the same key won
                     raise
             return await self._provision(session_id, actor)
+
+    def _tier(self, name: str) -> Tier | None:
+        """The tier called `name`; None without configured tiers. `Conflict` when a user's
+        tier is no longer configured (renamed or removed from the tiers file)."""
+        if self._tiers is None:
+            return None
+        tier = self._tiers.find(name)
+        if tier is None:
+            raise Conflict(
+                f"tier {name!r} is not configured (configured: {', '.join(self._tiers.names)})"
+            )
+        return tier
+
+    async def _check_session_limit(self, db: AsyncSession, user: User, tier: Tier) -> None:
+        allowed = tier.max_sessions_per_user
+        if allowed is None:
+            return
+        count = await db.scalar(
+            sa.select(sa.func.count())
+            .select_from(AgentSession)
+            .where(
+                col(AgentSession.user_id) == user.id,
+                col(AgentSession.status) != SessionStatus.DELETED,
+            )
+        )
+        if (count or 0) >= allowed:
+            raise LimitExceeded(
+                "max_sessions_per_user",
+                allowed,
+                f"the {tier.name} tier allows {allowed} sessions per user and user {user.id} "
+                f"has {count} (failed ones included); delete one first",
+            )
 
     async def _by_key(
         self, db: AsyncSession, user_id: uuid.UUID, idempotency_key: str
@@ -206,6 +256,7 @@ class SessionService:
             created: CreatedProject | None = None
             root: Checkpoint | None = None
             snapshot: SnapshotCreated | None = None
+            tier = self._tiers.find(row.tier) if self._tiers is not None else None
             try:
                 created = await self._neon.create_project(
                     name=project_name(row.id, self._project_prefix),
@@ -213,7 +264,13 @@ class SessionService:
                     branch_name=LIVE_BRANCH_NAME,
                     database_name=DATABASE_NAME,
                     role_name=ROLE_NAME,
-                    default_endpoint_settings=self._endpoint_settings,
+                    default_endpoint_settings=self._endpoint_settings
+                    if tier is None
+                    else tier.endpoint_settings(self._endpoint_settings),
+                    settings=None if tier is None else tier.project_settings(),
+                    history_retention_seconds=None
+                    if tier is None
+                    else tier.history_retention_seconds,
                 )
                 # Record the project before anything else can fail: it is what a retry or the
                 # reconciler must find and clean up.

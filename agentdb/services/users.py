@@ -13,12 +13,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
+from agentdb.tiers import Tiers
 from meta_schema import User
 
 from ._common import MAX_NAME, SYSTEM, Actor, Clock, SessionFactory, check_text, event, system_clock
 from ._errors import AlreadyExists, InvalidInput, UserNotFound
 
-#: Issue 8 makes tiers configurable; until then these are all there is.
+#: The tiers of a `UserService` built without configured ones (the runtime always passes
+#: them: `agentdb.tiers`).
 KNOWN_TIERS = ("free", "pro")
 DEFAULT_TIER = "free"
 #: RFC 5321's limit on a forward path, the usual bound on a whole address.
@@ -80,9 +82,18 @@ def check_limit(limit: int) -> None:
 class UserService:
     """Creates and reads users."""
 
-    def __init__(self, sessions: SessionFactory, *, clock: Clock = system_clock) -> None:
+    def __init__(
+        self,
+        sessions: SessionFactory,
+        *,
+        clock: Clock = system_clock,
+        tiers: Tiers | None = None,
+    ) -> None:
+        """`tiers`: the tiers users may have, and the default one."""
         self._sessions = sessions
         self._clock = clock
+        self._known = tiers.names if tiers is not None else KNOWN_TIERS
+        self._default_tier = tiers.default if tiers is not None else DEFAULT_TIER
 
     def _db(self) -> AsyncSession:
         return self._sessions(expire_on_commit=False)
@@ -96,12 +107,13 @@ class UserService:
         actor: Actor = SYSTEM,
     ) -> UserView:
         """A new user; `name` defaults to the part of the address before the '@' and `tier`
-        to "free". Raises `InvalidInput` or `AlreadyExists("email", ...)`."""
+        to the default tier ("free" unless configured otherwise). Raises `InvalidInput` or
+        `AlreadyExists("email", ...)`."""
         address = normalized_email(email)
         check_text("name", name, MAX_NAME)
-        tier = DEFAULT_TIER if tier is None else tier
-        if tier not in KNOWN_TIERS:
-            raise InvalidInput("tier", f"must be one of {', '.join(KNOWN_TIERS)}")
+        tier = self._default_tier if tier is None else tier
+        if tier not in self._known:
+            raise InvalidInput("tier", f"must be one of {', '.join(self._known)}")
         async with self._db() as db:
             if await db.scalar(sa.select(col(User.id)).where(col(User.email) == address)):
                 raise AlreadyExists("email", f"a user with email {address} exists")

@@ -1,0 +1,143 @@
+"""Tiers over REST, with a runtime started from an AGENTDB_TIERS_FILE: users get only the file's
+tiers, a session beyond the tier's limit is a 409 problem naming the limit, and pinned
+checkpoints survive retention while the oldest unpinned ones are pruned."""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from collections.abc import AsyncIterator
+
+import httpx
+import psycopg
+import pytest
+import pytest_asyncio
+from contract.openapi import NeonSpec
+from litestar import Litestar
+from psycopg import sql
+from pydantic import SecretStr
+
+from agentdb.neon import NeonClient
+from agentdb.pg import ServerInfo
+from agentdb.runtime import Runtime, open_runtime
+from agentdb.settings import Settings
+
+from .conftest import ADMIN, ADMIN_TOKEN, FAST_RETRY, assert_problem, bearer
+
+TIERS_TOML = """
+default = "hobby"
+
+[tiers.hobby]
+max_sessions_per_user = 2
+max_checkpoints_per_session = 3
+
+[tiers.team]
+compute_max_cu = 4
+"""
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def runtime(
+    pg_server: ServerInfo,
+    localplane_app: Litestar,
+    neon_spec: NeonSpec,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[Runtime]:
+    """Like the suite's runtime, with a tiers file."""
+    tag = secrets.token_hex(4)
+    data_dir = tmp_path_factory.mktemp("api-tiers")
+    tiers_file = data_dir / "tiers.toml"
+    tiers_file.write_text(TIERS_TOML)
+    settings = Settings(
+        data_dir=data_dir,
+        admin_token=SecretStr(ADMIN_TOKEN),
+        meta_database=f"api_tiers_{tag}",
+        project_prefix=f"apit-{tag}-",
+        tiers_file=tiers_file,
+    )
+    hooks = {"request": [neon_spec.request_hook()], "response": [neon_spec.response_hook()]}
+    async with (
+        NeonClient.for_app(
+            localplane_app, api_key="api-tests", retry=FAST_RETRY, event_hooks=hooks
+        ) as neon,
+        open_runtime(settings, server=pg_server, neon=neon) as running,
+    ):
+        yield running
+    async with await psycopg.AsyncConnection.connect(pg_server.conninfo(), autocommit=True) as conn:
+        await conn.execute(
+            sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(settings.meta_database))
+        )
+
+
+async def user_token(http: httpx.AsyncClient, tier: str | None = None) -> dict[str, str]:
+    body = {"email": f"t-{uuid.uuid4().hex[:8]}@example.com"}
+    if tier is not None:
+        body["tier"] = tier
+    user = await http.post("/v1/users", json=body, headers=ADMIN)
+    assert user.status_code == 201, user.text
+    token = await http.post(f"/v1/users/{user.json()['id']}/tokens", json={}, headers=ADMIN)
+    return bearer(token.json()["token"])
+
+
+async def test_users_get_the_files_tiers(http: httpx.AsyncClient) -> None:
+    user = await http.post(
+        "/v1/users", json={"email": f"d-{uuid.uuid4().hex[:8]}@example.com"}, headers=ADMIN
+    )
+    assert user.json()["tier"] == "hobby"
+    refused = await http.post(
+        "/v1/users", json={"email": "p@example.com", "tier": "pro"}, headers=ADMIN
+    )
+    body = assert_problem(refused, 400, "tier")
+    assert "must be one of hobby, team" in body["detail"]
+
+
+async def test_a_session_beyond_the_tier_limit_is_a_409_naming_the_limit(
+    http: httpx.AsyncClient,
+) -> None:
+    token = await user_token(http)
+    made = [await http.post("/v1/sessions", json={"name": n}, headers=token) for n in "ab"]
+    assert [r.status_code for r in made] == [201, 201]
+    refused = await http.post("/v1/sessions", json={"name": "c"}, headers=token)
+    body = assert_problem(refused, 409)
+    assert body["type"].endswith("/limit-exceeded")
+    assert (body["limit"], body["allowed"]) == ("max_sessions_per_user", 2)
+    assert "the hobby tier allows 2 sessions per user" in body["detail"]
+    listed = await http.get("/v1/sessions", headers=token)
+    assert len(listed.json()["sessions"]) == 2
+    # Deleting one makes room.
+    deleted = await http.delete(f"/v1/sessions/{made[0].json()['id']}", headers=token)
+    assert deleted.status_code == 200, deleted.text
+    again = await http.post("/v1/sessions", json={"name": "c"}, headers=token)
+    assert again.status_code == 201, again.text
+
+
+async def test_pinned_checkpoints_survive_retention(http: httpx.AsyncClient) -> None:
+    token = await user_token(http)
+    session = await http.post("/v1/sessions", json={"name": "keep"}, headers=token)
+    base = f"/v1/sessions/{session.json()['id']}/checkpoints"
+    one = (await http.post(base, json={"label": "one"}, headers=token)).json()
+    pinned = await http.post(f"{base}/{one['id']}/pin", headers=token)
+    assert pinned.status_code == 200, pinned.text
+    assert pinned.json()["pinned"] is True
+    for label in ("two", "three"):
+        await http.post(base, json={"label": label}, headers=token)
+    labels = [c["label"] for c in (await http.get(base, headers=token)).json()["checkpoints"]]
+    assert labels == ["root", "one", "three"]  # "two" pruned: the oldest unpinned, not root
+    unpinned = await http.post(f"{base}/{one['id']}/unpin", headers=token)
+    assert unpinned.json()["pinned"] is False
+    await http.post(base, json={"label": "four"}, headers=token)
+    labels = [c["label"] for c in (await http.get(base, headers=token)).json()["checkpoints"]]
+    assert labels == ["root", "three", "four"]
+    gone = await http.post(f"{base}/{one['id']}/pin", headers=token)
+    assert_problem(gone, 404)
+
+
+async def test_another_users_checkpoint_cannot_be_pinned(http: httpx.AsyncClient) -> None:
+    owner, stranger = await user_token(http, "team"), await user_token(http, "team")
+    session = await http.post("/v1/sessions", json={"name": "mine"}, headers=owner)
+    base = f"/v1/sessions/{session.json()['id']}/checkpoints"
+    taken = (await http.post(base, json={"label": "x"}, headers=owner)).json()
+    refused = await http.post(f"{base}/{taken['id']}/pin", headers=stranger)
+    assert_problem(refused, 404)
+    shown = await http.get(f"{base}/{taken['id']}", headers=owner)
+    assert shown.json()["pinned"] is False
