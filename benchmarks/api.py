@@ -376,7 +376,9 @@ class Api:
 
 async def make_user(http: httpx.AsyncClient, admin: dict[str, str]) -> dict[str, str]:
     email = f"bench-{uuid.uuid4().hex[:8]}@example.com"
-    user = expect(await http.post("/v1/users", json={"email": email}, headers=admin), 201)
+    # Enterprise: no session or checkpoint limits to get in the way of the measurements.
+    body = {"email": email, "tier": "enterprise"}
+    user = expect(await http.post("/v1/users", json=body, headers=admin), 201)
     token = expect(await http.post(f"/v1/users/{user['id']}/tokens", json={}, headers=admin), 201)
     return bearer(token["token"])
 
