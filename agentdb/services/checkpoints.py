@@ -252,8 +252,10 @@ class CheckpointService:
             )
             await db.commit()
             view = CheckpointView.of(checkpoint)
+            limited = self._checkpoint_limit(row.tier) is not None
         # After the lock is released: pruning deletes through `delete`, which takes it.
-        await self.prune(session_id, actor=actor)
+        if limited:
+            await self.prune(session_id, actor=actor)
         return view
 
     async def _snapshot(
@@ -455,6 +457,11 @@ class CheckpointService:
 
     # --- retention -----------------------------------------------------------------------------
 
+    def _checkpoint_limit(self, tier_name: str) -> int | None:
+        """How many ready checkpoints the tier keeps per session (None: no limit)."""
+        tier = self._tiers.find(tier_name) if self._tiers is not None else None
+        return tier.max_checkpoints_per_session if tier is not None else None
+
     async def prune(
         self, session_id: uuid.UUID, *, actor: Actor = SYSTEM
     ) -> builtins.list[uuid.UUID]:
@@ -469,8 +476,7 @@ class CheckpointService:
         failed snapshot delete is recorded as `delete` records it."""
         async with self._db() as db:
             row = await load_session(db, session_id)
-            tier = self._tiers.find(row.tier) if self._tiers is not None else None
-            allowed = tier.max_checkpoints_per_session if tier is not None else None
+            allowed = self._checkpoint_limit(row.tier)
             if allowed is None:
                 return []
             ready = list(
