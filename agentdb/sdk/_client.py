@@ -270,6 +270,15 @@ class AgentDB:
         path = f"/v1/sessions/{session_id}/checkpoints/{checkpoint_id}"
         return await self._one(Checkpoint, "DELETE", path)
 
+    async def pin_checkpoint(
+        self, session_id: Id, checkpoint_id: Id, *, pinned: bool = True
+    ) -> Checkpoint:
+        """Pins (or with `pinned=False` unpins) a checkpoint: retention never prunes a pinned
+        one."""
+        verb = "pin" if pinned else "unpin"
+        path = f"/v1/sessions/{session_id}/checkpoints/{checkpoint_id}/{verb}"
+        return await self._one(Checkpoint, "POST", path)
+
     async def restore_checkpoint(self, session_id: Id, checkpoint_id: Id) -> Session:
         """Puts the session's database back to the checkpoint, in place: the connection
         string stays, later checkpoints stay restorable."""

@@ -82,6 +82,8 @@ async def test_session_sql_checkpoint_restore(db: AgentDB):
     await db.restore_checkpoint(sid, two.id)
     assert (await db.sql(sid, "SELECT count(*) FROM t")).rows == [[2]]
     assert (await db.get_checkpoint(sid, two.id)).label == "two"
+    assert (await db.pin_checkpoint(sid, two.id)).pinned is True
+    assert (await db.pin_checkpoint(sid, two.id, pinned=False)).pinned is False
     actions = [e.action for e in await db.list_events(sid, limit=500)]
     assert actions.count("checkpoint.restore") >= 2
 
