@@ -25,8 +25,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_asyn
 from sqlmodel import col
 
 import meta_schema
+from agentdb.localplane import LocalPlane, running
 from agentdb.localplane import create_app as create_localplane
-from agentdb.localplane import running
 from agentdb.neon import DefaultEndpointSettings, NeonClient
 from agentdb.pg import ServerInfo, open_server
 from agentdb.services import (
@@ -40,7 +40,9 @@ from agentdb.services import (
     SessionLocks,
     SessionService,
     SqlService,
+    TierChangeService,
     TokenService,
+    UsageService,
     UserService,
 )
 from agentdb.settings import Settings
@@ -73,8 +75,12 @@ class Runtime:
     sql: SqlService
     addons: AddonService
     events: EventService
+    usage: UsageService
+    tier_changes: TierChangeService
     reconciler: Reconciler
     jobs: JobRunner
+    #: The in-process local control plane (None on Neon cloud, or with a given client).
+    plane: LocalPlane | None
     #: An admin token generated at this start (none was configured or stored): show it once.
     new_admin_token: SecretStr | None
 
@@ -110,8 +116,10 @@ async def open_runtime(
         )
 
         control_plane: Literal["local", "neon"] = "neon" if settings.uses_neon_cloud else "local"
+        plane: LocalPlane | None = None
         if neon is None:
-            neon = await stack.enter_async_context(await _control_plane(settings, server, stack))
+            client, plane = await _control_plane(settings, server, tiers, stack)
+            neon = await stack.enter_async_context(client)
 
         locks = SessionLocks(meta)
         try:
@@ -143,6 +151,16 @@ async def open_runtime(
         )
         addons = AddonService(meta, neon, secrets, locks=locks)
         tokens = TokenService(meta)
+        usage = UsageService(
+            meta, neon, tiers=tiers, min_interval=seconds(settings.usage_poll_interval_s)
+        )
+        tier_changes = TierChangeService(
+            meta,
+            neon,
+            tiers=tiers,
+            endpoint_settings=endpoint_settings,
+            default_org_id=settings.neon_org_id,
+        )
         jobs = JobRunner(meta)
         jobs.add("reconcile", reconciler.run_once, every=seconds(settings.reconcile_interval_s))
         jobs.add("expire_branches", branches.expire, every=seconds(settings.expiry_interval_s))
@@ -150,6 +168,20 @@ async def open_runtime(
             "cleanup_replaced_branches",
             checkpoints.cleanup_replaced,
             every=seconds(settings.expiry_interval_s),
+        )
+        # Resumes tier changes that a crash or a failed Neon call left unfinished; a new
+        # change kicks it.
+        jobs.add(
+            "tier_changes", tier_changes.run_pending, every=seconds(settings.reconcile_interval_s)
+        )
+        # No jitter: Neon refreshes consumption every 15 minutes, and polls must not come
+        # sooner (`usage` also checks the last poll's time, for other processes' polls).
+        jobs.add(
+            "poll_usage",
+            usage.poll,
+            every=seconds(settings.usage_poll_interval_s),
+            jitter=0,
+            run_at_start=False,
         )
         jobs.add(
             "expire_idempotency_keys",
@@ -175,11 +207,16 @@ async def open_runtime(
                 max_rows=settings.sql_max_rows,
                 # DDL run through agentdb keeps the Data API's schema cache fresh.
                 after_ddl=addons.refresh_after_ddl,
+                # A refused connection or write says which quota is used up, if one is.
+                explain_quota=usage.quota_problem,
             ),
             addons=addons,
             events=EventService(meta),
+            usage=usage,
+            tier_changes=tier_changes,
             reconciler=reconciler,
             jobs=jobs,
+            plane=plane,
             new_admin_token=await tokens.ensure_admin_token(settings.admin_token),
         )
         if start_jobs:
@@ -191,21 +228,33 @@ async def open_runtime(
 
 
 async def _control_plane(
-    settings: Settings, server: ServerInfo, stack: AsyncExitStack
-) -> NeonClient:
+    settings: Settings, server: ServerInfo, tiers: Tiers, stack: AsyncExitStack
+) -> tuple[NeonClient, LocalPlane | None]:
+    """The client of the control plane the settings choose, and the in-process local plane
+    when that is the one."""
     if settings.neon_api_key is not None:
-        return NeonClient(settings.neon_api_url, api_key=settings.neon_api_key.get_secret_value())
-    plane = await stack.enter_async_context(running(create_localplane(settings, server=server)))
+        api_key = settings.neon_api_key.get_secret_value()
+        return NeonClient(settings.neon_api_url, api_key=api_key), None
+    # The tiers' organizations exist in the local plane from the start, so moving a user to
+    # another tier has somewhere to transfer their projects to.
+    organizations = [tier.org_id for tier in tiers.tiers if tier.org_id is not None]
+    if settings.neon_org_id is not None:
+        organizations.append(settings.neon_org_id)
+    app = await stack.enter_async_context(
+        running(create_localplane(settings, server=server, organizations=organizations))
+    )
     key = settings.localplane_api_key
     # Neon's request limits guard Neon's servers; the local plane answers in-process, where
     # they would only queue agentdb behind itself (20 sessions checkpointing at once need
     # more than 40 requests a second).
-    return NeonClient.for_app(
-        plane,
+    client = NeonClient.for_app(
+        app,
         api_key=key.get_secret_value() if key else "local",
         rate_limit_per_min=LOCAL_PLANE_REQUESTS_PER_MIN,
         burst_per_s=None,
     )
+    plane: LocalPlane = app.state.plane
+    return client, plane
 
 
 async def delete_expired_answers(meta: async_sessionmaker[AsyncSession]) -> int:

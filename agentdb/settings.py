@@ -61,6 +61,18 @@ class Settings(BaseSettings):
         ge=0,
         description="Extra time each local-plane operation stays 'running'.",
     )
+    localplane_organizations: str = Field(
+        default="",
+        pattern=r"^([a-z0-9-]{1,60}(,[a-z0-9-]{1,60})*)?$",
+        description="Comma-separated organization ids the local control plane starts with "
+        "(besides its default organization and the tiers' organizations).",
+    )
+    localplane_meter_interval_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="How often the local control plane measures consumption (active time, "
+        "written bytes, logical size) and enforces project quotas, in seconds.",
+    )
 
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info",
@@ -152,6 +164,12 @@ class Settings(BaseSettings):
         default=30.0,
         gt=0,
         description="How often expired branches and replaced branches are cleaned up, in seconds.",
+    )
+    usage_poll_interval_s: float = Field(
+        default=900.0,
+        ge=900,
+        description="How often consumption is read from the control plane into usage samples, "
+        "in seconds (Neon refreshes it about every 15 minutes; at least 900).",
     )
 
     demo: bool | None = Field(

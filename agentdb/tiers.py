@@ -105,6 +105,11 @@ class Tier(BaseModel):
             return None
         return ProjectQuota(**values)
 
+    def quota_update(self) -> ProjectQuota:
+        """The quota a session gets when it moves to this tier: every field, with 0 (Neon's
+        "unlimited") where the tier sets none, so the previous tier's limits do not linger."""
+        return ProjectQuota(**{name: getattr(self, name) or 0 for name in QUOTA_FIELDS})
+
     def project_settings(self) -> ProjectSettings | None:
         """The project `settings` to create sessions with: the quota, if the tier sets one."""
         quota = self.quota

@@ -11,6 +11,7 @@ from meta_schema.enums import (
     FleetMigrationResultStatus,
     FleetMigrationStatus,
     SessionStatus,
+    TierChangeStatus,
     TokenScope,
 )
 from meta_schema.tables import (
@@ -26,6 +27,7 @@ from meta_schema.tables import (
     FleetMigrationResult,
     IdempotencyRecord,
     SessionAddon,
+    TierChange,
     UsageSample,
     User,
 )
@@ -52,6 +54,8 @@ __all__ = [
     "IdempotencyRecord",
     "SessionAddon",
     "SessionStatus",
+    "TierChange",
+    "TierChangeStatus",
     "TokenScope",
     "UsageSample",
     "User",

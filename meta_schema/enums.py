@@ -98,3 +98,14 @@ class AddonStatus(StrEnum):
     DISABLING = "disabling"
     DISABLED = "disabled"
     FAILED = "failed"
+
+
+class TierChangeStatus(StrEnum):
+    """A user's move to another tier: `running` until every session is in the tier's
+    organization with its limits, `failed` when a step failed (retried; what moved is
+    recorded), `superseded` when a newer change for the same user replaced it."""
+
+    RUNNING = "running"
+    FINISHED = "finished"
+    FAILED = "failed"
+    SUPERSEDED = "superseded"

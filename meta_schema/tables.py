@@ -28,6 +28,7 @@ from meta_schema.enums import (
     FleetMigrationResultStatus,
     FleetMigrationStatus,
     SessionStatus,
+    TierChangeStatus,
     TokenScope,
 )
 
@@ -394,4 +395,46 @@ class FleetMigrationResult(TableModel, table=True):
     checkpoint_id: uuid.UUID | None = None
     error: str | None = Field(default=None, sa_type=sa.Text)
     started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class TierChange(TableModel, table=True):
+    """A user moved to another tier: their sessions' projects go to the tier's organization
+    (in batches) and get its limits. Progress lives on the sessions themselves (`org_id`,
+    `tier`), so a failed or interrupted change resumes where it stopped. At most one change per
+    user is unfinished; a newer one supersedes it."""
+
+    __tablename__ = "tier_changes"
+    __table_args__ = (
+        sa.Index(
+            "uq_tier_changes_unfinished_user",
+            "user_id",
+            unique=True,
+            postgresql_where=sa.text("status IN ('running', 'failed')"),
+        ),
+        one_of("status", TierChangeStatus),
+    )
+
+    id: uuid.UUID = Field(default_factory=new_id, primary_key=True)
+    user_id: uuid.UUID = Field(foreign_key="users.id", ondelete="CASCADE", index=True)
+    from_tier: str = Field(sa_type=sa.Text)
+    to_tier: str = Field(sa_type=sa.Text)
+    # The organization the user's projects go to; null keeps them where they are.
+    to_org_id: str | None = Field(default=None, sa_type=sa.Text)
+    status: TierChangeStatus = Field(
+        default=TierChangeStatus.RUNNING, sa_type=EnumText(TierChangeStatus)
+    )
+    sessions_total: int = 0
+    sessions_moved: int = 0
+    sessions_updated: int = 0
+    transfer_requests: int = 0
+    attempts: int = 0
+    error: str | None = Field(default=None, sa_type=sa.Text)
+    # The api_tokens id that asked, and the request's id (as in `events`).
+    actor: str = Field(sa_type=sa.Text)
+    request_id: str | None = Field(default=None, sa_type=sa.Text)
+    created_at: datetime = Field(default_factory=utcnow, sa_column_kwargs=_NOW)
+    updated_at: datetime = Field(
+        default_factory=utcnow, sa_column_kwargs={**_NOW, "onupdate": utcnow}
+    )
     finished_at: datetime | None = None

@@ -16,6 +16,7 @@ from agentdb.services import (
     EventView,
     OAuthProviderView,
     SessionView,
+    TierChangeView,
     UserView,
 )
 from meta_schema import TokenScope
@@ -32,6 +33,14 @@ class CreateUser(Body):
     email: str = Field(max_length=254)
     name: str | None = None
     tier: str | None = None
+
+
+class ChangeTier(Body):
+    tier: str = Field(max_length=32, description="The tier to move the user to.")
+
+
+class TierChangeList(BaseModel):
+    tier_changes: list[TierChangeView]
 
 
 class CreateToken(Body):

@@ -28,6 +28,7 @@ from agentdb.services import (
     InvalidInput,
     LimitExceeded,
     NotFound,
+    QuotaExceeded,
     SecretDecryptionFailed,
     ServiceError,
     SessionBusy,
@@ -147,16 +148,8 @@ def _service_error(request: AnyRequest, exc: ServiceError) -> Response[dict[str,
             kind="already-exists",
             errors=[{"field": exc.field, "message": exc.message}],
         )
-    if isinstance(exc, LimitExceeded):
-        # 409 like every Conflict: the request is fine, the user's current state refuses it.
-        return problem(
-            request,
-            HTTP_409_CONFLICT,
-            str(exc),
-            kind="limit-exceeded",
-            limit=exc.limit,
-            allowed=exc.allowed,
-        )
+    if isinstance(exc, LimitExceeded | QuotaExceeded):
+        return _limit_problem(request, exc)
     if isinstance(exc, NotFound):
         return problem(request, HTTP_404_NOT_FOUND, str(exc))
     if isinstance(exc, SessionBusy):
@@ -183,6 +176,32 @@ def _service_error(request: AnyRequest, exc: ServiceError) -> Response[dict[str,
         )
     log.error("api.unmapped_service_error", error_type=type(exc).__name__, exc_info=exc)
     return problem(request, HTTP_500_INTERNAL_SERVER_ERROR, "internal error")
+
+
+def _limit_problem(
+    request: AnyRequest, exc: LimitExceeded | QuotaExceeded
+) -> Response[dict[str, Any]]:
+    if isinstance(exc, LimitExceeded):
+        # 409 like every Conflict: the request is fine, the user's current state refuses it.
+        return problem(
+            request,
+            HTTP_409_CONFLICT,
+            str(exc),
+            kind="limit-exceeded",
+            limit=exc.limit,
+            allowed=exc.allowed,
+        )
+    # 403: understood, and refused for this session until the quota is raised or the billing
+    # period ends; retrying does not help.
+    return problem(
+        request,
+        HTTP_403_FORBIDDEN,
+        str(exc),
+        kind="quota-exceeded",
+        quota=exc.metric,
+        used=exc.used,
+        limit=exc.limit,
+    )
 
 
 def _http_error(request: AnyRequest, exc: HTTPException) -> Response[dict[str, Any]]:

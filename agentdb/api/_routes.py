@@ -56,6 +56,7 @@ from ._models import (
     UserList,
 )
 from ._problems import BadRequest
+from ._usage_routes import USAGE_ROUTES
 
 AnyRequest = Request[Any, Any, Any]
 #: A background job failing this many times in a row makes /healthz say "degraded".
@@ -478,5 +479,5 @@ class Branches(Controller):
 
 
 ROUTES: list[ControllerRouterHandler] = [
-    healthz, Users, Sessions, Checkpoints, Branches, *ADDON_ROUTES
+    healthz, Users, Sessions, Checkpoints, Branches, *ADDON_ROUTES, *USAGE_ROUTES
 ]  # fmt: skip

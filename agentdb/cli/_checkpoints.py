@@ -299,6 +299,31 @@ async def delete_checkpoint(
     emit(options, checkpoint, lambda: details(checkpoint, title="deleted"))
 
 
+@checkpoints.command(name="pin")
+async def pin_checkpoint(
+    session_id: uuid.UUID,
+    checkpoint_id: uuid.UUID,
+    /,
+    *,
+    unpin: bool = False,
+    options: Remote = NO_OPTIONS,
+) -> None:
+    """Pin a checkpoint: the tier's retention never prunes a pinned one.
+
+    Parameters
+    ----------
+    session_id
+        The session.
+    checkpoint_id
+        The checkpoint.
+    unpin
+        Unpin it instead (retention may prune it again).
+    """
+    async with connected(options) as db:
+        checkpoint = await db.pin_checkpoint(session_id, checkpoint_id, pinned=not unpin)
+    emit(options, checkpoint, lambda: details(checkpoint, title="unpinned" if unpin else "pinned"))
+
+
 # --- branches ----------------------------------------------------------------------------------
 
 

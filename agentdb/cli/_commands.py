@@ -15,7 +15,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from agentdb.sdk import SqlResult
+from agentdb.sdk import SqlResult, Usage
 
 from ._checkpoints import branches, checkpoints
 from ._remote import (
@@ -136,6 +136,48 @@ async def user_token(
     emit(options, token, lambda: token.token)
 
 
+@users.command(name="tier")
+async def change_tier(
+    user_id: uuid.UUID, tier: str, /, *, wait: bool = True, options: Remote = NO_OPTIONS
+) -> None:
+    """Move a user to another tier (admin token): their sessions' projects go to the tier's
+    organization and get its limits.
+
+    Parameters
+    ----------
+    user_id
+        The user.
+    tier
+        The tier to move them to.
+    wait
+        Wait until every session has moved (--no-wait returns at once).
+    """
+    async with connected(options) as db:
+        with working(f"Moving the user to the {tier} tier"):
+            change = await db.change_tier(user_id, tier, wait=wait)
+    emit(options, change, lambda: details(change, title=f"tier change {change.status.value}"))
+    if change.status.value == "failed":
+        raise ClientError(f"the tier change failed (agentdb retries it): {change.error}", 1)
+
+
+@users.command(name="usage")
+async def user_usage(
+    user_id: uuid.UUID, /, *, periods: Positive = 1, options: Remote = NO_OPTIONS
+) -> None:
+    """A user's usage over all their sessions, per billing period and metric.
+
+    Parameters
+    ----------
+    user_id
+        The user.
+    periods
+        How many billing periods, newest first.
+    """
+    async with connected(options) as db:
+        usage = await db.get_user_usage(user_id, periods=periods)
+    emit(options, usage, lambda: usage_table(usage))
+
+
 # --- sessions ----------------------------------------------------------------------------------
 
 
@@ -244,6 +286,44 @@ async def session_token(
     async with connected(options) as db:
         token = await db.create_session_token(session_id, name=name, ttl_seconds=ttl)
     emit(options, token, lambda: token.token)
+
+
+@sessions.command(name="usage")
+async def session_usage(
+    session_id: uuid.UUID, /, *, periods: Positive = 1, options: Remote = NO_OPTIONS
+) -> None:
+    """A session's usage per billing period and metric, against its tier's quotas.
+
+    Parameters
+    ----------
+    session_id
+        The session.
+    periods
+        How many billing periods, newest first.
+    """
+    async with connected(options) as db:
+        usage = await db.get_session_usage(session_id, periods=periods)
+    emit(options, usage, lambda: usage_table(usage))
+
+
+def usage_table(usage: Usage) -> RenderableType:
+    if not usage.periods:
+        return Text("no usage polled yet (agentdb polls every 15 minutes)", style="dim")
+    parts: list[RenderableType] = []
+    for period in usage.periods:
+        table = Table(
+            title=f"{period.period_start:%Y-%m-%d} to {period.period_end:%Y-%m-%d}",
+            box=None,
+            header_style="bold",
+            pad_edge=False,
+        )
+        for name in ("metric", "value", "unit", "quota", "used"):
+            table.add_column(name, justify="left" if name == "metric" else "right")
+        for m in period.metrics:
+            used = "-" if m.used_fraction is None else f"{m.used_fraction:.0%}"
+            table.add_row(m.metric, str(m.value), m.unit, shown(m.quota), used)
+        parts.append(table)
+    return Group(*parts)
 
 
 # --- sql ---------------------------------------------------------------------------------------

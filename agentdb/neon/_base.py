@@ -141,6 +141,11 @@ class ClientCore:
     def __repr__(self) -> str:
         return f"{type(self).__name__}(base_url={self.base_url!r})"
 
+    @property
+    def consumption_rate_per_min(self) -> int:
+        """At most this many consumption requests start in any minute (Neon's limit: 30)."""
+        return self._consumption_limiter.limit
+
     async def aclose(self) -> None:
         await self._http.aclose()
 

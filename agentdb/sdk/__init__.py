@@ -9,6 +9,7 @@ from ._errors import (
     ControlPlaneError,
     InvalidRequestError,
     NotFoundError,
+    QuotaExceededError,
     SqlError,
 )
 from ._models import (
@@ -23,7 +24,9 @@ from ._models import (
     OAuthProvider,
     Session,
     SqlResult,
+    TierChange,
     Token,
+    Usage,
     User,
 )
 
@@ -44,9 +47,12 @@ __all__ = [
     "InvalidRequestError",
     "NotFoundError",
     "OAuthProvider",
+    "QuotaExceededError",
     "Session",
     "SqlError",
     "SqlResult",
+    "TierChange",
     "Token",
+    "Usage",
     "User",
 ]

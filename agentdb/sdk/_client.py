@@ -5,6 +5,7 @@ answers, same errors."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -32,7 +33,9 @@ from ._models import (
     OAuthProvider,
     Session,
     SqlResult,
+    TierChange,
     Token,
+    Usage,
     User,
 )
 
@@ -185,6 +188,39 @@ class AgentDB:
     ) -> Token:
         body = _body(name=name, ttl_seconds=ttl_seconds)
         return await self._one(Token, "POST", f"/v1/users/{user_id}/tokens", json=body)
+
+    # --- tiers and usage ---------------------------------------------------------------------
+
+    async def change_tier(self, user_id: Id, tier: str, *, wait: bool = True) -> TierChange:
+        """Moves the user to `tier` (admin token): their sessions' projects go to the tier's
+        organization and get its limits. With `wait`, polls until the change finished or
+        failed (a failed change is retried by agentdb; `error` says what stopped it); bound
+        the wait with `asyncio.timeout` if needed."""
+        change = await self._one(
+            TierChange, "POST", f"/v1/users/{user_id}/tier", json={"tier": tier}
+        )
+        if not wait:
+            return change
+        while change.status.value == "running":
+            await asyncio.sleep(0.2)
+            change = await self.get_tier_change(user_id, change.id)
+        return change
+
+    async def get_tier_change(self, user_id: Id, change_id: Id) -> TierChange:
+        return await self._one(TierChange, "GET", f"/v1/users/{user_id}/tier-changes/{change_id}")
+
+    async def list_tier_changes(self, user_id: Id) -> list[TierChange]:
+        return await self._many(TierChange, "tier_changes", f"/v1/users/{user_id}/tier-changes")
+
+    async def get_session_usage(self, session_id: Id, *, periods: int = 3) -> Usage:
+        """The session's usage per billing period and metric, with its tier's quotas (as last
+        polled from the control plane, every 15 minutes)."""
+        path = f"/v1/sessions/{session_id}/usage"
+        return await self._one(Usage, "GET", path, params={"periods": periods})
+
+    async def get_user_usage(self, user_id: Id, *, periods: int = 3) -> Usage:
+        path = f"/v1/users/{user_id}/usage"
+        return await self._one(Usage, "GET", path, params={"periods": periods})
 
     # --- sessions ----------------------------------------------------------------------------
 

@@ -65,6 +65,26 @@ class SqlError(AgentDBError):
         return None if value is None else int(value)
 
 
+class QuotaExceededError(AuthError):
+    """403 `quota-exceeded`: the session used up a quota of its tier (its compute is suspended,
+    or its database is over its size and refuses writes); `quota`, `used` and `limit` say which
+    and how much. Raising the quota (a higher tier for the user) lifts it."""
+
+    @property
+    def quota(self) -> str:
+        return str(self.body.get("quota", ""))
+
+    @property
+    def used(self) -> int | None:
+        value = self.body.get("used")
+        return None if value is None else int(value)
+
+    @property
+    def limit(self) -> int | None:
+        value = self.body.get("limit")
+        return None if value is None else int(value)
+
+
 class ControlPlaneError(AgentDBError):
     """502: Neon (or the local control plane) failed the operation; retrying may work."""
 
@@ -89,6 +109,8 @@ def error_from(response: httpx.Response) -> AgentDBError:
         body = {}
     detail = str(body.get("detail") or response.reason_phrase or f"HTTP {response.status_code}")
     kind = _BY_STATUS.get(response.status_code, AgentDBError)
+    if str(body.get("type", "")).endswith("/quota-exceeded"):
+        kind = QuotaExceededError
     return kind(
         response.status_code,
         detail,

@@ -12,6 +12,8 @@ from agentdb.services import DiffView as Diff
 from agentdb.services import EventView as Event
 from agentdb.services import OAuthProviderView as OAuthProvider
 from agentdb.services import SqlResult
+from agentdb.services import TierChangeView as TierChange
+from agentdb.services import UsageReport as Usage
 from agentdb.services import UserView as User
 
 __all__ = [
@@ -26,6 +28,8 @@ __all__ = [
     "OAuthProvider",
     "Session",
     "SqlResult",
+    "TierChange",
     "Token",
+    "Usage",
     "User",
 ]

@@ -1,6 +1,7 @@
 """agentdb's domain services over the meta DB and the Neon client: users and their tokens,
-agent sessions, checkpoints, branches, SQL, the audit log, the reconciler and the background
-job runner. The REST API, MCP tools and CLI call these; none of them talk to Neon directly."""
+agent sessions, checkpoints, branches, SQL, tier changes, usage, the audit log, the reconciler
+and the background job runner. The REST API, MCP tools and CLI call these; none of them talk to
+Neon directly."""
 
 from ._common import Actor, Clock, SessionLocks, system_clock
 from ._errors import (
@@ -12,6 +13,7 @@ from ._errors import (
     InvalidInput,
     LimitExceeded,
     NotFound,
+    QuotaExceeded,
     ServiceError,
     SessionBusy,
     SessionNotFound,
@@ -39,7 +41,9 @@ from .jobs import JobRunner, JobStatus
 from .reconcile import Reconciler, ReconcileReport
 from .sessions import SessionService
 from .sql import SqlColumn, SqlResult, SqlService
+from .tier_changes import TierChangeNotFound, TierChangeService, TierChangeView
 from .tokens import IssuedToken, Principal, TokenService, TokenView
+from .usage import MetricUsage, PeriodUsage, PollResult, UsageReport, UsageService
 from .users import UserService, UserView
 
 __all__ = [
@@ -67,9 +71,13 @@ __all__ = [
     "JobRunner",
     "JobStatus",
     "LimitExceeded",
+    "MetricUsage",
     "NotFound",
     "OAuthProviderView",
+    "PeriodUsage",
+    "PollResult",
     "Principal",
+    "QuotaExceeded",
     "ReconcileReport",
     "Reconciler",
     "SecretDecryptionFailed",
@@ -84,9 +92,14 @@ __all__ = [
     "SqlFailed",
     "SqlResult",
     "SqlService",
+    "TierChangeNotFound",
+    "TierChangeService",
+    "TierChangeView",
     "TokenNotFound",
     "TokenService",
     "TokenView",
+    "UsageReport",
+    "UsageService",
     "UserNotFound",
     "UserService",
     "UserView",

@@ -14,6 +14,7 @@ ServiceError
  ├── SessionBusy               a workflow on the session is unfinished (a reconciler's job)
  ├── ControlPlaneFailed        Neon (or the local plane) failed; what was done is recorded
  ├── SqlFailed                 PostgreSQL refused a caller's SQL (sqlstate, message, position)
+ ├── QuotaExceeded             the session used up a quota of its tier (suspended, or writes fail)
  └── SecretDecryptionFailed    a stored secret does not open with the configured key
 """
 
@@ -146,4 +147,18 @@ class LimitExceeded(Conflict):
         super().__init__(f"{limit}: {message}")
         self.limit = limit
         self.allowed = allowed
+        self.message = message
+
+
+class QuotaExceeded(ServiceError):  # noqa: N818
+    """The session is over a quota of its project: `metric` names it (a Neon quota field such
+    as "active_time_seconds" or "logical_size_bytes"), `used` and `limit` are in its unit.
+    Over a time, written-data or transfer quota the compute is suspended until the billing
+    period ends or the quota is raised; over the logical size, writes fail."""
+
+    def __init__(self, metric: str, used: int, limit: int, message: str) -> None:
+        super().__init__(f"{metric}: {message}")
+        self.metric = metric
+        self.used = used
+        self.limit = limit
         self.message = message

@@ -313,6 +313,8 @@ class SessionService:
         if not created.connection_uris or not created.endpoints:
             raise ControlPlaneFailed("the new project came without a compute or connection URI")
         row.project_id = created.project.id
+        # Where the project really is (Neon may infer the organization from the key).
+        row.org_id = created.project.org_id or row.org_id
         row.live_branch_id = created.branch.id
         row.endpoint_id = created.endpoints[0].id
         uri = created.connection_uris[0].connection_uri.get_secret_value()

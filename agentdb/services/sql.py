@@ -33,7 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from meta_schema import SessionStatus
 
 from ._common import SYSTEM, Actor, Clock, SessionFactory, load_session, system_clock
-from ._errors import Conflict, InvalidInput, SessionBusy, SqlFailed
+from ._errors import Conflict, InvalidInput, QuotaExceeded, SessionBusy, SqlFailed
 from ._secrets import Secrets
 
 log = structlog.get_logger(__name__)
@@ -85,6 +85,12 @@ _DDL_TAGS = frozenset({"CREATE", "ALTER", "DROP", "GRANT", "REVOKE", "COMMENT"})
 _DDL_WORD = re.compile(r"\b(create|alter|drop|grant|revoke|comment)\b", re.IGNORECASE)
 #: Called with the session's id after SQL that may have been DDL ran and committed.
 AfterDdl = Callable[[uuid.UUID], Awaitable[object]]
+#: Called with the session's id when its database refused a connection or a write: returns the
+#: session's used-up quota, if that is why (the error then names it instead).
+ExplainQuota = Callable[[uuid.UUID], Awaitable[QuotaExceeded | None]]
+#: SQLSTATEs that a used-up quota causes: writes in a read-only database (logical size), and
+#: connections refused while the compute is suspended (time, written data, transfer).
+_QUOTA_STATES = frozenset({"25006", "08001", "08006", "57P01"})
 
 
 def is_ddl(sql: str, command: str) -> bool:
@@ -274,9 +280,11 @@ class SqlService:
         max_rows: int = 1000,
         clock: Clock = system_clock,
         after_ddl: AfterDdl | None = None,
+        explain_quota: ExplainQuota | None = None,
     ) -> None:
         """`after_ddl` runs after SQL that may have changed the schema (the Data API's schema
-        cache refresh); it must not raise."""
+        cache refresh); it must not raise. `explain_quota` looks up whether a refused
+        connection or write is a used-up quota; it must not raise either."""
         if not timedelta(0) < statement_timeout <= MAX_TIMEOUT:
             raise ValueError("statement_timeout must be positive and at most an hour")
         if not 1 <= max_rows <= MAX_ROWS_LIMIT:
@@ -287,6 +295,7 @@ class SqlService:
         self._max_rows = max_rows
         self._clock = clock
         self._after_ddl = after_ddl
+        self._explain_quota = explain_quota
         self._adapters = _result_adapters()
 
     def _db(self) -> AsyncSession:
@@ -312,7 +321,9 @@ class SqlService:
 
         Raises `SessionNotFound`, `SessionBusy` (provisioning, restoring, deleting),
         `Conflict` (deleted or failed), `InvalidInput` (sql, params, max_rows, timeout) and
-        `SqlFailed` (PostgreSQL's error; SQLSTATE class 08 when the database is unreachable).
+        `SqlFailed` (PostgreSQL's error; SQLSTATE class 08 when the database is unreachable),
+        `QuotaExceeded` (the session used up a quota: its compute is suspended, or its
+        database is over its size and refuses writes).
         """
         _check_sql(sql)
         bound = _bind(params)
@@ -324,12 +335,19 @@ class SqlService:
             raise InvalidInput("timeout", "must be between 1 ms and 1 hour")
         uri = await self._uri(session_id)
         started = time.perf_counter()
-        conn = await self._connect(uri, limit)
         try:
-            result = await self._execute(conn, sql, bound, cap, limit)
-        finally:
-            # Closing without a commit rolls back whatever an error left open.
-            await conn.close()
+            conn = await self._connect(uri, limit)
+            try:
+                result = await self._execute(conn, sql, bound, cap, limit)
+            finally:
+                # Closing without a commit rolls back whatever an error left open.
+                await conn.close()
+        except SqlFailed as failed:
+            if self._explain_quota is not None and failed.sqlstate in _QUOTA_STATES:
+                over = await self._explain_quota(session_id)
+                if over is not None:
+                    raise over from failed
+            raise
         log.debug(
             "sql.run",
             session_id=str(session_id),

@@ -14,7 +14,17 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
-from agentdb.sdk import AgentDB, Auth, Branch, Checkpoint, DataApi, Diff, Session, SqlResult
+from agentdb.sdk import (
+    AgentDB,
+    Auth,
+    Branch,
+    Checkpoint,
+    DataApi,
+    Diff,
+    Session,
+    SqlResult,
+    Usage,
+)
 
 #: Most rows and longest timeout one SQL call may ask for (the API's own limits).
 MAX_ROWS = 10_000
@@ -238,6 +248,26 @@ def data_api_result(api: DataApi) -> dict[str, JsonValue]:
     return out
 
 
+def usage_result(usage: Usage) -> dict[str, JsonValue]:
+    period = usage.periods[0] if usage.periods else None
+    return {
+        "tier": usage.tier,
+        "period_start": period.period_start.isoformat() if period else None,
+        "period_end": period.period_end.isoformat() if period else None,
+        "polled_at": usage.polled_at.isoformat() if usage.polled_at else None,
+        "metrics": [
+            {
+                "metric": m.metric,
+                "unit": m.unit,
+                "value": m.value,
+                "quota": m.quota,
+                "used_fraction": m.used_fraction,
+            }
+            for m in (period.metrics if period else [])
+        ],
+    }
+
+
 def _id(value: uuid.UUID | None) -> str | None:
     return None if value is None else str(value)
 
@@ -311,6 +341,10 @@ async def get_session(db: AgentDB, session_id: uuid.UUID, _: NoArguments) -> Jso
 
 async def enable_auth(db: AgentDB, session_id: uuid.UUID, _: NoArguments) -> JsonValue:
     return auth_result(await db.enable_auth(session_id))
+
+
+async def get_usage(db: AgentDB, session_id: uuid.UUID, _: NoArguments) -> JsonValue:
+    return usage_result(await db.get_session_usage(session_id, periods=1))
 
 
 async def enable_data_api(db: AgentDB, session_id: uuid.UUID, args: EnableDataApi) -> JsonValue:
@@ -418,6 +452,18 @@ TOOLS: tuple[Tool[Any], ...] = (
         "name and its head checkpoint (the one the live database descends from).",
         NoArguments,
         get_session,
+        read_only=True,
+    ),
+    Tool(
+        "get_usage",
+        "Show what the session's database consumed this billing period against its plan's "
+        "quotas: active and compute time (seconds), data written and transferred, and its "
+        "size (bytes), each with `quota` and `used_fraction` (null: no quota). Figures are "
+        "polled from the control plane every 15 minutes, so they lag. Over a time or transfer "
+        "quota the database stops accepting connections; over the size quota writes fail: "
+        "free space (restore a smaller checkpoint) or ask the user to upgrade.",
+        NoArguments,
+        get_usage,
         read_only=True,
     ),
     Tool(

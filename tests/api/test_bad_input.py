@@ -27,6 +27,12 @@ def cases(t: Tenant, checkpoint_id: str) -> list[tuple[str, str, Any, int, str |
         ("GET", "/v1/users?after=yesterday", None, 400, "after"),
         ("POST", f"/v1/users/{t.user_id}/tokens", {"ttl_seconds": 0}, 400, "ttl_seconds"),
         ("POST", f"/v1/users/{t.user_id}/tokens", {"ttl_seconds": "soon"}, 400, "ttl_seconds"),
+        ("POST", f"/v1/users/{t.user_id}/tier", {}, 400, "tier"),
+        ("POST", f"/v1/users/{t.user_id}/tier", {"tier": "gold"}, 400, "tier"),
+        ("POST", f"/v1/users/{t.user_id}/tier", {"tier": 3}, 400, "tier"),
+        ("POST", f"/v1/users/{t.user_id}/tier", {"tier": "pro", "now": True}, 400, "now"),
+        ("GET", f"/v1/users/{t.user_id}/usage?periods=0", None, 400, "periods"),
+        ("GET", f"/v1/users/{t.user_id}/tier-changes/not-a-uuid", None, 404, None),
         ("POST", "/v1/sessions", {"user_id": "nobody"}, 400, "user_id"),
         ("POST", "/v1/sessions", {"user_id": t.user_id, "name": " "}, 400, "name"),
         ("POST", "/v1/sessions", {"user_id": t.user_id, "name": LONG}, 400, "name"),
@@ -42,6 +48,8 @@ def cases(t: Tenant, checkpoint_id: str) -> list[tuple[str, str, Any, int, str |
         ("POST", f"{s}/sql", {"sql": "SELECT 1; SELECT $1", "params": [1]}, 400, "sql"),
         ("GET", f"{s}/events?limit=501", None, 400, "limit"),
         ("GET", f"{s}/events?after=-1", None, 400, "after"),
+        ("GET", f"{s}/usage?periods=25", None, 400, "periods"),
+        ("GET", f"{s}/usage?periods=many", None, 400, "periods"),
         ("POST", f"{s}/checkpoints", {"label": ""}, 400, "label"),
         ("POST", f"{s}/checkpoints", {"metadata": "commit abc"}, 400, "metadata"),
         ("POST", f"{s}/checkpoints", {"message": LONG}, 400, "message"),
@@ -54,6 +62,20 @@ def cases(t: Tenant, checkpoint_id: str) -> list[tuple[str, str, Any, int, str |
         ("POST", f"{s}/branches", {"name": ""}, 400, "name"),
         # Well-formed ids that do not exist.
         ("GET", "/v1/users/01a20000-0000-7000-8000-000000000000", None, 404, None),
+        (
+            "POST",
+            "/v1/users/01a20000-0000-7000-8000-000000000000/tier",
+            {"tier": "pro"},
+            404,
+            None,
+        ),
+        (
+            "GET",
+            f"/v1/users/{t.user_id}/tier-changes/01a20000-0000-7000-8000-000000000000",
+            None,
+            404,
+            None,
+        ),
         ("POST", "/v1/sessions", {"user_id": "01a20000-0000-7000-8000-000000000000"}, 404, None),
         ("GET", f"{s}/checkpoints/01a20000-0000-7000-8000-000000000000", None, 404, None),
         ("POST", f"{s}/checkpoints/01a20000-0000-7000-8000-000000000000/restore", None, 404, None),
@@ -76,6 +98,10 @@ async def snapshot(http: httpx.AsyncClient, t: Tenant) -> dict[str, Any]:
     s = f"/v1/sessions/{t.session_id}"
     return {
         "users": len((await http.get("/v1/users?limit=500", headers=ADMIN)).json()["users"]),
+        "user": (await http.get(f"/v1/users/{t.user_id}", headers=ADMIN)).json(),
+        "tier_changes": (
+            await http.get(f"/v1/users/{t.user_id}/tier-changes", headers=ADMIN)
+        ).json(),
         "sessions": (await http.get(f"/v1/sessions?user_id={t.user_id}", headers=ADMIN)).json(),
         "checkpoints": (await http.get(f"{s}/checkpoints", headers=ADMIN)).json(),
         "branches": (await http.get(f"{s}/branches", headers=ADMIN)).json(),

@@ -58,6 +58,8 @@ def routes(v: Victim, intruder: Tenant) -> list[tuple[str, str, dict[str, Any] |
     return [
         ("GET", f"/v1/users/{uid}", None),
         ("POST", f"/v1/users/{uid}/tokens", {}),
+        ("GET", f"/v1/users/{uid}/usage", None),
+        ("GET", f"/v1/users/{uid}/tier-changes", None),
         ("GET", f"/v1/sessions?user_id={uid}", None),
         ("POST", "/v1/sessions", {"user_id": uid}),
         ("GET", s, None),
@@ -65,6 +67,7 @@ def routes(v: Victim, intruder: Tenant) -> list[tuple[str, str, dict[str, Any] |
         ("POST", f"{s}/tokens", {}),
         ("POST", f"{s}/sql", {"sql": "DELETE FROM secrets"}),
         ("GET", f"{s}/events", None),
+        ("GET", f"{s}/usage", None),
         ("POST", f"{s}/checkpoints", {"label": "theirs"}),
         ("GET", f"{s}/checkpoints", None),
         ("GET", f"{s}/checkpoints/{cid}", None),
@@ -150,8 +153,17 @@ async def test_non_admin_tokens_cannot_manage_users(http: httpx.AsyncClient, int
             await http.post("/v1/users", json={"email": "x@example.com"}, headers=headers), 403
         )
         assert_problem(await http.get("/v1/users", headers=headers), 403)
+        # Tiers are the platform's to give, not a user's (nor an agent's) to take.
+        moved = await http.post(
+            f"/v1/users/{intruder.user_id}/tier", json={"tier": "enterprise"}, headers=headers
+        )
+        assert_problem(moved, 403)
     users = (await http.get("/v1/users?limit=500", headers=ADMIN)).json()["users"]
     assert "x@example.com" not in [u["email"] for u in users]
+    me = (await http.get(f"/v1/users/{intruder.user_id}", headers=ADMIN)).json()
+    assert me["tier"] == "free"
+    changes = await http.get(f"/v1/users/{intruder.user_id}/tier-changes", headers=ADMIN)
+    assert changes.json() == {"tier_changes": []}
 
 
 async def test_session_token_cannot_mint_tokens_for_its_session(

@@ -110,6 +110,7 @@ async def test_upgrade_creates_every_table(empty_dsn: str):
         "fleet_migration_results",
         "idempotency_records",
         "session_addons",
+        "tier_changes",
     }
     assert await versions_of(empty_dsn) == [head_revision()]
 
@@ -216,7 +217,7 @@ async def test_check_constraints_match_the_models_and_their_enums(empty_dsn: str
         for column in table.columns
         if isinstance(column.type, EnumText)
     ]
-    assert len(enum_columns) == 10
+    assert len(enum_columns) == 11
     for table, column, enum in enum_columns:
         definition = in_database[f"ck_{table}_{column}"]
         assert re.findall(r"'([^']*)'::text", definition) == [member.value for member in enum]
@@ -248,7 +249,7 @@ async def test_new_revision_against_an_up_to_date_database_is_empty_and_formatte
     )
 
     script = (scripts / "versions" / "9999_nothing_new.py").read_text()
-    assert "down_revision: str | None = '0003'" not in script  # ruff format ran
-    assert 'down_revision: str | None = "0003"' in script
+    assert "down_revision: str | None = '0004'" not in script  # ruff format ran
+    assert 'down_revision: str | None = "0004"' in script
     assert script.count("    pass\n") == 2, script
     compile(script, "9999_nothing_new.py", "exec")

@@ -33,6 +33,7 @@ TOOL_NAMES = {
     "reset_branch",
     "delete_branch",
     "get_session",
+    "get_usage",
     "enable_auth",
     "enable_data_api",
 }

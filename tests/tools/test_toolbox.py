@@ -30,6 +30,7 @@ NAMES = {
     "reset_branch",
     "delete_branch",
     "get_session",
+    "get_usage",
     "enable_auth",
     "enable_data_api",
 }

@@ -1,0 +1,280 @@
+"""Moving users between tiers: every project goes to the tier's organization (in batches of at
+most 400) and gets its limits; a failed batch is recorded, visible and resumed."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+import pytest_asyncio
+import sqlalchemy as sa
+from litestar import Litestar
+from psycopg import sql
+from pydantic import SecretStr
+
+from agentdb.api import create_app
+from agentdb.neon import NeonClient
+from agentdb.pg import ServerInfo
+from agentdb.runtime import Runtime, open_runtime
+from agentdb.settings import Settings
+from tests.contract.openapi import NeonSpec
+
+from .conftest import ADMIN, ADMIN_TOKEN, FAST_RETRY, assert_problem, bearer
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+TAG = secrets.token_hex(3)
+FREE_ORG = f"org-adb-free-{TAG}"
+PRO_ORG = f"org-adb-pro-{TAG}"
+GiB = 1024**3
+TIERS_TOML = f"""
+default = "free"
+
+[tiers.free]
+org_id = "{FREE_ORG}"
+compute_min_cu = 0.25
+compute_max_cu = 0.5
+suspend_timeout_s = 300
+logical_size_bytes = {GiB}
+max_sessions_per_user = 600
+
+[tiers.pro]
+org_id = "{PRO_ORG}"
+compute_min_cu = 0.5
+compute_max_cu = 2
+suspend_timeout_s = 600
+logical_size_bytes = {10 * GiB}
+active_time_seconds = 360000
+history_retention_seconds = 604800
+"""
+MANY = 401  # one more than a transfer request may carry
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def runtime(
+    pg_server: ServerInfo,
+    localplane_app: Litestar,
+    neon_spec: NeonSpec,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[Runtime]:
+    data_dir = tmp_path_factory.mktemp("api-tier-changes")
+    tiers_file = data_dir / "tiers.toml"
+    tiers_file.write_text(TIERS_TOML)
+    settings = Settings(
+        data_dir=data_dir,
+        admin_token=SecretStr(ADMIN_TOKEN),
+        meta_database=f"api_tierchg_{TAG}",
+        project_prefix=f"atc-{TAG}-",
+        tiers_file=tiers_file,
+    )
+    hooks = {"request": [neon_spec.request_hook()], "response": [neon_spec.response_hook()]}
+    async with (
+        NeonClient.for_app(
+            localplane_app, api_key="api-tests", retry=FAST_RETRY, event_hooks=hooks
+        ) as neon,
+        open_runtime(settings, server=pg_server, neon=neon) as running,
+    ):
+        yield running
+    async with await psycopg.AsyncConnection.connect(pg_server.conninfo(), autocommit=True) as conn:
+        await conn.execute(
+            sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(settings.meta_database))
+        )
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def http(runtime: Runtime) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=create_app(runtime)),
+        base_url="http://agentdb",
+        timeout=120,
+    ) as client:
+        yield client
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def organizations(runtime: Runtime) -> None:
+    """The tiers' organizations, as the local plane has them when agentdb starts it (here
+    the suite's shared plane is used, so they are made by putting a project in each)."""
+    for org in (FREE_ORG, PRO_ORG):
+        created = await runtime.neon.create_project(name=f"seed-{org}", org_id=org)
+        await runtime.neon.delete_project(created.project.id)
+
+
+async def new_user(http: httpx.AsyncClient, tier: str = "free") -> str:
+    email = f"tc-{uuid.uuid4().hex[:8]}@example.com"
+    user = await http.post("/v1/users", json={"email": email, "tier": tier}, headers=ADMIN)
+    assert user.status_code == 201, user.text
+    return str(user.json()["id"])
+
+
+async def wait_for(http: httpx.AsyncClient, location: str) -> dict[str, Any]:
+    for _ in range(3000):
+        change = (await http.get(location, headers=ADMIN)).json()
+        if change["status"] != "running":
+            return dict(change)
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"the tier change at {location} did not finish")
+
+
+async def projects_in(neon: NeonClient, org_id: str) -> set[str]:
+    return {project.id async for project in neon.iter_projects(org_id=org_id)}
+
+
+async def test_a_free_users_session_gets_the_free_tiers_org_and_limits(
+    http: httpx.AsyncClient, runtime: Runtime, organizations: None
+):
+    user_id = await new_user(http)
+    session = await runtime.sessions.create(uuid.UUID(user_id))
+    assert session.project_id is not None
+    project = await runtime.neon.get_project(session.project_id)
+    assert project.org_id == FREE_ORG
+    assert project.settings is not None
+    assert project.settings.quota is not None
+    assert project.settings.quota.logical_size_bytes == GiB
+    endpoint = (await runtime.neon.list_endpoints(session.project_id))[0]
+    assert (endpoint.autoscaling_limit_min_cu, endpoint.autoscaling_limit_max_cu) == (0.25, 0.5)
+    assert endpoint.suspend_timeout_seconds == 300
+
+
+async def test_upgrading_moves_every_project_in_batches_and_a_failed_batch_resumes(
+    http: httpx.AsyncClient,
+    runtime: Runtime,
+    organizations: None,
+    monkeypatch: pytest.MonkeyPatch,
+):
+    user_id = await new_user(http)
+    gate = asyncio.Semaphore(4)
+
+    async def one(index: int) -> str:
+        async with gate:
+            view = await runtime.sessions.create(uuid.UUID(user_id), name=f"s{index}")
+            assert view.project_id is not None
+            return view.project_id
+
+    project_ids = set(await asyncio.gather(*(one(i) for i in range(MANY))))
+    assert len(project_ids) == MANY
+    assert project_ids <= await projects_in(runtime.neon, FREE_ORG)
+
+    # The second transfer request names an organization that does not exist, so the plane
+    # refuses it: the first 400 projects have moved, the last one has not.
+    real_transfer = runtime.neon.transfer_projects
+    calls: list[int] = []
+
+    async def second_batch_fails(**kwargs: Any) -> int:
+        calls.append(len(kwargs["project_ids"]))
+        if len(calls) == 2:
+            kwargs["destination_org_id"] = f"org-missing-{TAG}"
+        return await real_transfer(**kwargs)
+
+    monkeypatch.setattr(runtime.neon, "transfer_projects", second_batch_fails)
+    answer = await http.post(f"/v1/users/{user_id}/tier", json={"tier": "pro"}, headers=ADMIN)
+    assert answer.status_code == 202, answer.text
+    location = answer.headers["location"]
+    assert answer.json()["to_org_id"] == PRO_ORG
+    assert answer.json()["sessions_total"] == MANY
+    failed = await wait_for(http, location)
+    assert calls == [400, 1]
+    assert failed["status"] == "failed"
+    assert failed["sessions_moved"] == 400
+    assert "400 of 401 sessions moved" in failed["error"]
+    assert f"org-missing-{TAG}" in failed["error"]
+    moved = await projects_in(runtime.neon, PRO_ORG)
+    assert len(project_ids & moved) == 400
+    # The user is on the new tier at once: a new session starts in it.
+    assert (await http.get(f"/v1/users/{user_id}", headers=ADMIN)).json()["tier"] == "pro"
+
+    monkeypatch.setattr(runtime.neon, "transfer_projects", real_transfer)
+    await runtime.jobs.run_now("tier_changes")
+    done = await wait_for(http, location)
+    assert done["status"] == "finished", done
+    assert done["error"] is None
+    assert done["sessions_moved"] == MANY
+    assert done["sessions_updated"] == MANY
+    assert done["transfer_requests"] == 2
+    assert done["attempts"] == 2
+    assert project_ids <= await projects_in(runtime.neon, PRO_ORG)
+    assert not project_ids & await projects_in(runtime.neon, FREE_ORG)
+
+    await assert_pro_limits(runtime.neon, project_ids)
+    # The audit log tells the story: requested, each batch, the failure, then success.
+    assert await tier_change_phases(runtime, user_id) == [
+        "requested",
+        "transferred",
+        "failed",
+        "transferred",
+        "succeeded",
+    ]
+
+    changes = (await http.get(f"/v1/users/{user_id}/tier-changes", headers=ADMIN)).json()
+    assert [c["status"] for c in changes["tier_changes"]] == ["finished"]
+    newer = await runtime.sessions.create(uuid.UUID(user_id))
+    assert newer.project_id is not None
+    assert (await runtime.neon.get_project(newer.project_id)).org_id == PRO_ORG
+
+
+async def test_a_user_token_follows_its_own_tier_change_and_a_newer_one_supersedes(
+    http: httpx.AsyncClient, runtime: Runtime, organizations: None
+):
+    user_id = await new_user(http)
+    token = await http.post(f"/v1/users/{user_id}/tokens", json={}, headers=ADMIN)
+    mine = bearer(token.json()["token"])
+    session = await runtime.sessions.create(uuid.UUID(user_id))
+    up = await http.post(f"/v1/users/{user_id}/tier", json={"tier": "pro"}, headers=ADMIN)
+    down = await http.post(f"/v1/users/{user_id}/tier", json={"tier": "free"}, headers=ADMIN)
+    assert up.status_code == down.status_code == 202
+    finished = await wait_for(http, down.headers["location"])
+    assert finished["status"] == "finished"
+    listed = (await http.get(f"/v1/users/{user_id}/tier-changes", headers=mine)).json()
+    assert [c["to_tier"] for c in listed["tier_changes"]] == ["free", "pro"]
+    assert listed["tier_changes"][1]["status"] in {"superseded", "finished"}
+    assert session.project_id is not None
+    project = await runtime.neon.get_project(session.project_id)
+    assert project.org_id == FREE_ORG
+    assert project.settings is not None
+    assert project.settings.quota is not None
+    assert project.settings.quota.active_time_seconds == 0  # pro's limit is gone
+    assert project.settings.quota.logical_size_bytes == GiB
+    # A user may read, never make, tier changes.
+    assert_problem(
+        await http.post(f"/v1/users/{user_id}/tier", json={"tier": "pro"}, headers=mine), 403
+    )
+
+
+async def assert_pro_limits(neon: NeonClient, project_ids: set[str]) -> None:
+    """Every project has the pro tier's quota and compute defaults, and its compute the
+    pro tier's size."""
+    for project_id in project_ids:
+        project = await neon.get_project(project_id)
+        assert project.org_id == PRO_ORG
+        assert project.settings is not None
+        assert project.settings.quota is not None
+        assert project.settings.quota.logical_size_bytes == 10 * GiB
+        assert project.settings.quota.active_time_seconds == 360000
+        assert project.settings.quota.written_data_bytes == 0  # unlimited
+        assert project.history_retention_seconds == 604800
+        assert project.default_endpoint_settings is not None
+        assert project.default_endpoint_settings.autoscaling_limit_max_cu == 2
+    for project_id in list(project_ids)[:20]:
+        endpoint = (await neon.list_endpoints(project_id))[0]
+        assert (endpoint.autoscaling_limit_min_cu, endpoint.autoscaling_limit_max_cu) == (0.5, 2)
+        assert endpoint.suspend_timeout_seconds == 600
+
+
+async def tier_change_phases(runtime: Runtime, user_id: str) -> list[str]:
+    async with runtime.meta() as db:
+        rows = (
+            await db.execute(
+                sa.text(
+                    "SELECT details->>'phase' FROM events WHERE action = 'user.tier_change' "
+                    "AND target_id = :user ORDER BY id"
+                ),
+                {"user": user_id},
+            )
+        ).all()
+    return [str(row[0]) for row in rows]

@@ -1,0 +1,258 @@
+"""Usage: what a session consumed, measured by the local plane, polled into usage samples and
+reported per period and metric; and quota breaches that suspend or block, with an error that
+tells the agent why."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+import pytest_asyncio
+from litestar import Litestar
+from psycopg import sql
+from pydantic import SecretStr
+
+from agentdb.api import create_app
+from agentdb.localplane import LocalPlane
+from agentdb.neon import NeonClient
+from agentdb.pg import ServerInfo
+from agentdb.runtime import Runtime, open_runtime
+from agentdb.sdk import AgentDB
+from agentdb.settings import Settings
+from agentdb.tools import Toolbox
+from tests.contract.openapi import NeonSpec
+
+from .conftest import ADMIN, ADMIN_TOKEN, FAST_RETRY, assert_problem, bearer
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+TAG = secrets.token_hex(3)
+MiB = 1024**2
+SMALL_LOGICAL_SIZE = 24 * MiB
+TIERS_TOML = f"""
+default = "free"
+
+[tiers.free]
+logical_size_bytes = {1024 * MiB}
+active_time_seconds = 86400
+
+[tiers.tiny]
+active_time_seconds = 1
+
+[tiers.small]
+logical_size_bytes = {SMALL_LOGICAL_SIZE}
+
+[tiers.pro]
+"""
+#: 8 MiB of row data: 8192 rows of 1 KiB text (below the TOAST threshold, so stored as is).
+WRITE_8_MIB = (
+    "CREATE TABLE blob (id int, v text); "
+    "INSERT INTO blob SELECT g, repeat(md5(g::text), 32) FROM generate_series(1, 8192) g"
+)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def runtime(
+    pg_server: ServerInfo,
+    localplane_app: Litestar,
+    neon_spec: NeonSpec,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[Runtime]:
+    data_dir = tmp_path_factory.mktemp("api-usage")
+    tiers_file = data_dir / "tiers.toml"
+    tiers_file.write_text(TIERS_TOML)
+    settings = Settings(
+        data_dir=data_dir,
+        admin_token=SecretStr(ADMIN_TOKEN),
+        meta_database=f"api_usage_{TAG}",
+        project_prefix=f"au-{TAG}-",
+        tiers_file=tiers_file,
+        sql_statement_timeout_s=20,
+    )
+    hooks = {"request": [neon_spec.request_hook()], "response": [neon_spec.response_hook()]}
+    async with (
+        NeonClient.for_app(
+            localplane_app, api_key="api-tests", retry=FAST_RETRY, event_hooks=hooks
+        ) as neon,
+        open_runtime(settings, server=pg_server, neon=neon) as running,
+    ):
+        yield running
+    async with await psycopg.AsyncConnection.connect(pg_server.conninfo(), autocommit=True) as conn:
+        await conn.execute(
+            sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(settings.meta_database))
+        )
+
+
+@pytest_asyncio.fixture(loop_scope="session")
+async def http(runtime: Runtime) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(runtime)
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://agentdb", timeout=120
+    ) as client:
+        yield client
+
+
+class Agent:
+    def __init__(self, user_id: str, session_id: str, token: dict[str, str]) -> None:
+        self.user_id = user_id
+        self.session_id = session_id
+        self.token = token
+
+    @property
+    def sessions(self) -> str:
+        return f"/v1/sessions/{self.session_id}"
+
+
+async def agent_on(http: httpx.AsyncClient, tier: str) -> Agent:
+    email = f"u-{uuid.uuid4().hex[:8]}@example.com"
+    user = await http.post("/v1/users", json={"email": email, "tier": tier}, headers=ADMIN)
+    assert user.status_code == 201, user.text
+    user_id = user.json()["id"]
+    session = await http.post("/v1/sessions", json={"user_id": user_id}, headers=ADMIN)
+    assert session.status_code == 201, session.text
+    token = await http.post(f"/v1/sessions/{session.json()['id']}/tokens", json={}, headers=ADMIN)
+    return Agent(user_id, session.json()["id"], bearer(token.json()["token"]))
+
+
+async def run_sql(http: httpx.AsyncClient, agent: Agent, text: str) -> httpx.Response:
+    return await http.post(f"{agent.sessions}/sql", json={"sql": text}, headers=agent.token)
+
+
+def metrics_of(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    assert report["periods"], report
+    return {m["metric"]: m for m in report["periods"][0]["metrics"]}
+
+
+async def test_usage_appears_after_a_poll_and_matches_what_was_written(
+    http: httpx.AsyncClient, runtime: Runtime, plane: LocalPlane
+):
+    agent = await agent_on(http, "free")
+    before = (await http.get(f"{agent.sessions}/usage", headers=agent.token)).json()
+    assert before["periods"] == []
+    assert before["polled_at"] is None
+
+    await plane.meter()
+    written = await run_sql(http, agent, WRITE_8_MIB)
+    assert written.status_code == 200, written.text
+    await plane.meter()
+    result = await runtime.usage.poll(force=True)
+    assert result.skipped == [], result
+    # Two consumption requests per organization and 100 projects (the legacy history for the
+    # quota metrics, v2 for network transfer); the client holds them to 30 a minute.
+    assert result.requests == 2
+    assert runtime.neon.consumption_rate_per_min <= 30
+
+    report = (await http.get(f"{agent.sessions}/usage", headers=agent.token)).json()
+    assert report["tier"] == "free"
+    assert report["polled_at"] is not None
+    usage = metrics_of(report)
+    # Written data is WAL: the rows, their page headers and full-page images of the pages
+    # first touched after a checkpoint, so between 1x and 4x what the SQL wrote.
+    assert 8 * MiB <= usage["written_data_bytes"]["value"] <= 32 * MiB, usage
+    # The logical size is the database's size: the 8 MiB, their page overhead and the
+    # empty database (about 7.5 MiB on PostgreSQL 18).
+    assert 8 * MiB <= usage["logical_size_bytes"]["value"] <= 24 * MiB, usage
+    assert usage["logical_size_bytes"]["quota"] == 1024 * MiB
+    assert 0 < usage["logical_size_bytes"]["used_fraction"] < 0.05
+    assert usage["active_time_seconds"]["quota"] == 86400
+    assert usage["active_time_seconds"]["value"] >= 0
+    assert usage["active_time_seconds"]["unit"] == "seconds"
+
+    # The user's report adds up their sessions; another session of theirs counts too.
+    second = await http.post("/v1/sessions", json={"user_id": agent.user_id}, headers=ADMIN)
+    assert second.status_code == 201
+    await plane.meter()
+    await runtime.usage.poll(force=True)
+    mine = (await http.get(f"/v1/users/{agent.user_id}/usage", headers=ADMIN)).json()
+    assert mine["sessions"] == 2
+    total = metrics_of(mine)
+    again = metrics_of((await http.get(f"{agent.sessions}/usage", headers=ADMIN)).json())
+    assert total["logical_size_bytes"]["value"] > again["logical_size_bytes"]["value"]
+    assert total["written_data_bytes"]["value"] >= again["written_data_bytes"]["value"]
+
+    # Polls come at most every 15 minutes, whoever asks.
+    skipped = await runtime.usage.poll()
+    assert skipped.requests == 0
+    assert "less than" in skipped.skipped[0]
+
+    # The agent's tool shows the same figures for its own session.
+    token = agent.token["Authorization"].removeprefix("Bearer ")
+    transport = httpx.ASGITransport(app=create_app(runtime))
+    async with AgentDB.connect("http://agentdb", token, transport=transport) as client:
+        shown = await Toolbox(client, session_id=agent.session_id).call("get_usage", {})
+    assert shown["tier"] == "free"
+    assert {m["metric"] for m in shown["metrics"]} >= {"written_data_bytes", "logical_size_bytes"}
+
+
+async def test_over_the_logical_size_quota_writes_fail_with_a_clear_error_and_reads_work(
+    http: httpx.AsyncClient, plane: LocalPlane
+):
+    agent = await agent_on(http, "small")
+    # About 26 MiB of rows: over the 24 MiB quota with the empty database's own size.
+    filled = await run_sql(
+        http,
+        agent,
+        "CREATE TABLE big (v text); "
+        "INSERT INTO big SELECT repeat(md5(g::text), 32) FROM generate_series(1, 20000) g",
+    )
+    assert filled.status_code == 200, filled.text
+    await plane.meter()
+    refused = await run_sql(http, agent, "INSERT INTO big VALUES ('one more')")
+    problem = assert_problem(refused, 403)
+    assert problem["type"].endswith("/quota-exceeded")
+    assert problem["quota"] == "logical_size_bytes"
+    assert problem["limit"] == SMALL_LOGICAL_SIZE
+    assert problem["used"] > SMALL_LOGICAL_SIZE
+    assert "writes fail" in problem["detail"]
+    read = await run_sql(http, agent, "SELECT count(*) AS n FROM big")
+    assert read.status_code == 200, read.text
+    assert read.json()["rows"] == [[20000]]
+
+    # A bigger tier lifts the block.
+    moved = await http.post(f"/v1/users/{agent.user_id}/tier", json={"tier": "pro"}, headers=ADMIN)
+    assert moved.status_code == 202
+    await wait_finished(http, moved.headers["location"])
+    await plane.meter()
+    again = await run_sql(http, agent, "INSERT INTO big VALUES ('one more')")
+    assert again.status_code == 200, again.text
+
+
+async def test_over_the_active_time_quota_the_compute_is_suspended_with_a_clear_error(
+    http: httpx.AsyncClient, plane: LocalPlane
+):
+    agent = await agent_on(http, "tiny")
+    assert (await run_sql(http, agent, "CREATE TABLE t (v int)")).status_code == 200
+    await plane.meter()
+    for _ in range(3):  # over a second of activity
+        await asyncio.sleep(0.6)
+        assert (await run_sql(http, agent, "INSERT INTO t VALUES (1)")).status_code == 200
+        await plane.meter()
+    refused = await run_sql(http, agent, "SELECT count(*) FROM t")
+    problem = assert_problem(refused, 403)
+    assert problem["quota"] == "active_time_seconds"
+    assert problem["limit"] == 1
+    assert problem["used"] >= 1
+    assert "suspended" in problem["detail"]
+
+    moved = await http.post(f"/v1/users/{agent.user_id}/tier", json={"tier": "pro"}, headers=ADMIN)
+    assert moved.status_code == 202
+    await wait_finished(http, moved.headers["location"])
+    back = await run_sql(http, agent, "SELECT count(*) AS n FROM t")
+    assert back.status_code == 200, back.text
+    assert back.json()["rows"] == [[3]]
+
+
+async def wait_finished(http: httpx.AsyncClient, location: str) -> None:
+    for _ in range(600):
+        change = (await http.get(location, headers=ADMIN)).json()
+        if change["status"] != "running":
+            assert change["status"] == "finished", change
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError("the tier change did not finish")
