@@ -8,7 +8,7 @@ import asyncio
 import hmac
 import random
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -110,10 +110,16 @@ def create_app(
     settings: Settings | None = None,
     *,
     server: ServerInfo | None = None,
+    organizations: Sequence[str] = (),
 ) -> Litestar:
     """The local control plane as an ASGI app. Without `server` it starts (or attaches to) the
-    PostgreSQL that `settings` describe, in the app's lifespan."""
+    PostgreSQL that `settings` describe, in the app's lifespan. The plane starts with its
+    default organization, `organizations` and `settings.localplane_organizations`."""
     settings = settings or Settings()
+    org_ids = [
+        *organizations,
+        *(o for o in settings.localplane_organizations.split(",") if o),
+    ]
     Faults.parse(settings.localplane_faults)  # fail at construction, not on the first request
 
     @asynccontextmanager
@@ -121,7 +127,10 @@ def create_app(
         async with (
             _server_for(settings, server) as info,
             LocalPlane.open(
-                info, operation_delay_s=settings.localplane_operation_delay_ms / 1000
+                info,
+                operation_delay_s=settings.localplane_operation_delay_ms / 1000,
+                organizations=org_ids,
+                meter_interval_s=settings.localplane_meter_interval_s,
             ) as plane,
         ):
             app.state.plane = plane

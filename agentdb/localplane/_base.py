@@ -11,6 +11,7 @@ import asyncio
 import json
 import secrets
 import time
+from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -92,6 +93,12 @@ class PlaneBase:
         # Operations carry the id of the process that runs them; a process holds an advisory lock
         # on its id while alive, so a restart only takes over jobs whose runner is gone.
         self.runner_id = secrets.randbelow(2**31 - 1) + 1
+        # Bytes sent to clients per project since the meter last collected them.
+        self._transfer: defaultdict[str, int] = defaultdict(int)
+
+    def count_transfer(self, project_id: str, size: int) -> None:
+        """Counts bytes sent to a client of the project (Data API response bodies)."""
+        self._transfer[project_id] += size
 
     @property
     def host(self) -> str:

@@ -269,9 +269,7 @@ class BranchesMixin(PlaneBase):
         preserved: BranchRecord | None,
     ) -> None:
         tx = m.tx
-        allow = not any(
-            e.current_state == "idle" for e in await self._branch_endpoints(tx, p.id, target.id)
-        )
+        allow = not any(e.door_closed for e in await self._branch_endpoints(tx, p.id, target.id))
         current = {d.name: d for d in await self._databases(tx, p.id, target.id)}
         for d in await self._databases(tx, p.id, source.id):
             fresh = new_physical(p)

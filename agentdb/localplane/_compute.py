@@ -24,6 +24,7 @@ from ._models import (
     new_password,
     now,
 )
+from ._usage import QuotaExceeded
 
 JSON = dict[str, Any]
 
@@ -66,6 +67,8 @@ class ComputeMixin(PlaneBase):
                 },
                 "endpoint",
             )
+            if spec.disabled is False and p.quota_exceeded:
+                raise QuotaExceeded(p.quota_exceeded)
             for field, value in changes.items():
                 setattr(e, field, value)
             e.updated_at = now()
@@ -75,7 +78,7 @@ class ComputeMixin(PlaneBase):
                 )
             ]
             if spec.disabled is not None:
-                await self._door(m, e, open_=not spec.disabled and e.current_state != "idle")
+                await self._door(m, e, open_=not spec.disabled and not e.door_closed)
             await m.tx.put(e)
             await m.start(ops, "steps", project_id=project_id, steps=m.steps)
         return {
@@ -97,7 +100,10 @@ class ComputeMixin(PlaneBase):
                 raise BadRequest(
                     "endpoint_id: the endpoint is disabled; enable it with PATCH first"
                 )
+            if active and p.quota_exceeded:
+                raise QuotaExceeded(p.quota_exceeded)
             e.current_state = "active" if active else "idle"
+            e.auto_suspended = False
             if active:
                 e.started_at = now()
             else:

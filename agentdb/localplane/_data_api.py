@@ -17,6 +17,8 @@ project, never to a superuser.
 from __future__ import annotations
 
 import contextlib
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 from urllib.parse import quote
@@ -131,6 +133,7 @@ class DataApiTarget:
     schemas: list[str]
     max_rows: int | None
     role_claim_path: list[str]
+    count_sent: Callable[[int], None] = lambda _size: None  # bytes of response bodies
 
 
 def data_api_url(root: str, project_id: str, branch_id: str, database: str) -> str:
@@ -244,6 +247,7 @@ class DataApiMixin(AddonsBase):
             schemas=settings.get("db_schemas", ["public"]),
             max_rows=settings.get("db_max_rows"),
             role_claim_path=settings.get("jwt_role_claim_key", ".role").split(".")[1:],
+            count_sent=functools.partial(self.count_transfer, project_id),
         )
 
     # --- physical ------------------------------------------------------------------------

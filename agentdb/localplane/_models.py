@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import secrets
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -135,6 +136,14 @@ class ProjectRecord(Record):
     store_passwords: bool = True
     settings: JSON = Field(default_factory=dict)
     default_endpoint_settings: JSON = Field(default_factory=dict)
+    # Set while a time, written-data or transfer quota is exceeded: the message naming it.
+    quota_exceeded: str | None = None
+
+    @property
+    def quota(self) -> dict[str, int]:
+        """The project's quotas that are set (0 or absent means unlimited)."""
+        raw = self.settings.get("quota") or {}
+        return {k: int(v) for k, v in raw.items() if isinstance(v, int) and v > 0}
 
     @property
     def group_role(self) -> str:
@@ -159,6 +168,9 @@ class BranchRecord(Record):
     restore_target_id: str | None = None  # set until a restored branch is finalized
     annotations: dict[str, str] = Field(default_factory=dict)
     logical_size: int | None = None
+    # True while the branch is over the project's `logical_size_bytes` quota: its databases
+    # default to read-only transactions (re-applied by the meter after swaps and restarts).
+    read_only: bool = False
 
 
 class EndpointRecord(Record):
@@ -176,6 +188,57 @@ class EndpointRecord(Record):
     provisioner: str = "k8s-neonvm"
     suspended_at: datetime | None = None
     started_at: datetime | None = None
+    last_active: datetime | None = None
+    # Idle because the meter saw no activity for `suspend_timeout_seconds` (Neon's
+    # auto-suspend, for billing): unlike a suspend, its databases stay open and activity wakes it.
+    auto_suspended: bool = False
+
+    @property
+    def door_closed(self) -> bool:
+        """Whether its databases refuse clients (suspended by the API or a quota)."""
+        return self.current_state == "idle" and not self.auto_suspended
+
+
+class OrganizationRecord(Record):
+    """An organization; projects name it in `org_id`. Not tied to a project (`project_id` "")."""
+
+    kind: ClassVar[str] = "organization"
+
+    name: str
+    plan: str = "local"
+
+
+class UsageHourRecord(Record):
+    """One project's consumption in one UTC hour (`created_at` is the hour's start).
+
+    Sizes are the largest seen in the hour; an hour without a record has the sizes of the last
+    hour before it that has one (only changes are written)."""
+
+    kind: ClassVar[str] = "usage_hour"
+
+    active_time_s: float = 0
+    compute_time_s: float = 0
+    written_data_bytes: int = 0
+    data_transfer_bytes: int = 0
+    # "logical" (all branches), "root", "child" (branches with a parent), "snapshot" (copies),
+    # "synthetic" (logical + snapshot): the largest in the hour, and the last measured
+    sizes: dict[str, int] = Field(default_factory=dict)
+    last_sizes: dict[str, int] = Field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PeriodUsage:
+    """A project's consumption in the current billing period (the UTC calendar month)."""
+
+    period_start: datetime
+    period_end: datetime
+    active_time_seconds: int = 0
+    compute_time_seconds: int = 0
+    written_data_bytes: int = 0
+    data_transfer_bytes: int = 0
+    data_storage_bytes_hour: int = 0
+    synthetic_storage_size: int = 0
+    compute_last_active_at: datetime | None = None
 
 
 class RoleRecord(Record):
@@ -407,6 +470,13 @@ class SnapshotRestoreBody(_Body):
     name: str | None = Field(default=None, min_length=1, max_length=256)
     target_branch_id: str | None = Field(default=None, pattern=r"^[a-z0-9-]{1,60}$")
     finalize_restore: bool = False
+
+
+class TransferBody(_Body):
+    destination_org_id: str = Field(pattern=r"^[a-z0-9-]{1,60}$")
+    project_ids: list[Annotated[str, Field(pattern=r"^[a-z0-9-]{1,60}$")]] = Field(
+        min_length=1, max_length=400
+    )
 
 
 class FinalizeRestoreBody(_Body):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
 import structlog
@@ -19,6 +19,7 @@ from ._engine import Engine
 from ._errors import LocalPlaneError
 from ._models import BranchRecord, SnapshotRecord, now
 from ._neon_auth import NeonAuthMixin
+from ._organizations import OrganizationsMixin
 from ._projects import ProjectsMixin
 from ._snapshots import SnapshotsMixin
 from ._store import STATE_DATABASE, Store
@@ -36,14 +37,22 @@ class LocalPlane(
     BranchesMixin,
     SnapshotsMixin,
     ComputeMixin,
+    OrganizationsMixin,
 ):
     """Everything the HTTP layer calls; one per process and cluster."""
 
     @classmethod
     @asynccontextmanager
     async def open(
-        cls, server: ServerInfo, *, operation_delay_s: float = 0
+        cls,
+        server: ServerInfo,
+        *,
+        operation_delay_s: float = 0,
+        organizations: Sequence[str] = (),
+        meter_interval_s: float = 10.0,
     ) -> AsyncIterator[LocalPlane]:
+        """The plane over `server`, with the default organization and `organizations`; it
+        measures consumption and enforces quotas every `meter_interval_s` seconds."""
         async with Engine.open(server) as engine:
             await engine.ensure_state_database(STATE_DATABASE)
             async with Store.open(server.conninfo(STATE_DATABASE)) as store:
@@ -51,13 +60,20 @@ class LocalPlane(
                 async with store.hold_runner_lock(plane.runner_id):
                     await plane.recover()
                     await plane.collect_orphans()
-                    sweeper = asyncio.create_task(plane._sweep_expired())
+                    await plane.ensure_organizations(organizations)
+                    await plane.meter()  # the baseline the first interval is measured from
+                    background = [
+                        asyncio.create_task(plane._sweep_expired()),
+                        asyncio.create_task(plane.run_meter(meter_interval_s)),
+                    ]
                     try:
                         yield plane
                     finally:
-                        sweeper.cancel()
-                        await asyncio.gather(sweeper, return_exceptions=True)
+                        for task in background:
+                            task.cancel()
+                        await asyncio.gather(*background, return_exceptions=True)
                         await plane.drain()
+                        await plane.close_meter()
 
     async def expire(self) -> int:
         """Deletes snapshots and branches whose `expires_at` has passed, as Neon does;

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import _render as render
-from ._base import PlaneBase, check_cu
+from ._base import check_cu
 from ._errors import BadRequest
 from ._models import (
     BranchRecord,
@@ -22,13 +22,15 @@ from ._models import (
     now,
     physical_key,
 )
+from ._organizations import DEFAULT_ORG, ensure_organization
+from ._usage import UsageMixin, period_usage
 
 JSON = dict[str, Any]
 # Physical role names append "_<10-char project key>" and PostgreSQL caps names at 63 bytes.
 MAX_ROLE_NAME = 52
 
 
-class ProjectsMixin(PlaneBase):
+class ProjectsMixin(UsageMixin):
     async def create_project(self, body: ProjectCreateBody) -> JSON:
         spec = body.project
         project_id = neon_id()
@@ -57,7 +59,7 @@ class ProjectsMixin(PlaneBase):
             name=spec.name or project_id,
             key=key,
             region_id=spec.region_id or "local",
-            org_id=spec.org_id,
+            org_id=spec.org_id or DEFAULT_ORG,
             pg_version=spec.pg_version or 18,
             history_retention_seconds=spec.history_retention_seconds
             if spec.history_retention_seconds is not None
@@ -101,6 +103,7 @@ class ProjectsMixin(PlaneBase):
             OperationRecord.new(project_id, "start_compute", branch_id=b.id, endpoint_id=e.id),
         ]
         async with self._mutation(project_id) as m:
+            await ensure_organization(m.tx, p.org_id or DEFAULT_ORG)
             await m.tx.put(p, b, e, r, d)
             await m.start(ops, "create_project", project_id=project_id)
         return {
@@ -142,8 +145,12 @@ class ProjectsMixin(PlaneBase):
             ids = [p.id for p in projects]
             projects = projects[ids.index(cursor) + 1 :] if cursor in ids else []
         page = projects[:limit]
+        async with self._store.tx() as tx:
+            usage = await period_usage(tx, page)
         result: JSON = {
-            "projects": [render.project_list_item(p, host=self.host) for p in page],
+            "projects": [
+                render.project_list_item(p, host=self.host, usage=usage[p.id]) for p in page
+            ],
             "applications": {},
             "integrations": {},
         }
@@ -156,7 +163,8 @@ class ProjectsMixin(PlaneBase):
     async def get_project(self, project_id: str) -> JSON:
         async with self._store.tx() as tx:
             p = await self._project(tx, project_id)
-        return {"project": render.project(p, host=self.host)}
+            usage = await period_usage(tx, [p])
+        return {"project": render.project(p, host=self.host, usage=usage[p.id])}
 
     async def update_project(self, project_id: str, body: ProjectUpdateBody) -> JSON:
         spec = body.project
@@ -177,7 +185,9 @@ class ProjectsMixin(PlaneBase):
                 p.history_retention_seconds = spec.history_retention_seconds
             p.updated_at = now()
             await tx.put(p)
-        return {"project": render.project(p, host=self.host), "operations": []}
+        if spec.settings is not None:
+            await self.enforce_quotas(project_id)
+        return await self.get_project(project_id) | {"operations": []}
 
     async def delete_project(self, project_id: str) -> JSON:
         async with self._store.tx(project_id) as tx:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
@@ -11,9 +11,11 @@ from ._models import (
     DatabaseRecord,
     EndpointRecord,
     OperationRecord,
+    PeriodUsage,
     ProjectRecord,
     RoleRecord,
     SnapshotRecord,
+    now,
 )
 
 JSON = dict[str, Any]
@@ -29,13 +31,20 @@ def _drop_none(obj: JSON) -> JSON:
     return {k: v for k, v in obj.items() if v is not None}
 
 
-def _period(project: ProjectRecord) -> tuple[str, str]:
-    start = project.created_at.replace(day=1, hour=0, minute=0, second=0)
-    return ts(start) or "", "0001-01-01T00:00:00Z"
+def _usage(usage: PeriodUsage | None) -> PeriodUsage:
+    if usage is not None:
+        return usage
+    # Not measured yet: this month, nothing used.
+    start = now().replace(day=1, hour=0, minute=0, second=0)
+    return PeriodUsage(period_start=start, period_end=(start + timedelta(days=32)).replace(day=1))
 
 
-def project(p: ProjectRecord, *, host: str) -> JSON:
-    period_start, period_end = _period(p)
+def _size_limit(p: ProjectRecord) -> int:
+    return p.quota.get("logical_size_bytes", 0)
+
+
+def project(p: ProjectRecord, *, host: str, usage: PeriodUsage | None = None) -> JSON:
+    u = _usage(usage)
     return _drop_none(
         {
             "id": p.id,
@@ -45,18 +54,19 @@ def project(p: ProjectRecord, *, host: str) -> JSON:
             "provisioner": "k8s-neonvm",
             "pg_version": p.pg_version,
             "proxy_host": host,
-            "branch_logical_size_limit": 0,
-            "branch_logical_size_limit_bytes": p.settings.get("quota", {}).get("logical_size_bytes")
-            or 0,
+            "branch_logical_size_limit": _size_limit(p) // 2**20,
+            "branch_logical_size_limit_bytes": _size_limit(p),
             "store_passwords": p.store_passwords,
-            "cpu_used_sec": 0,
-            "active_time_seconds": 0,
-            "compute_time_seconds": 0,
-            "written_data_bytes": 0,
-            "data_transfer_bytes": 0,
-            "data_storage_bytes_hour": 0,
-            "consumption_period_start": period_start,
-            "consumption_period_end": period_end,
+            "cpu_used_sec": u.compute_time_seconds,
+            "active_time_seconds": u.active_time_seconds,
+            "compute_time_seconds": u.compute_time_seconds,
+            "written_data_bytes": u.written_data_bytes,
+            "data_transfer_bytes": u.data_transfer_bytes,
+            "data_storage_bytes_hour": u.data_storage_bytes_hour,
+            "synthetic_storage_size": u.synthetic_storage_size,
+            "consumption_period_start": ts(u.period_start),
+            "consumption_period_end": ts(u.period_end),
+            "compute_last_active_at": ts(u.compute_last_active_at),
             "creation_source": CREATION_SOURCE,
             "history_retention_seconds": p.history_retention_seconds,
             "created_at": ts(p.created_at),
@@ -69,7 +79,8 @@ def project(p: ProjectRecord, *, host: str) -> JSON:
     )
 
 
-def project_list_item(p: ProjectRecord, *, host: str) -> JSON:
+def project_list_item(p: ProjectRecord, *, host: str, usage: PeriodUsage | None = None) -> JSON:
+    u = _usage(usage)
     return _drop_none(
         {
             "id": p.id,
@@ -79,11 +90,13 @@ def project_list_item(p: ProjectRecord, *, host: str) -> JSON:
             "provisioner": "k8s-neonvm",
             "pg_version": p.pg_version,
             "proxy_host": host,
-            "branch_logical_size_limit": 0,
-            "branch_logical_size_limit_bytes": 0,
+            "branch_logical_size_limit": _size_limit(p) // 2**20,
+            "branch_logical_size_limit_bytes": _size_limit(p),
             "store_passwords": p.store_passwords,
-            "cpu_used_sec": 0,
-            "active_time": 0,
+            "cpu_used_sec": u.compute_time_seconds,
+            "active_time": u.active_time_seconds,
+            "synthetic_storage_size": u.synthetic_storage_size,
+            "compute_last_active_at": ts(u.compute_last_active_at),
             "creation_source": CREATION_SOURCE,
             "history_retention_seconds": p.history_retention_seconds,
             "created_at": ts(p.created_at),
@@ -152,6 +165,7 @@ def endpoint(e: EndpointRecord, *, host: str, region_id: str) -> JSON:
             "updated_at": ts(e.updated_at),
             "started_at": ts(e.started_at),
             "suspended_at": ts(e.suspended_at),
+            "last_active": ts(e.last_active),
             "settings": e.settings,
             "proxy_host": host,
             "suspend_timeout_seconds": e.suspend_timeout_seconds,

@@ -155,6 +155,7 @@ async def serve(target: DataApiTarget, request: RestRequest) -> Reply:
                 reply = await _write(conn, table, request, prefer)
             if headers.get("accept", "").startswith(_SINGLE):
                 reply = _single(reply)  # raises, so a write is rolled back
+            target.count_sent(len(reply.body))
             return reply
     except psycopg.OperationalError as exc:
         if exc.sqlstate is None:

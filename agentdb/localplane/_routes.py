@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -24,13 +25,27 @@ from ._models import (
     RoleCreateBody,
     SnapshotRestoreBody,
     SnapshotUpdateBody,
+    TransferBody,
+    now,
 )
 from ._plane import LocalPlane
+from ._usage import (
+    GRANULARITY_WINDOWS,
+    HISTORY_START,
+    LEGACY_METRICS,
+    LEGACY_REQUIRED,
+    V2_METRICS,
+    NotAcceptable,
+    floor_to,
+    project_consumption,
+)
 
 JSON = dict[str, Any]
 AnyRequest = Request[Any, Any, Any]
 B = TypeVar("B", bound=BaseModel)
 _MAX_NAME = 256
+_ID = re.compile(r"[a-z0-9-]{1,60}")
+MAX_CONSUMPTION_PROJECTS = 100
 
 
 def _plane(request: AnyRequest) -> LocalPlane:
@@ -443,6 +458,97 @@ async def finalize_restore(
     return await _plane(request).finalize_restore(project_id, branch_id, body)
 
 
+# --- organizations ----------------------------------------------------------------------------
+
+
+@get("/users/me/organizations")
+async def list_organizations(request: AnyRequest) -> JSON:
+    return await _plane(request).list_organizations()
+
+
+@get("/organizations/{org_id:str}")
+async def get_organization(request: AnyRequest, org_id: FromPath[str]) -> JSON:
+    return await _plane(request).get_organization(org_id)
+
+
+@post("/organizations/{source_org_id:str}/projects/transfer", status_code=200)
+async def transfer_projects(request: AnyRequest, source_org_id: FromPath[str]) -> JSON:
+    body = await _body(request, TransferBody)
+    return await _plane(request).transfer_projects(source_org_id, body)
+
+
+# --- consumption ------------------------------------------------------------------------------
+
+
+def _query_list(request: AnyRequest, name: str) -> list[str]:
+    """A list parameter, repeated or comma-separated (Neon accepts both)."""
+    values = [v for raw in request.query_params.getall(name, []) for v in str(raw).split(",")]
+    return [v.strip() for v in values if v.strip()]
+
+
+async def _consumption(request: AnyRequest, *, v2: bool) -> JSON:
+    known = V2_METRICS if v2 else LEGACY_METRICS
+    metrics = _query_list(request, "metrics")
+    if v2 and not metrics:
+        raise BadRequest(f"metrics: query parameter is required (any of {', '.join(known)})")
+    unknown = [m for m in metrics if m not in known]
+    if unknown:
+        raise BadRequest(f"metrics: unknown {unknown}; supported: {', '.join(known)}")
+    if not v2:
+        metrics = [*LEGACY_REQUIRED, *(m for m in metrics if m not in LEGACY_REQUIRED)]
+    org_id = _query_required(request, "org_id") if v2 else request.query_params.get("org_id")
+    project_ids = _query_list(request, "project_ids")
+    if len(project_ids) > MAX_CONSUMPTION_PROJECTS:
+        raise BadRequest(f"project_ids: at most {MAX_CONSUMPTION_PROJECTS}, got {len(project_ids)}")
+    if bad := [p for p in project_ids if not _ID.fullmatch(p)]:
+        raise BadRequest(f"project_ids: not a project id: {bad[0]!r}")
+    granularity = _query_choice(request, "granularity", "", set(GRANULARITY_WINDOWS))
+    start = _query_time(request, "from") or _missing("from")
+    end = _query_time(request, "to") or _missing("to")
+    if end <= start:
+        raise BadRequest("to: must be later than from")
+    window = GRANULARITY_WINDOWS[granularity]
+    if start < HISTORY_START or start < now() - window:
+        raise NotAcceptable(
+            f"from: {granularity} consumption reaches back {window.days or 7} days at most "
+            f"(and not before {HISTORY_START:%Y-%m-%d}); use a later from or a coarser "
+            "granularity"
+        )
+    plane = _plane(request)
+    if org_id is not None:
+        await plane.get_organization(org_id)  # 404 for an unknown organization
+    rows, cursor = await plane.consumption(
+        org_id=org_id,
+        project_ids=project_ids,
+        start=floor_to(start, granularity),
+        end=end,
+        limit=_query_int(request, "limit", 10, 1, 100),
+        cursor=request.query_params.get("cursor"),
+    )
+    result: JSON = {
+        "projects": [
+            project_consumption(p.id, hours, granularity, metrics, v2=v2) for p, hours in rows
+        ]
+    }
+    if cursor:
+        result["pagination"] = {"cursor": cursor}
+    return result
+
+
+def _missing(name: str) -> datetime:
+    raise BadRequest(f"{name}: query parameter is required")
+
+
+@get("/consumption_history/projects")
+async def legacy_consumption_history(request: AnyRequest) -> JSON:
+    return await _consumption(request, v2=False)
+
+
+@get("/consumption_history/v2/projects")
+async def consumption_history(request: AnyRequest) -> JSON:
+    return await _consumption(request, v2=True)
+
+
 ROUTES = [
     create_project, list_projects, get_project, update_project, delete_project, connection_uri,
     list_operations, get_operation, create_branch, list_branches, count_branches, get_branch,
@@ -450,5 +556,6 @@ ROUTES = [
     list_branch_endpoints, list_roles, create_role, get_role, reveal_password, reset_password,
     list_databases, create_database, get_database, delete_database, list_endpoints, get_endpoint,
     update_endpoint, start_endpoint, suspend_endpoint, create_snapshot, list_snapshots,
-    update_snapshot, delete_snapshot, restore_snapshot, finalize_restore,
+    update_snapshot, delete_snapshot, restore_snapshot, finalize_restore, list_organizations,
+    get_organization, transfer_projects, legacy_consumption_history, consumption_history,
 ]  # fmt: skip

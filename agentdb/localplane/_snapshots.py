@@ -219,7 +219,7 @@ class SnapshotsMixin(PlaneBase):
         endpoints that moved. Database names are swapped, so connection strings stay valid."""
         tx = m.tx
         target_endpoints = await self._branch_endpoints(tx, p.id, target.id)
-        allow = not any(e.current_state == "idle" for e in target_endpoints)
+        allow = not any(e.door_closed for e in target_endpoints)
         target_dbs = {d.name: d for d in await self._databases(tx, p.id, target.id)}
         for d in restored_dbs:
             old = target_dbs.get(d.name)

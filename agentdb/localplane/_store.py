@@ -6,8 +6,10 @@ transactional and survives restarts together with the databases it describes.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import builtins
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import TypeVar
 
 from psycopg import AsyncConnection
@@ -61,6 +63,45 @@ class Tx:
             )
         return [cls.model_validate(row["data"]) async for row in cur]
 
+    async def list_in(self, cls: type[R], project_ids: Sequence[str]) -> builtins.list[R]:
+        cur = await self._conn.execute(
+            "SELECT data FROM lp_resources WHERE project_id = ANY(%s) AND kind = %s ORDER BY seq",
+            (list(project_ids), cls.kind),
+        )
+        return [cls.model_validate(row["data"]) async for row in cur]
+
+    async def list_since(
+        self, cls: type[R], project_ids: Sequence[str], since: datetime
+    ) -> builtins.list[R]:
+        """The projects' records created at or after `since` (hourly usage buckets)."""
+        cur = await self._conn.execute(
+            """SELECT data FROM lp_resources
+               WHERE project_id = ANY(%s) AND kind = %s AND created_at >= %s
+               ORDER BY created_at""",
+            (list(project_ids), cls.kind, since),
+        )
+        return [cls.model_validate(row["data"]) async for row in cur]
+
+    async def latest(
+        self, cls: type[R], project_ids: Sequence[str] | None, *, before: datetime | None = None
+    ) -> builtins.list[R]:
+        """Each project's newest record (created before `before`), for every project when
+        `project_ids` is None."""
+        cur = await self._conn.execute(
+            """SELECT DISTINCT ON (project_id) data FROM lp_resources
+               WHERE kind = %(kind)s
+                 AND (%(all)s OR project_id = ANY(%(ids)s))
+                 AND (%(before)s::timestamptz IS NULL OR created_at < %(before)s)
+               ORDER BY project_id, created_at DESC""",
+            {
+                "kind": cls.kind,
+                "all": project_ids is None,
+                "ids": list(project_ids or []),
+                "before": before,
+            },
+        )
+        return [cls.model_validate(row["data"]) async for row in cur]
+
     async def put(self, *records: Record) -> None:
         for record in records:
             await self._conn.execute(
@@ -84,6 +125,12 @@ class Tx:
 
     async def delete_project(self, project_id: str) -> None:
         await self._conn.execute("DELETE FROM lp_resources WHERE project_id = %s", (project_id,))
+
+    async def lock(self, project_id: str) -> None:
+        """Serializes the rest of the transaction against other mutations of the project."""
+        await self._conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (project_id,)
+        )
 
     async def running_operations(self, project_id: str) -> int:
         cur = await self._conn.execute(

@@ -1,0 +1,802 @@
+"""Consumption metering and quota enforcement of the local control plane.
+
+`meter()` takes one measurement of the whole cluster (a background task calls it every
+`localplane_meter_interval_s`) with one superuser connection and four cluster-wide queries,
+whatever the number of projects, and writes only what changed:
+
+* **Activity.** An endpoint runs while its branch's databases see client activity: a connected
+  backend that is not the plane's own superuser, or changed `pg_stat_database` counters
+  (`xact_commit + xact_rollback`, `sessions`). Like Neon's auto-suspend it stays running
+  `suspend_timeout_seconds` (0 = 300 s, -1 = never) after the last activity, then turns idle
+  WITHOUT closing its databases: the next activity wakes it. Active time is the tick's wall time
+  (monotonic clock) for each running endpoint. There is no autoscaling locally, so compute time
+  is active time x `autoscaling_limit_min_cu`. The plane's own maintenance connections to a
+  project database (creating it, Data API set-up) change its counters too and count as activity.
+* **Written bytes** = the cluster's WAL growth (`pg_current_wal_insert_lsn()`), attributed
+  exactly for live backends with PostgreSQL 18's `pg_stat_get_backend_wal(pid)`; what remains
+  (backends that ended during the tick, autovacuum) goes to databases in proportion to their
+  `tup_inserted + tup_updated + tup_deleted` growth, among databases without a live backend.
+  Error: statistics reach shared memory up to ~10 s after a transaction (a backend flushes them
+  at most once a second, and at the latest 10 s later while idle, or when it exits), so
+  unexplained WAL waits for the backend's report: a write can land in a later tick; WAL
+  where no database changed tuples waits up to 15 s for one (then it is dropped: undercount);
+  a database with a live backend and short-lived ones misses the short ones' WAL; unclaimed WAL
+  (autovacuum, checkpoints) goes to the next database that changes tuples within 15 s. WAL that
+  the plane's own sessions write (its state database, DDL) is never billed. The embedded
+  cluster runs with `wal_level = minimal`, so rows written into a table created or truncated in
+  the same transaction (CREATE TABLE AS, TRUNCATE + COPY) write no WAL and are not counted.
+  Measured: 8 MiB of 1 KiB rows give 1.0-1.2x their payload in WAL (tuple and page headers,
+  full-page images after a checkpoint).
+* **Logical size** of a branch = sum of `pg_database_size` of its databases (catalogs included),
+  re-measured only for databases whose statistics changed.
+* **Data transfer** = bytes of Data API response bodies (counted by `_rest.serve`); direct
+  PostgreSQL connections are not measured.
+
+Consumption is kept as hourly buckets per project (`UsageHourRecord`); the billing period is the
+UTC calendar month. Quotas (`settings.quota`) are checked every tick and after a project PATCH:
+over a time, written-data or transfer quota every endpoint is suspended (databases closed) and
+starting one answers 403; over `logical_size_bytes` a branch's databases get
+`default_transaction_read_only = on` and their sessions are ended (as Supabase does when a disk
+fills). Unlike Neon's storage-level check, a client can override that with
+`SET default_transaction_read_only = off`: it is a guard rail, not a security boundary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import structlog
+from psycopg import AsyncConnection, sql
+
+from agentdb.pg import ServerInfo
+
+from ._base import PlaneBase
+from ._engine import Engine
+from ._errors import LocalPlaneError, NotFound
+from ._models import (
+    BranchRecord,
+    DatabaseRecord,
+    EndpointRecord,
+    OperationRecord,
+    PeriodUsage,
+    ProjectRecord,
+    SnapshotRecord,
+    UsageHourRecord,
+    now,
+)
+from ._store import Store, Tx
+
+JSON = dict[str, Any]
+log = structlog.get_logger(__name__)
+
+HOUR = timedelta(hours=1)
+DEFAULT_SUSPEND_S = 300
+# Quotas that suspend every compute of a project (logical size is enforced per branch).
+COMPUTE_QUOTAS = (
+    "active_time_seconds",
+    "compute_time_seconds",
+    "written_data_bytes",
+    "data_transfer_bytes",
+)
+_PROJECT_DATABASES = "lpd_"
+# How long WAL nobody has reported yet waits for a database to claim it: PostgreSQL's idle
+# statistics flush interval (10 s) plus a margin.
+_PENDING_WAL_S = 15.0
+
+
+class QuotaExceeded(LocalPlaneError):  # noqa: N818 - named like NotFound and Conflict
+    """403: the project is over a quota, so its computes cannot start."""
+
+    status = 403
+    code = "QUOTA_EXCEEDED"
+
+
+class NotAcceptable(LocalPlaneError):  # noqa: N818
+    """406: a consumption range outside what its granularity allows."""
+
+    status = 406
+    code = "NOT_ACCEPTABLE"
+
+
+# --- time ---------------------------------------------------------------------------------------
+
+
+def hour_of(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+def month_of(moment: datetime) -> datetime:
+    return hour_of(moment).replace(day=1, hour=0)
+
+
+def next_month(month: datetime) -> datetime:
+    return (month + timedelta(days=32)).replace(day=1)
+
+
+def bucket_id(project_id: str, hour: datetime) -> str:
+    return f"{project_id}/{hour:%Y%m%dT%H}"
+
+
+# --- reading buckets ----------------------------------------------------------------------------
+
+
+@dataclass
+class HourUsage:
+    """One hour of one project, with sizes forward-filled from earlier hours."""
+
+    start: datetime
+    active_s: int = 0
+    compute_s: int = 0
+    written: int = 0
+    transfer: int = 0
+    sizes: dict[str, int] = field(default_factory=dict)  # largest in the hour
+    hours: float = 1.0  # how much of the hour the project existed (the current hour: so far)
+
+    def byte_hours(self, size: str) -> int:
+        return int(self.sizes.get(size, 0) * self.hours)
+
+    def byte_months(self, size: str) -> int:
+        month = month_of(self.start)
+        hours_in_month = (next_month(month) - month) / HOUR
+        return int(self.sizes.get(size, 0) * self.hours / hours_in_month)
+
+
+def hours_of(
+    project: ProjectRecord,
+    buckets: Iterable[UsageHourRecord],
+    before: UsageHourRecord | None,
+    start: datetime,
+    end: datetime,
+) -> list[HourUsage]:
+    """The project's hours in [start, end) up to now, from its buckets in that range and the
+    last bucket `before` it. Times are rounded to the hour's second per bucket (`round`), so
+    hourly, daily and period figures add up exactly."""
+    current = now()
+    by_hour = {b.created_at: b for b in buckets}
+    carried = dict(before.last_sizes) if before is not None else {}
+    born = project.created_at
+    result = []
+    hour = max(hour_of(start), hour_of(born))
+    while hour < end and hour <= current:
+        span_start, span_end = max(hour, born), min(hour + HOUR, current)
+        usage = HourUsage(start=hour, hours=max(0.0, (span_end - span_start) / HOUR))
+        bucket = by_hour.get(hour)
+        if bucket is not None:
+            usage.active_s = round(bucket.active_time_s)
+            usage.compute_s = round(bucket.compute_time_s)
+            usage.written = bucket.written_data_bytes
+            usage.transfer = bucket.data_transfer_bytes
+            usage.sizes = {k: max(v, carried.get(k, 0)) for k, v in bucket.sizes.items()}
+            carried = dict(bucket.last_sizes)
+        else:
+            usage.sizes = dict(carried)
+        result.append(usage)
+        hour += HOUR
+    return result
+
+
+async def period_usage(tx: Tx, projects: Sequence[ProjectRecord]) -> dict[str, PeriodUsage]:
+    """This billing period's counters of `projects`, from their buckets (two queries)."""
+    period = month_of(now())
+    ids = [p.id for p in projects]
+    buckets: dict[str, list[UsageHourRecord]] = defaultdict(list)
+    for b in await tx.list_since(UsageHourRecord, ids, period):
+        buckets[b.project_id].append(b)
+    before = {b.project_id: b for b in await tx.latest(UsageHourRecord, ids, before=period)}
+    endpoints: dict[str, list[EndpointRecord]] = defaultdict(list)
+    for e in await tx.list_in(EndpointRecord, ids):
+        endpoints[e.project_id].append(e)
+    result = {}
+    for p in projects:
+        hours = hours_of(p, buckets[p.id], before.get(p.id), period, next_month(period))
+        last = hours[-1].sizes if hours else {}
+        actives = [e.last_active for e in endpoints[p.id] if e.last_active is not None]
+        result[p.id] = PeriodUsage(
+            period_start=period,
+            period_end=next_month(period),
+            active_time_seconds=sum(h.active_s for h in hours),
+            compute_time_seconds=sum(h.compute_s for h in hours),
+            written_data_bytes=sum(h.written for h in hours),
+            data_transfer_bytes=sum(h.transfer for h in hours),
+            data_storage_bytes_hour=sum(h.byte_hours("synthetic") for h in hours),
+            synthetic_storage_size=last.get("synthetic", 0),
+            compute_last_active_at=max(actives, default=None),
+        )
+    return result
+
+
+async def exact_totals(tx: Tx, project_ids: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Unrounded sums of this period's buckets, for quota checks."""
+    totals: dict[str, dict[str, float]] = {pid: defaultdict(float) for pid in project_ids}
+    for b in await tx.list_since(UsageHourRecord, project_ids, month_of(now())):
+        t = totals[b.project_id]
+        t["active_time_seconds"] += b.active_time_s
+        t["compute_time_seconds"] += b.compute_time_s
+        t["written_data_bytes"] += b.written_data_bytes
+        t["data_transfer_bytes"] += b.data_transfer_bytes
+    return totals
+
+
+def quota_breach(p: ProjectRecord, totals: dict[str, float]) -> str | None:
+    """The message naming the first compute quota the project is over, or None."""
+    for name in COMPUTE_QUOTAS:
+        limit = p.quota.get(name)
+        used = totals.get(name, 0.0)
+        if limit is not None and used > limit:
+            shown = f"{used:.1f}" if name.endswith("seconds") else f"{int(used)}"
+            return (
+                f"project {p.id} is over its {name} quota (used {shown} of {limit} this billing "
+                "period): its computes are suspended until the quota is raised or the period ends"
+            )
+    return None
+
+
+# --- the meter ----------------------------------------------------------------------------------
+
+
+@dataclass
+class _DatabaseStats:
+    activity: int  # xact_commit + xact_rollback + sessions
+    tuples: int
+    backends: int  # live client backends that are not the plane's own
+
+
+@dataclass
+class _Sample:
+    databases: dict[str, _DatabaseStats]
+    backend_wal: dict[int, tuple[str, bool, int]]  # pid -> (database, plane's own, WAL bytes)
+    wal: int
+    read_only: set[str]  # databases whose default_transaction_read_only is on
+
+
+@dataclass
+class _MeterState:
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    conn: AsyncConnection[Any] | None = None
+    last_mono: float | None = None
+    last: _Sample | None = None
+    sizes: dict[str, int] = field(default_factory=dict)  # physical database -> bytes
+    latest: dict[str, UsageHourRecord] | None = None  # project -> newest bucket
+    pending_wal: list[tuple[float, int]] = field(default_factory=list)  # (monotonic, bytes)
+
+
+@dataclass
+class _ProjectTick:
+    active_s: float = 0
+    compute_s: float = 0
+    written: int = 0
+    transfer: int = 0
+    sizes: dict[str, int] = field(default_factory=dict)
+    # endpoint id -> (the record the change was decided on, the changed record)
+    endpoints: dict[str, tuple[EndpointRecord, EndpointRecord]] = field(default_factory=dict)
+    branches: dict[str, int] = field(default_factory=dict)  # branch id -> new logical size
+
+
+_STATS = """
+SELECT d.datname, s.xact_commit + s.xact_rollback + coalesce(s.sessions, 0),
+       s.tup_inserted + s.tup_updated + s.tup_deleted
+FROM pg_stat_database s JOIN pg_database d ON d.oid = s.datid
+"""
+_BACKENDS = """
+SELECT a.pid, a.datname, a.usename = current_user, (pg_stat_get_backend_wal(a.pid)).wal_bytes
+FROM pg_stat_activity a
+WHERE a.backend_type = 'client backend' AND a.pid <> pg_backend_pid() AND a.datname IS NOT NULL
+"""
+_WAL = "SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint"
+_READ_ONLY = """
+SELECT d.datname FROM pg_db_role_setting r JOIN pg_database d ON d.oid = r.setdatabase
+WHERE r.setrole = 0 AND 'default_transaction_read_only=on' = ANY (r.setconfig)
+"""
+
+
+class UsageMixin(PlaneBase):
+    """The meter, quota enforcement and the consumption history routes' data."""
+
+    def __init__(
+        self, store: Store, engine: Engine, server: ServerInfo, *, operation_delay_s: float = 0
+    ) -> None:
+        super().__init__(store, engine, server, operation_delay_s=operation_delay_s)
+        self._usage = _MeterState()
+
+    async def close_meter(self) -> None:
+        if self._usage.conn is not None:
+            await self._usage.conn.close()
+            self._usage.conn = None
+
+    async def run_meter(self, interval_s: float) -> None:
+        """Calls `meter()` every `interval_s` until cancelled."""
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.meter()
+            except Exception:
+                log.exception("localplane.meter_failed")
+
+    async def meter(self) -> None:
+        """Takes one measurement: activity, written bytes, sizes, transfer; then quotas."""
+        async with self._usage.lock:
+            await self._measure()
+            await self._enforce(None)
+
+    # --- measuring -----------------------------------------------------------------------------
+
+    async def _conn(self) -> AsyncConnection[Any]:
+        st = self._usage
+        if st.conn is None or st.conn.closed:
+            st.conn = await AsyncConnection.connect(
+                self._server.conninfo("postgres"), autocommit=True
+            )
+        return st.conn
+
+    async def _sample(self) -> _Sample:
+        conn = await self._conn()
+        backends: dict[str, int] = defaultdict(int)
+        backend_wal = {}
+        for pid, datname, own, wal in await (await conn.execute(_BACKENDS)).fetchall():
+            backend_wal[int(pid)] = (str(datname), bool(own), int(wal or 0))
+            if not own:
+                backends[str(datname)] += 1
+        databases = {
+            str(name): _DatabaseStats(int(activity), int(tuples), backends.get(str(name), 0))
+            for name, activity, tuples in await (await conn.execute(_STATS)).fetchall()
+        }
+        row = await (await conn.execute(_WAL)).fetchone()
+        read_only = {str(r[0]) for r in await (await conn.execute(_READ_ONLY)).fetchall()}
+        return _Sample(databases, backend_wal, int(row[0]) if row else 0, read_only)
+
+    def _written(self, sample: _Sample, last: _Sample, mono: float) -> dict[str, float]:
+        """WAL bytes written since `last`, per database (see the module docstring)."""
+        exact: dict[str, float] = defaultdict(float)
+        explained = 0
+        for pid, (datname, own, wal) in sample.backend_wal.items():
+            previous = last.backend_wal.get(pid)
+            delta = wal - previous[2] if previous is not None and previous[0] == datname else wal
+            delta = max(0, delta)
+            explained += delta
+            if not own:
+                exact[datname] += delta
+        # WAL not explained yet waits (a backend reports its statistics up to 10 s late when it
+        # stays connected); what backends report later settles the oldest waiting bytes.
+        pending = self._usage.pending_wal
+        pending.append((mono, sample.wal - last.wal))
+        while explained > 0 and pending:
+            moment, size = pending[0]
+            if size <= explained:
+                explained -= size
+                pending.pop(0)
+            else:
+                pending[0] = (moment, size - explained)
+                explained = 0
+        weights = {}
+        for name, stats in sample.databases.items():
+            before = last.databases.get(name)
+            grown = stats.tuples - (before.tuples if before else 0)
+            if grown > 0 and stats.backends == 0:
+                weights[name] = grown
+        total = sum(weights.values())
+        if total:
+            remainder = sum(size for _moment, size in pending)
+            pending.clear()
+            for name, weight in weights.items():
+                exact[name] += remainder * weight / total
+        else:
+            pending[:] = [(m, size) for m, size in pending if mono - m <= _PENDING_WAL_S]
+        return exact
+
+    async def _measure(self) -> None:  # noqa: C901, PLR0912, PLR0915 - one pass over the cluster
+        st = self._usage
+        mono = time.monotonic()
+        elapsed = 0.0 if st.last_mono is None else mono - st.last_mono
+        current = now()
+        sample = await self._sample()
+        last = st.last or sample
+        written = self._written(sample, last, mono) if st.last is not None else {}
+        active_dbs = set()
+        changed_dbs = set()
+        for name, stats in sample.databases.items():
+            if not name.startswith(_PROJECT_DATABASES):
+                continue
+            before = last.databases.get(name)
+            if before is None:
+                # A database created since the last tick starts from zero counters.
+                before = _DatabaseStats(0, 0, 0) if st.last is not None else stats
+            if stats.backends or stats.activity != before.activity:
+                active_dbs.add(name)
+            if stats.activity != before.activity or stats.tuples != before.tuples:
+                changed_dbs.add(name)
+        to_size = [n for n in sample.databases if n.startswith(_PROJECT_DATABASES)]
+        to_size = [n for n in to_size if n in changed_dbs or n not in st.sizes]
+        if to_size:
+            conn = await self._conn()
+            cur = await conn.execute(
+                "SELECT datname, pg_database_size(oid) FROM pg_database WHERE datname = ANY(%s)",
+                (to_size,),
+            )
+            st.sizes.update({str(n): int(s) for n, s in await cur.fetchall()})
+        st.sizes = {n: s for n, s in st.sizes.items() if n in sample.databases}
+        st.last, st.last_mono = sample, mono
+
+        async with self._store.tx() as tx:
+            projects = {p.id: p for p in await tx.list(ProjectRecord)}
+            databases = await tx.list(DatabaseRecord)
+            branches = await tx.list(BranchRecord)
+            endpoints = await tx.list(EndpointRecord)
+            snapshots = await tx.list(SnapshotRecord)
+            if st.latest is None:
+                st.latest = {b.project_id: b for b in await tx.latest(UsageHourRecord, None)}
+        ticks: dict[str, _ProjectTick] = defaultdict(_ProjectTick)
+        branch_dbs: dict[str, list[str]] = defaultdict(list)
+        for d in databases:
+            branch_dbs[d.branch_id].append(d.physical)
+            if d.physical in written:
+                ticks[d.project_id].written += round(written[d.physical])
+        sent, self._transfer = self._transfer, defaultdict(int)
+        for project_id, size in sent.items():
+            ticks[project_id].transfer += size
+        for b in branches:
+            size = sum(st.sizes.get(phys, 0) for phys in branch_dbs[b.id])
+            tick = ticks[b.project_id]
+            tick.sizes["logical"] = tick.sizes.get("logical", 0) + size
+            kind = "root" if b.parent_id is None else "child"
+            tick.sizes[kind] = tick.sizes.get(kind, 0) + size
+            if branch_dbs[b.id] and size != b.logical_size:
+                tick.branches[b.id] = size
+        for s in snapshots:
+            tick = ticks[s.project_id]
+            tick.sizes["snapshot"] = tick.sizes.get("snapshot", 0) + (s.full_size or 0)
+        for e in endpoints:
+            busy = any(phys in active_dbs for phys in branch_dbs[e.branch_id])
+            seconds, changed = _run_endpoint(e, busy=busy, elapsed=elapsed, current=current)
+            tick = ticks[e.project_id]
+            tick.active_s += seconds
+            tick.compute_s += seconds * e.autoscaling_limit_min_cu
+            if changed is not None:
+                tick.endpoints[e.id] = (e, changed)
+        for project_id, tick in ticks.items():
+            if project_id not in projects:
+                continue
+            sizes = {k: tick.sizes.get(k, 0) for k in ("logical", "root", "child", "snapshot")}
+            sizes["synthetic"] = sizes["logical"] + sizes["snapshot"]
+            tick.sizes = sizes
+            latest = st.latest.get(project_id)
+            if not (
+                tick.active_s
+                or tick.written
+                or tick.transfer
+                or tick.endpoints
+                or tick.branches
+                or latest is None
+                or latest.last_sizes != sizes
+            ):
+                continue
+            await self._record_tick(projects[project_id], tick, current)
+        for project_id in set(st.latest) - set(projects):
+            del st.latest[project_id]
+
+    async def _record_tick(self, p: ProjectRecord, tick: _ProjectTick, current: datetime) -> None:
+        st = self._usage
+        assert st.latest is not None  # noqa: S101 - loaded by _measure
+        hour = hour_of(current)
+        async with self._store.tx(p.id) as tx:
+            if await tx.get(ProjectRecord, p.id) is None:
+                return  # deleted meanwhile
+            for endpoint_id, (seen, changed) in tick.endpoints.items():
+                fresh = await tx.get(EndpointRecord, endpoint_id)
+                # An API call may have changed it since it was read: then the API call wins.
+                if (
+                    fresh is not None
+                    and fresh.updated_at == seen.updated_at
+                    and fresh.current_state == seen.current_state
+                    and fresh.auto_suspended == seen.auto_suspended
+                ):
+                    fresh.current_state = changed.current_state
+                    fresh.last_active = changed.last_active
+                    fresh.started_at = changed.started_at
+                    fresh.suspended_at = changed.suspended_at
+                    fresh.auto_suspended = changed.auto_suspended
+                    await tx.put(fresh)
+            for branch_id, size in tick.branches.items():
+                b = await tx.get(BranchRecord, branch_id)
+                if b is not None:
+                    b.logical_size = size
+                    await tx.put(b)
+            bucket = await tx.get(UsageHourRecord, bucket_id(p.id, hour))
+            if bucket is None:
+                previous = st.latest.get(p.id)
+                carried = previous.last_sizes if previous is not None else {}
+                bucket = UsageHourRecord(
+                    id=bucket_id(p.id, hour),
+                    project_id=p.id,
+                    created_at=hour,
+                    sizes=dict(carried),
+                )
+            bucket.active_time_s += tick.active_s
+            bucket.compute_time_s += tick.compute_s
+            bucket.written_data_bytes += tick.written
+            bucket.data_transfer_bytes += tick.transfer
+            bucket.sizes = {k: max(v, bucket.sizes.get(k, 0)) for k, v in tick.sizes.items()}
+            bucket.last_sizes = dict(tick.sizes)
+            bucket.updated_at = current
+            await tx.put(bucket)
+        st.latest[p.id] = bucket
+
+    # --- quotas --------------------------------------------------------------------------------
+
+    async def enforce_quotas(self, project_id: str) -> None:
+        """Applies the project's quotas now (after its settings changed)."""
+        async with self._usage.lock:
+            await self._enforce({project_id})
+
+    async def _enforce(self, only: set[str] | None) -> None:
+        async with self._store.tx() as tx:
+            projects = [p for p in await tx.list(ProjectRecord) if only is None or p.id in only]
+            watched = [p for p in projects if p.quota or p.quota_exceeded]
+            totals = await exact_totals(tx, [p.id for p in watched])
+            branches = await tx.list(BranchRecord)
+        for p in watched:
+            reason = quota_breach(p, totals[p.id])
+            if reason != p.quota_exceeded:
+                with contextlib.suppress(NotFound):  # deleted meanwhile
+                    await self._set_quota_block(p.id, reason)
+        by_id = {p.id: p for p in projects}
+        for b in branches:
+            owner = by_id.get(b.project_id)
+            if owner is None:
+                continue
+            limit = owner.quota.get("logical_size_bytes")
+            over = limit is not None and (b.logical_size or 0) > limit
+            if over != b.read_only:
+                async with self._store.tx(b.project_id) as tx:
+                    fresh = await tx.get(BranchRecord, b.id)
+                    if fresh is not None:
+                        fresh.read_only = over
+                        await tx.put(fresh)
+                log.info("localplane.branch_read_only", branch_id=b.id, read_only=over)
+        await self._apply_read_only()
+
+    async def _set_quota_block(self, project_id: str, reason: str | None) -> None:
+        """Suspends every endpoint of the project (reason set) or reopens them (None)."""
+        async with self._mutation(project_id, check_idle=False) as m:
+            p = await self._project(m.tx, project_id)
+            p.quota_exceeded = reason
+            await m.tx.put(p)
+            ops = []
+            for e in await m.tx.list(EndpointRecord, project_id):
+                if reason is not None and not e.door_closed:
+                    e.current_state, e.suspended_at, e.auto_suspended = "idle", now(), False
+                    action = "suspend_compute"
+                elif reason is None and e.door_closed and not e.disabled:
+                    # Reopened but idle, as after Neon's auto-suspend: activity wakes it.
+                    e.auto_suspended = True
+                    action = "apply_config"
+                else:
+                    continue
+                e.updated_at = now()
+                await m.tx.put(e)
+                for d in await self._databases(m.tx, project_id, e.branch_id):
+                    m.steps.append(["connections", d.physical, reason is None])
+                ops.append(
+                    OperationRecord.new(project_id, action, branch_id=e.branch_id, endpoint_id=e.id)
+                )
+            if ops:
+                await m.start(ops, "steps", project_id=project_id, steps=m.steps)
+        log.info("localplane.quota", project_id=project_id, exceeded=reason is not None)
+
+    async def _apply_read_only(self) -> None:
+        """Makes the databases of read-only branches (and only those) default to read-only
+        transactions; ends their client sessions so that the change reaches them."""
+        async with self._store.tx() as tx:
+            read_only = {b.id for b in await tx.list(BranchRecord) if b.read_only}
+            wanted = {d.physical for d in await tx.list(DatabaseRecord) if d.branch_id in read_only}
+        conn = await self._conn()
+        cur = await conn.execute(_READ_ONLY)
+        actual = {str(r[0]) for r in await cur.fetchall()}
+        actual = {n for n in actual if n.startswith(_PROJECT_DATABASES)}
+        for name in sorted(wanted ^ actual):
+            on = name in wanted
+            template = "ALTER DATABASE {} SET default_transaction_read_only = on"
+            if not on:
+                template = "ALTER DATABASE {} RESET default_transaction_read_only"
+            exists = await conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+            if await exists.fetchone() is None:
+                continue
+            await conn.execute(sql.SQL(template).format(sql.Identifier(name)))
+            await conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = %s AND usename <> current_user",
+                (name,),
+            )
+
+    # --- consumption history -------------------------------------------------------------------
+
+    async def consumption(
+        self,
+        *,
+        org_id: str | None,
+        project_ids: Sequence[str],
+        start: datetime,
+        end: datetime,
+        limit: int,
+        cursor: str | None,
+    ) -> tuple[list[tuple[ProjectRecord, list[HourUsage]]], str | None]:
+        """Projects (newest first, paged by `cursor` = last project id) with their hours in
+        [start, end); the routes group them into timeframes."""
+        async with self._store.tx() as tx:
+            projects = await tx.list(ProjectRecord)
+            if org_id is not None:
+                projects = [p for p in projects if p.org_id == org_id]
+            if project_ids:
+                projects = [p for p in projects if p.id in set(project_ids)]
+            projects.reverse()
+            if cursor:
+                ids = [p.id for p in projects]
+                projects = projects[ids.index(cursor) + 1 :] if cursor in ids else []
+            page = projects[:limit]
+            ids = [p.id for p in page]
+            buckets: dict[str, list[UsageHourRecord]] = defaultdict(list)
+            for b in await tx.list_since(UsageHourRecord, ids, start):
+                buckets[b.project_id].append(b)
+            before = {b.project_id: b for b in await tx.latest(UsageHourRecord, ids, before=start)}
+        rows = [(p, hours_of(p, buckets[p.id], before.get(p.id), start, end)) for p in page]
+        return rows, page[-1].id if page else cursor
+
+
+def _run_endpoint(
+    e: EndpointRecord, *, busy: bool, elapsed: float, current: datetime
+) -> tuple[float, EndpointRecord | None]:
+    """Seconds the endpoint ran in the tick, and its new record if the tick changed it."""
+    if e.disabled or e.door_closed or e.current_state == "init":
+        return 0.0, None
+    if busy:
+        changed = e.model_copy()
+        changed.last_active = current
+        if e.current_state != "active":
+            changed.current_state, changed.started_at, changed.auto_suspended = (
+                "active",
+                current,
+                False,
+            )
+        return elapsed, changed
+    if e.current_state != "active":
+        return 0.0, None
+    seconds = elapsed
+    if e.started_at is not None:
+        seconds = min(seconds, max(0.0, (current - e.started_at).total_seconds()))
+    timeout = e.suspend_timeout_seconds or DEFAULT_SUSPEND_S
+    if timeout < 0:
+        return seconds, None
+    since = max(x for x in (e.last_active, e.started_at, e.created_at) if x is not None)
+    until = since + timedelta(seconds=timeout)
+    if current < until:
+        return seconds, None
+    changed = e.model_copy()
+    changed.current_state, changed.suspended_at, changed.auto_suspended = "idle", until, True
+    overrun = (current - until).total_seconds()
+    return max(0.0, seconds - overrun), changed
+
+
+def period_id(project_id: str, month: datetime) -> str:
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"agentdb-localplane/{project_id}/{month:%Y-%m}"))
+
+
+# --- consumption history responses ---------------------------------------------------------------
+
+LEGACY_METRICS = (
+    "active_time_seconds",
+    "compute_time_seconds",
+    "written_data_bytes",
+    "synthetic_storage_size_bytes",
+    "data_storage_bytes_hour",
+    "logical_size_bytes",
+    "logical_size_bytes_hour",
+)
+# Always present in a legacy timeframe (required by the spec), whatever `metrics` asks.
+LEGACY_REQUIRED = LEGACY_METRICS[:4]
+V2_METRICS = (
+    "compute_unit_seconds",
+    "root_branch_bytes_month",
+    "child_branch_bytes_month",
+    "instant_restore_bytes_month",
+    "public_network_transfer_bytes",
+    "private_network_transfer_bytes",
+    "extra_branches_month",
+    "snapshot_storage_bytes_month",
+)
+#: How far back each granularity reaches (Neon's limits; 406 beyond).
+GRANULARITY_WINDOWS = {
+    "hourly": timedelta(hours=168),
+    "daily": timedelta(days=60),
+    "monthly": timedelta(days=365),
+}
+HISTORY_START = datetime(2024, 3, 1, tzinfo=UTC)
+
+
+def floor_to(moment: datetime, granularity: str) -> datetime:
+    if granularity == "hourly":
+        return hour_of(moment)
+    if granularity == "daily":
+        return hour_of(moment).replace(hour=0)
+    return month_of(moment)
+
+
+def _step(start: datetime, granularity: str) -> datetime:
+    if granularity == "hourly":
+        return start + HOUR
+    if granularity == "daily":
+        return start + timedelta(days=1)
+    return next_month(start)
+
+
+def _metric(name: str, hours: list[HourUsage]) -> int:  # noqa: C901, PLR0911 - a case per metric
+    match name:
+        case "active_time_seconds":
+            return sum(h.active_s for h in hours)
+        case "compute_time_seconds" | "compute_unit_seconds":
+            return sum(h.compute_s for h in hours)
+        case "written_data_bytes":
+            return sum(h.written for h in hours)
+        case "public_network_transfer_bytes":
+            return sum(h.transfer for h in hours)
+        case "synthetic_storage_size_bytes":
+            return max((h.sizes.get("synthetic", 0) for h in hours), default=0)
+        case "logical_size_bytes":
+            return max((h.sizes.get("logical", 0) for h in hours), default=0)
+        case "data_storage_bytes_hour":
+            return sum(h.byte_hours("synthetic") for h in hours)
+        case "logical_size_bytes_hour":
+            return sum(h.byte_hours("logical") for h in hours)
+        case "root_branch_bytes_month" | "child_branch_bytes_month":
+            return sum(h.byte_months(name.split("_", maxsplit=1)[0]) for h in hours)
+        case "snapshot_storage_bytes_month":
+            return sum(h.byte_months("snapshot") for h in hours)
+    return 0  # not measured locally: instant restore, private transfer, extra branches
+
+
+def project_consumption(
+    project_id: str, hours: list[HourUsage], granularity: str, metrics: Sequence[str], *, v2: bool
+) -> JSON:
+    """One project's periods (UTC months) of timeframes; timeframes where every reported
+    metric is zero are left out, as Neon does."""
+    by_frame: dict[datetime, list[HourUsage]] = defaultdict(list)
+    for h in hours:
+        by_frame[floor_to(h.start, granularity)].append(h)
+    periods: dict[datetime, list[JSON]] = defaultdict(list)
+    for frame, frame_hours in sorted(by_frame.items()):
+        values = {name: _metric(name, frame_hours) for name in metrics}
+        if not any(values.values()):
+            continue
+        timeframe: JSON = {
+            "timeframe_start": _ts(frame),
+            "timeframe_end": _ts(_step(frame, granularity)),
+        }
+        if v2:
+            timeframe["metrics"] = [{"metric_name": k, "value": v} for k, v in values.items()]
+        else:
+            timeframe |= values
+        periods[month_of(frame)].append(timeframe)
+    current = month_of(now())
+    return {
+        "project_id": project_id,
+        "periods": [
+            {
+                "period_id": period_id(project_id, month),
+                "period_plan": "local",
+                "period_start": _ts(month),
+                **({"period_end": _ts(next_month(month))} if month < current else {}),
+                "consumption": frames,
+            }
+            for month, frames in sorted(periods.items())
+        ],
+    }
+
+
+def _ts(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
