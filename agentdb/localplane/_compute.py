@@ -11,7 +11,7 @@ from typing import Any
 from . import _render as render
 from ._base import Mutation, PlaneBase, check_cu
 from ._branches import new_physical
-from ._errors import BadRequest, Conflict, NotFound, PreconditionFailed
+from ._errors import BadRequest, Conflict, NotFound, PreconditionFailed, QuotaExceeded
 from ._models import (
     BranchRecord,
     DatabaseCreateBody,
@@ -24,7 +24,6 @@ from ._models import (
     new_password,
     now,
 )
-from ._usage import QuotaExceeded
 
 JSON = dict[str, Any]
 

@@ -2,7 +2,9 @@
 
 LocalPlaneError(status, code, message)
  ├── BadRequest        400  the request names something impossible or invalid
+ ├── QuotaExceeded     403  the project is over a quota, so its computes cannot start
  ├── NotFound          404  an unknown project, branch, endpoint, role, database, snapshot...
+ ├── NotAcceptable     406  a consumption range outside what its granularity allows
  ├── Conflict          409  a name already taken
  ├── Locked            423  the project has running operations (as on Neon)
  └── PreconditionFailed 412 passwords are not stored for this project
@@ -28,6 +30,20 @@ class BadRequest(LocalPlaneError):
 class NotFound(LocalPlaneError):
     status = 404
     code = "NOT_FOUND"
+
+
+class QuotaExceeded(LocalPlaneError):
+    """403: the project is over a quota, so its computes cannot start."""
+
+    status = 403
+    code = "QUOTA_EXCEEDED"
+
+
+class NotAcceptable(LocalPlaneError):
+    """406: a consumption range outside what its granularity allows."""
+
+    status = 406
+    code = "NOT_ACCEPTABLE"
 
 
 class Conflict(LocalPlaneError):

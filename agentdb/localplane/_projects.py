@@ -6,7 +6,9 @@ from typing import Any
 
 from . import _render as render
 from ._base import check_cu
+from ._consumption import period_usage
 from ._errors import BadRequest
+from ._meter import UsageMixin
 from ._models import (
     BranchRecord,
     DatabaseRecord,
@@ -23,7 +25,6 @@ from ._models import (
     physical_key,
 )
 from ._organizations import DEFAULT_ORG, ensure_organization
-from ._usage import UsageMixin, period_usage
 
 JSON = dict[str, Any]
 # Physical role names append "_<10-char project key>" and PostgreSQL caps names at 63 bytes.

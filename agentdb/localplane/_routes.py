@@ -12,7 +12,16 @@ from litestar import Request, delete, get, patch, post
 from litestar.params import FromPath
 from pydantic import BaseModel
 
-from ._errors import BadRequest
+from ._consumption import (
+    GRANULARITY_WINDOWS,
+    HISTORY_START,
+    LEGACY_METRICS,
+    LEGACY_REQUIRED,
+    V2_METRICS,
+    floor_to,
+    project_consumption,
+)
+from ._errors import BadRequest, NotAcceptable
 from ._models import (
     BranchCreateBody,
     BranchRestoreBody,
@@ -29,16 +38,6 @@ from ._models import (
     now,
 )
 from ._plane import LocalPlane
-from ._usage import (
-    GRANULARITY_WINDOWS,
-    HISTORY_START,
-    LEGACY_METRICS,
-    LEGACY_REQUIRED,
-    V2_METRICS,
-    NotAcceptable,
-    floor_to,
-    project_consumption,
-)
 
 JSON = dict[str, Any]
 AnyRequest = Request[Any, Any, Any]

@@ -19,10 +19,12 @@ from psycopg import sql
 from pydantic import SecretStr
 
 from agentdb.api import create_app
+from agentdb.localplane import LocalPlane
 from agentdb.neon import NeonClient
 from agentdb.pg import ServerInfo
-from agentdb.runtime import Runtime, open_runtime
+from agentdb.runtime import LOCAL_PLANE_REQUESTS_PER_MIN, Runtime, open_runtime
 from agentdb.settings import Settings
+from meta_schema import AgentSession
 from tests.contract.openapi import NeonSpec
 
 from .conftest import ADMIN, ADMIN_TOKEN, FAST_RETRY, assert_problem, bearer
@@ -75,8 +77,15 @@ async def runtime(
     )
     hooks = {"request": [neon_spec.request_hook()], "response": [neon_spec.response_hook()]}
     async with (
+        # Hundreds of sessions at a few at a time poll operations faster than Neon's 700
+        # requests a minute, which only the real Neon needs (as in `agentdb serve`).
         NeonClient.for_app(
-            localplane_app, api_key="api-tests", retry=FAST_RETRY, event_hooks=hooks
+            localplane_app,
+            api_key="api-tests",
+            retry=FAST_RETRY,
+            event_hooks=hooks,
+            rate_limit_per_min=LOCAL_PLANE_REQUESTS_PER_MIN,
+            burst_per_s=None,
         ) as neon,
         open_runtime(settings, server=pg_server, neon=neon) as running,
     ):
@@ -97,13 +106,11 @@ async def http(runtime: Runtime) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def organizations(runtime: Runtime) -> None:
-    """The tiers' organizations, as the local plane has them when agentdb starts it (here
-    the suite's shared plane is used, so they are made by putting a project in each)."""
-    for org in (FREE_ORG, PRO_ORG):
-        created = await runtime.neon.create_project(name=f"seed-{org}", org_id=org)
-        await runtime.neon.delete_project(created.project.id)
+@pytest_asyncio.fixture(loop_scope="session")
+async def organizations(plane: LocalPlane) -> None:
+    """The tiers' organizations, as the local plane has them when agentdb starts it (here the
+    suite's shared plane is used, which started without them)."""
+    await plane.ensure_organizations([FREE_ORG, PRO_ORG])
 
 
 async def new_user(http: httpx.AsyncClient, tier: str = "free") -> str:
@@ -131,13 +138,13 @@ async def test_a_free_users_session_gets_the_free_tiers_org_and_limits(
 ):
     user_id = await new_user(http)
     session = await runtime.sessions.create(uuid.UUID(user_id))
-    assert session.project_id is not None
-    project = await runtime.neon.get_project(session.project_id)
+    project_id = await project_of(runtime, session.id)
+    project = await runtime.neon.get_project(project_id)
     assert project.org_id == FREE_ORG
     assert project.settings is not None
     assert project.settings.quota is not None
     assert project.settings.quota.logical_size_bytes == GiB
-    endpoint = (await runtime.neon.list_endpoints(session.project_id))[0]
+    endpoint = (await runtime.neon.list_endpoints(project_id))[0]
     assert (endpoint.autoscaling_limit_min_cu, endpoint.autoscaling_limit_max_cu) == (0.25, 0.5)
     assert endpoint.suspend_timeout_seconds == 300
 
@@ -154,8 +161,7 @@ async def test_upgrading_moves_every_project_in_batches_and_a_failed_batch_resum
     async def one(index: int) -> str:
         async with gate:
             view = await runtime.sessions.create(uuid.UUID(user_id), name=f"s{index}")
-            assert view.project_id is not None
-            return view.project_id
+            return await project_of(runtime, view.id)
 
     project_ids = set(await asyncio.gather(*(one(i) for i in range(MANY))))
     assert len(project_ids) == MANY
@@ -214,8 +220,7 @@ async def test_upgrading_moves_every_project_in_batches_and_a_failed_batch_resum
     changes = (await http.get(f"/v1/users/{user_id}/tier-changes", headers=ADMIN)).json()
     assert [c["status"] for c in changes["tier_changes"]] == ["finished"]
     newer = await runtime.sessions.create(uuid.UUID(user_id))
-    assert newer.project_id is not None
-    assert (await runtime.neon.get_project(newer.project_id)).org_id == PRO_ORG
+    assert (await runtime.neon.get_project(await project_of(runtime, newer.id))).org_id == PRO_ORG
 
 
 async def test_a_user_token_follows_its_own_tier_change_and_a_newer_one_supersedes(
@@ -226,19 +231,25 @@ async def test_a_user_token_follows_its_own_tier_change_and_a_newer_one_supersed
     mine = bearer(token.json()["token"])
     session = await runtime.sessions.create(uuid.UUID(user_id))
     up = await http.post(f"/v1/users/{user_id}/tier", json={"tier": "pro"}, headers=ADMIN)
+    assert (await wait_for(http, up.headers["location"]))["status"] == "finished"
+    # Down, and at once up again: the newer change supersedes the older if it has not run.
     down = await http.post(f"/v1/users/{user_id}/tier", json={"tier": "free"}, headers=ADMIN)
-    assert up.status_code == down.status_code == 202
-    finished = await wait_for(http, down.headers["location"])
-    assert finished["status"] == "finished"
+    again = await http.post(f"/v1/users/{user_id}/tier", json={"tier": "pro"}, headers=ADMIN)
+    assert down.status_code == again.status_code == 202
+    assert (await wait_for(http, again.headers["location"]))["status"] == "finished"
     listed = (await http.get(f"/v1/users/{user_id}/tier-changes", headers=mine)).json()
-    assert [c["to_tier"] for c in listed["tier_changes"]] == ["free", "pro"]
+    assert [c["to_tier"] for c in listed["tier_changes"]] == ["pro", "free", "pro"]
     assert listed["tier_changes"][1]["status"] in {"superseded", "finished"}
-    assert session.project_id is not None
-    project = await runtime.neon.get_project(session.project_id)
+    project_id = await project_of(runtime, session.id)
+    await assert_pro_limits(runtime.neon, {project_id})
+    # Down for good: the pro tier's limits are gone (0 is Neon's "unlimited").
+    final = await http.post(f"/v1/users/{user_id}/tier", json={"tier": "free"}, headers=ADMIN)
+    assert (await wait_for(http, final.headers["location"]))["status"] == "finished"
+    project = await runtime.neon.get_project(project_id)
     assert project.org_id == FREE_ORG
     assert project.settings is not None
     assert project.settings.quota is not None
-    assert project.settings.quota.active_time_seconds == 0  # pro's limit is gone
+    assert project.settings.quota.active_time_seconds == 0
     assert project.settings.quota.logical_size_bytes == GiB
     # A user may read, never make, tier changes.
     assert_problem(
@@ -278,3 +289,11 @@ async def tier_change_phases(runtime: Runtime, user_id: str) -> list[str]:
             )
         ).all()
     return [str(row[0]) for row in rows]
+
+
+async def project_of(runtime: Runtime, session_id: uuid.UUID) -> str:
+    async with runtime.meta() as db:
+        row = await db.get(AgentSession, session_id)
+    assert row is not None
+    assert row.project_id is not None
+    return row.project_id

@@ -280,6 +280,37 @@ def test_bad_input_is_one_line_and_the_exit_code_says_whose_fault(
         assert result.stdout == "", (args, result.stdout)
 
 
+def test_pins_usage_and_tier_changes(
+    admin: dict[str, str], user: dict[str, Any], session: dict[str, Any], history: dict[str, Any]
+) -> None:
+    sid, second = session["id"], history["second"]["id"]
+    pinned, usage, usage_table, moved, bad_tier = run_all(
+        (("checkpoints", "pin", sid, second, "--json"), admin),
+        (("sessions", "usage", sid, "--json"), admin),
+        (("sessions", "usage", sid), admin),
+        (("users", "tier", user["id"], "enterprise", "--json"), admin),
+        (("users", "tier", user["id"], "gold"), admin),
+    )
+    assert (json_of(pinned)["id"], json_of(pinned)["pinned"]) == (second, True)
+    assert json_of(usage)["session_id"] == sid
+    assert json_of(usage)["tier"] == "pro"
+    assert "no usage polled yet" in stdout_of(usage_table)
+    change = json_of(moved)
+    assert (change["from_tier"], change["to_tier"], change["status"]) == (
+        "pro",
+        "enterprise",
+        "finished",
+    )
+    assert change["sessions_total"] == change["sessions_updated"] == 1
+    line = assert_one_line_error(bad_tier)
+    assert bad_tier.returncode == 2, line
+    assert "tier" in line.lower()
+    assert "must be one of free, pro, enterprise" in line
+    unpinned = doc("checkpoints", "pin", sid, second, "--unpin", env=admin)
+    assert unpinned["pinned"] is False
+    assert doc("users", "tier", user["id"], "pro", env=admin)["status"] == "finished"
+
+
 def test_previews_branches_and_removal(
     admin: dict[str, str], user: dict[str, Any], session: dict[str, Any], history: dict[str, Any]
 ) -> None:

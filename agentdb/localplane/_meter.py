@@ -46,11 +46,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
@@ -59,14 +58,21 @@ from psycopg import AsyncConnection, sql
 from agentdb.pg import ServerInfo
 
 from ._base import PlaneBase
+from ._consumption import (
+    HourUsage,
+    bucket_id,
+    exact_totals,
+    hour_of,
+    hours_of,
+    quota_breach,
+)
 from ._engine import Engine
-from ._errors import LocalPlaneError, NotFound
+from ._errors import NotFound
 from ._models import (
     BranchRecord,
     DatabaseRecord,
     EndpointRecord,
     OperationRecord,
-    PeriodUsage,
     ProjectRecord,
     SnapshotRecord,
     UsageHourRecord,
@@ -77,166 +83,14 @@ from ._store import Store, Tx
 JSON = dict[str, Any]
 log = structlog.get_logger(__name__)
 
-HOUR = timedelta(hours=1)
 DEFAULT_SUSPEND_S = 300
-# Quotas that suspend every compute of a project (logical size is enforced per branch).
-COMPUTE_QUOTAS = (
-    "active_time_seconds",
-    "compute_time_seconds",
-    "written_data_bytes",
-    "data_transfer_bytes",
-)
 _PROJECT_DATABASES = "lpd_"
 # How long WAL nobody has reported yet waits for a database to claim it: PostgreSQL's idle
 # statistics flush interval (10 s) plus a margin.
 _PENDING_WAL_S = 15.0
-
-
-class QuotaExceeded(LocalPlaneError):  # noqa: N818 - named like NotFound and Conflict
-    """403: the project is over a quota, so its computes cannot start."""
-
-    status = 403
-    code = "QUOTA_EXCEEDED"
-
-
-class NotAcceptable(LocalPlaneError):  # noqa: N818
-    """406: a consumption range outside what its granularity allows."""
-
-    status = 406
-    code = "NOT_ACCEPTABLE"
-
-
-# --- time ---------------------------------------------------------------------------------------
-
-
-def hour_of(moment: datetime) -> datetime:
-    return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
-
-
-def month_of(moment: datetime) -> datetime:
-    return hour_of(moment).replace(day=1, hour=0)
-
-
-def next_month(month: datetime) -> datetime:
-    return (month + timedelta(days=32)).replace(day=1)
-
-
-def bucket_id(project_id: str, hour: datetime) -> str:
-    return f"{project_id}/{hour:%Y%m%dT%H}"
-
-
-# --- reading buckets ----------------------------------------------------------------------------
-
-
-@dataclass
-class HourUsage:
-    """One hour of one project, with sizes forward-filled from earlier hours."""
-
-    start: datetime
-    active_s: int = 0
-    compute_s: int = 0
-    written: int = 0
-    transfer: int = 0
-    sizes: dict[str, int] = field(default_factory=dict)  # largest in the hour
-    hours: float = 1.0  # how much of the hour the project existed (the current hour: so far)
-
-    def byte_hours(self, size: str) -> int:
-        return int(self.sizes.get(size, 0) * self.hours)
-
-    def byte_months(self, size: str) -> int:
-        month = month_of(self.start)
-        hours_in_month = (next_month(month) - month) / HOUR
-        return int(self.sizes.get(size, 0) * self.hours / hours_in_month)
-
-
-def hours_of(
-    project: ProjectRecord,
-    buckets: Iterable[UsageHourRecord],
-    before: UsageHourRecord | None,
-    start: datetime,
-    end: datetime,
-) -> list[HourUsage]:
-    """The project's hours in [start, end) up to now, from its buckets in that range and the
-    last bucket `before` it. Times are rounded to the hour's second per bucket (`round`), so
-    hourly, daily and period figures add up exactly."""
-    current = now()
-    by_hour = {b.created_at: b for b in buckets}
-    carried = dict(before.last_sizes) if before is not None else {}
-    born = project.created_at
-    result = []
-    hour = max(hour_of(start), hour_of(born))
-    while hour < end and hour <= current:
-        span_start, span_end = max(hour, born), min(hour + HOUR, current)
-        usage = HourUsage(start=hour, hours=max(0.0, (span_end - span_start) / HOUR))
-        bucket = by_hour.get(hour)
-        if bucket is not None:
-            usage.active_s = round(bucket.active_time_s)
-            usage.compute_s = round(bucket.compute_time_s)
-            usage.written = bucket.written_data_bytes
-            usage.transfer = bucket.data_transfer_bytes
-            usage.sizes = {k: max(v, carried.get(k, 0)) for k, v in bucket.sizes.items()}
-            carried = dict(bucket.last_sizes)
-        else:
-            usage.sizes = dict(carried)
-        result.append(usage)
-        hour += HOUR
-    return result
-
-
-async def period_usage(tx: Tx, projects: Sequence[ProjectRecord]) -> dict[str, PeriodUsage]:
-    """This billing period's counters of `projects`, from their buckets (two queries)."""
-    period = month_of(now())
-    ids = [p.id for p in projects]
-    buckets: dict[str, list[UsageHourRecord]] = defaultdict(list)
-    for b in await tx.list_since(UsageHourRecord, ids, period):
-        buckets[b.project_id].append(b)
-    before = {b.project_id: b for b in await tx.latest(UsageHourRecord, ids, before=period)}
-    endpoints: dict[str, list[EndpointRecord]] = defaultdict(list)
-    for e in await tx.list_in(EndpointRecord, ids):
-        endpoints[e.project_id].append(e)
-    result = {}
-    for p in projects:
-        hours = hours_of(p, buckets[p.id], before.get(p.id), period, next_month(period))
-        last = hours[-1].sizes if hours else {}
-        actives = [e.last_active for e in endpoints[p.id] if e.last_active is not None]
-        result[p.id] = PeriodUsage(
-            period_start=period,
-            period_end=next_month(period),
-            active_time_seconds=sum(h.active_s for h in hours),
-            compute_time_seconds=sum(h.compute_s for h in hours),
-            written_data_bytes=sum(h.written for h in hours),
-            data_transfer_bytes=sum(h.transfer for h in hours),
-            data_storage_bytes_hour=sum(h.byte_hours("synthetic") for h in hours),
-            synthetic_storage_size=last.get("synthetic", 0),
-            compute_last_active_at=max(actives, default=None),
-        )
-    return result
-
-
-async def exact_totals(tx: Tx, project_ids: Sequence[str]) -> dict[str, dict[str, float]]:
-    """Unrounded sums of this period's buckets, for quota checks."""
-    totals: dict[str, dict[str, float]] = {pid: defaultdict(float) for pid in project_ids}
-    for b in await tx.list_since(UsageHourRecord, project_ids, month_of(now())):
-        t = totals[b.project_id]
-        t["active_time_seconds"] += b.active_time_s
-        t["compute_time_seconds"] += b.compute_time_s
-        t["written_data_bytes"] += b.written_data_bytes
-        t["data_transfer_bytes"] += b.data_transfer_bytes
-    return totals
-
-
-def quota_breach(p: ProjectRecord, totals: dict[str, float]) -> str | None:
-    """The message naming the first compute quota the project is over, or None."""
-    for name in COMPUTE_QUOTAS:
-        limit = p.quota.get(name)
-        used = totals.get(name, 0.0)
-        if limit is not None and used > limit:
-            shown = f"{used:.1f}" if name.endswith("seconds") else f"{int(used)}"
-            return (
-                f"project {p.id} is over its {name} quota (used {shown} of {limit} this billing "
-                "period): its computes are suspended until the quota is raised or the period ends"
-            )
-    return None
+# Projects whose tick one meter transaction writes (projects are locked in id order, as a
+# mutation locks only its own project, so this cannot deadlock with one).
+_RECORD_BATCH = 50
 
 
 # --- the meter ----------------------------------------------------------------------------------
@@ -460,7 +314,8 @@ class UsageMixin(PlaneBase):
             tick.compute_s += seconds * e.autoscaling_limit_min_cu
             if changed is not None:
                 tick.endpoints[e.id] = (e, changed)
-        for project_id, tick in ticks.items():
+        due: list[tuple[ProjectRecord, _ProjectTick]] = []
+        for project_id, tick in sorted(ticks.items()):
             if project_id not in projects:
                 continue
             sizes = {k: tick.sizes.get(k, 0) for k in ("logical", "root", "child", "snapshot")}
@@ -477,55 +332,64 @@ class UsageMixin(PlaneBase):
                 or latest.last_sizes != sizes
             ):
                 continue
-            await self._record_tick(projects[project_id], tick, current)
+            due.append((projects[project_id], tick))
+        # A few projects per transaction: one commit (one WAL flush) per batch rather than per
+        # project, while each batch holds its projects' locks only briefly.
+        for first in range(0, len(due), _RECORD_BATCH):
+            async with self._store.tx() as tx:
+                for project, tick in due[first : first + _RECORD_BATCH]:
+                    await tx.lock(project.id)
+                    await self._record_tick(tx, project, tick, current)
         for project_id in set(st.latest) - set(projects):
             del st.latest[project_id]
 
-    async def _record_tick(self, p: ProjectRecord, tick: _ProjectTick, current: datetime) -> None:
+    async def _record_tick(
+        self, tx: Tx, p: ProjectRecord, tick: _ProjectTick, current: datetime
+    ) -> None:
+        """Writes one project's tick; the caller holds the project's lock in `tx`."""
         st = self._usage
         assert st.latest is not None  # noqa: S101 - loaded by _measure
         hour = hour_of(current)
-        async with self._store.tx(p.id) as tx:
-            if await tx.get(ProjectRecord, p.id) is None:
-                return  # deleted meanwhile
-            for endpoint_id, (seen, changed) in tick.endpoints.items():
-                fresh = await tx.get(EndpointRecord, endpoint_id)
-                # An API call may have changed it since it was read: then the API call wins.
-                if (
-                    fresh is not None
-                    and fresh.updated_at == seen.updated_at
-                    and fresh.current_state == seen.current_state
-                    and fresh.auto_suspended == seen.auto_suspended
-                ):
-                    fresh.current_state = changed.current_state
-                    fresh.last_active = changed.last_active
-                    fresh.started_at = changed.started_at
-                    fresh.suspended_at = changed.suspended_at
-                    fresh.auto_suspended = changed.auto_suspended
-                    await tx.put(fresh)
-            for branch_id, size in tick.branches.items():
-                b = await tx.get(BranchRecord, branch_id)
-                if b is not None:
-                    b.logical_size = size
-                    await tx.put(b)
-            bucket = await tx.get(UsageHourRecord, bucket_id(p.id, hour))
-            if bucket is None:
-                previous = st.latest.get(p.id)
-                carried = previous.last_sizes if previous is not None else {}
-                bucket = UsageHourRecord(
-                    id=bucket_id(p.id, hour),
-                    project_id=p.id,
-                    created_at=hour,
-                    sizes=dict(carried),
-                )
-            bucket.active_time_s += tick.active_s
-            bucket.compute_time_s += tick.compute_s
-            bucket.written_data_bytes += tick.written
-            bucket.data_transfer_bytes += tick.transfer
-            bucket.sizes = {k: max(v, bucket.sizes.get(k, 0)) for k, v in tick.sizes.items()}
-            bucket.last_sizes = dict(tick.sizes)
-            bucket.updated_at = current
-            await tx.put(bucket)
+        if await tx.get(ProjectRecord, p.id) is None:
+            return  # deleted meanwhile
+        for endpoint_id, (seen, changed) in tick.endpoints.items():
+            fresh = await tx.get(EndpointRecord, endpoint_id)
+            # An API call may have changed it since it was read: then the API call wins.
+            if (
+                fresh is not None
+                and fresh.updated_at == seen.updated_at
+                and fresh.current_state == seen.current_state
+                and fresh.auto_suspended == seen.auto_suspended
+            ):
+                fresh.current_state = changed.current_state
+                fresh.last_active = changed.last_active
+                fresh.started_at = changed.started_at
+                fresh.suspended_at = changed.suspended_at
+                fresh.auto_suspended = changed.auto_suspended
+                await tx.put(fresh)
+        for branch_id, size in tick.branches.items():
+            b = await tx.get(BranchRecord, branch_id)
+            if b is not None:
+                b.logical_size = size
+                await tx.put(b)
+        bucket = await tx.get(UsageHourRecord, bucket_id(p.id, hour))
+        if bucket is None:
+            previous = st.latest.get(p.id)
+            carried = previous.last_sizes if previous is not None else {}
+            bucket = UsageHourRecord(
+                id=bucket_id(p.id, hour),
+                project_id=p.id,
+                created_at=hour,
+                sizes=dict(carried),
+            )
+        bucket.active_time_s += tick.active_s
+        bucket.compute_time_s += tick.compute_s
+        bucket.written_data_bytes += tick.written
+        bucket.data_transfer_bytes += tick.transfer
+        bucket.sizes = {k: max(v, bucket.sizes.get(k, 0)) for k, v in tick.sizes.items()}
+        bucket.last_sizes = dict(tick.sizes)
+        bucket.updated_at = current
+        await tx.put(bucket)
         st.latest[p.id] = bucket
 
     # --- quotas --------------------------------------------------------------------------------
@@ -681,122 +545,3 @@ def _run_endpoint(
     changed.current_state, changed.suspended_at, changed.auto_suspended = "idle", until, True
     overrun = (current - until).total_seconds()
     return max(0.0, seconds - overrun), changed
-
-
-def period_id(project_id: str, month: datetime) -> str:
-    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"agentdb-localplane/{project_id}/{month:%Y-%m}"))
-
-
-# --- consumption history responses ---------------------------------------------------------------
-
-LEGACY_METRICS = (
-    "active_time_seconds",
-    "compute_time_seconds",
-    "written_data_bytes",
-    "synthetic_storage_size_bytes",
-    "data_storage_bytes_hour",
-    "logical_size_bytes",
-    "logical_size_bytes_hour",
-)
-# Always present in a legacy timeframe (required by the spec), whatever `metrics` asks.
-LEGACY_REQUIRED = LEGACY_METRICS[:4]
-V2_METRICS = (
-    "compute_unit_seconds",
-    "root_branch_bytes_month",
-    "child_branch_bytes_month",
-    "instant_restore_bytes_month",
-    "public_network_transfer_bytes",
-    "private_network_transfer_bytes",
-    "extra_branches_month",
-    "snapshot_storage_bytes_month",
-)
-#: How far back each granularity reaches (Neon's limits; 406 beyond).
-GRANULARITY_WINDOWS = {
-    "hourly": timedelta(hours=168),
-    "daily": timedelta(days=60),
-    "monthly": timedelta(days=365),
-}
-HISTORY_START = datetime(2024, 3, 1, tzinfo=UTC)
-
-
-def floor_to(moment: datetime, granularity: str) -> datetime:
-    if granularity == "hourly":
-        return hour_of(moment)
-    if granularity == "daily":
-        return hour_of(moment).replace(hour=0)
-    return month_of(moment)
-
-
-def _step(start: datetime, granularity: str) -> datetime:
-    if granularity == "hourly":
-        return start + HOUR
-    if granularity == "daily":
-        return start + timedelta(days=1)
-    return next_month(start)
-
-
-def _metric(name: str, hours: list[HourUsage]) -> int:  # noqa: C901, PLR0911 - a case per metric
-    match name:
-        case "active_time_seconds":
-            return sum(h.active_s for h in hours)
-        case "compute_time_seconds" | "compute_unit_seconds":
-            return sum(h.compute_s for h in hours)
-        case "written_data_bytes":
-            return sum(h.written for h in hours)
-        case "public_network_transfer_bytes":
-            return sum(h.transfer for h in hours)
-        case "synthetic_storage_size_bytes":
-            return max((h.sizes.get("synthetic", 0) for h in hours), default=0)
-        case "logical_size_bytes":
-            return max((h.sizes.get("logical", 0) for h in hours), default=0)
-        case "data_storage_bytes_hour":
-            return sum(h.byte_hours("synthetic") for h in hours)
-        case "logical_size_bytes_hour":
-            return sum(h.byte_hours("logical") for h in hours)
-        case "root_branch_bytes_month" | "child_branch_bytes_month":
-            return sum(h.byte_months(name.split("_", maxsplit=1)[0]) for h in hours)
-        case "snapshot_storage_bytes_month":
-            return sum(h.byte_months("snapshot") for h in hours)
-    return 0  # not measured locally: instant restore, private transfer, extra branches
-
-
-def project_consumption(
-    project_id: str, hours: list[HourUsage], granularity: str, metrics: Sequence[str], *, v2: bool
-) -> JSON:
-    """One project's periods (UTC months) of timeframes; timeframes where every reported
-    metric is zero are left out, as Neon does."""
-    by_frame: dict[datetime, list[HourUsage]] = defaultdict(list)
-    for h in hours:
-        by_frame[floor_to(h.start, granularity)].append(h)
-    periods: dict[datetime, list[JSON]] = defaultdict(list)
-    for frame, frame_hours in sorted(by_frame.items()):
-        values = {name: _metric(name, frame_hours) for name in metrics}
-        if not any(values.values()):
-            continue
-        timeframe: JSON = {
-            "timeframe_start": _ts(frame),
-            "timeframe_end": _ts(_step(frame, granularity)),
-        }
-        if v2:
-            timeframe["metrics"] = [{"metric_name": k, "value": v} for k, v in values.items()]
-        else:
-            timeframe |= values
-        periods[month_of(frame)].append(timeframe)
-    current = month_of(now())
-    return {
-        "project_id": project_id,
-        "periods": [
-            {
-                "period_id": period_id(project_id, month),
-                "period_plan": "local",
-                "period_start": _ts(month),
-                **({"period_end": _ts(next_month(month))} if month < current else {}),
-                "consumption": frames,
-            }
-            for month, frames in sorted(periods.items())
-        ],
-    }
-
-
-def _ts(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
