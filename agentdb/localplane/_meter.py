@@ -14,8 +14,10 @@ whatever the number of projects, and writes only what changed:
   project database (creating it, Data API set-up) change its counters too and count as activity.
 * **Written bytes** = the cluster's WAL growth (`pg_current_wal_insert_lsn()`), attributed
   exactly for live backends with PostgreSQL 18's `pg_stat_get_backend_wal(pid)`; what remains
-  (backends that ended during the tick, autovacuum) goes to databases in proportion to their
-  `tup_inserted + tup_updated + tup_deleted` growth, among databases without a live backend.
+  (backends that ended before reporting it, autovacuum) goes to databases in proportion to their
+  `tup_inserted + tup_updated + tup_deleted` growth, among databases without a live backend
+  (a database's growth seen while it had live backends counts once they are gone, unless they
+  reported WAL meanwhile).
   Error: statistics reach shared memory up to ~10 s after a transaction (a backend flushes them
   at most once a second, and at the latest 10 s later while idle, or when it exits), so
   unexplained WAL waits for the backend's report: a write can land in a later tick; WAL
@@ -120,6 +122,8 @@ class _MeterState:
     sizes: dict[str, int] = field(default_factory=dict)  # physical database -> bytes
     latest: dict[str, UsageHourRecord] | None = None  # project -> newest bucket
     pending_wal: list[tuple[float, int]] = field(default_factory=list)  # (monotonic, bytes)
+    # database -> tuple changes seen while it had live backends, whose WAL they have not reported
+    deferred_tuples: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -229,12 +233,7 @@ class UsageMixin(PlaneBase):
             else:
                 pending[0] = (moment, size - explained)
                 explained = 0
-        weights = {}
-        for name, stats in sample.databases.items():
-            before = last.databases.get(name)
-            grown = stats.tuples - (before.tuples if before else 0)
-            if grown > 0 and stats.backends == 0:
-                weights[name] = grown
+        weights = self._tuple_weights(sample, last, exact)
         total = sum(weights.values())
         if total:
             remainder = sum(size for _moment, size in pending)
@@ -244,6 +243,33 @@ class UsageMixin(PlaneBase):
         else:
             pending[:] = [(m, size) for m, size in pending if mono - m <= _PENDING_WAL_S]
         return exact
+
+    def _tuple_weights(
+        self, sample: _Sample, last: _Sample, exact: dict[str, float]
+    ) -> dict[str, float]:
+        """Each database's share of the WAL no backend reported: its tuple changes."""
+        # Tuple changes of a database with live client backends are kept aside: its backends
+        # report their WAL themselves. If they end before reporting it, their WAL waits in
+        # `pending` and the changes kept aside claim it once no backend is left.
+        deferred = self._usage.deferred_tuples
+        for name, reported in exact.items():
+            if reported > 0:
+                deferred.pop(name, None)
+        weights: dict[str, float] = {}
+        for name, stats in sample.databases.items():
+            before = last.databases.get(name)
+            grown = stats.tuples - (before.tuples if before else 0)
+            if grown > 0 and stats.backends:
+                deferred[name] = deferred.get(name, 0) + grown
+            elif grown > 0:
+                weights[name] = grown
+        for name in list(deferred):
+            now_stats = sample.databases.get(name)
+            if now_stats is None:
+                del deferred[name]  # dropped
+            elif not now_stats.backends:
+                weights[name] = weights.get(name, 0) + deferred.pop(name)
+        return weights
 
     async def _measure(self) -> None:  # noqa: C901, PLR0912, PLR0915 - one pass over the cluster
         st = self._usage
@@ -400,14 +426,29 @@ class UsageMixin(PlaneBase):
             await self._enforce({project_id})
 
     async def _enforce(self, only: set[str] | None) -> None:
+        """Applies the quotas of every project, or of the projects in `only` (reading only
+        their records: a project PATCH must not cost more with more projects)."""
         async with self._store.tx() as tx:
-            projects = [p for p in await tx.list(ProjectRecord) if only is None or p.id in only]
+            if only is None:
+                projects = await tx.list(ProjectRecord)
+                branches = await tx.list(BranchRecord)
+                endpoints = await tx.list(EndpointRecord)
+            else:
+                found = [await tx.get(ProjectRecord, project_id) for project_id in sorted(only)]
+                projects = [p for p in found if p is not None]
+                branches = [b for p in projects for b in await tx.list(BranchRecord, p.id)]
+                endpoints = [e for p in projects for e in await tx.list(EndpointRecord, p.id)]
             watched = [p for p in projects if p.quota or p.quota_exceeded]
             totals = await exact_totals(tx, [p.id for p in watched])
-            branches = await tx.list(BranchRecord)
+            blocked = {p.id for p in watched if p.quota_exceeded}
+            # Computes that came up on a blocked project (a new branch's, a preview's) are
+            # suspended with the others at the next measurement.
+            open_on_blocked = {
+                e.project_id for e in endpoints if e.project_id in blocked and not e.door_closed
+            }
         for p in watched:
             reason = quota_breach(p, totals[p.id])
-            if reason != p.quota_exceeded:
+            if reason != p.quota_exceeded or (reason and p.id in open_on_blocked):
                 with contextlib.suppress(NotFound):  # deleted meanwhile
                     await self._set_quota_block(p.id, reason)
         by_id = {p.id: p for p in projects}
@@ -424,7 +465,7 @@ class UsageMixin(PlaneBase):
                         fresh.read_only = over
                         await tx.put(fresh)
                 log.info("localplane.branch_read_only", branch_id=b.id, read_only=over)
-        await self._apply_read_only()
+        await self._apply_read_only(None if only is None else [p.id for p in projects])
 
     async def _set_quota_block(self, project_id: str, reason: str | None) -> None:
         """Suspends every endpoint of the project (reason set) or reopens them (None)."""
@@ -454,16 +495,25 @@ class UsageMixin(PlaneBase):
                 await m.start(ops, "steps", project_id=project_id, steps=m.steps)
         log.info("localplane.quota", project_id=project_id, exceeded=reason is not None)
 
-    async def _apply_read_only(self) -> None:
+    async def _apply_read_only(self, project_ids: Sequence[str] | None) -> None:
         """Makes the databases of read-only branches (and only those) default to read-only
-        transactions; ends their client sessions so that the change reaches them."""
+        transactions, of every project or of `project_ids`; ends their client sessions so
+        that the change reaches them."""
         async with self._store.tx() as tx:
-            read_only = {b.id for b in await tx.list(BranchRecord) if b.read_only}
-            wanted = {d.physical for d in await tx.list(DatabaseRecord) if d.branch_id in read_only}
+            if project_ids is None:
+                branches = await tx.list(BranchRecord)
+                databases = await tx.list(DatabaseRecord)
+            else:
+                branches = [b for i in project_ids for b in await tx.list(BranchRecord, i)]
+                databases = [d for i in project_ids for d in await tx.list(DatabaseRecord, i)]
+        read_only = {b.id for b in branches if b.read_only}
+        wanted = {d.physical for d in databases if d.branch_id in read_only}
         conn = await self._conn()
         cur = await conn.execute(_READ_ONLY)
         actual = {str(r[0]) for r in await cur.fetchall()}
         actual = {n for n in actual if n.startswith(_PROJECT_DATABASES)}
+        if project_ids is not None:
+            actual &= {d.physical for d in databases}
         for name in sorted(wanted ^ actual):
             on = name in wanted
             template = "ALTER DATABASE {} SET default_transaction_read_only = on"

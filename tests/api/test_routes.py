@@ -177,4 +177,6 @@ async def test_expired_previews_are_deleted_by_the_background_job(
         "expire_branches",
         "cleanup_replaced_branches",
         "expire_idempotency_keys",
+        "tier_changes",
+        "poll_usage",
     }

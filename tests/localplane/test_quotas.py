@@ -149,3 +149,33 @@ async def test_logical_size_quota_makes_writes_fail_until_raised(
     await _patch_quota(neon_http, project_id, logical_size_bytes=size + 100 * MIB)
     await execute(uri, "INSERT INTO t VALUES (0, 'fits again')")
     assert await fetch(uri, "SELECT count(*) FROM t") == [(3001,)]
+
+
+async def test_a_compute_that_comes_up_on_a_blocked_project_is_suspended_too(
+    neon_http: httpx.AsyncClient, plane: LocalPlane
+) -> None:
+    created = await create_project(neon_http, settings={"quota": {"active_time_seconds": 1}})
+    project_id, main = created["project"]["id"], created["branch"]["id"]
+    first = created["endpoints"][0]["id"]
+    for _ in range(20):  # a started compute runs from its start: over 1 s within a few ticks
+        await plane.meter()
+        await plane.drain()
+        if (await _endpoint(neon_http, project_id, first))["current_state"] == "idle":
+            break
+        await asyncio.sleep(0.3)
+    assert (await _endpoint(neon_http, project_id, first))["current_state"] == "idle"
+    branch = await neon_http.post(
+        f"/projects/{project_id}/branches",
+        json={"branch": {"parent_id": main}, "endpoints": [{"type": "read_write"}]},
+    )
+    assert branch.status_code == 201, branch.text
+    await wait_ops(neon_http, project_id, branch.json()["operations"])
+    endpoint_id = branch.json()["endpoints"][0]["id"]
+    await plane.meter()
+    await plane.drain()
+    assert (await _endpoint(neon_http, project_id, endpoint_id))["current_state"] == "idle"
+    start = await neon_http.post(f"/projects/{project_id}/endpoints/{endpoint_id}/start")
+    assert start.status_code == 403, start.text
+    uri = branch.json()["connection_uris"][0]["connection_uri"]
+    with pytest.raises(psycopg.OperationalError):
+        await fetch(uri, "SELECT 1")

@@ -243,7 +243,7 @@ async def test_the_settings_fill_in_what_a_tier_leaves_out(
     user = await new_user(meta_sessions, "max")
     view = await sessions.create(user, "big")
     project = await neon.get_project(await project_of(meta_sessions, view.id))
-    assert project.org_id is None  # no tier org, no AGENTDB_NEON_ORG_ID
+    assert project.org_id == "org-local"  # no tier org, no AGENTDB_NEON_ORG_ID: the default
     endpoint = project.default_endpoint_settings
     assert endpoint is not None
     assert (endpoint.autoscaling_limit_min_cu, endpoint.autoscaling_limit_max_cu) == (1, 4)
