@@ -27,3 +27,4 @@ format: setup
 bench: setup
 	$(BIN)/python benchmarks/localplane.py
 	$(BIN)/python benchmarks/api.py
+	$(BIN)/python benchmarks/tiers.py

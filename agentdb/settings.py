@@ -68,7 +68,7 @@ class Settings(BaseSettings):
         "(besides its default organization and the tiers' organizations).",
     )
     localplane_meter_interval_s: float = Field(
-        default=10.0,
+        default=30.0,
         gt=0,
         description="How often the local control plane measures consumption (active time, "
         "written bytes, logical size) and enforces project quotas, in seconds.",

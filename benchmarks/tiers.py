@@ -24,7 +24,7 @@ time); the plane starts with both organizations.
    computes must carry the pro quota and CU range: the run fails loudly otherwise. Then, with
    nothing else running, `--meter-repeat` times: one project's PATCH as the change sends it,
    and the local plane's quota check that each project PATCH runs (`enforce_quotas`, which
-   holds the meter's lock and reads every project's and branch's record).
+   holds the meter's lock and reads that project's records).
 3. The meter, with all N projects present: `plane.meter()` (its background interval is set
    huge, so only these calls tick). One catch-up tick (everything since the plane started),
    one settling tick, then `--meter-repeat` (5) times: an `INSERT` of one row in `--active`

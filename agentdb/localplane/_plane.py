@@ -49,7 +49,7 @@ class LocalPlane(
         *,
         operation_delay_s: float = 0,
         organizations: Sequence[str] = (),
-        meter_interval_s: float = 10.0,
+        meter_interval_s: float = 30.0,
     ) -> AsyncIterator[LocalPlane]:
         """The plane over `server`, with the default organization and `organizations`; it
         measures consumption and enforces quotas every `meter_interval_s` seconds."""
