@@ -13,18 +13,19 @@ whatever the number of projects, and writes only what changed:
   is active time x `autoscaling_limit_min_cu`. The plane's own maintenance connections to a
   project database (creating it, Data API set-up) change its counters too and count as activity.
 * **Written bytes** = the cluster's WAL growth (`pg_current_wal_insert_lsn()`), attributed
-  exactly for live backends with PostgreSQL 18's `pg_stat_get_backend_wal(pid)`; what remains
-  (backends that ended before reporting it, autovacuum) goes to databases in proportion to their
-  `tup_inserted + tup_updated + tup_deleted` growth, among databases without a live backend
-  (a database's growth seen while it had live backends counts once they are gone, unless they
-  reported WAL meanwhile).
+  exactly for live backends with PostgreSQL 18's `pg_stat_get_backend_wal(pid)`; what no
+  backend reported (backends that ended first, autovacuum, backends that report late) goes to
+  the databases whose tuples changed (`tup_inserted + tup_updated + tup_deleted` growth), in
+  proportion; a database with live backends gets its share as prepaid, and what its backends
+  report later is first set against it, so nothing is counted twice and the total is the
+  cluster's WAL.
   Error: statistics reach shared memory up to ~10 s after a transaction (a backend flushes them
-  at most once a second, and at the latest 10 s later while idle, or when it exits), so
-  unexplained WAL waits for the backend's report: a write can land in a later tick; WAL
-  where no database changed tuples waits up to 15 s for one (then it is dropped: undercount);
-  a database with a live backend and short-lived ones misses the short ones' WAL; unclaimed WAL
-  (autovacuum, checkpoints) goes to the next database that changes tuples within 15 s. WAL that
-  the plane's own sessions write (its state database, DDL) is never billed. The embedded
+  at most once a second, and at the latest 10 s later while idle, or when it exits), so a
+  write can land in a later tick; WAL while no database changed tuples waits up to 15 s for
+  one (then it is dropped: undercount); unreported WAL is shared by tuple counts, so when
+  several databases change at once, one with wide rows is undercharged and the others
+  overcharged; WAL of autovacuum and checkpoints goes to the databases changing tuples then.
+  WAL that the plane's own sessions write (its state database, DDL) is never billed. The embedded
   cluster runs with `wal_level = minimal`, so rows written into a table created or truncated in
   the same transaction (CREATE TABLE AS, TRUNCATE + COPY) write no WAL and are not counted.
   Measured: 8 MiB of 1 KiB rows give 1.0-1.2x their payload in WAL (tuple and page headers,
@@ -121,9 +122,21 @@ class _MeterState:
     last: _Sample | None = None
     sizes: dict[str, int] = field(default_factory=dict)  # physical database -> bytes
     latest: dict[str, UsageHourRecord] | None = None  # project -> newest bucket
-    pending_wal: list[tuple[float, int]] = field(default_factory=list)  # (monotonic, bytes)
-    # database -> tuple changes seen while it had live backends, whose WAL they have not reported
-    deferred_tuples: dict[str, int] = field(default_factory=dict)
+    pending_wal: list[tuple[float, float]] = field(default_factory=list)  # (monotonic, bytes)
+    # database -> WAL bytes given to it from the unreported pool while it had live backends,
+    # which they will report later (and must not be counted twice)
+    prepaid: dict[str, float] = field(default_factory=dict)
+
+
+def _tuple_growth(sample: _Sample, last: _Sample) -> dict[str, float]:
+    """Each database's tuple changes since `last`: its share of the WAL no backend reported."""
+    weights: dict[str, float] = {}
+    for name, stats in sample.databases.items():
+        before = last.databases.get(name)
+        grown = stats.tuples - (before.tuples if before else 0)
+        if grown > 0:
+            weights[name] = grown
+    return weights
 
 
 @dataclass
@@ -210,20 +223,34 @@ class UsageMixin(PlaneBase):
         read_only = {str(r[0]) for r in await (await conn.execute(_READ_ONLY)).fetchall()}
         return _Sample(databases, backend_wal, int(row[0]) if row else 0, read_only)
 
-    def _written(self, sample: _Sample, last: _Sample, mono: float) -> dict[str, float]:
-        """WAL bytes written since `last`, per database (see the module docstring)."""
+    def _reported(self, sample: _Sample, last: _Sample) -> tuple[dict[str, float], float]:
+        """The WAL live backends reported since `last`, per client database, and in all (the
+        plane's own backends included)."""
+        st = self._usage
         exact: dict[str, float] = defaultdict(float)
-        explained = 0
+        explained = 0.0
         for pid, (datname, own, wal) in sample.backend_wal.items():
             previous = last.backend_wal.get(pid)
             delta = wal - previous[2] if previous is not None and previous[0] == datname else wal
-            delta = max(0, delta)
-            explained += delta
+            reported = float(max(0, delta))
+            # WAL a database was already given from the unreported pool (see `_written`) is not
+            # counted again when its backend reports it, nor does it settle newer WAL.
+            paid = min(reported, st.prepaid.get(datname, 0.0))
+            if paid:
+                st.prepaid[datname] -= paid
+                reported -= paid
+            explained += reported
             if not own:
-                exact[datname] += delta
-        # WAL not explained yet waits (a backend reports its statistics up to 10 s late when it
-        # stays connected); what backends report later settles the oldest waiting bytes.
-        pending = self._usage.pending_wal
+                exact[datname] += reported
+        return exact, explained
+
+    def _written(self, sample: _Sample, last: _Sample, mono: float) -> dict[str, float]:
+        """WAL bytes written since `last`, per database (see the module docstring)."""
+        st = self._usage
+        exact, explained = self._reported(sample, last)
+        # WAL no backend reported yet waits (a connected backend reports its statistics up to
+        # 10 s late); what backends report later settles the oldest waiting bytes.
+        pending = st.pending_wal
         pending.append((mono, sample.wal - last.wal))
         while explained > 0 and pending:
             moment, size = pending[0]
@@ -233,43 +260,24 @@ class UsageMixin(PlaneBase):
             else:
                 pending[0] = (moment, size - explained)
                 explained = 0
-        weights = self._tuple_weights(sample, last, exact)
+        weights = _tuple_growth(sample, last)
         total = sum(weights.values())
         if total:
             remainder = sum(size for _moment, size in pending)
             pending.clear()
             for name, weight in weights.items():
-                exact[name] += remainder * weight / total
+                share = remainder * weight / total
+                exact[name] += share
+                if sample.databases[name].backends:  # they will report it later: prepaid
+                    st.prepaid[name] = st.prepaid.get(name, 0.0) + share
         else:
             pending[:] = [(m, size) for m, size in pending if mono - m <= _PENDING_WAL_S]
+        # What a database without live backends was prepaid will never be reported.
+        for name in list(st.prepaid):
+            stats = sample.databases.get(name)
+            if stats is None or not stats.backends or st.prepaid[name] <= 0:
+                del st.prepaid[name]
         return exact
-
-    def _tuple_weights(
-        self, sample: _Sample, last: _Sample, exact: dict[str, float]
-    ) -> dict[str, float]:
-        """Each database's share of the WAL no backend reported: its tuple changes."""
-        # Tuple changes of a database with live client backends are kept aside: its backends
-        # report their WAL themselves. If they end before reporting it, their WAL waits in
-        # `pending` and the changes kept aside claim it once no backend is left.
-        deferred = self._usage.deferred_tuples
-        for name, reported in exact.items():
-            if reported > 0:
-                deferred.pop(name, None)
-        weights: dict[str, float] = {}
-        for name, stats in sample.databases.items():
-            before = last.databases.get(name)
-            grown = stats.tuples - (before.tuples if before else 0)
-            if grown > 0 and stats.backends:
-                deferred[name] = deferred.get(name, 0) + grown
-            elif grown > 0:
-                weights[name] = grown
-        for name in list(deferred):
-            now_stats = sample.databases.get(name)
-            if now_stats is None:
-                del deferred[name]  # dropped
-            elif not now_stats.backends:
-                weights[name] = weights.get(name, 0) + deferred.pop(name)
-        return weights
 
     async def _measure(self) -> None:  # noqa: C901, PLR0912, PLR0915 - one pass over the cluster
         st = self._usage

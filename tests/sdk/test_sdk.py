@@ -130,6 +130,26 @@ async def test_tokens_users_and_listing(db: AgentDB):
     assert [str(s.id) for s in await db.list_sessions(user_id=user_id)] == [sid]
 
 
+async def test_tier_changes_usage_and_pins(db: AgentDB):
+    user_id, sid = await new_session(db)
+    usage = await db.get_session_usage(sid)
+    assert (str(usage.session_id), usage.tier, usage.sessions) == (sid, "free", 1)
+    assert usage.periods == []  # nothing polled yet
+    change = await db.change_tier(user_id, "pro")
+    assert (change.from_tier, change.to_tier, change.status) == ("free", "pro", "finished")
+    assert change.sessions_total == change.sessions_updated == 1
+    assert [c.id for c in await db.list_tier_changes(user_id)] == [change.id]
+    assert (await db.get_user(user_id)).tier == "pro"
+    assert (await db.get_user_usage(user_id)).sessions == 1
+    with pytest.raises(InvalidRequestError) as bad:
+        await db.change_tier(user_id, "platinum")
+    assert bad.value.fields == ["tier"]
+    head = (await db.get_session(sid)).head_checkpoint_id
+    assert head is not None
+    assert (await db.pin_checkpoint(sid, head)).pinned is True
+    assert (await db.pin_checkpoint(sid, head, pinned=False)).pinned is False
+
+
 async def test_errors_are_typed_and_name_the_field(db: AgentDB):
     _, sid = await new_session(db)
     with pytest.raises(InvalidRequestError) as bad:
