@@ -6,6 +6,7 @@ from __future__ import annotations
 import secrets
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,13 +23,59 @@ from pydantic import SecretStr
 from agentdb.api import create_app
 from agentdb.neon import NeonClient, RetryPolicy
 from agentdb.pg import ServerInfo
-from agentdb.runtime import Runtime, open_runtime
+from agentdb.runtime import LOCAL_PLANE_REQUESTS_PER_MIN, Runtime, open_runtime
 from agentdb.settings import Settings
 
 ADMIN_TOKEN = "adb_admin_test_" + "x" * 40
 FAST_RETRY = RetryPolicy(
     attempts=40, timeout=60, wait_initial=0.001, wait_max=0.01, wait_jitter=0.002
 )
+
+
+@asynccontextmanager
+async def open_test_runtime(
+    pg_server: ServerInfo,
+    localplane_app: Litestar,
+    neon_spec: NeonSpec,
+    data_dir: Path,
+    *,
+    tiers_toml: str | None = None,
+    unlimited_client: bool = False,
+    **settings: Any,
+) -> AsyncIterator[Runtime]:
+    """agentdb's runtime over the suite's local plane, with a meta database of its own (dropped
+    afterwards) and, given `tiers_toml`, a tiers file. `unlimited_client` drops Neon's 700
+    requests a minute, which hundreds of sessions polling their operations would queue behind
+    (only the real Neon needs it, and `agentdb serve` drops it for the local plane too)."""
+    tag = secrets.token_hex(4)
+    if tiers_toml is not None:
+        tiers_file = data_dir / "tiers.toml"
+        tiers_file.write_text(tiers_toml)
+        settings["tiers_file"] = tiers_file
+    config = Settings(
+        data_dir=data_dir,
+        admin_token=SecretStr(ADMIN_TOKEN),
+        meta_database=f"api_meta_{tag}",
+        project_prefix=f"api-{tag}-",
+        **settings,
+    )
+    limits: dict[str, Any] = (
+        {"rate_limit_per_min": LOCAL_PLANE_REQUESTS_PER_MIN, "burst_per_s": None}
+        if unlimited_client
+        else {}
+    )
+    hooks = {"request": [neon_spec.request_hook()], "response": [neon_spec.response_hook()]}
+    async with (
+        NeonClient.for_app(
+            localplane_app, api_key="api-tests", retry=FAST_RETRY, event_hooks=hooks, **limits
+        ) as neon,
+        open_runtime(config, server=pg_server, neon=neon) as running,
+    ):
+        yield running
+    async with await psycopg.AsyncConnection.connect(pg_server.conninfo(), autocommit=True) as conn:
+        await conn.execute(
+            sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(config.meta_database))
+        )
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
@@ -38,26 +85,11 @@ async def runtime(
     neon_spec: NeonSpec,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[Runtime]:
-    tag = secrets.token_hex(4)
-    settings = Settings(
-        data_dir=tmp_path_factory.mktemp("api"),
-        admin_token=SecretStr(ADMIN_TOKEN),
-        meta_database=f"api_meta_{tag}",
-        project_prefix=f"api-{tag}-",
-        sql_statement_timeout_s=5,
-    )
-    hooks = {"request": [neon_spec.request_hook()], "response": [neon_spec.response_hook()]}
-    async with (
-        NeonClient.for_app(
-            localplane_app, api_key="api-tests", retry=FAST_RETRY, event_hooks=hooks
-        ) as neon,
-        open_runtime(settings, server=pg_server, neon=neon) as running,
-    ):
+    data_dir = tmp_path_factory.mktemp("api")
+    async with open_test_runtime(
+        pg_server, localplane_app, neon_spec, data_dir, sql_statement_timeout_s=5
+    ) as running:
         yield running
-    async with await psycopg.AsyncConnection.connect(pg_server.conninfo(), autocommit=True) as conn:
-        await conn.execute(
-            sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(settings.meta_database))
-        )
 
 
 @pytest.fixture(scope="module")

@@ -10,24 +10,20 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-import psycopg
 import pytest
 import pytest_asyncio
 import sqlalchemy as sa
 from litestar import Litestar
-from psycopg import sql
-from pydantic import SecretStr
 
 from agentdb.api import create_app
 from agentdb.localplane import LocalPlane
 from agentdb.neon import NeonClient
 from agentdb.pg import ServerInfo
-from agentdb.runtime import LOCAL_PLANE_REQUESTS_PER_MIN, Runtime, open_runtime
-from agentdb.settings import Settings
+from agentdb.runtime import Runtime
 from meta_schema import AgentSession
 from tests.contract.openapi import NeonSpec
 
-from .conftest import ADMIN, ADMIN_TOKEN, FAST_RETRY, assert_problem, bearer
+from .conftest import ADMIN, assert_problem, bearer, open_test_runtime
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -66,34 +62,10 @@ async def runtime(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[Runtime]:
     data_dir = tmp_path_factory.mktemp("api-tier-changes")
-    tiers_file = data_dir / "tiers.toml"
-    tiers_file.write_text(TIERS_TOML)
-    settings = Settings(
-        data_dir=data_dir,
-        admin_token=SecretStr(ADMIN_TOKEN),
-        meta_database=f"api_tierchg_{TAG}",
-        project_prefix=f"atc-{TAG}-",
-        tiers_file=tiers_file,
-    )
-    hooks = {"request": [neon_spec.request_hook()], "response": [neon_spec.response_hook()]}
-    async with (
-        # Hundreds of sessions at a few at a time poll operations faster than Neon's 700
-        # requests a minute, which only the real Neon needs (as in `agentdb serve`).
-        NeonClient.for_app(
-            localplane_app,
-            api_key="api-tests",
-            retry=FAST_RETRY,
-            event_hooks=hooks,
-            rate_limit_per_min=LOCAL_PLANE_REQUESTS_PER_MIN,
-            burst_per_s=None,
-        ) as neon,
-        open_runtime(settings, server=pg_server, neon=neon) as running,
-    ):
+    async with open_test_runtime(
+        pg_server, localplane_app, neon_spec, data_dir, tiers_toml=TIERS_TOML, unlimited_client=True
+    ) as running:
         yield running
-    async with await psycopg.AsyncConnection.connect(pg_server.conninfo(), autocommit=True) as conn:
-        await conn.execute(
-            sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(settings.meta_database))
-        )
 
 
 @pytest_asyncio.fixture(loop_scope="session")

@@ -4,25 +4,19 @@ checkpoints survive retention while the oldest unpinned ones are pruned."""
 
 from __future__ import annotations
 
-import secrets
 import uuid
 from collections.abc import AsyncIterator
 
 import httpx
-import psycopg
 import pytest
 import pytest_asyncio
 from contract.openapi import NeonSpec
 from litestar import Litestar
-from psycopg import sql
-from pydantic import SecretStr
 
-from agentdb.neon import NeonClient
 from agentdb.pg import ServerInfo
-from agentdb.runtime import Runtime, open_runtime
-from agentdb.settings import Settings
+from agentdb.runtime import Runtime
 
-from .conftest import ADMIN, ADMIN_TOKEN, FAST_RETRY, assert_problem, bearer
+from .conftest import ADMIN, assert_problem, bearer, open_test_runtime
 
 TIERS_TOML = """
 default = "hobby"
@@ -44,29 +38,11 @@ async def runtime(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[Runtime]:
     """Like the suite's runtime, with a tiers file."""
-    tag = secrets.token_hex(4)
     data_dir = tmp_path_factory.mktemp("api-tiers")
-    tiers_file = data_dir / "tiers.toml"
-    tiers_file.write_text(TIERS_TOML)
-    settings = Settings(
-        data_dir=data_dir,
-        admin_token=SecretStr(ADMIN_TOKEN),
-        meta_database=f"api_tiers_{tag}",
-        project_prefix=f"apit-{tag}-",
-        tiers_file=tiers_file,
-    )
-    hooks = {"request": [neon_spec.request_hook()], "response": [neon_spec.response_hook()]}
-    async with (
-        NeonClient.for_app(
-            localplane_app, api_key="api-tests", retry=FAST_RETRY, event_hooks=hooks
-        ) as neon,
-        open_runtime(settings, server=pg_server, neon=neon) as running,
-    ):
+    async with open_test_runtime(
+        pg_server, localplane_app, neon_spec, data_dir, tiers_toml=TIERS_TOML
+    ) as running:
         yield running
-    async with await psycopg.AsyncConnection.connect(pg_server.conninfo(), autocommit=True) as conn:
-        await conn.execute(
-            sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(settings.meta_database))
-        )
 
 
 async def user_token(http: httpx.AsyncClient, tier: str | None = None) -> dict[str, str]:
