@@ -15,10 +15,9 @@ whatever the number of projects, and writes only what changed:
 * **Written bytes** = the cluster's WAL growth (`pg_current_wal_insert_lsn()`), attributed
   exactly for live backends with PostgreSQL 18's `pg_stat_get_backend_wal(pid)`; what no
   backend reported (backends that ended first, autovacuum, backends that report late) goes to
-  the databases whose tuples changed (`tup_inserted + tup_updated + tup_deleted` growth), in
-  proportion; a database with live backends gets its share as prepaid, and what its backends
-  report later is first set against it, so nothing is counted twice and the total is the
-  cluster's WAL.
+  the project databases whose tuples changed (`tup_inserted + tup_updated + tup_deleted`
+  growth), in proportion; a database with live backends gets its share as prepaid, and what
+  its backends report later is first set against it, so nothing is counted twice.
   Error: statistics reach shared memory up to ~10 s after a transaction (a backend flushes them
   at most once a second, and at the latest 10 s later while idle, or when it exits), so a
   write can land in a later tick; WAL while no database changed tuples waits up to 15 s for
@@ -29,7 +28,8 @@ whatever the number of projects, and writes only what changed:
   cluster runs with `wal_level = minimal`, so rows written into a table created or truncated in
   the same transaction (CREATE TABLE AS, TRUNCATE + COPY) write no WAL and are not counted.
   Measured: 8 MiB of 1 KiB rows give 1.0-1.2x their payload in WAL (tuple and page headers,
-  full-page images after a checkpoint).
+  full-page images after a checkpoint), and up to about 2x once autovacuum has visited the new
+  pages (setting hint bits writes full-page images: PostgreSQL 18 has data checksums on).
 * **Logical size** of a branch = sum of `pg_database_size` of its databases (catalogs included),
   re-measured only for databases whose statistics changed.
 * **Data transfer** = bytes of Data API response bodies (counted by `_rest.serve`); direct
@@ -129,9 +129,14 @@ class _MeterState:
 
 
 def _tuple_growth(sample: _Sample, last: _Sample) -> dict[str, float]:
-    """Each database's tuple changes since `last`: its share of the WAL no backend reported."""
+    """Each project database's tuple changes since `last`: its share of the WAL no backend
+    reported. Other databases (the plane's state, agentdb's meta database) are written by
+    long-lived pooled connections, which report their WAL themselves; their tuple changes
+    would otherwise take a share of a project's unreported WAL."""
     weights: dict[str, float] = {}
     for name, stats in sample.databases.items():
+        if not name.startswith(_PROJECT_DATABASES):
+            continue
         before = last.databases.get(name)
         grown = stats.tuples - (before.tuples if before else 0)
         if grown > 0:

@@ -134,9 +134,10 @@ async def test_usage_appears_after_a_poll_and_matches_what_was_written(
     assert report["tier"] == "free"
     assert report["polled_at"] is not None
     usage = metrics_of(report)
-    # Written data is WAL: the rows with their tuple and page headers (and full-page images of
-    # pages first touched after a checkpoint), so 1x to 1.5x what the SQL wrote.
-    assert 8 * MiB <= usage["written_data_bytes"]["value"] <= 12 * MiB, usage
+    # Written data is WAL: the rows with their tuple and page headers (1.0-1.2x what the SQL
+    # wrote), and once autovacuum has visited the new table, its full-page images too (data
+    # checksums are on in PostgreSQL 18): up to 2.5x.
+    assert 8 * MiB <= usage["written_data_bytes"]["value"] <= 20 * MiB, usage
     # The logical size is the database's size: the 8 MiB, their page overhead and the
     # empty database (about 7.5 MiB on PostgreSQL 18).
     assert 8 * MiB <= usage["logical_size_bytes"]["value"] <= 24 * MiB, usage

@@ -79,8 +79,9 @@ async def test_written_bytes_and_logical_size_match_what_was_written(
 
     await meter_until(plane, grew)
     # WAL of 8 MiB of rows: the payload plus tuple headers, page headers and full-page images
-    # (measured 8.7 MiB); tolerance 1.0x to 1.5x the payload.
-    assert 8 * MIB <= await written() <= 12 * MIB
+    # (measured 8.7 MiB), and once autovacuum has visited the new table, its full-page images
+    # too (data checksums are on in PostgreSQL 18); tolerance 1.0x to 2.5x the payload.
+    assert 8 * MIB <= await written() <= 20 * MIB
     branch = (await neon_http.get(f"/projects/{project_id}/branches/{branch_id}")).json()
     growth = branch["branch"]["logical_size"] - size_before
     # Heap pages hold 7 such rows (8 KiB pages): 8 MiB of rows take ~9.2 MiB on disk.
