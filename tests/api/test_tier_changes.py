@@ -193,6 +193,8 @@ async def test_upgrading_moves_every_project_in_batches_and_a_failed_batch_resum
     assert [c["status"] for c in changes["tier_changes"]] == ["finished"]
     newer = await runtime.sessions.create(uuid.UUID(user_id))
     assert (await runtime.neon.get_project(await project_of(runtime, newer.id))).org_id == PRO_ORG
+    # The 402 sessions' databases take gigabytes of the suite's shared cluster: give them back.
+    await delete_all_sessions(runtime, user_id)
 
 
 async def test_a_user_token_follows_its_own_tier_change_and_a_newer_one_supersedes(
@@ -269,3 +271,14 @@ async def project_of(runtime: Runtime, session_id: uuid.UUID) -> str:
     assert row is not None
     assert row.project_id is not None
     return row.project_id
+
+
+async def delete_all_sessions(runtime: Runtime, user_id: str) -> None:
+    gate = asyncio.Semaphore(8)
+
+    async def delete(session_id: uuid.UUID) -> None:
+        async with gate:
+            await runtime.sessions.delete(session_id)
+
+    views = await runtime.sessions.list(uuid.UUID(user_id))
+    await asyncio.gather(*(delete(view.id) for view in views))
