@@ -33,6 +33,7 @@ from agentdb.services import (
     AddonService,
     BranchService,
     CheckpointService,
+    CredentialService,
     EventService,
     JobRunner,
     Reconciler,
@@ -209,6 +210,8 @@ async def open_runtime(
                 after_ddl=addons.refresh_after_ddl,
                 # A refused connection or write says which quota is used up, if one is.
                 explain_quota=usage.quota_problem,
+                # A password an agent changed from SQL is reset through the control plane.
+                recover_credentials=CredentialService(meta, neon, secrets).recover,
             ),
             addons=addons,
             events=EventService(meta),

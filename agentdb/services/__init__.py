@@ -36,6 +36,7 @@ from ._views import (
 from .addons import AddonService
 from .branches import BranchService
 from .checkpoints import CheckpointService
+from .credentials import CredentialService
 from .events import EventService, EventView
 from .jobs import JobRunner, JobStatus
 from .reconcile import Reconciler, ReconcileReport
@@ -58,6 +59,7 @@ __all__ = [
     "CheckpointNotFound",
     "CheckpointService",
     "CheckpointTree",
+    "CredentialService",
     "CheckpointView",
     "Clock",
     "Conflict",

@@ -61,18 +61,18 @@ class SessionLocks:
     would only make two sessions take turns).
     """
 
-    def __init__(self, sessions: SessionFactory) -> None:
+    def __init__(self, sessions: SessionFactory, *, purpose: bytes = b"agentdb.session") -> None:
+        """`purpose` keys a separate family of locks (at most 16 bytes), e.g. credential
+        resets, which must not wait on a session's workflows."""
         self._sessions = sessions
+        self._purpose = purpose
         # Entries vanish once no workflow holds or awaits their lock.
         self._locks: weakref.WeakValueDictionary[uuid.UUID, asyncio.Lock] = (
             weakref.WeakValueDictionary()
         )
 
-    @staticmethod
-    def advisory_key(session_id: uuid.UUID) -> int:
-        digest = hashlib.blake2b(
-            session_id.bytes, digest_size=8, person=b"agentdb.session"
-        ).digest()
+    def advisory_key(self, session_id: uuid.UUID) -> int:
+        digest = hashlib.blake2b(session_id.bytes, digest_size=8, person=self._purpose).digest()
         return int.from_bytes(digest, "big", signed=True)
 
     @asynccontextmanager

@@ -9,6 +9,8 @@ dblink/postgres_fdw need a superuser to install).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import math
 import re
 import time
@@ -35,6 +37,7 @@ from meta_schema import SessionStatus
 from ._common import SYSTEM, Actor, Clock, SessionFactory, load_session, system_clock
 from ._errors import Conflict, InvalidInput, QuotaExceeded, SessionBusy, SqlFailed
 from ._secrets import Secrets
+from .credentials import INVALID_PASSWORD
 
 log = structlog.get_logger(__name__)
 
@@ -88,6 +91,15 @@ AfterDdl = Callable[[uuid.UUID], Awaitable[object]]
 #: Called with the session's id when its database refused a connection or a write: returns the
 #: session's used-up quota, if that is why (the error then names it instead).
 ExplainQuota = Callable[[uuid.UUID], Awaitable[QuotaExceeded | None]]
+#: Called with the session's id and the URI its role refused (the password was changed from
+#: SQL): returns a working URI, with a password agentdb set through the control plane.
+RecoverCredentials = Callable[[uuid.UUID, str], Awaitable[str]]
+#: SQL that may have changed the role's password: agentdb checks at once that it still logs in,
+#: so the owner's connection string never stays broken until the next call.
+_PASSWORD_WORD = re.compile(r"\bpassword\b", re.IGNORECASE)
+#: json/jsonb values nested deeper than this come back as their text: converting them would
+#: recurse past Python's limit (PostgreSQL's own limit is far deeper).
+MAX_JSON_DEPTH = 100
 #: SQLSTATEs that a used-up quota causes: writes in a read-only database (logical size), and
 #: connections refused while the compute is suspended (time, written data, transfer).
 _QUOTA_STATES = frozenset({"25006", "08001", "08006", "57P01"})
@@ -150,13 +162,44 @@ class _NativeOrText(Loader):
             return self._text.load(data)
 
 
+def _too_deep(value: object, limit: int) -> bool:
+    """Whether decoded JSON nests containers deeper than `limit` (iterative: no recursion)."""
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = (
+            item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        )
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+class _JsonOrText(Loader):
+    """json/jsonb as Python values; nested beyond `MAX_JSON_DEPTH` (which Python could not
+    convert without recursing past its limit), as their text instead."""
+
+    def load(self, data: Buffer) -> Any:  # noqa: ANN401 - whatever the JSON holds
+        text = bytes(data).decode()
+        try:
+            value = json.loads(text)
+        except RecursionError:
+            return text
+        return text if _too_deep(value, MAX_JSON_DEPTH) else value
+
+
 def _result_adapters() -> AdaptersMap:
     """psycopg's adapters, with the loaders of `_NATIVE_TYPES` made lenient and every other
     known type loaded as text (arrays keep their own loader, so they stay lists)."""
     adapters = AdaptersMap(psycopg.adapters)
     for info in psycopg.postgres.types:
         native = psycopg.adapters.get_loader(info.oid, pq.Format.TEXT)
-        if info.name in _NATIVE_TYPES and native is not None:
+        if info.name in {"json", "jsonb"}:
+            adapters.register_loader(info.oid, _JsonOrText)
+        elif info.name in _NATIVE_TYPES and native is not None:
             lenient = type(f"{native.__name__}OrText", (_NativeOrText,), {"native": native})
             adapters.register_loader(info.oid, lenient)
         else:
@@ -261,6 +304,12 @@ def _is_briefly_closed(error: Exception) -> bool:
     )
 
 
+def _is_refused_password(error: psycopg.Error) -> bool:
+    """libpq reports a refused password as an OperationalError whose SQLSTATE is not always
+    set, with the server's message."""
+    return error.sqlstate == INVALID_PASSWORD or "password authentication failed" in str(error)
+
+
 def _server_reason(error: psycopg.Error) -> str:
     """libpq's connect error without the server's address (`... failed: FATAL:  reason`)."""
     text = str(error).strip()
@@ -281,10 +330,13 @@ class SqlService:
         clock: Clock = system_clock,
         after_ddl: AfterDdl | None = None,
         explain_quota: ExplainQuota | None = None,
+        recover_credentials: RecoverCredentials | None = None,
     ) -> None:
         """`after_ddl` runs after SQL that may have changed the schema (the Data API's schema
         cache refresh); it must not raise. `explain_quota` looks up whether a refused
-        connection or write is a used-up quota; it must not raise either."""
+        connection or write is a used-up quota; it must not raise either.
+        `recover_credentials` gives a working URI when the session's role refuses the stored
+        password (an agent changed it from SQL)."""
         if not timedelta(0) < statement_timeout <= MAX_TIMEOUT:
             raise ValueError("statement_timeout must be positive and at most an hour")
         if not 1 <= max_rows <= MAX_ROWS_LIMIT:
@@ -296,6 +348,7 @@ class SqlService:
         self._clock = clock
         self._after_ddl = after_ddl
         self._explain_quota = explain_quota
+        self._recover_credentials = recover_credentials
         self._adapters = _result_adapters()
 
     def _db(self) -> AsyncSession:
@@ -336,7 +389,7 @@ class SqlService:
         uri = await self._uri(session_id)
         started = time.perf_counter()
         try:
-            conn = await self._connect(uri, limit)
+            conn = await self._connect_as_session(session_id, uri, limit)
             try:
                 result = await self._execute(conn, sql, bound, cap, limit)
             finally:
@@ -360,7 +413,29 @@ class SqlService:
         )
         if self._after_ddl is not None and is_ddl(sql, result.command):
             await self._after_ddl(session_id)
+        if self._recover_credentials is not None and _PASSWORD_WORD.search(sql):
+            await self._check_credentials(session_id, uri, limit)
         return result
+
+    async def _connect_as_session(
+        self, session_id: uuid.UUID, uri: str, limit: timedelta
+    ) -> psycopg.AsyncConnection[tuple[Any, ...]]:
+        """A connection to the session's database; a refused password is reset once."""
+        try:
+            return await self._connect(uri, limit)
+        except SqlFailed as failed:
+            if failed.sqlstate != INVALID_PASSWORD or self._recover_credentials is None:
+                raise
+        fresh = await self._recover_credentials(session_id, uri)
+        return await self._connect(fresh, limit)
+
+    async def _check_credentials(self, session_id: uuid.UUID, uri: str, limit: timedelta) -> None:
+        """Resets the role's password now if the SQL that just ran changed it."""
+        try:
+            conn = await self._connect_as_session(session_id, uri, limit)
+        except SqlFailed:
+            return  # unreachable for another reason: the next call reports it
+        await conn.close()
 
     async def _uri(self, session_id: uuid.UUID) -> str:
         async with self._db() as db:
@@ -398,8 +473,9 @@ class SqlService:
                         cursor_factory=psycopg.AsyncRawCursor,
                     )
         except psycopg.Error as error:
+            state = INVALID_PASSWORD if _is_refused_password(error) else "08001"
             raise SqlFailed(
-                "08001", f"cannot connect to the session's database: {_server_reason(error)}"
+                state, f"cannot connect to the session's database: {_server_reason(error)}"
             ) from None
         raise AssertionError("unreachable: stamina re-raises the last error")  # pragma: no cover
 
@@ -422,6 +498,10 @@ class SqlService:
                 await conn.commit()
                 return result
         except TimeoutError:
+            # The server may still be running it (the agent's SQL can lift its own
+            # statement_timeout): cancel it rather than leave a backend nobody waits for.
+            with contextlib.suppress(psycopg.Error, TimeoutError):
+                await conn.cancel_safe(timeout=5)
             raise SqlFailed(
                 "57014", f"canceled: the statement timeout of {_seconds(limit)} was exceeded"
             ) from None
