@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Annotated
 
 import cyclopts
-import structlog
 from pydantic import ValidationError
 
+from agentdb._logging import configure_logging
 from agentdb.pg import PostgresError
 from agentdb.settings import Settings
 
@@ -233,15 +233,7 @@ def _log_level() -> int:
 def main() -> None:
     # Logs go to stderr: stdout carries what scripts read (the served URL). Debug lines (every
     # control-plane request, every SQL call) only with AGENTDB_LOG_LEVEL=debug.
-    level = _log_level()
-    structlog.configure(
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-        wrapper_class=structlog.make_filtering_bound_logger(level),
-    )
-    logging.basicConfig(level=max(level, logging.WARNING), stream=sys.stderr)
-    # Libraries that log every request at INFO (a Litestar app may also raise the root level).
-    for noisy in ("httpx", "mcp", "uvicorn.access"):
-        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    configure_logging(_log_level(), sys.stderr)
     try:
         result = app(exit_on_error=False, print_error=False, help_on_error=False)
     except cyclopts.CycloptsError as exc:

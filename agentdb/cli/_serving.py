@@ -13,6 +13,8 @@ from collections.abc import Iterator
 import uvicorn
 from litestar.types import ASGIApp
 
+from agentdb._logging import uvicorn_log_config
+
 from ._main import CommandError
 
 
@@ -37,7 +39,9 @@ _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 async def serve(asgi: ASGIApp, host: str, listener: socket.socket, *, what: str, path: str) -> None:
-    server = _Server(uvicorn.Config(asgi, log_level="warning", lifespan="on"))
+    server = _Server(
+        uvicorn.Config(asgi, log_level="warning", lifespan="on", log_config=uvicorn_log_config())
+    )
     serving = asyncio.create_task(server.serve(sockets=[listener]))
     while not server.started and not serving.done():
         await asyncio.wait([serving], timeout=0.05)
