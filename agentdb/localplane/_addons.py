@@ -5,6 +5,12 @@ them; their configuration lives in plane state, keyed by branch. A new branch, a
 and a finalized restore therefore copy the configuration of the branch whose data they copy, with
 the same signing key: a session's users stay signed in across a checkpoint restore, as their rows
 in `neon_auth` do.
+
+Inside a project's database the tenant runs arbitrary SQL as the database's owner, so the plane
+never works there as a superuser: it logs in as the project's `lpa_<key>_service`, a plain LOGIN
+role the tenant cannot become (no membership, no password), which owns what the add-ons create,
+with `search_path` pinned to `pg_catalog, pg_temp` so nothing the tenant defines can stand in
+for a built-in. A schema name the tenant took first is refused, never reused.
 """
 
 from __future__ import annotations
@@ -12,13 +18,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
-from psycopg import AsyncConnection
+import psycopg
+from psycopg import AsyncConnection, sql
 from psycopg.conninfo import make_conninfo
+from pydantic import Field
 
 from ._base import PlaneBase
-from ._errors import LocalPlaneError, NotFound
+from ._errors import Conflict, LocalPlaneError, NotFound
 from ._models import (
     BranchCreateBody,
     BranchRecord,
@@ -28,6 +36,7 @@ from ._models import (
     Record,
     SnapshotRecord,
     SnapshotRestoreBody,
+    new_password,
     now,
 )
 from ._store import Tx
@@ -35,9 +44,41 @@ from ._store import Tx
 JSON = dict[str, Any]
 
 
+class SchemaTaken(Conflict):
+    """409: a schema an add-on needs exists already and is not the plane's."""
+
+
 class Unauthorized(LocalPlaneError):  # noqa: N818 - named like NotFound and Conflict
     status = 401
     code = "UNAUTHORIZED"
+
+
+class ServiceLoginRecord(Record):
+    """The password of a project's `lpa_<key>_service`; `id` is the project id."""
+
+    kind: ClassVar[str] = "service_login"
+
+    password: str = Field(repr=False)
+
+
+# Every connection the plane opens into a project's database: built-ins only, then its own
+# temporary schema (which no other role can write), so a tenant's `public.lower(text)` or a
+# better-matching operator is never picked up by the plane's statements.
+SAFE_OPTIONS = "-c search_path=pg_catalog,pg_temp"
+
+# What a schema the plane creates may hold that someone else owns: relations, functions, types.
+# (Plane connections pin search_path to pg_catalog, so its names need no qualification here.)
+_FOREIGN_OBJECTS = """
+SELECT 'relation ' || c.oid::regclass::text, c.relowner::regrole::text FROM pg_class c
+ WHERE c.relnamespace = %(schema)s::regnamespace AND c.relowner <> %(role)s::regrole
+UNION ALL
+SELECT 'function ' || p.oid::regprocedure::text, p.proowner::regrole::text FROM pg_proc p
+ WHERE p.pronamespace = %(schema)s::regnamespace AND p.proowner <> %(role)s::regrole
+UNION ALL
+SELECT 'type ' || t.oid::regtype::text, t.typowner::regrole::text FROM pg_type t
+ WHERE t.typnamespace = %(schema)s::regnamespace AND t.typowner <> %(role)s::regrole
+ LIMIT 1
+"""
 
 
 class AddonRecord(Record):
@@ -67,13 +108,14 @@ def addon_kinds() -> tuple[type[AddonRecord], ...]:
 
 
 class AddonsBase(PlaneBase):
-    """Lookups and superuser connections shared by the add-ons."""
+    """Lookups, the project's service role and the plane's connections shared by the add-ons."""
 
     @asynccontextmanager
-    async def _superuser(self, physical: str) -> AsyncIterator[AsyncConnection]:
-        """An autocommit connection to one physical database as the cluster's superuser."""
+    async def _catalog(self) -> AsyncIterator[AsyncConnection]:
+        """An autocommit superuser connection to the cluster's `postgres` database, for
+        cluster-wide catalog work (roles, memberships); never to a project's database."""
         async with await AsyncConnection.connect(
-            self._server.conninfo(physical), autocommit=True
+            self._server.conninfo("postgres"), autocommit=True, options=SAFE_OPTIONS
         ) as conn:
             yield conn
 
@@ -85,6 +127,93 @@ class AddonsBase(PlaneBase):
             password=password,
             dbname=physical,
         )
+
+    @asynccontextmanager
+    async def _service(self, project_id: str, physical: str) -> AsyncIterator[AsyncConnection]:
+        """An autocommit connection to a project database as the project's service role,
+        (re)creating the role first when it is missing (projects from before it existed)."""
+        async with self._store.tx() as tx:
+            p = await self._project(tx, project_id)
+            login = await tx.get(ServiceLoginRecord, project_id)
+        if login is None:
+            async with self._store.tx(project_id) as tx:
+                login = await self._ensure_service(tx, p)
+        try:
+            conn = await self._service_connect(p, login, physical)
+        except psycopg.OperationalError:
+            # The role went missing (a crash between record and role) or lost its password.
+            async with self._store.tx(project_id) as tx:
+                await self._ensure_service(tx, p)
+            conn = await self._service_connect(p, login, physical)
+        async with conn:
+            yield conn
+
+    async def _service_connect(
+        self, p: ProjectRecord, login: ServiceLoginRecord, physical: str
+    ) -> AsyncConnection:
+        conninfo = self._login(service_role(p.key), login.password, physical)
+        return await AsyncConnection.connect(conninfo, autocommit=True, options=SAFE_OPTIONS)
+
+    async def _ensure_service(
+        self, tx: Tx, p: ProjectRecord, *, owners: tuple[str, ...] = ()
+    ) -> ServiceLoginRecord:
+        """The project's service role exists with its stored password. It inherits the project's
+        group role (CONNECT and CREATE on the project's databases) and may `SET ROLE` to each of
+        `owners` (for grants only an object's owner can give) without inheriting them; no role
+        of the tenant is a member of it."""
+        login = await tx.get(ServiceLoginRecord, p.id)
+        if login is None:
+            login = ServiceLoginRecord(id=p.id, project_id=p.id, password=new_password())
+            await tx.put(login)
+        role = sql.Identifier(service_role(p.key))
+        async with self._catalog() as conn:
+            cur = await conn.execute(
+                "SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = %s", (service_role(p.key),)
+            )
+            verb = "ALTER" if await cur.fetchone() is not None else "CREATE"
+            await conn.execute(
+                sql.SQL(
+                    "{} ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT NOREPLICATION"
+                    " NOBYPASSRLS CONNECTION LIMIT 20 PASSWORD {}"
+                ).format(sql.SQL(verb), role, sql.Literal(login.password))
+            )
+            await conn.execute(
+                sql.SQL("GRANT {} TO {} WITH INHERIT TRUE, SET FALSE").format(
+                    sql.Identifier(p.group_role), role
+                )
+            )
+            for owner in owners:
+                await conn.execute(
+                    sql.SQL("GRANT {} TO {} WITH INHERIT FALSE, SET TRUE").format(
+                        sql.Identifier(owner), role
+                    )
+                )
+        return login
+
+    async def _claim_schema(self, conn: AsyncConnection, schema: str, role: str) -> None:
+        """Creates `schema` owned by `role` (the connection's user), or checks that the one
+        there is: a schema or an object in it that someone else owns is refused (409)."""
+        cur = await conn.execute(
+            "SELECT nspowner::pg_catalog.regrole::text FROM pg_catalog.pg_namespace"
+            " WHERE nspname = %s",
+            (schema,),
+        )
+        row = await cur.fetchone()
+        if row is None:
+            await conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+            return
+        if row[0] != role:
+            raise SchemaTaken(
+                f"schema {schema} already exists and is owned by {row[0]}, not by the control "
+                f"plane: drop or rename it, then try again"
+            )
+        cur = await conn.execute(_FOREIGN_OBJECTS, {"schema": schema, "role": role})
+        foreign = await cur.fetchone()
+        if foreign is not None:
+            raise SchemaTaken(
+                f"schema {schema} holds {foreign[0]}, owned by {foreign[1]}, not by the control "
+                f"plane: drop or rename it, then try again"
+            )
 
     async def _database(
         self, tx: Tx, project_id: str, branch_id: str, name: str | None
@@ -166,7 +295,7 @@ class AddonLineageMixin(AddonsBase):
             async def drop() -> None:
                 if pending:
                     await asyncio.wait(pending)
-                await self._engine.drop_roles(*data_api_roles(p.key))
+                await self._engine.drop_roles(*data_api_roles(p.key), service_role(p.key))
 
             task = asyncio.create_task(drop())
             self._tasks.add(task)
@@ -191,6 +320,11 @@ ROLE_PREFIX = "lpa_"
 
 def data_api_role(key: str, name: str) -> str:
     return f"{ROLE_PREFIX}{key}_{name}"
+
+
+def service_role(key: str) -> str:
+    """The login role the plane itself uses inside the project's databases."""
+    return data_api_role(key, "service")
 
 
 def data_api_roles(key: str) -> tuple[str, str, str]:

@@ -12,6 +12,11 @@ group role (CONNECT on the project's databases, nothing else) and may `SET ROLE`
 project's two roles but inherits neither: a request runs as the authenticator with `SET LOCAL
 ROLE`, so even a trigger's `RESET ROLE` falls back to a role that can reach nothing outside the
 project, never to a superuser.
+
+Set-up inside a database runs as the project's service role (see `_addons`), which owns the
+`auth` schema and its functions; the grants only a schema's owner can give (USAGE on `public`,
+default privileges) run with `SET LOCAL ROLE` to the database's owner, which the service role may
+do but does not inherit, in statements that run no code of the tenant's.
 """
 
 from __future__ import annotations
@@ -27,20 +32,22 @@ from joserfc.jwk import KeySet
 from psycopg import AsyncConnection, errors, sql
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ._addons import AddonRecord, AddonsBase, data_api_roles
+from ._addons import AddonRecord, AddonsBase, data_api_roles, service_role
 from ._errors import BadRequest, Conflict, NotFound
-from ._models import ProjectRecord, Record, new_password, now
+from ._models import ProjectRecord, Record, RoleRecord, new_password, now
 from ._neon_auth import NeonAuthRecord
 from ._store import Tx
 
 JSON = dict[str, Any]
 SHARED_ROLES = ("authenticated", "anonymous")
+# Run by the service role after `_claim_schema`. Callers run these with their own search_path
+# (they are SECURITY INVOKER and inlined into policies), so every name in them is qualified.
 _AUTH_SCHEMA = """
-CREATE SCHEMA IF NOT EXISTS auth;
-CREATE OR REPLACE FUNCTION auth.session() RETURNS jsonb LANGUAGE sql STABLE
-    AS $$ SELECT nullif(current_setting('request.jwt.claims', true), '')::jsonb $$;
-CREATE OR REPLACE FUNCTION auth.user_id() RETURNS text LANGUAGE sql STABLE
-    AS $$ SELECT auth.session() ->> 'sub' $$;
+CREATE OR REPLACE FUNCTION auth.session() RETURNS pg_catalog.jsonb LANGUAGE sql STABLE
+    AS $$ SELECT nullif(pg_catalog.current_setting('request.jwt.claims', true), '')
+                 ::pg_catalog.jsonb $$;
+CREATE OR REPLACE FUNCTION auth.user_id() RETURNS pg_catalog.text LANGUAGE sql STABLE
+    AS $$ SELECT auth.session() OPERATOR(pg_catalog.->>) 'sub' $$;
 GRANT USAGE ON SCHEMA auth TO PUBLIC;
 """
 _DEFAULT_GRANTS = """
@@ -161,6 +168,8 @@ class DataApiMixin(AddonsBase):
             owner = await self._owner_physical(m.tx, project_id, d)
             await self._ensure_roles(m.tx, p)
             await self._prepare_database(
+                m.tx,
+                p,
                 d.physical,
                 owner,
                 schemas=settings.get("db_schemas", ["public"]),
@@ -185,9 +194,9 @@ class DataApiMixin(AddonsBase):
         async with self._store.tx() as tx:
             record = await self._data_api(tx, project_id, branch_id, database)
             d = await self._database(tx, project_id, branch_id, database)
-        async with self._superuser(d.physical) as conn:
+        async with self._service(project_id, d.physical) as conn:
             cur = await conn.execute(
-                "SELECT nspname FROM pg_namespace WHERE nspname !~ '^pg_'"
+                "SELECT nspname FROM pg_catalog.pg_namespace WHERE nspname !~ '^pg_'"
                 " AND nspname <> 'information_schema' ORDER BY nspname"
             )
             schemas = [str(row[0]) for row in await cur.fetchall()]
@@ -211,6 +220,8 @@ class DataApiMixin(AddonsBase):
                 record.updated_at = now()
             owner = await self._owner_physical(m.tx, project_id, d)
             await self._prepare_database(
+                m.tx,
+                await self._project(m.tx, project_id),
                 d.physical,
                 owner,
                 schemas=record.settings.get("db_schemas", ["public"]),
@@ -259,7 +270,7 @@ class DataApiMixin(AddonsBase):
             await tx.put(login)
         authenticator, authenticated, anonymous = data_api_roles(p.key)
         ident = sql.Identifier
-        async with self._superuser("postgres") as conn:
+        async with self._catalog() as conn:
             for shared in SHARED_ROLES:
                 # Two projects may create a shared role at the same time.
                 with contextlib.suppress(errors.DuplicateObject):
@@ -293,6 +304,8 @@ class DataApiMixin(AddonsBase):
 
     async def _prepare_database(
         self,
+        tx: Tx,
+        p: ProjectRecord,
         physical: str,
         owner: str,
         *,
@@ -301,20 +314,37 @@ class DataApiMixin(AddonsBase):
         default_grants: bool,
     ) -> None:
         ident = sql.Identifier
-        async with self._superuser(physical) as conn, conn.transaction():
+        project_roles = tuple(r.physical for r in await tx.list(RoleRecord, p.id))
+        login = await self._ensure_service(tx, p, owners=project_roles)
+        role = service_role(p.key)
+        async with (
+            await self._service_connect(p, login, physical) as conn,
+            conn.transaction(),
+        ):
+            if auth_schema:
+                await self._claim_schema(conn, "auth", role)
+                await conn.execute(_AUTH_SCHEMA)
+            # Grants only an owner can give are made as that owner, borrowed with SET LOCAL ROLE
+            # for them alone: GRANT and ALTER DEFAULT PRIVILEGES run no user code. A schema that
+            # belongs to no role of the project gets no grant.
             cur = await conn.execute(
-                "SELECT nspname FROM pg_namespace WHERE nspname = ANY(%s)", (schemas,)
+                "SELECT nspname, nspowner::pg_catalog.regrole::text FROM pg_catalog.pg_namespace"
+                " WHERE nspname = ANY(%s) ORDER BY nspname",
+                (schemas,),
             )
-            for row in await cur.fetchall():
+            for name, schema_owner in await cur.fetchall():
+                if schema_owner not in (*project_roles, role):
+                    continue
+                await conn.execute(sql.SQL("SET LOCAL ROLE {}").format(ident(schema_owner)))
                 await conn.execute(
                     sql.SQL("GRANT USAGE ON SCHEMA {} TO authenticated, anonymous").format(
-                        ident(str(row[0]))
+                        ident(name)
                     )
                 )
-            if auth_schema:
-                await conn.execute(_AUTH_SCHEMA)
             if default_grants:
+                await conn.execute(sql.SQL("SET LOCAL ROLE {}").format(ident(owner)))
                 await conn.execute(sql.SQL(_DEFAULT_GRANTS).format(owner=ident(owner)))
+            await conn.execute("RESET ROLE")
 
     async def _data_api(
         self, tx: Tx, project_id: str, branch_id: str, database: str

@@ -32,6 +32,60 @@ _TERMINATE_POLL_S = 0.002
 # Filesystems whose files can share blocks; elsewhere PostgreSQL 18's `clone` falls back to
 # copy_file_range(), a full copy that measured no faster than the default.
 _REFLINK_FILESYSTEMS = {"btrfs", "xfs", "bcachefs", "zfs", "ocfs2", "apfs"}
+# The engine's connections into a project's database: built-ins first and only, so nothing the
+# tenant defined (a `public.lower(text)`, an operator) stands in for what its statements name.
+_SAFE_OPTIONS = "-c search_path=pg_catalog,pg_temp"
+
+# Catalog hygiene: a shared cluster shows every role every backend, every database's counters,
+# every lock and prepared transaction. Per database (each copies its catalog from template1 or
+# from the database it was made from), PUBLIC loses these views and the functions behind them;
+# the superuser (the plane's meter and jobs) keeps them. What stays visible is listed in
+# docs/SECURITY.md: database names (pg_database), role names (pg_roles), settings, and the
+# tenant's own database's catalog.
+_PRIVATE_VIEWS = (
+    "pg_stat_activity",
+    "pg_stat_database",
+    "pg_stat_database_conflicts",
+    "pg_stat_ssl",
+    "pg_stat_gssapi",
+    "pg_stat_replication",
+    "pg_stat_replication_slots",
+    "pg_replication_slots",
+    "pg_stat_wal_receiver",
+    "pg_stat_subscription",
+    "pg_stat_subscription_stats",
+    "pg_locks",
+    "pg_prepared_xacts",
+    "pg_stat_progress_analyze",
+    "pg_stat_progress_basebackup",
+    "pg_stat_progress_cluster",
+    "pg_stat_progress_copy",
+    "pg_stat_progress_create_index",
+    "pg_stat_progress_vacuum",
+    "pg_stat_io",
+    "pg_stat_wal",
+    "pg_stat_bgwriter",
+    "pg_stat_checkpointer",
+    "pg_stat_slru",
+    "pg_stat_archiver",
+)
+_PRIVATE_FUNCTIONS = """
+SELECT p.oid::regprocedure::text FROM pg_proc p
+ WHERE p.pronamespace = 'pg_catalog'::regnamespace
+   AND (p.proname IN ('pg_stat_get_activity', 'pg_stat_get_progress_info', 'pg_lock_status',
+                      'pg_prepared_xact', 'pg_blocking_pids', 'pg_safe_snapshot_blocking_pids',
+                      'pg_isolation_test_session_is_blocked', 'pg_stat_get_wal_receiver',
+                      'pg_stat_get_wal_senders', 'pg_stat_get_subscription',
+                      'pg_stat_get_subscription_stats', 'pg_get_replication_slots',
+                      'pg_stat_get_replication_slot', 'pg_stat_get_io', 'pg_stat_get_wal',
+                      'pg_stat_get_archiver', 'pg_stat_get_slru', 'pg_tablespace_size')
+        OR p.proname LIKE 'pg\\_stat\\_get\\_db\\_%'
+        OR p.proname LIKE 'pg\\_stat\\_get\\_backend\\_%'
+        OR p.proname LIKE 'pg\\_stat\\_get\\_checkpointer\\_%'
+        OR p.proname LIKE 'pg\\_stat\\_get\\_bgwriter\\_%'
+        OR p.proname LIKE 'pg\\_stat\\_get\\_buf\\_%')
+   AND has_function_privilege('public', p.oid, 'EXECUTE')
+"""
 
 
 class EngineError(Exception):
@@ -73,6 +127,45 @@ class Engine:
         async with self._pool.connection() as conn:
             yield conn
 
+    @asynccontextmanager
+    async def _inside(self, physical: str) -> AsyncIterator[AsyncConnection]:
+        """A superuser connection into one database, for catalog DDL that runs no user code
+        (ALTER SCHEMA ... OWNER, REVOKE on pg_catalog); never for DML or the tenant's objects."""
+        async with await AsyncConnection.connect(
+            self.server.conninfo(physical), autocommit=True, options=_SAFE_OPTIONS
+        ) as conn:
+            yield conn
+
+    async def hide_other_tenants(self, physical: str) -> None:
+        """Revokes from PUBLIC, in `physical`, the statistics views and functions that show
+        other databases' backends, counters, locks and prepared transactions (idempotent)."""
+        async with self._inside(physical) as conn:
+            cur = await conn.execute(
+                "SELECT c.oid::regclass::text FROM pg_class c"
+                " WHERE c.relnamespace = 'pg_catalog'::regnamespace AND c.relname = ANY(%s)"
+                " AND has_table_privilege('public', c.oid, 'SELECT')",
+                (list(_PRIVATE_VIEWS),),
+            )
+            views = [str(row[0]) for row in await cur.fetchall()]
+            cur = await conn.execute(_PRIVATE_FUNCTIONS)
+            functions = [str(row[0]) for row in await cur.fetchall()]
+            if not views and not functions:
+                return
+            async with conn.transaction():
+                for view in views:
+                    await conn.execute(
+                        sql.SQL("REVOKE SELECT ON pg_catalog.{} FROM PUBLIC").format(
+                            _ident(view.removeprefix("pg_catalog."))
+                        )
+                    )
+                for function in functions:
+                    # regprocedure's text is a qualified signature PostgreSQL itself printed.
+                    await conn.execute(
+                        sql.SQL("REVOKE EXECUTE ON FUNCTION pg_catalog.{} FROM PUBLIC").format(
+                            sql.SQL(function.removeprefix("pg_catalog."))
+                        )
+                    )
+
     async def _prepare_cluster(self) -> None:
         async with self._conn() as conn:
             # Every database is closed to PUBLIC; projects get CONNECT through their group role.
@@ -80,6 +173,13 @@ class Engine:
                 await conn.execute(
                     sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(_ident(name))
                 )
+            cur = await conn.execute(
+                "SELECT datname FROM pg_database WHERE datallowconn ORDER BY datname"
+            )
+            databases = [str(row[0]) for row in await cur.fetchall()]
+        # New databases copy template1's catalog; the ones made before get the same here.
+        for name in databases:
+            await self.hide_other_tenants(name)
         self.clone_supported = await self._probe_clone()
         log.info("localplane.cluster_ready", clone=self.clone_supported)
 
@@ -187,9 +287,9 @@ class Engine:
             await self._grant(conn, physical, group)
         # The database itself stays owned by the superuser, so an agent's role cannot GRANT
         # CONNECT on it to PUBLIC; inside it the role owns `public` and everything it creates.
-        conninfo = self.server.conninfo(physical)
-        async with await AsyncConnection.connect(conninfo, autocommit=True) as conn:
+        async with self._inside(physical) as conn:
             await conn.execute(sql.SQL("ALTER SCHEMA public OWNER TO {}").format(_ident(owner)))
+        await self.hide_other_tenants(physical)
 
     async def copy_database(
         self,
@@ -204,16 +304,39 @@ class Engine:
         async with self._conn() as conn:
             if await self._db_exists(conn, target):
                 await self._grant(conn, target, group, allow_connections=allow_connections)
-                return
-            if source_is_live:
-                reopen = await self._allows_connections(conn, source)
-                await self._block(conn, source)
-            try:
-                await self._create_from_template(conn, target, source)
-            finally:
-                if source_is_live and reopen:
-                    await self._set_allow(conn, source, allowed=True)
-            await self._grant(conn, target, group, allow_connections=allow_connections)
+            else:
+                await self._copy(
+                    conn,
+                    source,
+                    target,
+                    group,
+                    source_is_live=source_is_live,
+                    allow_connections=allow_connections,
+                )
+        if allow_connections:
+            # A copy of a database made before catalog hygiene existed (an old snapshot).
+            await self.hide_other_tenants(target)
+
+    async def _copy(
+        self,
+        conn: AsyncConnection,
+        source: str,
+        target: str,
+        group: str,
+        *,
+        source_is_live: bool,
+        allow_connections: bool,
+    ) -> None:
+        """`target` made from `source`; a live source is closed to clients meanwhile."""
+        if source_is_live:
+            reopen = await self._allows_connections(conn, source)
+            await self._block(conn, source)
+        try:
+            await self._create_from_template(conn, target, source)
+        finally:
+            if source_is_live and reopen:
+                await self._set_allow(conn, source, allowed=True)
+        await self._grant(conn, target, group, allow_connections=allow_connections)
 
     async def swap(
         self, live: str, replacement: str, parked: str, *, allow_connections: bool
@@ -242,7 +365,10 @@ class Engine:
                             raise
                         await self._block(conn, live)
             await self._set_allow(conn, live, allowed=allow_connections)
-            return time.perf_counter() - started
+            elapsed = time.perf_counter() - started
+        if allow_connections:
+            await self.hide_other_tenants(live)
+        return elapsed
 
     async def drop_database(self, physical: str) -> None:
         async with self._conn() as conn:
@@ -255,10 +381,11 @@ class Engine:
         async with self._conn() as conn:
             if not await self._db_exists(conn, physical):
                 return
-            if allowed:
-                await self._set_allow(conn, physical, allowed=True)
-            else:
+            if not allowed:
                 await self._block(conn, physical)
+                return
+            await self._set_allow(conn, physical, allowed=True)
+        await self.hide_other_tenants(physical)
 
     async def list_databases(self, prefixes: tuple[str, ...]) -> list[str]:
         async with self._conn() as conn:

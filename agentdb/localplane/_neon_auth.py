@@ -4,6 +4,8 @@ sign-up and sign-in that issue signed JWTs (`sub`, `email`, `role: authenticated
 
 Users and password hashes live in the database (`neon_auth.users_sync`, `neon_auth.account`), so
 they branch, snapshot and restore with it; the key pair lives in plane state (see `_addons`).
+The schema belongs to the project's service role, which also runs sign-up and sign-in: nothing
+there runs as a superuser or as the tenant, and the tenant cannot add triggers or rules to it.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 from pydantic import BaseModel, ConfigDict, Field
 
-from ._addons import AddonRecord, AddonsBase, Unauthorized
+from ._addons import AddonRecord, AddonsBase, SchemaTaken, Unauthorized, service_role
 from ._errors import Conflict, LocalPlaneError, NotFound
 from ._models import now
 from ._store import Tx
@@ -40,8 +42,8 @@ _SCRYPT = {"n": 2**14, "r": 8, "p": 1, "dklen": 32}
 _MIN_PASSWORD, _MAX_PASSWORD = 8, 128
 OAuthId = Literal["google", "github", "microsoft", "vercel"]
 
+# Run by the service role after `_claim_schema`, with search_path = pg_catalog, pg_temp.
 _DDL = """
-CREATE SCHEMA IF NOT EXISTS neon_auth;
 CREATE TABLE IF NOT EXISTS neon_auth.users_sync (
     raw_json jsonb NOT NULL,
     id text PRIMARY KEY,
@@ -54,7 +56,7 @@ CREATE TABLE IF NOT EXISTS neon_auth.users_sync (
     deleted_at timestamptz
 );
 CREATE UNIQUE INDEX IF NOT EXISTS users_sync_email_key
-    ON neon_auth.users_sync (lower(email)) WHERE deleted_at IS NULL;
+    ON neon_auth.users_sync (pg_catalog.lower(email)) WHERE deleted_at IS NULL;
 CREATE INDEX IF NOT EXISTS users_sync_deleted_at_idx ON neon_auth.users_sync (deleted_at);
 CREATE TABLE IF NOT EXISTS neon_auth.account (
     user_id text PRIMARY KEY REFERENCES neon_auth.users_sync (id) ON DELETE CASCADE,
@@ -189,13 +191,15 @@ class NeonAuthMixin(AddonsBase):
         self, project_id: str, branch_id: str, body: NeonAuthCreateBody, *, root: str
     ) -> JSON:
         async with self._mutation(project_id) as m:
-            await self._project(m.tx, project_id)
             await self._branch(m.tx, project_id, branch_id)
             if await m.tx.get(NeonAuthRecord, branch_id) is not None:
                 raise Conflict(f"Neon Auth is already enabled on branch {branch_id}")
+            p = await self._project(m.tx, project_id)
             d = await self._database(m.tx, project_id, branch_id, body.database_name)
             owner = await self._owner_physical(m.tx, project_id, d)
-            await self._create_auth_schema(d.physical, owner)
+            login = await self._ensure_service(m.tx, p)
+            async with await self._service_connect(p, login, d.physical) as conn:
+                await self._create_auth_schema(conn, service_role(p.key), owner)
             record = NeonAuthRecord(
                 id=branch_id,
                 project_id=project_id,
@@ -220,8 +224,11 @@ class NeonAuthMixin(AddonsBase):
             "base_url": base,
         }
 
-    async def _create_auth_schema(self, physical: str, owner: str) -> None:
-        async with self._superuser(physical) as conn, conn.transaction():
+    async def _create_auth_schema(
+        self, conn: psycopg.AsyncConnection, role: str, owner: str
+    ) -> None:
+        async with conn.transaction():
+            await self._claim_schema(conn, SCHEMA, role)
             await conn.execute(_DDL)
             await conn.execute(sql.SQL(_OWNER_GRANTS).format(owner=sql.Identifier(owner)))
 
@@ -249,7 +256,20 @@ class NeonAuthMixin(AddonsBase):
             record = await self._auth(m.tx, project_id, branch_id)
             if body.delete_data:
                 d = await self._database(m.tx, project_id, branch_id, record.db_name)
-                async with self._superuser(d.physical) as conn:
+                p = await self._project(m.tx, project_id)
+                login = await self._ensure_service(m.tx, p)
+                async with await self._service_connect(p, login, d.physical) as conn:
+                    cur = await conn.execute(
+                        "SELECT nspowner::pg_catalog.regrole::text FROM pg_catalog.pg_namespace"
+                        " WHERE nspname = %s",
+                        (SCHEMA,),
+                    )
+                    row = await cur.fetchone()
+                    if row is not None and row[0] != service_role(p.key):
+                        raise SchemaTaken(
+                            f"schema {SCHEMA} is owned by {row[0]}, not by the control plane: "
+                            "it was not deleted"
+                        )
                     await conn.execute("DROP SCHEMA IF EXISTS neon_auth CASCADE")
             await m.tx.delete(record)
         return {}
@@ -316,7 +336,7 @@ class NeonAuthMixin(AddonsBase):
             "created_at": stamp.isoformat(),
         }
         try:
-            async with self._superuser(physical) as conn, conn.transaction():
+            async with self._service(project_id, physical) as conn, conn.transaction():
                 await conn.execute(
                     """INSERT INTO neon_auth.users_sync
                          (raw_json, id, name, email, email_verified, signed_in_at, created_at,
@@ -337,11 +357,11 @@ class NeonAuthMixin(AddonsBase):
     ) -> JSON:
         record, physical = await self._auth_database(project_id, branch_id)
         email = body.email.strip().lower()
-        async with self._superuser(physical) as conn:
+        async with self._service(project_id, physical) as conn:
             cur = await conn.execute(
                 """SELECT u.id, u.name, u.email, u.email_verified, u.created_at, a.password_hash
                      FROM neon_auth.users_sync u JOIN neon_auth.account a ON a.user_id = u.id
-                    WHERE lower(u.email) = %s AND u.deleted_at IS NULL""",
+                    WHERE pg_catalog.lower(u.email) = %s AND u.deleted_at IS NULL""",
                 (email,),
             )
             row = await cur.fetchone()
@@ -350,7 +370,8 @@ class NeonAuthMixin(AddonsBase):
             if row is None or not valid:
                 raise Unauthorized("invalid email or password")
             await conn.execute(
-                "UPDATE neon_auth.users_sync SET signed_in_at = now(), updated_at = now()"
+                "UPDATE neon_auth.users_sync"
+                " SET signed_in_at = pg_catalog.now(), updated_at = pg_catalog.now()"
                 " WHERE id = %s",
                 (row[0],),
             )

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import psycopg
 import structlog
+from psycopg import sql
 
 from agentdb.pg import _cluster
 from agentdb.pg._binaries import DEFAULT_VERSION, install_dir
@@ -38,6 +39,26 @@ _PG_CTL_TIMEOUT_S = 60
 _READY_TIMEOUT_S = 30.0
 _LOCK_TIMEOUT_S = 120.0
 
+# The server log is shared by every tenant and read by operators: it must carry no statement
+# text, no values and no secrets. ERROR and WARNING messages quote values ("invalid input syntax
+# for type uuid: ..."), DETAIL and CONTEXT quote rows and statements, so only LOG and above are
+# written (start, stop, checkpoints, FATAL connection errors), tersely, with no statement.
+# Applied with -c at every start (an existing data directory picks them up at its next start)
+# and with ALTER SYSTEM when attaching to a running cluster started by an older agentdb.
+LOG_SETTINGS = {
+    "log_min_messages": "log",
+    "log_min_error_statement": "panic",
+    "log_error_verbosity": "terse",
+    "log_statement": "none",
+    "log_min_duration_statement": "-1",
+    "log_min_duration_sample": "-1",
+    "log_transaction_sample_rate": "0",
+    "log_parameter_max_length": "0",
+    "log_parameter_max_length_on_error": "0",
+    "log_lock_waits": "off",
+    "log_autovacuum_min_duration": "-1",
+}
+
 # wal_level=minimal with no WAL senders lets CREATE DATABASE skip WAL-logging the copied files,
 # which is what makes snapshots cheap. Unix sockets are off: TCP on loopback is the only door.
 _SERVER_SETTINGS = {
@@ -47,7 +68,7 @@ _SERVER_SETTINGS = {
     "shared_buffers": "128MB",
     "wal_level": "minimal",
     "max_wal_senders": "0",
-    "log_min_messages": "warning",
+    **LOG_SETTINGS,
 }
 
 _log = structlog.get_logger(__name__)
@@ -119,6 +140,7 @@ class EmbeddedPostgres:
                     running, await asyncio.to_thread(_cluster.read_password, layout)
                 )
                 await wait_until_accepting(info, log_file=layout.log_file)
+                await apply_log_settings(info)
                 self._info, self._owns_server = info, False
                 _log.info(
                     "pg_attached",
@@ -313,6 +335,41 @@ class EmbeddedPostgres:
             f"PostgreSQL did not start: {_last_error_line(tail)} (log: {layout.log_file})",
             log_tail=tail,
         )
+
+
+async def apply_log_settings(info: ServerInfo) -> None:
+    """Writes `LOG_SETTINGS` to a running cluster's postgresql.auto.conf and reloads it, for a
+    cluster started without them; settings given with -c at start take precedence anyway."""
+    async with await psycopg.AsyncConnection.connect(
+        info.conninfo(), connect_timeout=10, autocommit=True
+    ) as conn:
+        cur = await conn.execute(
+            "SELECT name, setting FROM pg_catalog.pg_settings WHERE name = ANY(%s)",
+            (list(LOG_SETTINGS),),
+        )
+        stale = log_settings_differences(
+            {str(name): str(value) for name, value in await cur.fetchall()}
+        )
+        for name in stale:
+            await conn.execute(
+                sql.SQL("ALTER SYSTEM SET {} = {}").format(
+                    sql.Identifier(name), sql.Literal(LOG_SETTINGS[name])
+                )
+            )
+        if stale:
+            await conn.execute("SELECT pg_catalog.pg_reload_conf()")
+            _log.info("pg_log_settings_applied", settings=stale)
+
+
+def log_settings_differences(current: dict[str, str]) -> list[str]:
+    """The names in `LOG_SETTINGS` whose value in `current` (pg_settings) differs."""
+    return [n for n, v in LOG_SETTINGS.items() if not _same_setting(current.get(n), v)]
+
+
+def _same_setting(current: str | None, wanted: str) -> bool:
+    if current is None:
+        return True  # a setting this server version does not have
+    return current.lower() == wanted.lower()
 
 
 async def wait_until_accepting(

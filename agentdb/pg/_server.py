@@ -10,7 +10,7 @@ import structlog
 from psycopg.conninfo import conninfo_to_dict
 
 from agentdb.pg._binaries import DEFAULT_VERSION, install_dir
-from agentdb.pg._embedded import EmbeddedPostgres
+from agentdb.pg._embedded import LOG_SETTINGS, EmbeddedPostgres, log_settings_differences
 from agentdb.pg._errors import NotSuperuserError, PostgresStartError
 from agentdb.pg._server_info import ServerInfo
 
@@ -54,6 +54,13 @@ async def connect_external(dsn: str) -> ServerInfo:
                 "SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user"
             )
             row = await cursor.fetchone()
+            cursor = await conn.execute(
+                "SELECT name, setting FROM pg_catalog.pg_settings WHERE name = ANY(%s)",
+                (list(LOG_SETTINGS),),
+            )
+            log_differences = log_settings_differences(
+                {str(name): str(value) for name, value in await cursor.fetchall()}
+            )
             info = conn.info
             host, port, user = info.host, info.port, info.user
             password, server_version = info.password or "", info.server_version
@@ -72,6 +79,14 @@ async def connect_external(dsn: str) -> ServerInfo:
     if major > DEFAULT_VERSION:
         # pg_dump refuses to dump a server newer than itself.
         _log.warning("pg_external_newer_than_tools", server=major, tools=DEFAULT_VERSION)
+    if log_differences:
+        # agentdb does not reconfigure a server it was only given; its operator should.
+        _log.warning(
+            "pg_external_log_settings",
+            advice="set these as in agentdb.pg.LOG_SETTINGS so the server log carries no "
+            "tenant statement text or values",
+            settings=log_differences,
+        )
     _log.info("pg_external", host=host, port=port, user=user, server_version=major)
     return ServerInfo(
         host=host,

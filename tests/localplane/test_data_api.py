@@ -403,6 +403,7 @@ async def test_restores_and_branches_keep_the_data_api_and_project_deletion_drop
         f"lpa_{key}_anonymous",
         f"lpa_{key}_authenticated",
         f"lpa_{key}_authenticator",
+        f"lpa_{key}_service",
     ]
     deleted = await neon_http.delete(f"/projects/{app.project_id}")
     assert deleted.status_code == 200, deleted.text
