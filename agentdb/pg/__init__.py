@@ -1,6 +1,6 @@
 """agentdb's PostgreSQL: the embedded cluster (or an external server) and how to reach it."""
 
-from agentdb.pg._embedded import LOG_SETTINGS, EmbeddedPostgres
+from agentdb.pg._embedded import EmbeddedPostgres
 from agentdb.pg._errors import (
     DataDirError,
     NotSuperuserError,
@@ -12,7 +12,6 @@ from agentdb.pg._server import open_server
 from agentdb.pg._server_info import ServerInfo
 
 __all__ = [
-    "LOG_SETTINGS",
     "DataDirError",
     "EmbeddedPostgres",
     "NotSuperuserError",

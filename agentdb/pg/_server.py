@@ -83,9 +83,8 @@ async def connect_external(dsn: str) -> ServerInfo:
         # agentdb does not reconfigure a server it was only given; its operator should.
         _log.warning(
             "pg_external_log_settings",
-            advice="set these as in agentdb.pg.LOG_SETTINGS so the server log carries no "
-            "tenant statement text or values",
-            settings=log_differences,
+            advice="set these on the server so its log carries no tenant statement text or values",
+            settings={name: LOG_SETTINGS[name] for name in log_differences},
         )
     _log.info("pg_external", host=host, port=port, user=user, server_version=major)
     return ServerInfo(
