@@ -174,8 +174,14 @@ class Settings(BaseSettings):
 
     demo: bool | None = Field(
         default=None,
-        description="Serve the chat demo at /demo/ from `agentdb serve` (its pages need no "
-        "token); default: on with the local control plane, off with Neon cloud.",
+        description="Serve the chat demo at /demo/ from `agentdb serve` (behind a sign-in with "
+        "an admin or user token); default: on with the local control plane, off with Neon cloud.",
+    )
+    demo_max_sessions: int = Field(
+        default=5,
+        ge=1,
+        le=1000,
+        description="Most agentdb sessions the chat demo keeps at once (one per browser chat).",
     )
 
     # --- clients of a running agentdb (the operator commands, `agentdb mcp`) -------------------
