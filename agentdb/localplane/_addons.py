@@ -190,6 +190,57 @@ class AddonsBase(PlaneBase):
                 )
         return login
 
+    async def _adopt(self, conn: AsyncConnection, schema: str, role: str) -> bool:
+        """Hands `schema` over to `role` when it and everything in it belong to superusers:
+        what earlier agentdb versions made as the superuser. Ownership changes run no user code;
+        a schema holding anything of the tenant's is left alone (and refused by the caller)."""
+        cur = await conn.execute(
+            "SELECT pg_catalog.current_database()"
+            " FROM pg_namespace n JOIN pg_roles o ON o.oid = n.nspowner"
+            " WHERE n.nspname = %s AND o.rolsuper AND NOT EXISTS ("
+            "   SELECT 1 FROM pg_class c JOIN pg_roles r ON r.oid = c.relowner"
+            "    WHERE c.relnamespace = n.oid AND NOT r.rolsuper"
+            "   UNION ALL SELECT 1 FROM pg_proc f JOIN pg_roles r ON r.oid = f.proowner"
+            "    WHERE f.pronamespace = n.oid AND NOT r.rolsuper"
+            "   UNION ALL SELECT 1 FROM pg_type t JOIN pg_roles r ON r.oid = t.typowner"
+            "    WHERE t.typnamespace = n.oid AND NOT r.rolsuper AND t.typrelid = 0)",
+            (schema,),
+        )
+        row = await cur.fetchone()
+        if row is None:
+            return False
+        ident, new_owner = sql.Identifier, sql.Identifier(role)
+        conninfo = self._server.conninfo(str(row[0]))
+        async with (
+            await AsyncConnection.connect(conninfo, autocommit=True, options=SAFE_OPTIONS) as su,
+            su.transaction(),
+        ):
+            await su.execute(
+                sql.SQL("ALTER SCHEMA {} OWNER TO {}").format(ident(schema), new_owner)
+            )
+            cur = await su.execute(
+                "SELECT c.relname FROM pg_class c WHERE c.relnamespace = %s::regnamespace"
+                " AND c.relkind IN ('r', 'p', 'v', 'm')",
+                (schema,),
+            )
+            for (table,) in await cur.fetchall():
+                await su.execute(
+                    sql.SQL("ALTER TABLE {}.{} OWNER TO {}").format(
+                        ident(schema), ident(str(table)), new_owner
+                    )
+                )
+            cur = await su.execute(
+                "SELECT f.oid::regprocedure::text FROM pg_proc f"
+                " WHERE f.pronamespace = %s::regnamespace",
+                (schema,),
+            )
+            for (function,) in await cur.fetchall():
+                # regprocedure's text is a qualified signature PostgreSQL itself printed.
+                await su.execute(
+                    sql.SQL("ALTER FUNCTION {} OWNER TO {}").format(sql.SQL(function), new_owner)
+                )
+        return True
+
     async def _claim_schema(self, conn: AsyncConnection, schema: str, role: str) -> None:
         """Creates `schema` owned by `role` (the connection's user), or checks that the one
         there is: a schema or an object in it that someone else owns is refused (409)."""
@@ -201,6 +252,8 @@ class AddonsBase(PlaneBase):
         row = await cur.fetchone()
         if row is None:
             await conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+            return
+        if row[0] != role and await self._adopt(conn, schema, role):
             return
         if row[0] != role:
             raise SchemaTaken(

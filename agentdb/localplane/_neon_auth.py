@@ -17,12 +17,14 @@ import hmac
 import secrets
 import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any, ClassVar, Literal
 
 import psycopg
 from joserfc import jwt
 from joserfc.jwk import ECKey, KeySet
-from psycopg import sql
+from psycopg import AsyncConnection, sql
 from psycopg.types.json import Jsonb
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -336,7 +338,7 @@ class NeonAuthMixin(AddonsBase):
             "created_at": stamp.isoformat(),
         }
         try:
-            async with self._service(project_id, physical) as conn, conn.transaction():
+            async with self._auth_service(project_id, physical) as conn, conn.transaction():
                 await conn.execute(
                     """INSERT INTO neon_auth.users_sync
                          (raw_json, id, name, email, email_verified, signed_in_at, created_at,
@@ -357,7 +359,7 @@ class NeonAuthMixin(AddonsBase):
     ) -> JSON:
         record, physical = await self._auth_database(project_id, branch_id)
         email = body.email.strip().lower()
-        async with self._service(project_id, physical) as conn:
+        async with self._auth_service(project_id, physical) as conn:
             cur = await conn.execute(
                 """SELECT u.id, u.name, u.email, u.email_verified, u.created_at, a.password_hash
                      FROM neon_auth.users_sync u JOIN neon_auth.account a ON a.user_id = u.id
@@ -400,6 +402,23 @@ class NeonAuthMixin(AddonsBase):
         key = record.key()
         token = jwt.encode({"alg": ALGORITHM, "kid": key.kid, "typ": "JWT"}, claims, key)
         return {"token": token, "expires_at": claims["exp"], "user": user}
+
+    @asynccontextmanager
+    async def _auth_service(self, project_id: str, physical: str) -> AsyncIterator[AsyncConnection]:
+        """The service role's connection, with `neon_auth` handed over to it first if an
+        earlier agentdb made it as the superuser."""
+        async with self._service(project_id, physical) as conn:
+            cur = await conn.execute(
+                "SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = %s", (SCHEMA,)
+            )
+            row = await cur.fetchone()
+            role = str(conn.info.user)
+            if row is not None and row[0] != role and not await self._adopt(conn, SCHEMA, role):
+                raise SchemaTaken(
+                    f"schema {SCHEMA} is owned by {row[0]}, not by the control plane: "
+                    "disable Neon Auth, drop or rename the schema, then enable it again"
+                )
+            yield conn
 
     async def _auth_database(self, project_id: str, branch_id: str) -> tuple[NeonAuthRecord, str]:
         async with self._store.tx() as tx:

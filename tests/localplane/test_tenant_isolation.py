@@ -365,3 +365,43 @@ async def test_the_server_log_carries_no_statement_text_or_values(
         "log_error_verbosity": "terse",
         "log_statement": "none",
     }
+
+
+async def test_a_neon_auth_schema_an_earlier_version_made_as_superuser_is_handed_over(
+    neon_http: httpx.AsyncClient,
+    raw: httpx.AsyncClient,
+    web: httpx.AsyncClient,
+    pg_server: ServerInfo,
+) -> None:
+    project_id, branch_id, uri, role = await _project(neon_http)
+    enabled = await raw.post(
+        f"/projects/{project_id}/branches/{branch_id}/auth", json={"auth_provider": "better_auth"}
+    )
+    assert enabled.status_code == 201, enabled.text
+    superuser = pg_server.superuser
+    await execute(
+        pg_server.dsn(role_db(uri)),
+        f'ALTER SCHEMA neon_auth OWNER TO "{superuser}"',
+        f'ALTER TABLE neon_auth.users_sync OWNER TO "{superuser}"',
+        f'ALTER TABLE neon_auth.account OWNER TO "{superuser}"',
+    )
+    await _sign_up(web, enabled.json()["base_url"])
+    service = f"lpa_{role.rsplit('_', 1)[-1]}_service"
+    owners = await fetch(
+        pg_server.dsn(role_db(uri)),
+        "SELECT DISTINCT relowner::regrole::text FROM pg_class"
+        " WHERE relnamespace = 'neon_auth'::regnamespace"
+        " UNION SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = 'neon_auth'",
+    )
+    assert owners == [(service,)]
+    assert await fetch(uri, "select count(*) from neon_auth.users_sync") == [(1,)]
+
+    # A schema holding anything of the tenant's is never handed over: sign-up is refused.
+    await execute(pg_server.dsn(role_db(uri)), f'ALTER SCHEMA neon_auth OWNER TO "{role}"')
+    refused = await web.post(
+        f"{enabled.json()['base_url']}/sign-up/email",
+        json={"email": "late@example.com", "password": "correct horse 1"},
+    )
+    assert refused.status_code == 409, refused.text
+    assert "schema neon_auth is owned by" in refused.text
+    assert not await _is_superuser(pg_server, role)
