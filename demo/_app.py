@@ -3,11 +3,17 @@ events; htmx is vendored in `static/`, so it works offline) and how it is starte
 gives a `Demo` acting as the demo user through an SDK client of the in-process API app,
 `create_demo_app` its pages at `/demo`, `with_demo` puts them beside `agentdb serve`'s API.
 
-How the demo authenticates: it is a trusted part of the agentdb process. At start it makes
+Who may use it: every route but the sign-in page and the static files needs a sign-in (a
+cookie set once the person pasted an agentdb admin or user token) or that token as a bearer
+header; a browser without one is sent to the sign-in page, anything else gets a 401. A request
+that changes something, when signed in by cookie, must come from the demo's own origin.
+
+How the demo reaches agentdb: it is a trusted part of the agentdb process. At start it makes
 (or finds) the user `demo@agentdb.local` and issues that user a token that lives as long as the
 demo (revoked at the end), and reaches the API app in-process with it, through the same routes
 and checks as any client. Each browser gets a cookie naming its chat and its own session of
-that user; the agent's toolbox is bound to that session. Connection strings stay on the server.
+that user (at most AGENTDB_DEMO_MAX_SESSIONS at once); the agent's toolbox is bound to that
+session. Connection strings stay on the server.
 """
 
 from __future__ import annotations
@@ -24,9 +30,11 @@ import httpx
 import jinja2
 import psycopg
 from litestar import Litestar, MediaType, Request, Response, Router, get, post
+from litestar.connection import ASGIConnection
 from litestar.datastructures import Cookie, State
 from litestar.enums import ScopeType
 from litestar.exceptions import NotFoundException
+from litestar.handlers import BaseRouteHandler
 from litestar.params import FromPath
 from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.response import Redirect, ServerSentEvent, ServerSentEventMessage, Template
@@ -40,7 +48,8 @@ from agentdb.sdk import AgentDB, AgentDBError, Checkpoint, CheckpointTree
 from agentdb.services import AlreadyExists
 
 from ._agents import Agent, choose_agent
-from ._chat import MAX_CHATS, Chat, Demo, DemoError
+from ._auth import SIGN_IN_COOKIE, CrossSite, SignInRequired, SignIns, TooManyFailures
+from ._chat import Chat, Demo, DemoError, SessionCapReached
 from ._commands import COMMANDS_HELP
 
 PREFIX = "/demo"
@@ -112,8 +121,142 @@ def _chat(request: AnyRequest) -> Chat:
     return chat
 
 
-def _cookie(chat: Chat, prefix: str) -> Cookie:
-    return Cookie(key=COOKIE, value=chat.key, path=prefix, httponly=True, samesite="lax")
+def _cookie(request: AnyRequest, key: str, value: str, max_age: int | None = None) -> Cookie:
+    return Cookie(
+        key=key,
+        value=value,
+        path=request.app.state.prefix,
+        max_age=max_age,
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )
+
+
+def _chat_cookie(request: AnyRequest, chat: Chat) -> Cookie:
+    return _cookie(request, COOKIE, chat.key)
+
+
+# --- signing in ------------------------------------------------------------------------------
+
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def _same_origin(connection: ASGIConnection[Any, Any, Any, Any]) -> bool:
+    """Whether a browser's request comes from a page of this server: its Origin names our host
+    (or, from a browser that sends no Origin, Sec-Fetch-Site says same-origin)."""
+    origin = connection.headers.get("origin")
+    if origin is None:
+        return connection.headers.get("sec-fetch-site") == "same-origin"
+    host = connection.headers.get("host", "")
+    _, sep, netloc = origin.partition("://")
+    return bool(sep) and bool(host) and netloc.lower() == host.lower()
+
+
+async def _signed_in(
+    connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
+) -> None:
+    """The guard of every demo route but those marked public."""
+    if handler.opt.get("public"):
+        return
+    sign_ins: SignIns = connection.app.state.demo.sign_ins
+    header = connection.headers.get("authorization")
+    if header is not None:
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise SignInRequired("send 'Authorization: Bearer <token>' or sign in")
+        if await sign_ins.check_token(token.strip()) is None:
+            raise SignInRequired("the token does not open the demo (use an admin or user token)")
+        return  # a header cannot be forged cross-site: no Origin check
+    cookie = connection.cookies.get(SIGN_IN_COOKIE)
+    if not cookie or await sign_ins.principal(cookie) is None:
+        raise SignInRequired("sign in with an agentdb admin or user token first")
+    method = cast("Mapping[str, Any]", connection.scope).get("method", "GET")
+    if method not in _SAFE_METHODS and not _same_origin(connection):
+        raise CrossSite("this request did not come from the demo's own page")
+
+
+@get("/sign-in", name="demo:sign-in", opt={"public": True})
+async def sign_in_page() -> Template:
+    return Template("sign_in.html", context={"error": None})
+
+
+@post("/sign-in", opt={"public": True}, status_code=303)
+async def sign_in(request: AnyRequest) -> Response[Any]:
+    if not _same_origin(request):
+        raise CrossSite("sign in from the demo's own page")
+    form = await request.form()
+    token = str(form.get("token", "")).strip()
+    client = request.client.host if request.client is not None else "unknown"
+    sign_ins = _demo(request).sign_ins
+    cookie = await sign_ins.sign_in(token, client) if token else None
+    if cookie is None:
+        error = (
+            "paste a token first"
+            if not token
+            else "that token does not open the demo (an admin or user token that is not "
+            "revoked or expired is needed)"
+        )
+        return Template("sign_in.html", context={"error": error}, status_code=401)
+    prefix = request.app.state.prefix
+    return Redirect(
+        f"{prefix}/",
+        status_code=303,
+        cookies=[
+            _cookie(request, SIGN_IN_COOKIE, cookie, int(sign_ins.ttl.total_seconds())),
+        ],
+    )
+
+
+@post("/sign-out", status_code=200)
+async def sign_out(request: AnyRequest) -> Response[str]:
+    demo = _demo(request)
+    demo.sign_ins.sign_out(request.cookies.get(SIGN_IN_COOKIE, ""))
+    chat = demo.chats.get(request.cookies.get(COOKIE, ""))
+    if chat is not None:
+        demo.drop_chat(chat)
+    prefix = request.app.state.prefix
+    response = Response("", headers={"HX-Redirect": f"{prefix}/sign-in"})
+    response.delete_cookie(SIGN_IN_COOKIE, path=prefix)
+    response.delete_cookie(COOKIE, path=prefix)
+    return response
+
+
+def _wants_html_page(request: AnyRequest) -> bool:
+    return (
+        request.method in _SAFE_METHODS
+        and "hx-request" not in request.headers
+        and "text/html" in request.headers.get("accept", "")
+    )
+
+
+def _on_sign_in_required(request: AnyRequest, exc: SignInRequired) -> Response[Any]:
+    sign_in_url = f"{request.app.state.prefix}/sign-in"
+    if _wants_html_page(request):
+        return Redirect(sign_in_url, status_code=303)
+    headers = {"WWW-Authenticate": 'Bearer realm="agentdb demo"'}
+    if "hx-request" in request.headers:
+        headers["HX-Redirect"] = sign_in_url  # htmx follows it whatever the status
+    return _problem(401, "Unauthorized", str(exc), headers)
+
+
+def _on_cross_site(_: AnyRequest, exc: CrossSite) -> Response[Any]:
+    return _problem(403, "Forbidden", str(exc))
+
+
+def _on_too_many_failures(_: AnyRequest, exc: TooManyFailures) -> Response[Any]:
+    return _problem(429, "Too Many Requests", str(exc), {"Retry-After": str(exc.retry_after)})
+
+
+def _problem(
+    status: int, title: str, detail: str, headers: dict[str, str] | None = None
+) -> Response[Any]:
+    return Response(
+        {"type": "about:blank", "title": title, "status": status, "detail": detail},
+        status_code=status,
+        media_type="application/problem+json",
+        headers=headers,
+    )
 
 
 def _fragment(request: AnyRequest, template: str, **context: Any) -> Response[str]:  # noqa: ANN401
@@ -138,7 +281,10 @@ async def index(request: AnyRequest) -> Template:
     demo = _demo(request)
     chat = demo.chat(request.cookies.get(COOKIE, ""))
     if chat is None:
-        chat = await demo.new_chat()
+        try:
+            chat = await demo.new_chat()
+        except SessionCapReached as exc:
+            return Template("message.html", context={"message": str(exc)}, status_code=429)
     panels = await demo.panels(chat)
     return Template(
         "index.html",
@@ -149,7 +295,7 @@ async def index(request: AnyRequest) -> Template:
             "tree": panels.tree,
             "tables": panels.tables,
         },
-        cookies=[_cookie(chat, request.app.state.prefix)],
+        cookies=[_chat_cookie(request, chat)],
     )
 
 
@@ -245,7 +391,7 @@ async def new_session(request: AnyRequest) -> Response[str]:
     return Response(
         "",
         headers={"HX-Redirect": f"{request.app.state.prefix}/"},
-        cookies=[_cookie(chat, request.app.state.prefix)],
+        cookies=[_chat_cookie(request, chat)],
     )
 
 
@@ -282,7 +428,11 @@ def create_demo_app(demo: Demo, *, prefix: str = PREFIX) -> Litestar:
             root,
             Router(
                 path=prefix,
+                guards=[_signed_in],
                 route_handlers=[
+                    sign_in_page,
+                    sign_in,
+                    sign_out,
                     index,
                     send,
                     turn_events,
@@ -293,7 +443,10 @@ def create_demo_app(demo: Demo, *, prefix: str = PREFIX) -> Litestar:
                     diff,
                     new_session,
                     create_static_files_router(
-                        path="/static", directories=[_HERE / "static"], include_in_schema=False
+                        path="/static",
+                        directories=[_HERE / "static"],
+                        include_in_schema=False,
+                        opt={"public": True},  # htmx and the stylesheet: no data
                     ),
                 ],
             ),
@@ -305,6 +458,9 @@ def create_demo_app(demo: Demo, *, prefix: str = PREFIX) -> Litestar:
             AgentDBError: _on_agentdb_error,
             psycopg.Error: _on_preview_error,
             NoChat: _on_no_chat,
+            SignInRequired: _on_sign_in_required,
+            CrossSite: _on_cross_site,
+            TooManyFailures: _on_too_many_failures,
         },
         openapi_config=None,
         logging_config=None,
@@ -337,13 +493,14 @@ async def open_demo(
     agent: Agent | None = None,
     environ: Mapping[str, str] | None = None,
     prefix: str = PREFIX,
-    max_chats: int = MAX_CHATS,
+    max_chats: int | None = None,
 ) -> AsyncIterator[Demo]:
     """The demo over a running agentdb: acts as the demo user through `api` (the REST app of
     `runtime`, reached in-process). `agent` defaults to what `environ` (default: the process
     environment) allows: a real model with an API key, else the offline agent. On exit it
-    deletes its sessions and revokes its token. At most `max_chats` browsers have a chat (and
-    a database) at once."""
+    deletes its sessions and revokes its token. At most `max_chats` (default:
+    AGENTDB_DEMO_MAX_SESSIONS) browsers have a chat (and a database) at once; signing in is
+    checked by `runtime`'s token service."""
     note = None
     if agent is None:
         agent, note = choose_agent(os.environ if environ is None else environ)
@@ -358,8 +515,9 @@ async def open_demo(
                 user_id=user_id,
                 agent=agent,
                 templates=templates(prefix),
+                sign_ins=SignIns(runtime.tokens.authenticate),
                 agent_note=note,
-                max_chats=max_chats,
+                max_chats=runtime.settings.demo_max_sessions if max_chats is None else max_chats,
             )
             try:
                 yield demo

@@ -15,7 +15,7 @@ import secrets
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import jinja2
@@ -26,6 +26,7 @@ from agentdb.sdk import AgentDB, AgentDBError, Branch, CheckpointTree, Diff
 from agentdb.tools import Toolbox, ToolError
 
 from ._agents import Agent, Tools
+from ._auth import SignIns
 from ._browser import RowChanges, TableView, describe, describe_uri, live_query, row_changes
 
 log = structlog.get_logger("demo")
@@ -36,8 +37,10 @@ MAX_MESSAGE = 10_000
 PREVIEW_TTL_SECONDS = 3600
 #: A diff's own previews are deleted as soon as they are read; this is in case that fails.
 DIFF_PREVIEW_TTL_SECONDS = 600
-#: Chats (each with its own agentdb session) kept at once; the longest-unused one goes first.
-MAX_CHATS = 20
+#: Chats (each with its own agentdb session) kept at once, unless AGENTDB_DEMO_MAX_SESSIONS says.
+MAX_CHATS = 5
+#: At the cap, a chat unused this long (and not answering) gives its place to a new one.
+CHAT_IDLE = timedelta(minutes=30)
 _APP_OBJECTS_SQL = """
 SELECT count(*) AS n FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%'
@@ -54,6 +57,10 @@ DONE_EVENT = "done"
 
 class DemoError(Exception):
     """Something the person asked for that cannot be done; the message says why."""
+
+
+class SessionCapReached(DemoError):  # noqa: N818 - a state, read as "the cap is reached"
+    """The demo keeps as many sessions as it may; none is idle enough to give its place."""
 
 
 class Busy(DemoError):  # noqa: N818 - a state, read as "the chat is busy"
@@ -154,10 +161,12 @@ class Demo:
         user_id: uuid.UUID,
         agent: Agent,
         templates: jinja2.Environment,
+        sign_ins: SignIns,
         agent_note: str | None = None,
         max_chats: int = MAX_CHATS,
     ) -> None:
         self.client = client
+        self.sign_ins = sign_ins
         self.user_id = user_id
         self.agent = agent
         self.agent_note = agent_note
@@ -179,26 +188,57 @@ class Demo:
         return chat
 
     async def new_chat(self) -> Chat:
-        """A chat with a new, empty agentdb session."""
-        session = await self.client.create_session(user_id=self.user_id, name="demo chat")
+        """A chat with a new, empty agentdb session. Every chat costs a database: at the cap,
+        the longest-unused chat idle for `CHAT_IDLE` gives its place; if none is, raises
+        `SessionCapReached`."""
+        if len(self.chats) >= self.max_chats:
+            self._reclaim_idle()
+        if len(self.chats) >= self.max_chats:
+            raise SessionCapReached(
+                f"the demo already has {len(self.chats)} sessions open, its cap "
+                "(AGENTDB_DEMO_MAX_SESSIONS); use “New session” in an open chat, "
+                f"or try again when one has been idle for {int(CHAT_IDLE.total_seconds()) // 60}"
+                " minutes"
+            )
         now = datetime.now(UTC)
-        chat = Chat(secrets.token_urlsafe(24), session.id, now, now)
-        self.chats[chat.key] = chat
-        # Every browser costs a database: past the cap, the longest-unused chat goes.
-        while len(self.chats) > self.max_chats:
-            oldest = min(self.chats.values(), key=lambda c: c.used_at)
-            del self.chats[oldest.key]
-            self._spawn(self._drop(oldest))
+        key = secrets.token_urlsafe(24)
+        # The place is taken before the session exists, so that concurrent requests cannot
+        # all pass the cap while their sessions are being created.
+        self.chats[key] = Chat(key, uuid.UUID(int=0), now, now)
+        try:
+            session = await self.client.create_session(user_id=self.user_id, name="demo chat")
+        except BaseException:
+            del self.chats[key]
+            raise
+        chat = self.chats[key]
+        chat.session_id = session.id
         log.info("demo.chat_started", session_id=str(session.id))
         return chat
 
+    def _reclaim_idle(self) -> None:
+        now = datetime.now(UTC)
+        idle = [
+            c
+            for c in self.chats.values()
+            if now - c.used_at >= CHAT_IDLE and not c.lock.locked() and c.session_id.int
+        ]
+        if idle:
+            oldest = min(idle, key=lambda c: c.used_at)
+            del self.chats[oldest.key]
+            self._spawn(self._drop(oldest))
+
     async def replace_chat(self, old: Chat | None) -> Chat:
-        """A new chat; the old one's session (and its checkpoints) is deleted."""
-        chat = await self.new_chat()
+        """A new chat; the old one's session (and its checkpoints) is deleted first, so that
+        its place under the cap goes to the new one."""
         if old is not None:
             self.chats.pop(old.key, None)
             self._spawn(self._drop(old))
-        return chat
+        return await self.new_chat()
+
+    def drop_chat(self, chat: Chat) -> None:
+        """Forgets the chat and deletes its session (at sign-out)."""
+        if self.chats.pop(chat.key, None) is not None:
+            self._spawn(self._drop(chat))
 
     async def _drop(self, chat: Chat) -> None:
         async with chat.lock:

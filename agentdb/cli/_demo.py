@@ -19,7 +19,9 @@ async def run_demo(
     """Run the chat demo alone at http://HOST:PORT/demo/ on the embedded PostgreSQL: chat
     with an agent that builds its session's database, checkpoint by checkpoint. With
     ANTHROPIC_API_KEY or OPENAI_API_KEY set a real model drives it; without, an offline agent
-    that understands a small command language (listed on the page).
+    that understands a small command language (listed on the page). The page asks for the
+    admin token (or a user token) once; on an address other than loopback the demo runs only
+    with AGENTDB_ADMIN_TOKEN set.
 
     Parameters
     ----------
@@ -34,12 +36,16 @@ async def run_demo(
     # Imported here: the client commands start without the server's modules.
     from agentdb.api import create_app as create_api  # noqa: PLC0415
     from agentdb.runtime import StartupError, open_runtime  # noqa: PLC0415
-    from demo import create_demo_app, open_demo  # noqa: PLC0415
+    from demo import create_demo_app, listen_refusal, open_demo  # noqa: PLC0415
 
     from ._main import CommandError, _listen, _settings  # noqa: PLC0415
     from ._serving import serve  # noqa: PLC0415
 
     settings = _settings(data_dir)
+    # Every route needs a sign-in; beyond loopback, also a token the operator chose.
+    refusal = listen_refusal(host, settings)
+    if refusal is not None:
+        raise CommandError(refusal)
     with _listen(host, port) as listener:
         try:
             async with open_runtime(settings) as runtime:

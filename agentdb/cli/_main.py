@@ -72,11 +72,21 @@ async def serve_api(
     from agentdb.api import create_app as create_api  # noqa: PLC0415
     from agentdb.runtime import StartupError, open_runtime  # noqa: PLC0415
     from agentdb.tools import McpHttp  # noqa: PLC0415
-    from demo import create_demo_app, open_demo, with_demo  # noqa: PLC0415
+    from demo import create_demo_app, listen_refusal, open_demo, with_demo  # noqa: PLC0415
 
     from ._serving import serve  # noqa: PLC0415
 
     settings = _settings(data_dir)
+    # The chat demo at /demo/, beside the API (not inside it: it has its own sign-in). By
+    # default it is off where sessions cost money (Neon cloud) and where listen_refusal says
+    # it must not listen; asked for there, the command refuses.
+    serve_demo = settings.demo if settings.demo is not None else not settings.uses_neon_cloud
+    refusal = listen_refusal(host, settings) if serve_demo else None
+    if refusal is not None and settings.demo:
+        raise CommandError(f"{refusal}, or unset AGENTDB_DEMO to serve the API alone")
+    if refusal is not None:
+        serve_demo = False
+        print(f"agentdb: {refusal}; serving the API without it", flush=True)  # noqa: T201
     with _listen(host, port) as listener:
         try:
             async with open_runtime(settings) as runtime:
@@ -86,11 +96,6 @@ async def serve_api(
                 api = create_api(runtime)
                 mcp = McpHttp(api)  # MCP over streamable HTTP, each request with its own token
                 api.register(mcp.route)
-                # The chat demo at /demo/, beside the API (not inside it: its pages need no
-                # token, so it is off by default where sessions cost money: Neon cloud).
-                serve_demo = (
-                    settings.demo if settings.demo is not None else not settings.uses_neon_cloud
-                )
                 async with (
                     mcp.running(),
                     open_demo(runtime, api) if serve_demo else contextlib.nullcontext() as demo,

@@ -1,7 +1,7 @@
 """The demo over real parts: the session's embedded PostgreSQL, a fresh meta database per test
 module, the shared local plane, and the REST API app in-process; `demo` is the demo with the
 offline agent, `served_url` the API with the demo beside it over real HTTP, as `agentdb serve`
-serves them."""
+serves them. `demo_sign_in` signs in."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import psycopg
 import pytest
 import pytest_asyncio
 import uvicorn
+from demo_sign_in import ADMIN_TOKEN
 from litestar import Litestar
 from psycopg import sql
 from pydantic import SecretStr
@@ -36,7 +37,7 @@ async def runtime(
     tag = secrets.token_hex(4)
     settings = Settings(
         data_dir=tmp_path_factory.mktemp("demo"),
-        admin_token=SecretStr("adb_admin_demo_" + "x" * 40),
+        admin_token=SecretStr(ADMIN_TOKEN),
         meta_database=f"demo_meta_{tag}",
         project_prefix=f"demo-{tag}-",
         sql_statement_timeout_s=5,

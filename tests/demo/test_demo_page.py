@@ -1,8 +1,9 @@
 """A person's path through the demo in headless Chromium (Debian's, driven by Playwright):
-open the page, build and fill a table in three messages, see three checkpoints, break some
-SQL, undo, restore the first checkpoint, preview and diff, start over. The API and the demo are
-served together over real HTTP, as `agentdb serve` serves them, over the embedded PostgreSQL
-and the local plane. The screenshot for the README is taken on the way."""
+open the page, be sent to sign in, paste a wrong token then the admin token, build and fill a
+table in three messages, see three checkpoints, break some SQL, undo, restore the first
+checkpoint, preview and diff, start over, sign out. The API and the demo are served together
+over real HTTP, as `agentdb serve` serves them, over the embedded PostgreSQL and the local
+plane. The screenshot for the README is taken on the way."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from demo_sign_in import ADMIN_TOKEN
 from playwright.async_api import Browser, Locator, Page, async_playwright, expect
 
-from demo import Chat, Demo
+from demo import SIGN_IN_COOKIE, Chat, Demo
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -58,11 +60,31 @@ async def page(browser: Browser, served_url: str) -> AsyncIterator[Page]:
     context = await browser.new_context(viewport={"width": 1440, "height": 860})
     opened = await context.new_page()
     opened.set_default_timeout(WAIT_MS)
-    await opened.goto(f"{served_url}/demo/")
+    await sign_in(opened, served_url)
     try:
         yield opened
     finally:
         await context.close()
+
+
+async def sign_in(page: Page, served_url: str) -> None:
+    """The page sends a browser that is not signed in to the sign-in form; a wrong token is
+    told so, the admin token opens the demo, and the cookie it sets is out of the page's
+    scripts' reach."""
+    await page.goto(f"{served_url}/demo/")
+    await expect(page).to_have_url(f"{served_url}/demo/sign-in")
+    await page.get_by_test_id("token").fill("adb_admin_not-the-token")
+    await page.get_by_test_id("sign-in").click()
+    await expect(page.get_by_test_id("sign-in-error")).to_contain_text("does not open the demo")
+    await page.get_by_test_id("token").fill(ADMIN_TOKEN)
+    await page.get_by_test_id("sign-in").click()
+    await expect(page).to_have_url(f"{served_url}/demo/")
+    await expect(page.get_by_test_id("agent-name")).to_be_visible()
+    (cookie,) = [c for c in await page.context.cookies() if c["name"] == SIGN_IN_COOKIE]
+    assert cookie["httpOnly"]
+    assert cookie["sameSite"] == "Strict"
+    assert ADMIN_TOKEN not in cookie["value"]
+    assert SIGN_IN_COOKIE not in await page.evaluate("document.cookie")
 
 
 async def say(page: Page, message: str) -> None:
@@ -199,3 +221,10 @@ async def test_a_person_builds_a_table_and_travels_its_checkpoints(page: Page, d
     await expect(page.get_by_test_id("no-tables")).to_be_visible()
     (new_chat,) = demo.chats.values()
     assert new_chat.session_id != chat.session_id
+
+    # Signing out ends the sign-in and the chat's session; the page asks to sign in again.
+    await page.get_by_test_id("sign-out").click()
+    await expect(page.get_by_test_id("token")).to_be_visible()
+    assert demo.chats == {}
+    await page.goto(page.url.replace("/sign-in", "/"))
+    await expect(page.get_by_test_id("token")).to_be_visible()

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest_asyncio
+from demo_sign_in import sign_in
 from litestar import Litestar
 
 from demo import Chat, Demo, create_demo_app, with_demo
@@ -20,6 +21,7 @@ async def browser(api_app: Litestar, demo: Demo) -> AsyncIterator[httpx.AsyncCli
     async with httpx.AsyncClient(
         transport=httpx.ASGITransport(app=app), base_url="http://demo", timeout=60
     ) as client:
+        await sign_in(client)
         assert (await client.get("/demo/")).status_code == 200
         yield client
 
@@ -71,10 +73,10 @@ async def test_a_diff_needs_two_states(browser: httpx.AsyncClient, demo: Demo) -
 async def test_a_lost_chat_reloads_the_page(api_app: Litestar, demo: Demo) -> None:
     app = with_demo(api_app, create_demo_app(demo))
     async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app),
-        base_url="http://demo",
-        headers={"Cookie": "agentdb_demo=forgotten"},
+        transport=httpx.ASGITransport(app=app), base_url="http://demo"
     ) as stranger:
+        await sign_in(stranger)
+        stranger.cookies.set("agentdb_demo", "forgotten")
         for response in (
             await stranger.get("/demo/panels"),
             await stranger.post("/demo/chat", data={"message": "hello"}),

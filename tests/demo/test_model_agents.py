@@ -16,7 +16,16 @@ import pytest
 from litestar import Litestar
 
 from agentdb.runtime import Runtime
-from demo import AnthropicAgent, Demo, OfflineAgent, OpenAIAgent, choose_agent, open_demo
+from demo import (
+    AnthropicAgent,
+    Demo,
+    OfflineAgent,
+    OpenAIAgent,
+    SessionCapReached,
+    choose_agent,
+    open_demo,
+)
+from demo._chat import CHAT_IDLE
 
 # --- Anthropic's Messages API, streamed -----------------------------------------------------
 
@@ -205,12 +214,15 @@ def test_a_key_picks_its_model_when_its_sdk_is_installed(key: str, package: str)
         assert note is None
 
 
-async def test_past_the_cap_the_longest_unused_chat_and_its_session_go(
+async def test_at_the_cap_only_an_idle_chat_gives_its_place_and_its_session_goes(
     runtime: Runtime, api_app: Litestar
 ) -> None:
     async with open_demo(runtime, api_app, agent=OfflineAgent(), max_chats=2) as demo:
         first, second = await demo.new_chat(), await demo.new_chat()
-        assert demo.chat(first.key) is first  # used now: the second is the longest unused
+        with pytest.raises(SessionCapReached, match="AGENTDB_DEMO_MAX_SESSIONS"):
+            await demo.new_chat()
+        assert set(demo.chats) == {first.key, second.key}
+        second.used_at -= CHAT_IDLE  # idle long enough: the longest-unused idle chat goes
         third = await demo.new_chat()
         assert set(demo.chats) == {first.key, third.key}
         await asyncio.gather(*demo._tasks)
