@@ -165,7 +165,8 @@ async def _signed_in(
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise SignInRequired("send 'Authorization: Bearer <token>' or sign in")
-        if await sign_ins.check_token(token.strip()) is None:
+        client = connection.client.host if connection.client is not None else "unknown"
+        if await sign_ins.check_bearer(token.strip(), client) is None:
             raise SignInRequired("the token does not open the demo (use an admin or user token)")
         return  # a header cannot be forged cross-site: no Origin check
     cookie = connection.cookies.get(SIGN_IN_COOKIE)

@@ -4,7 +4,8 @@ header on every request. A session token never opens the demo: it is what an age
 
 A sign-in is a random id in an HttpOnly, SameSite=Strict cookie; the token it stands for stays in
 the server's memory and is checked again on every request, so a revoked or expired token, or a
-disabled user, ends the sign-in at once. Failed sign-ins are throttled per client address.
+disabled user, ends the sign-in at once. Failed sign-ins and bearer tokens are throttled per
+client address.
 """
 
 from __future__ import annotations
@@ -91,14 +92,22 @@ class SignIns:
             return None
         return principal
 
+    async def check_bearer(self, token: str, client: str) -> Principal | None:
+        """`check_token` for a request from `client`, whose failures count: raises
+        `TooManyFailures` when it failed too often lately."""
+        self._throttle(client)
+        principal = await self.check_token(token)
+        if principal is None:
+            self._failures.setdefault(client, _Failures()).times.append(self._clock())
+        else:
+            self._failures.pop(client, None)
+        return principal
+
     async def sign_in(self, token: str, client: str) -> str | None:
         """A new sign-in's cookie value, or None when the token does not open the demo.
         Raises `TooManyFailures` when `client` failed too often lately."""
-        self._throttle(client)
-        if await self.check_token(token) is None:
-            self._failures.setdefault(client, _Failures()).times.append(self._clock())
+        if await self.check_bearer(token, client) is None:
             return None
-        self._failures.pop(client, None)
         while len(self._sign_ins) >= MAX_SIGN_INS:
             oldest = min(self._sign_ins, key=lambda k: self._sign_ins[k].expires_at)
             del self._sign_ins[oldest]
