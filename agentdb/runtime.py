@@ -151,7 +151,11 @@ async def open_runtime(
             grace=timedelta(0),
         )
         addons = AddonService(meta, neon, secrets, locks=locks)
-        tokens = TokenService(meta)
+        tokens = TokenService(
+            meta,
+            session_ttl=seconds(settings.session_token_ttl_s),
+            session_max_ttl=seconds(settings.session_token_max_ttl_s),
+        )
         usage = UsageService(
             meta, neon, tiers=tiers, min_interval=seconds(settings.usage_poll_interval_s)
         )

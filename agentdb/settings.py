@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 import platformdirs
+from limits import parse_many
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -26,7 +27,9 @@ def _default_data_dir() -> Path:
 
 
 FERNET_KEY_BYTES = 32
-MIN_ADMIN_TOKEN, MAX_ADMIN_TOKEN = 16, 1024
+#: An operator's admin token: at least 32 characters (a guessable one would be the platform's
+#: weakest secret), at most what a request header sensibly carries.
+MIN_ADMIN_TOKEN, MAX_ADMIN_TOKEN = 32, 1024
 
 
 class Settings(BaseSettings):
@@ -84,6 +87,24 @@ class Settings(BaseSettings):
         default=None,
         description="The platform's admin bearer token (default: generated on first start, "
         "stored hashed and printed once).",
+    )
+    session_token_ttl_s: int = Field(
+        default=86_400,
+        gt=0,
+        description="Lifetime of a session token issued without `ttl_seconds`, in seconds "
+        "(an agent's token should not outlive its work by much).",
+    )
+    session_token_max_ttl_s: int = Field(
+        default=30 * 86_400,
+        gt=0,
+        le=10 * 365 * 86_400,
+        description="Longest lifetime a session token may be issued with, in seconds.",
+    )
+    auth_failure_limit: str = Field(
+        default="30/minute;300/hour",
+        description="How many requests with a wrong token one client address may send before "
+        "it gets 429 Too Many Requests, as rate limits like '30/minute;300/hour' ('' turns "
+        "throttling off). Tokens that worked recently are let through regardless.",
     )
     secret_key: SecretStr | None = Field(
         default=None,
@@ -218,6 +239,26 @@ class Settings(BaseSettings):
                     f"must be {MIN_ADMIN_TOKEN} to {MAX_ADMIN_TOKEN} characters without spaces"
                 )
         return value
+
+    @field_validator("auth_failure_limit")
+    @classmethod
+    def _rate_limits(cls, value: str) -> str:
+        if value.strip():
+            try:
+                parse_many(value)
+            except ValueError:
+                raise ValueError(
+                    "not rate limits such as '30/minute' or '30/minute;300/hour'"
+                ) from None
+        return value
+
+    @model_validator(mode="after")
+    def _token_ttls(self) -> Settings:
+        if self.session_token_ttl_s > self.session_token_max_ttl_s:
+            raise ValueError(
+                "AGENTDB_SESSION_TOKEN_TTL_S must not exceed AGENTDB_SESSION_TOKEN_MAX_TTL_S"
+            )
+        return self
 
     @model_validator(mode="after")
     def _compute_range(self) -> Settings:

@@ -1,6 +1,7 @@
 """The `/v1` routes of a session's add-ons: Neon Auth (`/auth`, its users and OAuth providers)
-and the Data API (`/data-api`). Any token that reaches the session may use them; Neon Auth's
-server key is shown to admin and user tokens only."""
+and the Data API (`/data-api`). Any token that reaches the session may use them, except that
+only admin and user tokens turn them off (which can drop the app's users); Neon Auth's server
+key is shown to admin and user tokens only."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from litestar.params import FromPath, JSONBody, QueryParameter
 
 from agentdb.services import AuthView, DataApiView, OAuthProviderView
 
-from ._auth import actor_of, reachable_session, runtime_of, sees_secrets
+from ._auth import actor_of, reachable_session, require_owner, runtime_of, sees_secrets
 from ._models import (
     AddOAuthProvider,
     AuthOut,
@@ -58,6 +59,7 @@ class SessionAuth(Controller):
         ] = False,
     ) -> AuthOut:
         await reachable_session(request, session_id)
+        require_owner(request)
         view = await runtime_of(request.scope).addons.disable_auth(
             session_id, delete_data=delete_data, actor=actor_of(request)
         )
@@ -140,6 +142,7 @@ class SessionDataApi(Controller):
     @delete("/", status_code=200, summary="Stop serving the database over REST")
     async def disable(self, request: AnyRequest, session_id: FromPath[uuid.UUID]) -> DataApiView:
         await reachable_session(request, session_id)
+        require_owner(request)
         return await runtime_of(request.scope).addons.disable_data_api(
             session_id, actor=actor_of(request)
         )

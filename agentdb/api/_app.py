@@ -12,9 +12,10 @@ from litestar.openapi.spec import Components, SecurityScheme
 from agentdb.runtime import Runtime
 from agentdb.services import Principal
 
-from ._auth import AuthMiddleware, RequestIdMiddleware
+from ._auth import AuthMiddleware, AuthThrottle, RequestIdMiddleware
 from ._idempotency import IdempotencyMiddleware
-from ._problems import EXCEPTION_HANDLERS
+from ._openapi import declare_problems
+from ._problems import EXCEPTION_HANDLERS, ApiRequest
 from ._routes import ROUTES
 
 
@@ -24,13 +25,20 @@ def create_app(runtime: Runtime, *, trusted: Principal | None = None) -> Litesta
 
     `trusted` is who a request without an `Authorization` header acts as: only for an app that
     is reached in-process and never served on a socket (the SDK's embedded mode)."""
-    return Litestar(
+    app = Litestar(
         route_handlers=ROUTES,
         # Outermost first: the request id covers everything, auth runs before idempotency
         # (keys are per token).
         middleware=[RequestIdMiddleware(), AuthMiddleware(), IdempotencyMiddleware()],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
-        state=State({"runtime": runtime, "trusted": trusted}),
+        state=State(
+            {
+                "runtime": runtime,
+                "trusted": trusted,
+                "auth_throttle": AuthThrottle(runtime.settings.auth_failure_limit),
+            }
+        ),
+        request_class=ApiRequest,
         openapi_config=OpenAPIConfig(
             title="agentdb",
             version=version("agentdb"),
@@ -44,3 +52,5 @@ def create_app(runtime: Runtime, *, trusted: Principal | None = None) -> Litesta
         logging_config=None,
         debug=False,
     )
+    declare_problems(app)
+    return app

@@ -3,16 +3,25 @@
 Every route but `/healthz` and `/schema` needs `Authorization: Bearer <token>`. An admin token
 reaches everything, a user token that user's sessions, a session token (what an agent holds) its
 one session. Reaching for something else answers 404, exactly as for an id that does not exist,
-so a token never learns what it does not own.
+so a token never learns what it does not own; what a token reaches but its scope may not do
+(delete its session, mint tokens) answers 403. A client address that keeps sending wrong
+tokens is answered 429 for a while (`AuthThrottle`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
 import re
+import time
 import uuid
+from collections import OrderedDict
 from typing import Any
 
 import structlog
+from limits import RateLimitItem, parse_many
+from limits.storage import MemoryStorage
+from limits.strategies import MovingWindowRateLimiter
 from litestar import Request
 from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
@@ -21,10 +30,13 @@ from agentdb.runtime import Runtime
 from agentdb.services import Actor, Principal, SessionNotFound, SessionView, UserNotFound
 from meta_schema import ActorScope, TokenScope
 
-from ._problems import Forbidden, Unauthorized
+from ._problems import Forbidden, TooManyRequests, Unauthorized
 
 AnyRequest = Request[Any, Any, Any]
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+#: What a 403 says when a session token asks for something only its owner may do.
+NEEDS_OWNER = "needs a user or admin token: a session token cannot do this"
+log = structlog.get_logger("agentdb.api")
 
 
 def runtime_of(scope: Scope) -> Runtime:
@@ -55,8 +67,61 @@ class RequestIdMiddleware(ASGIMiddleware):
             await next_app(scope, receive, send_with_id)
 
 
+class AuthThrottle:
+    """Counts wrong tokens per client address in moving windows (`limits`, in memory): an
+    address over `limits` is answered 429 with `Retry-After` without its token being looked
+    up, so guessing is slowed and costs agentdb nothing. Each address has its own count, and a
+    token that authenticated within `remember_good` passes even from a throttled address, so
+    a burst of wrong tokens starves no working client."""
+
+    #: How many recently good tokens are remembered (the oldest are forgotten first).
+    MAX_GOOD = 10_000
+
+    def __init__(self, limits: str, *, remember_good: float = 3600.0) -> None:
+        self.limits: list[RateLimitItem] = parse_many(limits) if limits.strip() else []
+        self._limiter = MovingWindowRateLimiter(MemoryStorage())
+        self._remember_good = remember_good
+        self._good: OrderedDict[str, float] = OrderedDict()
+
+    @staticmethod
+    def digest(token: str) -> str:
+        return hashlib.sha256(token.encode("utf-8", "replace")).hexdigest()
+
+    def retry_after(self, address: str, digest: str) -> int | None:
+        """Seconds until `address` may try again, or None when this request may go on."""
+        if not self.limits:
+            return None
+        seen = self._good.get(digest)
+        if seen is not None and time.monotonic() - seen < self._remember_good:
+            return None
+        waits = [
+            self._limiter.get_window_stats(item, "auth-failures", address).reset_time - time.time()
+            for item in self.limits
+            if not self._limiter.test(item, "auth-failures", address)
+        ]
+        return max(1, math.ceil(max(waits))) if waits else None
+
+    def failed(self, address: str) -> None:
+        for item in self.limits:
+            self._limiter.hit(item, "auth-failures", address)
+
+    def succeeded(self, digest: str) -> None:
+        if not self.limits:
+            return
+        self._good[digest] = time.monotonic()
+        self._good.move_to_end(digest)
+        while len(self._good) > self.MAX_GOOD:
+            self._good.popitem(last=False)
+
+
+def _client_address(scope: Scope) -> str:
+    client = scope.get("client")
+    return str(client[0]) if client else "unknown"
+
+
 class AuthMiddleware(ASGIMiddleware):
-    """Resolves the bearer token to a `Principal` in `scope["user"]`, or answers 401."""
+    """Resolves the bearer token to a `Principal` in `scope["user"]`, or answers 401 (429 for
+    an address that sent too many wrong tokens)."""
 
     scopes = ("http",)  # type: ignore[assignment]
 
@@ -72,16 +137,32 @@ class AuthMiddleware(ASGIMiddleware):
         trusted: Principal | None = scope["litestar_app"].state.trusted
         scheme, _, token = header.partition(" ")
         if not header and trusted is not None:
-            principal: Principal | None = trusted
+            principal: Principal = trusted
         elif scheme.lower() != "bearer" or not token.strip():
             raise Unauthorized("send 'Authorization: Bearer <token>'")
         else:
-            principal = await runtime_of(scope).tokens.authenticate(token.strip())
-        if principal is None:
-            raise Unauthorized("the token is not valid (unknown, revoked or expired)")
+            principal = await _authenticate(scope, token.strip())
         scope["user"] = principal
         with structlog.contextvars.bound_contextvars(token_id=str(principal.token_id)):
             await next_app(scope, receive, send)
+
+
+async def _authenticate(scope: Scope, token: str) -> Principal:
+    throttle: AuthThrottle = scope["litestar_app"].state.auth_throttle
+    address, digest = _client_address(scope), throttle.digest(token)
+    wait = throttle.retry_after(address, digest)
+    if wait is not None:
+        log.warning("api.auth_throttled", client=address, retry_after=wait)
+        raise TooManyRequests(
+            f"too many requests with a wrong token from this address; retry in {wait} s",
+            headers={"Retry-After": str(wait)},
+        )
+    principal = await runtime_of(scope).tokens.authenticate(token)
+    if principal is None:
+        throttle.failed(address)
+        raise Unauthorized("the token is not valid (unknown, revoked or expired)")
+    throttle.succeeded(digest)
+    return principal
 
 
 def principal_of(request: AnyRequest) -> Principal:
@@ -132,8 +213,10 @@ def sees_secrets(request: AnyRequest) -> bool:
 
 
 def require_owner(request: AnyRequest) -> Principal:
-    """Routes that mint credentials are for the platform, not for an agent."""
+    """Routes that mint credentials or destroy what an agent cannot get back (its session,
+    checkpoints, its app's users) are for the platform, not for an agent: a session token gets
+    403, saying which token can."""
     principal = principal_of(request)
     if principal.scope == TokenScope.SESSION:
-        raise Forbidden("a session token cannot do this; use the user's or the admin token")
+        raise Forbidden(NEEDS_OWNER)
     return principal

@@ -1,12 +1,16 @@
 """Request bodies and response shapes of the REST API. Bodies refuse unknown fields, so a typo
-is an error that names it rather than a value silently ignored."""
+is an error that names it rather than a value silently ignored, and take values only of their
+own JSON type: `true` is not a number, "5" is not 5. Numbers are bounded, text and JSON may not
+hold NUL characters (PostgreSQL's text and jsonb cannot store them) and JSON nests at most
+`MAX_JSON_DEPTH` levels."""
 
 from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, JsonValue
 
 from agentdb.services import (
     AuthUserView,
@@ -17,12 +21,73 @@ from agentdb.services import (
     OAuthProviderView,
     SessionView,
     TierChangeView,
+    TokenView,
     UserView,
 )
 from meta_schema import TokenScope
 
 #: Ten years: long-lived tokens are the platform's choice, endless ones are not offered.
 MAX_TTL_SECONDS = 10 * 365 * 86_400
+#: A year: more than any branch lives (the service's own maximum is lower), small enough that
+#: no date computed from it overflows.
+MAX_BRANCH_TTL_SECONDS = 365 * 86_400
+#: Deeper JSON in `params` or `metadata` is refused (nothing legitimate nests that far, and
+#: every recursive walk of it would cost stack).
+MAX_JSON_DEPTH = 32
+NUL_MESSAGE = "must not contain NUL characters (\\u0000): PostgreSQL cannot store them"
+
+
+def _whole_number(value: object) -> object:
+    # Litestar validates bodies in pydantic's lax mode, which turns true into 1 and "5" into 5.
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError("must be a whole number (not a string, a boolean or a fraction)")  # noqa: TRY004 - pydantic's way to fail a value
+    return value
+
+
+def _number(value: object) -> object:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("must be a number (not a string or a boolean)")  # noqa: TRY004
+    return value
+
+
+def _boolean(value: object) -> object:
+    if not isinstance(value, bool):
+        raise ValueError("must be true or false")  # noqa: TRY004
+    return value
+
+
+def _text(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError(NUL_MESSAGE)
+    return value
+
+
+def _json(value: object) -> object:
+    """Walks a JSON document without recursion: at most `MAX_JSON_DEPTH` levels, no NUL in
+    any string or key."""
+    pending: list[tuple[object, int]] = [(value, 1)]
+    while pending:
+        node, depth = pending.pop()
+        if isinstance(node, dict | list) and depth > MAX_JSON_DEPTH:
+            raise ValueError(f"must not nest deeper than {MAX_JSON_DEPTH} levels")
+        if isinstance(node, dict):
+            for key, item in node.items():
+                if isinstance(key, str) and "\x00" in key:
+                    raise ValueError(NUL_MESSAGE)
+                pending.append((item, depth + 1))
+        elif isinstance(node, list):
+            pending.extend((item, depth + 1) for item in node)
+        elif isinstance(node, str) and "\x00" in node:
+            raise ValueError(NUL_MESSAGE)
+    return value
+
+
+WholeNumber = Annotated[int, BeforeValidator(_whole_number)]
+Number = Annotated[float, BeforeValidator(_number)]
+Boolean = Annotated[bool, BeforeValidator(_boolean)]
+Text = Annotated[str, AfterValidator(_text)]
+JsonObject = Annotated[dict[str, JsonValue], BeforeValidator(_json)]
+JsonList = Annotated[list[JsonValue], BeforeValidator(_json)]
 
 
 class Body(BaseModel):
@@ -30,13 +95,13 @@ class Body(BaseModel):
 
 
 class CreateUser(Body):
-    email: str = Field(max_length=254)
-    name: str | None = None
-    tier: str | None = None
+    email: Text = Field(max_length=254)
+    name: Text | None = None
+    tier: Text | None = None
 
 
 class ChangeTier(Body):
-    tier: str = Field(max_length=32, description="The tier to move the user to.")
+    tier: Text = Field(max_length=32, description="The tier to move the user to.")
 
 
 class TierChangeList(BaseModel):
@@ -44,44 +109,51 @@ class TierChangeList(BaseModel):
 
 
 class CreateToken(Body):
-    name: str | None = None
-    ttl_seconds: int | None = Field(default=None, gt=0, le=MAX_TTL_SECONDS)
+    name: Text | None = None
+    ttl_seconds: WholeNumber | None = Field(
+        default=None,
+        gt=0,
+        le=MAX_TTL_SECONDS,
+        description="Lifetime in seconds. Default: none for user tokens, the server's "
+        "AGENTDB_SESSION_TOKEN_TTL_S (a day) for session tokens, which may not live longer "
+        "than AGENTDB_SESSION_TOKEN_MAX_TTL_S.",
+    )
 
 
 class CreateSession(Body):
     user_id: uuid.UUID | None = Field(
         default=None, description="Required with the admin token; a user token creates its own."
     )
-    name: str | None = None
+    name: Text | None = None
 
 
 class RunSql(Body):
-    sql: str
-    params: list[JsonValue] | None = Field(
+    sql: Text
+    params: JsonList | None = Field(
         default=None, description="Values for $1, $2, ... (one statement only when given)."
     )
-    max_rows: int | None = Field(default=None, ge=1, le=10_000)
-    timeout_seconds: float | None = Field(default=None, gt=0, le=3600)
+    max_rows: WholeNumber | None = Field(default=None, ge=1, le=10_000)
+    timeout_seconds: Number | None = Field(default=None, gt=0, le=3600)
 
 
 class CreateCheckpoint(Body):
-    label: str | None = None
-    message: str | None = Field(default=None, description="The agent's message or prompt.")
-    metadata: dict[str, JsonValue] | None = Field(
+    label: Text | None = None
+    message: Text | None = Field(default=None, description="The agent's message or prompt.")
+    metadata: JsonObject | None = Field(
         default=None, description="Free-form JSON, e.g. {'commit': '...'}."
     )
 
 
 class CreateBranch(Body):
-    name: str | None = None
+    name: Text | None = None
     checkpoint_id: uuid.UUID | None = Field(
         default=None, description="Start from this checkpoint (default: the live database now)."
     )
-    ttl_seconds: int | None = Field(default=None, gt=0)
+    ttl_seconds: WholeNumber | None = Field(default=None, gt=0, le=MAX_BRANCH_TTL_SECONDS)
 
 
 class CreatePreview(Body):
-    ttl_seconds: int | None = Field(default=None, gt=0)
+    ttl_seconds: WholeNumber | None = Field(default=None, gt=0, le=MAX_BRANCH_TTL_SECONDS)
 
 
 class TokenOut(BaseModel):
@@ -96,6 +168,15 @@ class TokenOut(BaseModel):
     prefix: str
     created_at: datetime
     expires_at: datetime | None
+
+
+class TokenList(BaseModel):
+    """Tokens without their secrets: what a platform needs to tell them apart and revoke them."""
+
+    tokens: list[TokenView]
+    next_after: uuid.UUID | None = Field(
+        description="Pass as `after` for the next page; null when this page was the last."
+    )
 
 
 class SessionOut(SessionView):
@@ -154,11 +235,11 @@ class AuthUserList(BaseModel):
 
 
 class AddOAuthProvider(Body):
-    provider: str = Field(description="google, github, microsoft or vercel.")
-    client_id: str | None = Field(
+    provider: Text = Field(description="google, github, microsoft or vercel.")
+    client_id: Text | None = Field(
         default=None, description="Your OAuth app's id (with client_secret); none: Neon's keys."
     )
-    client_secret: str | None = Field(default=None, description="Never shown again.")
+    client_secret: Text | None = Field(default=None, description="Never shown again.")
 
 
 class OAuthProviderList(BaseModel):
@@ -166,7 +247,7 @@ class OAuthProviderList(BaseModel):
 
 
 class EnableDataApi(Body):
-    add_default_grants: bool = Field(
+    add_default_grants: Boolean = Field(
         default=True,
         description="Let signed-in users read and write the public schema's tables (RLS "
         "policies then separate users' rows).",

@@ -17,6 +17,7 @@ from litestar.status_codes import (
     HTTP_404_NOT_FOUND,
     HTTP_409_CONFLICT,
     HTTP_422_UNPROCESSABLE_ENTITY,
+    HTTP_429_TOO_MANY_REQUESTS,
     HTTP_500_INTERNAL_SERVER_ERROR,
     HTTP_502_BAD_GATEWAY,
 )
@@ -66,6 +67,10 @@ class Forbidden(HTTPException):
     status_code = HTTP_403_FORBIDDEN
 
 
+class TooManyRequests(HTTPException):
+    status_code = HTTP_429_TOO_MANY_REQUESTS
+
+
 class BadRequest(HTTPException):
     """A request-level mistake outside the body (a header, a query parameter)."""
 
@@ -75,6 +80,17 @@ class BadRequest(HTTPException):
         super().__init__(detail=f"{field}: {message}")
         self.field = field
         self.message = message
+
+
+class ApiRequest(Request[Any, Any, Any]):
+    """The API's requests: a JSON body nested deeper than the decoder follows is a 400 naming
+    the body, not a RecursionError."""
+
+    async def json(self) -> Any:  # noqa: ANN401 - any JSON document
+        try:
+            return await super().json()
+        except RecursionError:
+            raise BadRequest("body", "the JSON nests too deeply") from None
 
 
 def request_id(request: AnyRequest) -> str:
@@ -242,8 +258,10 @@ EXCEPTION_HANDLERS = {Exception: _dispatch}
 __all__ = [
     "EXCEPTION_HANDLERS",
     "PROBLEM_JSON",
+    "ApiRequest",
     "BadRequest",
     "Forbidden",
+    "TooManyRequests",
     "Unauthorized",
     "problem",
     "request_id",

@@ -17,13 +17,18 @@ from agentdb.runtime import Runtime
 from agentdb.services import (
     BranchView,
     CheckpointView,
+    Conflict,
     DiffView,
     IssuedToken,
+    Principal,
     SessionView,
     SqlResult,
+    TokenView,
     UserNotFound,
     UserView,
 )
+from agentdb.services._errors import TokenNotFound
+from agentdb.services.tokens import MAX_PAGE
 from meta_schema import TokenScope
 
 from ._addon_routes import ADDON_ROUTES
@@ -52,6 +57,7 @@ from ._models import (
     RunSql,
     SessionList,
     SessionOut,
+    TokenList,
     TokenOut,
     UserList,
 )
@@ -61,6 +67,16 @@ from ._usage_routes import USAGE_ROUTES
 AnyRequest = Request[Any, Any, Any]
 #: A background job failing this many times in a row makes /healthz say "degraded".
 FAILING_JOB = 3
+#: Largest value of a bigint id in the meta DB (a larger `after` would not fit PostgreSQL).
+MAX_EVENT_ID = 2**63 - 1
+PageSize = Annotated[int, QueryParameter(ge=1, le=MAX_PAGE, description="At most this many.")]
+AfterToken = Annotated[
+    uuid.UUID | None,
+    QueryParameter(description="Start after this token id (the last one of the previous page)."),
+]
+IncludeInactive = Annotated[
+    bool, QueryParameter(description="Also the revoked and expired tokens.")
+]
 IdempotencyKey = Annotated[
     str | None,
     HeaderParameter(
@@ -101,6 +117,20 @@ def _token_out(issued: IssuedToken) -> TokenOut:
         created_at=view.created_at,
         expires_at=view.expires_at,
     )
+
+
+def _token_page(views: list[TokenView], limit: int) -> TokenList:
+    return TokenList(tokens=views, next_after=views[-1].id if len(views) == limit else None)
+
+
+def _reaches_token(principal: Principal, view: TokenView) -> bool:
+    """The admin reaches every token, a user token its user's and their sessions' tokens, a
+    session token only itself (an agent may give up its own token, nothing more)."""
+    if principal.is_admin:
+        return True
+    if principal.scope == TokenScope.USER:
+        return view.scope != TokenScope.ADMIN and view.user_id == principal.user_id
+    return view.id == principal.token_id
 
 
 async def _session_out(request: AnyRequest, view: SessionView) -> SessionOut:
@@ -187,6 +217,24 @@ class Users(Controller):
         )
         return _token_out(issued)
 
+    @get(
+        "/{user_id:uuid}/tokens",
+        summary="List a user's tokens and their sessions' tokens (never the secrets)",
+    )
+    async def tokens(
+        self,
+        request: AnyRequest,
+        user_id: FromPath[uuid.UUID],
+        limit: PageSize = 100,
+        after: AfterToken = None,
+        include_inactive: IncludeInactive = False,
+    ) -> TokenList:
+        require_user(request, user_id)
+        views = await rt(request).tokens.list(
+            user_id=user_id, include_inactive=include_inactive, limit=limit, after=after
+        )
+        return _token_page(views, limit)
+
 
 # --- sessions -------------------------------------------------------------------------------
 
@@ -240,6 +288,7 @@ class Sessions(Controller):
     @delete("/{session_id:uuid}", status_code=200, summary="Delete a session and its database")
     async def remove(self, request: AnyRequest, session_id: FromPath[uuid.UUID]) -> SessionOut:
         await reachable_session(request, session_id)
+        require_owner(request)  # an agent never deletes its own safety net
         view = await rt(request).sessions.delete(session_id, actor=actor_of(request))
         return SessionOut(**view.model_dump())
 
@@ -257,6 +306,22 @@ class Sessions(Controller):
             session_id, name=data.name, ttl=_ttl(data.ttl_seconds), actor=actor_of(request)
         )
         return _token_out(issued)
+
+    @get("/{session_id:uuid}/tokens", summary="List the session's tokens (never the secrets)")
+    async def tokens(
+        self,
+        request: AnyRequest,
+        session_id: FromPath[uuid.UUID],
+        limit: PageSize = 100,
+        after: AfterToken = None,
+        include_inactive: IncludeInactive = False,
+    ) -> TokenList:
+        await reachable_session(request, session_id)
+        require_owner(request)
+        views = await rt(request).tokens.list(
+            session_id=session_id, include_inactive=include_inactive, limit=limit, after=after
+        )
+        return _token_page(views, limit)
 
     @post("/{session_id:uuid}/sql", status_code=200, summary="Run SQL on the session's database")
     async def sql(
@@ -278,7 +343,7 @@ class Sessions(Controller):
         self,
         request: AnyRequest,
         session_id: FromPath[uuid.UUID],
-        after: Annotated[int | None, QueryParameter(ge=0)] = None,
+        after: Annotated[int | None, QueryParameter(ge=0, le=MAX_EVENT_ID)] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=500)] = 100,
     ) -> EventList:
         await reachable_session(request, session_id)
@@ -337,6 +402,7 @@ class Checkpoints(Controller):
         checkpoint_id: FromPath[uuid.UUID],
     ) -> CheckpointView:
         await reachable_session(request, session_id)
+        require_owner(request)  # checkpoints are the agent's way back; it may not drop them
         return await rt(request).checkpoints.delete(
             session_id, checkpoint_id, actor=actor_of(request)
         )
@@ -478,6 +544,40 @@ class Branches(Controller):
         return BranchOut(**view.model_dump())
 
 
+# --- tokens ---------------------------------------------------------------------------------
+
+
+class Tokens(Controller):
+    path = "/v1/tokens"
+    tags = ["tokens"]  # noqa: RUF012
+
+    @get("/{token_id:uuid}", summary="Get a token (never its secret)")
+    async def show(self, request: AnyRequest, token_id: FromPath[uuid.UUID]) -> TokenView:
+        return await _reachable_token(request, token_id)
+
+    @delete(
+        "/{token_id:uuid}",
+        status_code=200,
+        summary="Revoke a token: its next request is refused",
+        description="The admin token revokes any user or session token, a user token its "
+        "own user tokens and its sessions' tokens, a session token only itself. Revoking "
+        "twice changes nothing. Admin tokens are not revoked here: change "
+        "AGENTDB_ADMIN_TOKEN.",
+    )
+    async def revoke(self, request: AnyRequest, token_id: FromPath[uuid.UUID]) -> TokenView:
+        view = await _reachable_token(request, token_id)
+        if view.scope == TokenScope.ADMIN:
+            raise Conflict("an admin token is replaced by changing AGENTDB_ADMIN_TOKEN")
+        return await rt(request).tokens.revoke(token_id, actor=actor_of(request))
+
+
+async def _reachable_token(request: AnyRequest, token_id: uuid.UUID) -> TokenView:
+    view = await rt(request).tokens.get(token_id)
+    if not _reaches_token(principal_of(request), view):
+        raise TokenNotFound(token_id)
+    return view
+
+
 ROUTES: list[ControllerRouterHandler] = [
-    healthz, Users, Sessions, Checkpoints, Branches, *ADDON_ROUTES, *USAGE_ROUTES
+    healthz, Users, Sessions, Checkpoints, Branches, Tokens, *ADDON_ROUTES, *USAGE_ROUTES
 ]  # fmt: skip

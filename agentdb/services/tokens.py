@@ -7,6 +7,7 @@ Only a token's SHA-256 is stored. Tokens carry a prefix per scope ("adb_admin_",
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import hmac
 import secrets
@@ -46,12 +47,18 @@ _PREFIX_RANDOM = 6
 #: Longer strings are not tokens; refusing them bounds the work a request can cause.
 MAX_TOKEN_LENGTH = 1024
 MAX_TTL = timedelta(days=3650)
+#: A session token issued without a lifetime lives this long (`AGENTDB_SESSION_TOKEN_TTL_S`),
+#: and none lives longer than the maximum (`AGENTDB_SESSION_TOKEN_MAX_TTL_S`).
+DEFAULT_SESSION_TTL = timedelta(hours=24)
+MAX_SESSION_TTL = timedelta(days=30)
+#: Most tokens one listing returns.
+MAX_PAGE = 500
 #: `last_used_at` is written at most this often per token, not on every request.
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 #: The name of the row holding the operator's AGENTDB_ADMIN_TOKEN (its hash).
 CONFIGURED_ADMIN_NAME = "AGENTDB_ADMIN_TOKEN"
 GENERATED_ADMIN_NAME = "generated admin token"
-MIN_CONFIGURED_LENGTH = 16
+MIN_CONFIGURED_LENGTH = 32
 #: Serializes `ensure_admin_token` across processes that start at once.
 _ADMIN_LOCK_KEY = int.from_bytes(
     hashlib.blake2b(b"agentdb.admin_token", digest_size=8).digest(), "big", signed=True
@@ -142,17 +149,31 @@ def new_token(scope: TokenScope) -> str:
     return SCOPE_PREFIXES[scope] + "".join(secrets.choice(_ALPHABET) for _ in range(_SECRET_LENGTH))
 
 
-def _check_ttl(ttl: timedelta | None) -> None:
-    if ttl is not None and not timedelta(0) < ttl <= MAX_TTL:
-        raise InvalidInput("ttl", f"must be positive and at most {MAX_TTL.days} days")
+def _check_ttl(ttl: timedelta | None, most: timedelta = MAX_TTL) -> None:
+    if ttl is not None and not timedelta(0) < ttl <= most:
+        raise InvalidInput(
+            "ttl_seconds", f"must be positive and at most {int(most.total_seconds())} seconds"
+        )
 
 
 class TokenService:
-    """Issues, authenticates and revokes API tokens."""
+    """Issues, authenticates, lists and revokes API tokens. Session tokens expire: after
+    `session_ttl` unless issued with a lifetime, never later than `session_max_ttl`."""
 
-    def __init__(self, sessions: SessionFactory, *, clock: Clock = system_clock) -> None:
+    def __init__(
+        self,
+        sessions: SessionFactory,
+        *,
+        clock: Clock = system_clock,
+        session_ttl: timedelta = DEFAULT_SESSION_TTL,
+        session_max_ttl: timedelta = MAX_SESSION_TTL,
+    ) -> None:
+        if not timedelta(0) < session_ttl <= session_max_ttl <= MAX_TTL:
+            raise ValueError("session_ttl must be positive and at most session_max_ttl")
         self._sessions = sessions
         self._clock = clock
+        self._session_ttl = session_ttl
+        self._session_max_ttl = session_max_ttl
 
     def _db(self) -> AsyncSession:
         return self._sessions(expire_on_commit=False)
@@ -193,11 +214,12 @@ class TokenService:
         ttl: timedelta | None = None,
         actor: Actor = SYSTEM,
     ) -> IssuedToken:
-        """A token reaching this one session and nothing else: what an agent gets. Raises
-        `SessionNotFound`, `Conflict` (a deleted session, a disabled owner) or
-        `InvalidInput`."""
+        """A token reaching this one session and nothing else: what an agent gets. It expires
+        after `ttl`, by default the service's `session_ttl`. Raises `SessionNotFound`,
+        `Conflict` (a deleted session, a disabled owner) or `InvalidInput`."""
         check_text("name", name, MAX_NAME)
-        _check_ttl(ttl)
+        _check_ttl(ttl, self._session_max_ttl)
+        ttl = self._session_ttl if ttl is None else ttl
         async with self._db() as db:
             session = await db.get(AgentSession, session_id)
             if session is None:
@@ -333,7 +355,7 @@ class TokenService:
 
         With `configured` (AGENTDB_ADMIN_TOKEN): its hash is stored (once), and a previously
         configured value that differs is revoked; returns None. Raises `InvalidInput` for a
-        value shorter than 16 characters and `Conflict` when the value was revoked or is
+        value shorter than 32 characters and `Conflict` when the value was revoked or is
         another token's. Without: if no valid admin token exists, one is generated, stored
         hashed and returned for the caller to show once; otherwise None. Processes starting
         at once take turns on an advisory lock.
@@ -405,18 +427,63 @@ class TokenService:
 
     # --- revoking ------------------------------------------------------------------------------
 
-    async def revoke(self, token_id: uuid.UUID, *, actor: Actor = SYSTEM) -> None:
-        """Revokes a token for good; revoking it again changes nothing. Raises
-        `TokenNotFound`."""
+    async def revoke(self, token_id: uuid.UUID, *, actor: Actor = SYSTEM) -> TokenView:
+        """Revokes a token for good, from its next request on; revoking it again changes
+        nothing. Returns the token as it is now. Raises `TokenNotFound`."""
         async with self._db() as db:
             row = await db.get(ApiToken, token_id, with_for_update=True)
             if row is None:
                 raise TokenNotFound(token_id)
-            if row.revoked_at is not None:
-                return
-            row.revoked_at = self._clock()
-            db.add(self._event(actor, "token.revoke", row))
-            await db.commit()
+            if row.revoked_at is None:
+                row.revoked_at = self._clock()
+                db.add(self._event(actor, "token.revoke", row))
+                await db.commit()
+            return TokenView.of(row)
+
+    # --- looking up ----------------------------------------------------------------------------
+
+    async def get(self, token_id: uuid.UUID) -> TokenView:
+        """One token, without its secret or hash. Raises `TokenNotFound`."""
+        async with self._db() as db:
+            row = await db.get(ApiToken, token_id)
+            if row is None:
+                raise TokenNotFound(token_id)
+            return TokenView.of(row)
+
+    async def list(
+        self,
+        *,
+        user_id: uuid.UUID | None = None,
+        session_id: uuid.UUID | None = None,
+        include_inactive: bool = False,
+        limit: int = 100,
+        after: uuid.UUID | None = None,
+    ) -> builtins.list[TokenView]:
+        """The tokens of a user (their user tokens and their sessions' tokens) or of one
+        session, in issue order (ids are time-ordered), `limit` at most, after the token
+        `after`. Revoked and expired ones only with `include_inactive`. Admin tokens belong to
+        no user and are never listed."""
+        if (user_id is None) == (session_id is None):
+            raise ValueError("give exactly one of user_id and session_id")
+        if not 1 <= limit <= MAX_PAGE:
+            raise InvalidInput("limit", f"must be 1 to {MAX_PAGE}")
+        query = sa.select(ApiToken).where(col(ApiToken.scope) != TokenScope.ADMIN)
+        if user_id is not None:
+            query = query.where(col(ApiToken.user_id) == user_id)
+        else:
+            query = query.where(col(ApiToken.session_id) == session_id)
+        if not include_inactive:
+            query = query.where(
+                col(ApiToken.revoked_at).is_(None),
+                sa.or_(
+                    col(ApiToken.expires_at).is_(None), col(ApiToken.expires_at) > self._clock()
+                ),
+            )
+        if after is not None:
+            query = query.where(col(ApiToken.id) > after)
+        async with self._db() as db:
+            rows = await db.scalars(query.order_by(col(ApiToken.id)).limit(limit))
+            return [TokenView.of(row) for row in rows]
 
     def _event(self, actor: Actor, action: str, row: ApiToken, **details: str) -> Event:
         return event(

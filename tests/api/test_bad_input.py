@@ -10,6 +10,19 @@ import pytest
 from .conftest import ADMIN, Tenant, assert_problem
 
 LONG = "x" * 20_000
+NUL = "a\u0000b"
+
+
+def nested(depth: int, leaf: Any = 1) -> Any:
+    """A JSON value `depth` levels deep: objects and arrays in turn."""
+    for level in range(depth):
+        leaf = {"k": leaf} if level % 2 else [leaf]
+    return leaf
+
+
+def deep_text(body_start: str, depth: int, body_end: str) -> str:
+    """A JSON body too deep for any decoder's recursion, as text."""
+    return body_start + "[" * depth + "1" + "]" * depth + body_end
 
 
 def cases(t: Tenant, checkpoint_id: str) -> list[tuple[str, str, Any, int, str | None]]:
@@ -27,6 +40,18 @@ def cases(t: Tenant, checkpoint_id: str) -> list[tuple[str, str, Any, int, str |
         ("GET", "/v1/users?after=yesterday", None, 400, "after"),
         ("POST", f"/v1/users/{t.user_id}/tokens", {"ttl_seconds": 0}, 400, "ttl_seconds"),
         ("POST", f"/v1/users/{t.user_id}/tokens", {"ttl_seconds": "soon"}, 400, "ttl_seconds"),
+        # No coercion: a boolean, a numeric string or a fraction is not a whole number.
+        ("POST", f"/v1/users/{t.user_id}/tokens", {"ttl_seconds": True}, 400, "ttl_seconds"),
+        ("POST", f"/v1/users/{t.user_id}/tokens", {"ttl_seconds": "60"}, 400, "ttl_seconds"),
+        ("POST", f"/v1/users/{t.user_id}/tokens", {"ttl_seconds": 1.5}, 400, "ttl_seconds"),
+        ("POST", f"/v1/users/{t.user_id}/tokens", {"ttl_seconds": 10**18}, 400, "ttl_seconds"),
+        ("POST", f"/v1/users/{t.user_id}/tokens", {"name": NUL}, 400, "name"),
+        ("GET", f"/v1/users/{t.user_id}/tokens?limit=0", None, 400, "limit"),
+        ("GET", f"/v1/users/{t.user_id}/tokens?limit=true", None, 400, "limit"),
+        ("GET", f"/v1/users/{t.user_id}/tokens?after=first", None, 400, "after"),
+        ("GET", f"/v1/users/{t.user_id}/tokens?include_inactive=maybe", None, 400, None),
+        ("POST", "/v1/users", {"email": "a\u0000@example.com"}, 400, "email"),
+        ("POST", "/v1/users", {"email": "n@example.com", "name": NUL}, 400, "name"),
         ("POST", f"/v1/users/{t.user_id}/tier", {}, 400, "tier"),
         ("POST", f"/v1/users/{t.user_id}/tier", {"tier": "gold"}, 400, "tier"),
         ("POST", f"/v1/users/{t.user_id}/tier", {"tier": 3}, 400, "tier"),
@@ -40,6 +65,26 @@ def cases(t: Tenant, checkpoint_id: str) -> list[tuple[str, str, Any, int, str |
         ("GET", "/v1/sessions", None, 400, "user_id"),
         ("GET", "/v1/sessions?user_id=nobody", None, 400, "user_id"),
         ("POST", f"{s}/tokens", {"ttl_seconds": -5}, 400, "ttl_seconds"),
+        ("POST", f"{s}/tokens", {"ttl_seconds": True}, 400, "ttl_seconds"),
+        ("POST", f"{s}/tokens", {"ttl_seconds": 10 * 365 * 86_400}, 400, "ttl_seconds"),
+        ("GET", f"{s}/tokens?limit=501", None, 400, "limit"),
+        ("POST", f"{s}/sql", {"sql": "SELECT 1", "max_rows": True}, 400, "max_rows"),
+        ("POST", f"{s}/sql", {"sql": "SELECT 1", "max_rows": "5"}, 400, "max_rows"),
+        ("POST", f"{s}/sql", {"sql": "SELECT 1", "timeout_seconds": True}, 400, "timeout_seconds"),
+        ("POST", f"{s}/sql", {"sql": "SELECT 1", "timeout_seconds": "1"}, 400, "timeout_seconds"),
+        ("POST", f"{s}/sql", {"sql": "SELECT 'a\u0000b'"}, 400, "sql"),
+        ("POST", f"{s}/sql", {"sql": "SELECT $1", "params": [NUL]}, 400, "params"),
+        ("POST", f"{s}/sql", {"sql": "SELECT $1", "params": [{NUL: 1}]}, 400, "params"),
+        ("POST", f"{s}/sql", {"sql": "SELECT $1", "params": [nested(40)]}, 400, "params"),
+        (
+            "POST",
+            f"{s}/sql",
+            deep_text('{"sql": "SELECT $1", "params": [', 1000, "]}"),
+            400,
+            "body",
+        ),
+        ("GET", f"{s}/events?after={10**20}", None, 400, "after"),
+        ("GET", f"{s}/events?limit=true", None, 400, "limit"),
         ("POST", f"{s}/sql", {}, 400, "sql"),
         ("POST", f"{s}/sql", {"sql": ""}, 400, "sql"),
         ("POST", f"{s}/sql", {"sql": "SELECT $1", "params": "one"}, 400, "params"),
@@ -54,12 +99,26 @@ def cases(t: Tenant, checkpoint_id: str) -> list[tuple[str, str, Any, int, str |
         ("POST", f"{s}/checkpoints", {"metadata": "commit abc"}, 400, "metadata"),
         ("POST", f"{s}/checkpoints", {"message": LONG}, 400, "message"),
         ("POST", f"{s}/checkpoints", {"label": "x", "parent": "y"}, 400, "parent"),
+        ("POST", f"{s}/checkpoints", {"label": NUL}, 400, "label"),
+        ("POST", f"{s}/checkpoints", {"message": NUL}, 400, "message"),
+        ("POST", f"{s}/checkpoints", {"metadata": {"k": NUL}}, 400, "metadata"),
+        ("POST", f"{s}/checkpoints", {"metadata": {NUL: "v"}}, 400, "metadata"),
+        ("POST", f"{s}/checkpoints", {"metadata": {"k": [[{"deep": NUL}]]}}, 400, "metadata"),
+        ("POST", f"{s}/checkpoints", {"metadata": {"k": nested(40)}}, 400, "metadata"),
+        ("POST", f"{s}/checkpoints", deep_text('{"metadata": {"k": ', 1000, "}}"), 400, "body"),
+        ("POST", f"{s}/data-api", {"add_default_grants": 1}, 400, "add_default_grants"),
+        ("POST", f"{s}/data-api", {"add_default_grants": "true"}, 400, "add_default_grants"),
         ("POST", f"{c}/preview", {"ttl_seconds": 0}, 400, "ttl_seconds"),
         ("POST", f"{c}/preview", {"ttl_seconds": 10**9}, 400, "ttl_seconds"),
+        ("POST", f"{c}/preview", {"ttl_seconds": 10**18}, 400, "ttl_seconds"),
+        ("POST", f"{c}/preview", {"ttl_seconds": True}, 400, "ttl_seconds"),
         ("GET", f"{c}/diff?against=yesterday", None, 400, "against"),
         ("POST", f"{s}/branches", {"checkpoint_id": "latest"}, 400, "checkpoint_id"),
         ("POST", f"{s}/branches", {"ttl_seconds": -1}, 400, "ttl_seconds"),
         ("POST", f"{s}/branches", {"name": ""}, 400, "name"),
+        ("POST", f"{s}/branches", {"name": NUL}, 400, "name"),
+        ("POST", f"{s}/branches", {"ttl_seconds": 10**18}, 400, "ttl_seconds"),
+        ("POST", f"{s}/branches", {"ttl_seconds": "3600"}, 400, "ttl_seconds"),
         # Well-formed ids that do not exist.
         ("GET", "/v1/users/01a20000-0000-7000-8000-000000000000", None, 404, None),
         (
@@ -88,6 +147,8 @@ def cases(t: Tenant, checkpoint_id: str) -> list[tuple[str, str, Any, int, str |
         ),
         ("POST", f"{s}/branches/01a20000-0000-7000-8000-000000000000/reset", None, 404, None),
         ("DELETE", f"{s}/branches/01a20000-0000-7000-8000-000000000000", None, 404, None),
+        ("GET", "/v1/tokens/01a20000-0000-7000-8000-000000000000", None, 404, None),
+        ("DELETE", "/v1/tokens/01a20000-0000-7000-8000-000000000000", None, 404, None),
         ("GET", "/v1/sessions/not-a-uuid", None, 404, None),
         ("GET", "/v1/nowhere", None, 404, None),
         ("PUT", s, {}, 405, None),
@@ -104,6 +165,8 @@ async def snapshot(http: httpx.AsyncClient, t: Tenant) -> dict[str, Any]:
         ).json(),
         "sessions": (await http.get(f"/v1/sessions?user_id={t.user_id}", headers=ADMIN)).json(),
         "checkpoints": (await http.get(f"{s}/checkpoints", headers=ADMIN)).json(),
+        "tokens": (await http.get(f"/v1/users/{t.user_id}/tokens", headers=ADMIN)).json(),
+        "data_api": (await http.get(f"{s}/data-api", headers=ADMIN)).json(),
         "branches": (await http.get(f"{s}/branches", headers=ADMIN)).json(),
         "tables": (
             await http.post(

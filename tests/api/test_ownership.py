@@ -1,5 +1,7 @@
 """Every route, called with a token of another user or of another session, answers 404 (as for
-an id that does not exist) and changes nothing."""
+an id that does not exist) and changes nothing; what a session token reaches but may not do
+(destroy its session, checkpoints or add-ons, see or mint tokens) answers 403 saying which token
+can."""
 
 from __future__ import annotations
 
@@ -15,10 +17,13 @@ from .conftest import ADMIN, Tenant, assert_problem, make_tenant, sql_runner
 class Victim:
     """A tenant whose session has a table, a checkpoint and a dev branch."""
 
-    def __init__(self, tenant: Tenant, checkpoint_id: str, branch_id: str) -> None:
+    def __init__(
+        self, tenant: Tenant, checkpoint_id: str, branch_id: str, token_ids: list[str]
+    ) -> None:
         self.tenant = tenant
         self.checkpoint_id = checkpoint_id
         self.branch_id = branch_id
+        self.token_ids = token_ids
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
@@ -40,7 +45,10 @@ async def victim(api_app: Any) -> Victim:
             f"/v1/sessions/{tenant.session_id}/branches", json={}, headers=tenant.user_token
         )
         assert branch.status_code == 201, branch.text
-        return Victim(tenant, checkpoint.json()["id"], branch.json()["id"])
+        tokens = await http.get(f"/v1/users/{tenant.user_id}/tokens", headers=ADMIN)
+        token_ids = [t["id"] for t in tokens.json()["tokens"]]
+        assert len(token_ids) == 2
+        return Victim(tenant, checkpoint.json()["id"], branch.json()["id"], token_ids)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
@@ -60,11 +68,17 @@ def routes(v: Victim, intruder: Tenant) -> list[tuple[str, str, dict[str, Any] |
         ("POST", f"/v1/users/{uid}/tokens", {}),
         ("GET", f"/v1/users/{uid}/usage", None),
         ("GET", f"/v1/users/{uid}/tier-changes", None),
+        ("GET", f"/v1/users/{uid}/tokens", None),
+        *[("GET", f"/v1/tokens/{t}", None) for t in v.token_ids],
+        *[("DELETE", f"/v1/tokens/{t}", None) for t in v.token_ids],
         ("GET", f"/v1/sessions?user_id={uid}", None),
         ("POST", "/v1/sessions", {"user_id": uid}),
         ("GET", s, None),
         ("DELETE", s, None),
         ("POST", f"{s}/tokens", {}),
+        ("GET", f"{s}/tokens", None),
+        ("DELETE", f"{s}/auth", None),
+        ("DELETE", f"{s}/data-api", None),
         ("POST", f"{s}/sql", {"sql": "DELETE FROM secrets"}),
         ("GET", f"{s}/events", None),
         ("GET", f"{s}/usage", None),
@@ -103,6 +117,13 @@ async def state_of(http: httpx.AsyncClient, v: Victim) -> dict[str, Any]:
             for b in (await http.get(f"{s}/branches", headers=ADMIN)).json()["branches"]
         ],
         "events": len((await http.get(f"{s}/events?limit=500", headers=ADMIN)).json()["events"]),
+        # Using a token updates its last_used_at; what counts is which tokens still work.
+        "tokens": [
+            (x["id"], x["revoked_at"], x["expires_at"])
+            for x in (
+                await http.get(f"/v1/users/{t.user_id}/tokens?include_inactive=true", headers=ADMIN)
+            ).json()["tokens"]
+        ],
         "rows": await sql_runner(http, t.session_id, ADMIN)("SELECT v FROM secrets"),
         "sessions": [
             x["id"]
@@ -136,7 +157,14 @@ async def test_foreign_tokens_get_404_on_every_route_and_change_nothing(
         if who == "own user's other session" and path.startswith("/v1/sessions?user_id="):
             continue  # its own user: it lists just its own session
         response = await http.request(method, path, json=body, headers=headers)
-        if method == "POST" and path == "/v1/sessions" and who != "other user":
+        own_checkpoint_delete = method == "DELETE" and path.startswith(
+            f"/v1/sessions/{intruder.session_id}/checkpoints/"
+        )
+        if who == "other session" and own_checkpoint_delete:
+            # Its own session: a session token may not delete checkpoints at all (said before
+            # any lookup of the id).
+            assert_problem(response, 403)
+        elif method == "POST" and path == "/v1/sessions" and who != "other user":
             # A session token may not open sessions at all.
             assert_problem(response, 403)
         else:
@@ -164,6 +192,50 @@ async def test_non_admin_tokens_cannot_manage_users(http: httpx.AsyncClient, int
     assert me["tier"] == "free"
     changes = await http.get(f"/v1/users/{intruder.user_id}/tier-changes", headers=ADMIN)
     assert changes.json() == {"tier_changes": []}
+
+
+async def test_a_session_token_cannot_destroy_what_it_depends_on(http: httpx.AsyncClient):
+    agent = await make_tenant(http, "agent")
+    s = f"/v1/sessions/{agent.session_id}"
+    checkpoint = await http.post(f"{s}/checkpoints", json={"label": "keep"}, headers=ADMIN)
+    assert checkpoint.status_code == 201, checkpoint.text
+    cid = checkpoint.json()["id"]
+    before = {
+        "session": (await http.get(s, headers=ADMIN)).json()["status"],
+        "checkpoints": (await http.get(f"{s}/checkpoints", headers=ADMIN)).json(),
+        "tokens": [
+            (x["id"], x["revoked_at"])
+            for x in (await http.get(f"{s}/tokens", headers=ADMIN)).json()["tokens"]
+        ],
+    }
+    for method, path in [
+        ("DELETE", s),
+        ("DELETE", f"{s}/checkpoints/{cid}"),
+        ("DELETE", f"{s}/checkpoints/{agent.session['head_checkpoint_id']}"),
+        ("DELETE", f"{s}/auth"),
+        ("DELETE", f"{s}/data-api"),
+        ("GET", f"{s}/tokens"),
+        ("POST", f"{s}/tokens"),
+    ]:
+        response = await http.request(method, path, headers=agent.session_token)
+        problem = assert_problem(response, 403)
+        assert "user or admin token" in problem["detail"], (method, path)
+    after = {
+        "session": (await http.get(s, headers=ADMIN)).json()["status"],
+        "checkpoints": (await http.get(f"{s}/checkpoints", headers=ADMIN)).json(),
+        "tokens": [
+            (x["id"], x["revoked_at"])
+            for x in (await http.get(f"{s}/tokens", headers=ADMIN)).json()["tokens"]
+        ],
+    }
+    assert after == before
+    assert before["session"] == "ready"
+    # The same calls with the user's token go through.
+    root = agent.session["head_checkpoint_id"]
+    deleted = await http.delete(f"{s}/checkpoints/{root}", headers=agent.user_token)
+    assert deleted.status_code == 200, deleted.text
+    gone = await http.delete(s, headers=agent.user_token)
+    assert gone.status_code == 200, gone.text
 
 
 async def test_session_token_cannot_mint_tokens_for_its_session(
