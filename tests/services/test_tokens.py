@@ -15,7 +15,7 @@ from pydantic import SecretStr
 from agentdb.services import Conflict, InvalidInput, SessionNotFound, SessionService, UserNotFound
 from agentdb.services._common import Actor
 from agentdb.services._errors import TokenNotFound
-from agentdb.services.tokens import Principal, TokenService
+from agentdb.services.tokens import Principal, TokenService, TokenView
 from meta_schema import ActorScope, ApiToken, Event, TokenScope, User
 
 
@@ -250,9 +250,9 @@ async def test_last_used_is_written_at_most_once_a_minute(
 @pytest.mark.parametrize(
     "case",
     [
-        ({"ttl": timedelta(0)}, "ttl"),
-        ({"ttl": timedelta(seconds=-1)}, "ttl"),
-        ({"ttl": timedelta(days=3651)}, "ttl"),
+        ({"ttl": timedelta(0)}, "ttl_seconds"),
+        ({"ttl": timedelta(seconds=-1)}, "ttl_seconds"),
+        ({"ttl": timedelta(days=3651)}, "ttl_seconds"),
         ({"name": "  "}, "name"),
         ({"name": "x" * 201}, "name"),
     ],
@@ -361,7 +361,7 @@ async def test_a_configured_admin_token_is_stored_once_and_replaces_the_previous
 
 async def test_a_bad_configured_admin_token_is_refused(tokens, user_id, meta_sessions) -> None:
     before = await token_count(meta_sessions)
-    for bad in ("short", "has a space in it!!", "x" * 1025):
+    for bad in ("short", "x" * 31, "has a space in it, and more than 32 characters!", "x" * 1025):
         with pytest.raises(InvalidInput) as caught:
             await tokens.ensure_admin_token(SecretStr(bad))
         assert caught.value.field == "admin_token"
@@ -370,3 +370,67 @@ async def test_a_bad_configured_admin_token_is_refused(tokens, user_id, meta_ses
     user_token = await tokens.issue_user_token(user_id)
     with pytest.raises(Conflict, match="another token"):
         await tokens.ensure_admin_token(user_token.token)
+
+
+# --- expiry, listing ---------------------------------------------------------------------------
+
+
+async def test_session_tokens_expire_by_default_within_the_maximum(
+    meta_sessions, session_service, user_id, clock
+) -> None:
+    tokens = TokenService(
+        meta_sessions,
+        clock=clock,
+        session_ttl=timedelta(hours=2),
+        session_max_ttl=timedelta(days=1),
+    )
+    session = await session_service.create(user_id)
+    issued = await tokens.issue_session_token(session.id)
+    assert issued.view.expires_at == clock.now + timedelta(hours=2)
+    longest = await tokens.issue_session_token(session.id, ttl=timedelta(days=1))
+    assert longest.view.expires_at == clock.now + timedelta(days=1)
+    with pytest.raises(InvalidInput) as caught:
+        await tokens.issue_session_token(session.id, ttl=timedelta(days=1, seconds=1))
+    assert caught.value.field == "ttl_seconds"
+    # User tokens keep no default expiry.
+    assert (await tokens.issue_user_token(user_id)).view.expires_at is None
+    clock.now += timedelta(hours=2)
+    assert await tokens.authenticate(issued.token.get_secret_value()) is None
+    assert await tokens.authenticate(longest.token.get_secret_value()) is not None
+    with pytest.raises(ValueError, match="session_ttl"):
+        TokenService(meta_sessions, session_ttl=timedelta(days=2), session_max_ttl=timedelta(1))
+
+
+async def test_tokens_are_listed_per_user_and_session_without_secrets(
+    tokens, meta_sessions, session_service, clock
+) -> None:
+    owner = await new_user(meta_sessions)
+    first, second = await session_service.create(owner), await session_service.create(owner)
+    user_token = await tokens.issue_user_token(owner, name="platform")
+    a = await tokens.issue_session_token(first.id, name="agent a")
+    b = await tokens.issue_session_token(second.id, ttl=timedelta(minutes=5))
+    c = await tokens.issue_session_token(second.id)
+
+    everything = await tokens.list(user_id=owner)
+    # Ids are time-ordered (UUIDv7); within one millisecond their order is random.
+    assert [v.id for v in everything] == sorted(t.view.id for t in (user_token, a, b, c))
+    assert "token" not in TokenView.model_fields
+    assert "token_hash" not in TokenView.model_fields
+    assert [v.id for v in await tokens.list(session_id=second.id)] == sorted([b.view.id, c.view.id])
+    page = await tokens.list(user_id=owner, limit=2)
+    rest = await tokens.list(user_id=owner, after=page[-1].id)
+    assert [v.id for v in page + rest] == [v.id for v in everything]
+
+    revoked = await tokens.revoke(c.view.id, actor=Actor("someone", ActorScope.USER))
+    assert revoked.revoked_at == clock.now
+    clock.now += timedelta(minutes=5)  # b expires
+    assert [v.id for v in await tokens.list(session_id=second.id)] == []
+    inactive = await tokens.list(session_id=second.id, include_inactive=True)
+    assert [v.id for v in inactive] == sorted([b.view.id, c.view.id])
+    assert (await tokens.get(a.view.id)).name == "agent a"
+    with pytest.raises(TokenNotFound):
+        await tokens.get(uuid.uuid4())
+    with pytest.raises(InvalidInput):
+        await tokens.list(user_id=owner, limit=0)
+    with pytest.raises(ValueError, match="exactly one"):
+        await tokens.list()
