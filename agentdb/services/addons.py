@@ -554,6 +554,10 @@ class AddonService:
         addon.updated_at = self._clock()
         db.add(self._event(actor, action, addon, phase="failed", error=addon.error))
         await db.commit()
+        if isinstance(error, NeonConflict):
+            # The database holds something in the add-on's way (e.g. a schema of that name the
+            # agent created): the caller can fix it, so it is theirs to read, not a 502.
+            raise Conflict(f"{action} of session {addon.session_id} refused: {error.message}")
         raise ControlPlaneFailed(
             f"{action} of session {addon.session_id} failed: {error}"
         ) from error
