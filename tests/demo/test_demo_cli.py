@@ -94,3 +94,22 @@ def test_beyond_loopback_the_demo_needs_a_configured_admin_token(tmp_path: Path)
     assert "AGENTDB_ADMIN_TOKEN" in line
     assert "AGENTDB_DEMO" in line
     assert not (tmp_path / "data" / "pg").exists()
+
+
+def test_beyond_loopback_agentdb_serve_serves_the_api_without_the_demo(tmp_path: Path) -> None:
+    """AGENTDB_DEMO unset: the API still serves on every interface, the demo is left out."""
+    printed: list[str] = []
+    everywhere = re.compile(r"^agentdb API: http://0\.0\.0\.0:(\d+)/v1 ")
+    command = ("serve", "--host", "0.0.0.0")  # noqa: S104
+    with (
+        serving(offline_env(), tmp_path / "data", command, everywhere, printed) as port,
+        httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as http,
+    ):
+        assert http.get("/healthz").status_code == 200
+        # /demo/ is the API's path now: no sign-in page, nothing served without a token.
+        response = http.get("/demo/", headers={"Accept": "text/html"})
+        assert response.status_code in {401, 404}
+        assert "sign-in" not in response.headers.get("location", "")
+    (note,) = [line for line in printed if "chat demo" in line]
+    assert "AGENTDB_ADMIN_TOKEN" in note
+    assert note.endswith("serving the API without it")
