@@ -21,7 +21,7 @@ class FieldError(BaseModel):
 class Problem(BaseModel):
     """An error, as RFC 9457 problem details. Some kinds carry more members: `sqlstate` and
     `position` (sql-failed), `limit` and `allowed` (limit-exceeded), `quota`, `used` and
-    `limit` (quota-exceeded)."""
+    `limit` (quota-exceeded), `retry_after` (429, also the Retry-After header)."""
 
     model_config = ConfigDict(extra="allow")
 

@@ -233,6 +233,9 @@ def _http_error(request: AnyRequest, exc: HTTPException) -> Response[dict[str, A
     if exc.status_code == HTTP_401_UNAUTHORIZED:
         headers.setdefault("WWW-Authenticate", 'Bearer realm="agentdb"')
     detail = str(exc.detail) if exc.detail else _TITLES.get(exc.status_code, "Error")
+    if isinstance(exc, TooManyRequests) and "Retry-After" in headers:
+        retry_after = int(headers["Retry-After"])
+        return problem(request, 429, detail, headers=headers, retry_after=retry_after)
     return problem(request, exc.status_code, detail, headers=headers)
 
 

@@ -1,4 +1,5 @@
-"""The operator commands: `agentdb users`, `sessions`, `sql`, `checkpoints` and `branches`,
+"""The operator commands: `agentdb users`, `sessions`, `tokens`, `sql`, `checkpoints` and
+`branches`,
 each a thin client of a running `agentdb serve` through the SDK's remote mode. Tables for
 people, `--json` for scripts; see `_remote` for the options, errors and exit codes."""
 
@@ -15,7 +16,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from agentdb.sdk import SqlResult, Usage
+from agentdb.sdk import SqlResult, TokenInfo, Usage
 
 from ._checkpoints import branches, checkpoints
 from ._remote import (
@@ -45,20 +46,36 @@ sessions = cyclopts.App(
     name="sessions",
     help="Agent sessions: each has its own PostgreSQL database, checkpoints and branches.",
 )
+tokens = cyclopts.App(
+    name="tokens",
+    help="Bearer tokens: list them (never their secrets) and revoke them. Issue them with "
+    "`agentdb users token` and `agentdb sessions token`.",
+)
 
 USER_COLUMNS = ("id", "email", "name", "tier", "created_at")
+TOKEN_COLUMNS = (
+    "id",
+    "scope",
+    "name",
+    "prefix",
+    "session_id",
+    "expires_at",
+    "last_used_at",
+    "revoked_at",
+)
 SESSION_COLUMNS = ("id", "name", "status", "user_id", "head_checkpoint_id", "created_at")
 
 
 def register(app: cyclopts.App) -> None:
     """Adds the operator commands to `agentdb`."""
     app.help = (
-        f"{app.help}\n\nThe operator commands (users, sessions, sql, checkpoints, branches) "
+        f"{app.help}\n\nThe operator commands (users, sessions, tokens, sql, checkpoints, "
+        f"branches) "
         f"talk to a running `agentdb serve` (--url / AGENTDB_URL) with a token "
         f"(--token / AGENTDB_TOKEN): {WHERE_TOKENS_COME_FROM}. Exit codes: 1 when the operation "
         f"fails, 2 when the command line is wrong."
     )
-    for sub in (users, sessions, checkpoints, branches):
+    for sub in (users, sessions, tokens, checkpoints, branches):
         app.command(sub)
     app.command(sql, name="sql")
 
@@ -249,7 +266,8 @@ async def show_session(
 
 @sessions.command(name="rm")
 async def delete_session(session_id: uuid.UUID, /, *, options: Remote = NO_OPTIONS) -> None:
-    """Delete a session with its database, checkpoints and branches (no undo).
+    """Delete a session with its database, checkpoints and branches (no undo; admin or user
+    token, never a session token).
 
     Parameters
     ----------
@@ -281,7 +299,8 @@ async def session_token(
     name
         A name to recognize the token by.
     ttl
-        Lifetime in seconds (default: no expiry).
+        Lifetime in seconds (default: the server's AGENTDB_SESSION_TOKEN_TTL_S, a day; at
+        most its AGENTDB_SESSION_TOKEN_MAX_TTL_S).
     """
     async with connected(options) as db:
         token = await db.create_session_token(session_id, name=name, ttl_seconds=ttl)
@@ -304,6 +323,78 @@ async def session_usage(
     async with connected(options) as db:
         usage = await db.get_session_usage(session_id, periods=periods)
     emit(options, usage, lambda: usage_table(usage))
+
+
+# --- tokens ------------------------------------------------------------------------------------
+
+
+@tokens.command(name="ls")
+async def list_tokens(
+    *,
+    user: uuid.UUID | None = None,
+    session: uuid.UUID | None = None,
+    all: Annotated[bool, Parameter(negative="")] = False,  # noqa: A002 - the option's name
+    limit: Positive = 100,
+    after: uuid.UUID | None = None,
+    options: Remote = NO_OPTIONS,
+) -> None:
+    """List the tokens of a user (theirs and their sessions') or of one session, oldest first,
+    without their secrets (admin or user token).
+
+    Parameters
+    ----------
+    user
+        Whose tokens (give --user or --session).
+    session
+        The session whose tokens.
+    all
+        Also the revoked and expired ones.
+    limit
+        At most this many.
+    after
+        Start after this token id (the last one of the previous page).
+    """
+    if (user is None) == (session is None):
+        raise usage_error("give either --user or --session")
+    async with connected(options) as db:
+        if user is not None:
+            found = await db.list_user_tokens(user, include_inactive=all, limit=limit, after=after)
+        else:
+            assert session is not None  # noqa: S101 - one of the two, checked above
+            found = await db.list_session_tokens(
+                session, include_inactive=all, limit=limit, after=after
+            )
+    emit(options, found, lambda: listing(found, TOKEN_COLUMNS, empty="no tokens"))
+
+
+@tokens.command(name="show")
+async def show_token(token_id: uuid.UUID, /, *, options: Remote = NO_OPTIONS) -> None:
+    """Show a token (never its secret).
+
+    Parameters
+    ----------
+    token_id
+        The token's id (see `agentdb tokens ls`).
+    """
+    async with connected(options) as db:
+        token = await db.get_token(token_id)
+    emit(options, token, lambda: details(token))
+
+
+@tokens.command(name="revoke")
+async def revoke_token(token_id: uuid.UUID, /, *, options: Remote = NO_OPTIONS) -> None:
+    """Revoke a token: its next request is refused (revoking twice is fine). The admin token
+    revokes any user or session token, a user token its own and its sessions' tokens, a
+    session token only itself.
+
+    Parameters
+    ----------
+    token_id
+        The token's id (see `agentdb tokens ls`).
+    """
+    async with connected(options) as db:
+        token: TokenInfo = await db.revoke_token(token_id)
+    emit(options, token, lambda: details(token, title="revoked"))
 
 
 def usage_table(usage: Usage) -> RenderableType:

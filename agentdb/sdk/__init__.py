@@ -11,6 +11,7 @@ from ._errors import (
     NotFoundError,
     QuotaExceededError,
     SqlError,
+    TooManyRequestsError,
 )
 from ._models import (
     Auth,
@@ -26,6 +27,7 @@ from ._models import (
     SqlResult,
     TierChange,
     Token,
+    TokenInfo,
     Usage,
     User,
 )
@@ -53,6 +55,8 @@ __all__ = [
     "SqlResult",
     "TierChange",
     "Token",
+    "TokenInfo",
+    "TooManyRequestsError",
     "Usage",
     "User",
 ]

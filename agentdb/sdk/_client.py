@@ -35,6 +35,7 @@ from ._models import (
     SqlResult,
     TierChange,
     Token,
+    TokenInfo,
     Usage,
     User,
 )
@@ -189,6 +190,30 @@ class AgentDB:
         body = _body(name=name, ttl_seconds=ttl_seconds)
         return await self._one(Token, "POST", f"/v1/users/{user_id}/tokens", json=body)
 
+    async def list_user_tokens(
+        self,
+        user_id: Id,
+        *,
+        include_inactive: bool = False,
+        limit: int = 100,
+        after: Id | None = None,
+    ) -> list[TokenInfo]:
+        """The user's tokens and their sessions' tokens, oldest first, without the secrets
+        (admin or that user's token); revoked and expired ones with `include_inactive`."""
+        params = _token_params(include_inactive, limit, after)
+        return await self._many(TokenInfo, "tokens", f"/v1/users/{user_id}/tokens", params=params)
+
+    # --- tokens ------------------------------------------------------------------------------
+
+    async def get_token(self, token_id: Id) -> TokenInfo:
+        return await self._one(TokenInfo, "GET", f"/v1/tokens/{token_id}")
+
+    async def revoke_token(self, token_id: Id) -> TokenInfo:
+        """Revokes a token: its next request answers 401 (revoking twice is fine). The admin
+        token revokes any user or session token, a user token its own and its sessions'
+        tokens, a session token only itself."""
+        return await self._one(TokenInfo, "DELETE", f"/v1/tokens/{token_id}")
+
     # --- tiers and usage ---------------------------------------------------------------------
 
     async def change_tier(self, user_id: Id, tier: str, *, wait: bool = True) -> TierChange:
@@ -243,6 +268,8 @@ class AgentDB:
         return await self._one(Session, "GET", f"/v1/sessions/{session_id}")
 
     async def delete_session(self, session_id: Id) -> Session:
+        """Deletes the session with its database, checkpoints and branches (admin or user
+        token: a session token may not)."""
         return await self._one(Session, "DELETE", f"/v1/sessions/{session_id}")
 
     async def create_session_token(
@@ -250,6 +277,19 @@ class AgentDB:
     ) -> Token:
         body = _body(name=name, ttl_seconds=ttl_seconds)
         return await self._one(Token, "POST", f"/v1/sessions/{session_id}/tokens", json=body)
+
+    async def list_session_tokens(
+        self,
+        session_id: Id,
+        *,
+        include_inactive: bool = False,
+        limit: int = 100,
+        after: Id | None = None,
+    ) -> list[TokenInfo]:
+        """The session's tokens, oldest first, without the secrets (admin or user token)."""
+        params = _token_params(include_inactive, limit, after)
+        path = f"/v1/sessions/{session_id}/tokens"
+        return await self._many(TokenInfo, "tokens", path, params=params)
 
     async def sql(
         self,
@@ -419,6 +459,14 @@ class AgentDB:
 
     async def disable_data_api(self, session_id: Id) -> DataApi:
         return await self._one(DataApi, "DELETE", f"/v1/sessions/{session_id}/data-api")
+
+
+def _token_params(include_inactive: bool, limit: int, after: Id | None) -> dict[str, Any]:
+    return {
+        "include_inactive": "true" if include_inactive else None,
+        "limit": limit,
+        "after": after,
+    }
 
 
 def _body(**fields: Any) -> dict[str, Any]:  # noqa: ANN401

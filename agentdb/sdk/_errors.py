@@ -85,6 +85,16 @@ class QuotaExceededError(AuthError):
         return None if value is None else int(value)
 
 
+class TooManyRequestsError(AgentDBError):
+    """429: this address sent too many wrong tokens; `retry_after` says how many seconds to
+    wait."""
+
+    @property
+    def retry_after(self) -> int | None:
+        value = self.body.get("retry_after")
+        return None if value is None else int(value)
+
+
 class ControlPlaneError(AgentDBError):
     """502: Neon (or the local control plane) failed the operation; retrying may work."""
 
@@ -96,6 +106,7 @@ _BY_STATUS: dict[int, type[AgentDBError]] = {
     404: NotFoundError,
     409: ConflictError,
     422: SqlError,
+    429: TooManyRequestsError,
     502: ControlPlaneError,
 }
 

@@ -13,6 +13,7 @@ from agentdb.services import EventView as Event
 from agentdb.services import OAuthProviderView as OAuthProvider
 from agentdb.services import SqlResult
 from agentdb.services import TierChangeView as TierChange
+from agentdb.services import TokenView as TokenInfo
 from agentdb.services import UsageReport as Usage
 from agentdb.services import UserView as User
 
@@ -30,6 +31,7 @@ __all__ = [
     "SqlResult",
     "TierChange",
     "Token",
+    "TokenInfo",
     "Usage",
     "User",
 ]

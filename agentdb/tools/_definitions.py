@@ -2,7 +2,9 @@
 when to call it, the pydantic model of its input (the source of every JSON schema and of the
 dispatcher's validation) and the handler, which calls the SDK exactly as a REST client would.
 
-Results are compact JSON without secrets: connection URIs never reach the agent.
+Results are compact JSON without secrets: connection URIs never reach the agent. No tool
+deletes the session or a checkpoint or turns Neon Auth or the Data API off: a session token
+(what an agent holds) may not, and those are the platform's calls (a user or admin token).
 """
 
 from __future__ import annotations
@@ -132,7 +134,8 @@ class Tool(Generic[InputT]):
     """One tool: what the agent sees (`name`, `description`, the schema of `input_model`) and
     what runs (`handler`, given the SDK client, the session and the validated input).
     `read_only` tools change nothing; `destructive` ones can lose data of the live database or
-    a branch (MCP clients may ask the user first)."""
+    a branch (MCP clients may ask the user first); calling an `idempotent` one again with the
+    same arguments changes nothing more."""
 
     name: str
     description: str
@@ -140,6 +143,7 @@ class Tool(Generic[InputT]):
     handler: Handler[InputT]
     read_only: bool = False
     destructive: bool = False
+    idempotent: bool = False
 
 
 # --- results: compact, no secrets -----------------------------------------------------------
@@ -395,7 +399,8 @@ TOOLS: tuple[Tool[Any], ...] = (
         "the live database. The connection string stays the same (open connections are "
         "closed; reconnect). Later checkpoints are kept and stay restorable, so a restore can "
         "be undone by restoring a later one; the next checkpoint you create hangs under the "
-        "restored one. Use diff_checkpoints first to see what would change.",
+        "restored one. Use diff_checkpoints first to see what would change. Checkpoints are "
+        "never deleted by the agent (only the platform can), so every one stays restorable.",
         OneCheckpoint,
         restore_checkpoint,
         destructive=True,
@@ -445,6 +450,7 @@ TOOLS: tuple[Tool[Any], ...] = (
         OneBranch,
         delete_branch,
         destructive=True,
+        idempotent=True,
     ),
     Tool(
         "get_session",
@@ -475,9 +481,11 @@ TOOLS: tuple[Tool[Any], ...] = (
         "the public keys that verify the JWTs it issues (the user's id is the `sub` claim). "
         "Signed-up users appear in the table neon_auth.users_sync (id, email, name, ...) of "
         "the session's database, readable with run_sql; don't add foreign keys into it. "
-        "Auth and its users survive checkpoints and restores.",
+        "Auth and its users survive checkpoints and restores. Turning it off is not a tool: "
+        "that is the platform's call.",
         NoArguments,
         enable_auth,
+        idempotent=True,
     ),
     Tool(
         "enable_data_api",
@@ -491,8 +499,9 @@ TOOLS: tuple[Tool[Any], ...] = (
         "security, e.g. ALTER TABLE todos ENABLE ROW LEVEL SECURITY; CREATE POLICY own ON todos "
         "TO authenticated USING (user_id = auth.user_id()) WITH CHECK (user_id = "
         "auth.user_id()). Schema changes made with run_sql are picked up automatically. "
-        "Survives checkpoints and restores.",
+        "Survives checkpoints and restores; turning it off is the platform's call, not a tool.",
         EnableDataApi,
         enable_data_api,
+        idempotent=True,
     ),
 )

@@ -40,7 +40,8 @@ INSTRUCTIONS = (
     "create_checkpoint after every meaningful step; restore_checkpoint puts the database back "
     "to any checkpoint in place (same connection string, later checkpoints kept). "
     "diff_checkpoints shows what changed. Dev and preview branches are separate databases "
-    "that expire on their own."
+    "that expire on their own. Deleting the session or its checkpoints and turning Neon Auth "
+    "or the Data API off need a user or admin token: no tool here does them."
 )
 SESSION_TOKEN_PREFIX = SCOPE_PREFIXES[TokenScope.SESSION]
 #: Base URL of the in-process API app as the HTTP transport's SDK clients call it.
@@ -112,6 +113,7 @@ def _mcp_tool(box: Toolbox, tool: Tool[Any]) -> types.Tool:
         annotations=types.ToolAnnotations(
             read_only_hint=tool.read_only,
             destructive_hint=tool.destructive,
+            idempotent_hint=tool.idempotent or tool.read_only,
             open_world_hint=False,
         ),
     )

@@ -159,7 +159,10 @@ async def test_data_api_with_rls_survives_a_restore(
         rows = await client.table("notes").select("body").execute()
         assert rows.data == [{"body": "alice 1"}]
 
-    disabled = await http.delete(f"{s}/data-api", headers=tenant.session_token)
+    # Turning it off is the platform's call, not the agent's.
+    refused = assert_problem(await http.delete(f"{s}/data-api", headers=tenant.session_token), 403)
+    assert "user or admin token" in refused["detail"]
+    disabled = await http.delete(f"{s}/data-api", headers=tenant.user_token)
     assert disabled.status_code == 200, disabled.text
     assert (disabled.json()["enabled"], disabled.json()["url"]) == (False, None)
     assert_problem(await http.patch(f"{s}/data-api", headers=tenant.session_token), 409)

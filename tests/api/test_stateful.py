@@ -23,7 +23,7 @@ from hypothesis.stateful import (
 )
 from support import API_LINE, clean_env, serving
 
-ADMIN_TOKEN = "adb_admin_stateful-test-token"
+ADMIN_TOKEN = "adb_admin_stateful-test-token-0123456789"
 KEYS = st.integers(min_value=0, max_value=5)
 VALUES = st.integers(min_value=-1000, max_value=1000)
 

@@ -216,6 +216,7 @@ async def test_wrong_tokens_are_throttled_per_address(runtime: Runtime, tenant: 
         problem: dict[str, Any] = assert_problem(throttled, 429)
         assert "wrong token" in problem["detail"]
         assert 1 <= int(throttled.headers["retry-after"]) <= 60
+        assert problem["retry_after"] == int(throttled.headers["retry-after"])
         # A token never seen working is refused from there too, even a good one ...
         assert_problem(await attacker.get(path, headers=tenant.user_token), 429)
         # ... while one that worked recently goes on working.

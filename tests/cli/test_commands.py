@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from support import API_LINE, agentdb, assert_one_line_error, clean_env, serving
 
-ADMIN = "adb_admin_cli-commands-test-token"
+ADMIN = "adb_admin_cli-commands-test-token-0123456789"
 
 
 @pytest.fixture(scope="module")
@@ -280,17 +280,60 @@ def test_bad_input_is_one_line_and_the_exit_code_says_whose_fault(
         assert result.stdout == "", (args, result.stdout)
 
 
+def test_tokens_are_listed_without_secrets_and_revoked(
+    admin: dict[str, str],
+    user: dict[str, Any],
+    session: dict[str, Any],
+    tokens: tuple[dict[str, str], dict[str, str]],
+) -> None:
+    sid, as_user = session["id"], tokens[0]
+    issued = doc("sessions", "token", sid, "--name", "short-lived", env=admin)
+    assert issued["expires_at"] is not None  # session tokens expire by default
+    doomed = {**admin, "AGENTDB_TOKEN": issued["token"]}
+    of_user, of_session, table, neither, refused = run_all(
+        (("tokens", "ls", "--user", user["id"], "--json"), as_user),
+        (("tokens", "ls", "--session", sid, "--json"), admin),
+        (("tokens", "ls", "--session", sid), admin),
+        (("tokens", "ls"), admin),
+        # A session token may not delete its session.
+        (("sessions", "rm", sid), doomed),
+    )
+    listed = json_of(of_user)
+    assert issued["id"] in [t["id"] for t in listed]
+    assert all("token" not in t for t in listed)
+    assert issued["token"] not in of_user.stdout + of_session.stdout + table.stdout
+    assert [t["id"] for t in json_of(of_session)][-1] == issued["id"]
+    assert any(
+        line.startswith(issued["id"]) and issued["prefix"] in line
+        for line in stdout_of(table).splitlines()
+    )
+    assert neither.returncode == 2
+    assert "--user or --session" in assert_one_line_error(neither)
+    assert refused.returncode == 1
+    assert "user or admin token" in assert_one_line_error(refused)
+
+    revoked = doc("tokens", "revoke", issued["id"], env=as_user)
+    assert revoked["revoked_at"] is not None
+    after, shown = run_all(
+        (("sessions", "show", sid), doomed), (("tokens", "show", issued["id"], "--json"), admin)
+    )
+    assert after.returncode == 1
+    assert "token is not valid" in assert_one_line_error(after)
+    assert json_of(shown)["revoked_at"] == revoked["revoked_at"]
+
+
 def test_pins_usage_and_tier_changes(
     admin: dict[str, str], user: dict[str, Any], session: dict[str, Any], history: dict[str, Any]
 ) -> None:
     sid, second = session["id"], history["second"]["id"]
-    pinned, usage, usage_table, moved, bad_tier = run_all(
+    pinned, usage, usage_table, bad_tier = run_all(
         (("checkpoints", "pin", sid, second, "--json"), admin),
         (("sessions", "usage", sid, "--json"), admin),
         (("sessions", "usage", sid), admin),
-        (("users", "tier", user["id"], "enterprise", "--json"), admin),
         (("users", "tier", user["id"], "gold"), admin),
     )
+    # After the usage reads, which name the tier the session is in.
+    (moved,) = run_all((("users", "tier", user["id"], "enterprise", "--json"), admin))
     assert (json_of(pinned)["id"], json_of(pinned)["pinned"]) == (second, True)
     assert json_of(usage)["session_id"] == sid
     assert json_of(usage)["tier"] == "pro"

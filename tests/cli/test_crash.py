@@ -23,7 +23,7 @@ import psutil
 import pytest
 from support import AGENTDB, API_LINE, RUN_TIMEOUT, clean_env, serving
 
-ADMIN = {"Authorization": "Bearer adb_admin_crash-test-token-1234"}
+ADMIN = {"Authorization": "Bearer adb_admin_crash-test-token-0123456789"}
 PLANE_KEY = "crash-test-plane-key"
 
 

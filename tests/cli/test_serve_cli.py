@@ -72,10 +72,10 @@ def test_neon_cloud_mode_uses_the_configured_api(tmp_path: Path) -> None:
         env = clean_env(
             AGENTDB_NEON_API_KEY=key,
             AGENTDB_NEON_API_URL=neon_url,
-            AGENTDB_ADMIN_TOKEN="adb_admin_cloud-mode-test-token",
+            AGENTDB_ADMIN_TOKEN="adb_admin_cloud-mode-test-token-0123456789",
         )
         with serve_api(env, tmp_path / "agentdb", []) as url:
-            admin = {"Authorization": "Bearer adb_admin_cloud-mode-test-token"}
+            admin = {"Authorization": "Bearer adb_admin_cloud-mode-test-token-0123456789"}
             with httpx.Client(base_url=url, headers=admin, timeout=60) as http:
                 assert http.get("/healthz").json()["control_plane"] == "neon"
                 user = http.post("/v1/users", json={"email": "cloud@example.com"}).json()

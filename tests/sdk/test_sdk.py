@@ -7,6 +7,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
+import httpx
 import psycopg
 import pytest
 import pytest_asyncio
@@ -19,10 +20,12 @@ from agentdb.sdk import (
     InvalidRequestError,
     NotFoundError,
     SqlError,
+    TooManyRequestsError,
 )
+from agentdb.sdk._errors import error_from
 from agentdb.settings import Settings
 
-ADMIN_TOKEN = "adb_admin_sdk-suite-token"
+ADMIN_TOKEN = "adb_admin_sdk-suite-token-0123456789"
 
 
 @pytest.fixture(scope="module")
@@ -190,3 +193,58 @@ async def test_a_session_token_reaches_only_its_session(served: str):
 def test_a_client_needs_a_token_and_a_context():
     with pytest.raises(ValueError, match="token"):
         AgentDB.connect("http://127.0.0.1:1", "")
+
+
+async def test_tokens_are_listed_and_revoked(db: AgentDB):
+    user_id, sid = await new_session(db)
+    user_token = await db.create_user_token(user_id, name="platform")
+    agent_token = await db.create_session_token(sid, name="agent")
+    assert agent_token.expires_at is not None  # session tokens expire by default
+    listed = await db.list_user_tokens(user_id)
+    assert [t.id for t in listed] == sorted([user_token.id, agent_token.id])
+    assert all(not hasattr(t, "token") for t in listed)
+    assert [t.id for t in await db.list_session_tokens(sid)] == [agent_token.id]
+    assert (await db.get_token(agent_token.id)).name == "agent"
+
+    revoked = await db.revoke_token(agent_token.id)
+    assert revoked.revoked_at is not None
+    assert await db.list_session_tokens(sid) == []
+    inactive = await db.list_session_tokens(sid, include_inactive=True)
+    assert [t.id for t in inactive] == [agent_token.id]
+    page = await db.list_user_tokens(user_id, include_inactive=True, limit=1)
+    rest = await db.list_user_tokens(user_id, include_inactive=True, after=page[0].id)
+    assert [t.id for t in page + rest] == [t.id for t in listed]
+
+
+async def test_a_session_token_cannot_delete_its_session_and_a_revoked_one_nothing(served: str):
+    async with AgentDB.connect(served, ADMIN_TOKEN) as admin:
+        _, sid = await new_session(admin)
+        token = await admin.create_session_token(sid)
+    async with AgentDB.connect(served, token.token) as agent:
+        with pytest.raises(AuthError) as refused:
+            await agent.delete_session(sid)
+        assert refused.value.status == 403
+        assert "user or admin token" in str(refused.value)
+        assert (await agent.get_session(sid)).status == "ready"
+        # An agent may give up its own token.
+        assert (await agent.revoke_token(token.id)).revoked_at is not None
+        with pytest.raises(AuthError) as gone:
+            await agent.get_session(sid)
+        assert gone.value.status == 401
+
+
+def test_a_429_is_a_too_many_requests_error_with_retry_after():
+    response = httpx.Response(
+        429,
+        json={
+            "type": "x",
+            "title": "Too Many Requests",
+            "status": 429,
+            "detail": "wait",
+            "retry_after": 17,
+        },
+        headers={"Retry-After": "17"},
+    )
+    error = error_from(response)
+    assert isinstance(error, TooManyRequestsError)
+    assert error.retry_after == 17

@@ -21,7 +21,7 @@ from mcp.client.stdio import stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from support import AGENTDB, API_LINE, agentdb, assert_one_line_error, clean_env, serving
 
-ADMIN_TOKEN = "adb_admin_mcp-transports-token"
+ADMIN_TOKEN = "adb_admin_mcp-transports-token-0123456789"
 TOOL_NAMES = {
     "run_sql",
     "create_checkpoint",

@@ -16,6 +16,7 @@ from mcp import Client
 
 from agentdb.sdk import AgentDB
 from agentdb.tools import TOOLS, Toolbox, ToolError, build_mcp_server, scoped_toolbox
+from agentdb.tools._mcp import INSTRUCTIONS
 
 from .conftest import Tenant, client_of, make_tenant
 
@@ -87,6 +88,19 @@ def test_descriptions_teach_the_checkpoint_workflow():
     for name in ("preview_checkpoint", "create_branch"):
         assert "expires" in described[name]
         assert "different database" in described[name]
+
+
+def test_no_tool_does_what_a_session_token_may_not():
+    """Deleting the session or checkpoints and turning add-ons off need a user or admin token:
+    no tool offers them, and the instructions and descriptions say so."""
+    names = {t.name for t in TOOLS}
+    for refused in ("delete_session", "delete_checkpoint", "disable_auth", "disable_data_api"):
+        assert refused not in names
+    assert "need a user or admin token" in INSTRUCTIONS
+    described = {t.name: t.description for t in TOOLS}
+    assert "never deleted by the agent" in described["restore_checkpoint"]
+    for name in ("enable_auth", "enable_data_api"):
+        assert "platform's call" in described[name]
 
 
 def arguments_for(schema: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
@@ -293,6 +307,9 @@ async def test_the_mcp_server_offers_the_same_tools(api_app: Litestar, tenant: T
             annotations = {t.name: t.annotations for t in listed}
             assert annotations["list_checkpoints"].read_only_hint is True
             assert annotations["restore_checkpoint"].destructive_hint is True
+            assert annotations["restore_checkpoint"].idempotent_hint is False
+            assert annotations["enable_auth"].idempotent_hint is True
+            assert annotations["diff_checkpoints"].idempotent_hint is True
 
             ok = await mcp.call_tool("run_sql", {"sql": "SELECT 40 + 2 AS answer"})
             assert not ok.is_error
