@@ -76,6 +76,39 @@ class Settings(BaseSettings):
         description="How often the local control plane measures consumption (active time, "
         "written bytes, logical size) and enforces project quotas, in seconds.",
     )
+    localplane_role_connection_limit: int = Field(
+        default=20,
+        ge=1,
+        description="Connections each tenant login role (and each project's Data API "
+        "authenticator) may hold in the shared cluster.",
+    )
+    localplane_temp_file_limit_mb: int = Field(
+        default=1024,
+        ge=1,
+        description="Temporary-file space one tenant backend may use (temp_file_limit), in MiB.",
+    )
+    localplane_statement_max_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="Longest a tenant statement may run: the role default statement_timeout, "
+        "and the local plane's guard cancels (then ends) statements past it.",
+    )
+    localplane_idle_in_transaction_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="Longest a tenant session may sit idle inside a transaction, in seconds.",
+    )
+    localplane_guard_interval_s: float = Field(
+        default=5.0,
+        gt=0,
+        description="How often the local plane's guard looks for tenant backends past their "
+        "limits and for databases a crash left closed, in seconds.",
+    )
+    localplane_kill_at: str = Field(
+        default="",
+        description="Crash tests only: a kill point (e.g. 'swap.renamed' or "
+        "'job.step_done:2') where the local plane SIGKILLs its own process.",
+    )
 
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info",

@@ -22,7 +22,8 @@ from agentdb.settings import Settings
 
 from ._addon_routes import NEON_ROUTES, SERVICES
 from ._errors import LocalPlaneError
-from ._faults import Faults
+from ._faults import Faults, KillSwitch
+from ._governance import Limits
 from ._plane import LocalPlane
 from ._routes import ROUTES
 
@@ -121,6 +122,14 @@ def create_app(
         *(o for o in settings.localplane_organizations.split(",") if o),
     ]
     Faults.parse(settings.localplane_faults)  # fail at construction, not on the first request
+    KillSwitch(settings.localplane_kill_at)
+    limits = Limits(
+        role_connections=settings.localplane_role_connection_limit,
+        temp_file_limit_mb=settings.localplane_temp_file_limit_mb,
+        statement_max_s=settings.localplane_statement_max_s,
+        idle_in_transaction_s=settings.localplane_idle_in_transaction_s,
+        guard_interval_s=settings.localplane_guard_interval_s,
+    )
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -131,6 +140,8 @@ def create_app(
                 operation_delay_s=settings.localplane_operation_delay_ms / 1000,
                 organizations=org_ids,
                 meter_interval_s=settings.localplane_meter_interval_s,
+                limits=limits,
+                kill_at=settings.localplane_kill_at,
             ) as plane,
         ):
             app.state.plane = plane

@@ -120,14 +120,18 @@ class PlaneBase:
             await asyncio.wait([previous])
         started = time.perf_counter()
         status, error = "finished", None
-        handler: Callable[[JSON], Awaitable[None]] = getattr(self, f"_job_{job['kind']}")
         try:
-            await handler(job["args"])
+            if job["kind"] == "steps":
+                await self._job_steps(job["args"], batch=batch)
+            else:
+                handler: Callable[[JSON], Awaitable[None]] = getattr(self, f"_job_{job['kind']}")
+                await handler(job["args"])
         except Exception as exc:
             log.exception("localplane.job_failed", kind=job["kind"], project_id=project_id)
             status, error = "error", f"{type(exc).__name__}: {exc}"[:1000]
         if self._delay:
             await asyncio.sleep(self._delay)
+        self._engine.kill.point("job.before_finish")
         elapsed_ms = int((time.perf_counter() - started) * 1000)
         async with self._store.tx(project_id) as tx:
             for op in await tx.list(OperationRecord, project_id):
@@ -135,6 +139,13 @@ class PlaneBase:
                     op.status, op.error, op.updated_at = status, error, now()
                     op.total_duration_ms = elapsed_ms
                     await tx.put(op)
+        if status == "error":
+            # A failed step may have left a database closed (its server went away mid-copy);
+            # if the server is still gone, the plane's guard reopens it later.
+            try:
+                await self.reopen_doors([project_id])
+            except Exception:
+                log.exception("localplane.reopen_after_failure_failed", project_id=project_id)
 
     @asynccontextmanager
     async def _mutation(
@@ -294,24 +305,93 @@ class PlaneBase:
 
     # --- the one physical job: a list of idempotent steps -------------------------------------
 
-    async def _job_steps(self, args: JSON) -> None:
+    async def _job_steps(self, args: JSON, *, batch: str | None = None) -> None:
+        """Runs the job's steps in order. Each finished step is recorded with the job, so a
+        job resumed after a crash skips the steps that finished and re-runs only the one the
+        crash cut off; re-running a finished step could undo a later one (a copy made again
+        after its swap would swap the live database out a second time)."""
         project_id: str = args["project_id"]
-        for step in args["steps"]:
-            await self._step(project_id, step)
+        steps: list[list[Any]] = args["steps"]
+        done = int(args.get("done", 0))
+        for index in range(done, len(steps)):
+            await self._step(project_id, steps[index])
+            if batch is not None and index + 1 < len(steps):
+                await self._record_progress(project_id, batch, index + 1)
+                args["done"] = index + 1
+            self._engine.kill.point("job.step_done")
         await self._mark_ready(project_id, branch_ids=set(args.get("ready", [])))
 
-    async def _step(self, project_id: str, step: list[Any]) -> None:  # noqa: C901, PLR0912
+    async def _record_progress(self, project_id: str, batch: str, done: int) -> None:
+        async with self._store.tx() as tx:
+            for op in await tx.list(OperationRecord, project_id):
+                if op.batch == batch and op.job is not None:
+                    op.job["args"]["done"] = done
+                    await tx.put(op)
+
+    async def _door_open(self, project_id: str, physical: str) -> bool | None:
+        """Whether the records say `physical` takes clients: a database of a branch none of
+        whose computes is suspended. None when no database record names it."""
+        async with self._store.tx() as tx:
+            return await self._door_open_in(tx, project_id, physical)
+
+    async def _door_open_in(self, tx: Tx, project_id: str, physical: str) -> bool | None:
+        record = next(
+            (d for d in await tx.list(DatabaseRecord, project_id) if d.physical == physical), None
+        )
+        if record is None:
+            return None
+        endpoints = await self._branch_endpoints(tx, project_id, record.branch_id)
+        return not any(e.door_closed for e in endpoints)
+
+    async def reopen_doors(self, project_ids: list[str] | None = None) -> list[str]:
+        """Reopens project databases that refuse clients although their records say they take
+        them and no operation of their project is in flight: what a crash or a server death
+        mid-copy left behind. Returns the databases reopened."""
+        closed = set(await self._engine.closed_databases("lpd_"))
+        if not closed:
+            return []
+        async with self._store.tx() as tx:
+            records = (
+                await tx.list(DatabaseRecord)
+                if project_ids is None
+                else await tx.list_in(DatabaseRecord, project_ids)
+            )
+        projects = sorted({d.project_id for d in records if d.physical in closed})
+        reopened: list[str] = []
+        for project_id in projects:
+            # Under the project's lock: no mutation can start a job while this looks.
+            async with self._store.tx(project_id) as tx:
+                if await tx.running_operations(project_id):
+                    continue
+                for d in await tx.list(DatabaseRecord, project_id):
+                    if d.physical not in closed:
+                        continue
+                    if await self._door_open_in(tx, project_id, d.physical):
+                        await self._engine.set_connections(d.physical, allowed=True)
+                        reopened.append(d.physical)
+        if reopened:
+            log.warning("localplane.databases_reopened", databases=reopened)
+        return reopened
+
+    async def _step(self, project_id: str, step: list[Any]) -> None:  # noqa: C901
         # one case per step kind; a table of handlers would only scatter them
         engine = self._engine
         match step:
             case ["copy", str(source), str(target), str(group), bool(live), bool(allow)]:
                 await engine.copy_database(
-                    source, target, group, source_is_live=live, allow_connections=allow
+                    source,
+                    target,
+                    group,
+                    source_is_live=live,
+                    allow_connections=allow,
+                    source_open=await self._door_open(project_id, source) if live else None,
                 )
             case ["schema", str(source), str(target), str(owner), str(group)]:
-                if not await engine.exists(target):
-                    await engine.create_database(target, owner, group)
-                    await engine.copy_schema(source, target)
+                # Unfinished (the job records finished steps): a crash may have cut the schema
+                # copy short, so the new, still unused database is made again.
+                await engine.drop_database(target)
+                await engine.create_database(target, owner, group)
+                await engine.copy_schema(source, target)
             case ["create", str(target), str(owner), str(group)]:
                 await engine.create_database(target, owner, group)
             case ["swap", str(live), str(replacement), str(parked), bool(allow)]:

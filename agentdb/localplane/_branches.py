@@ -271,6 +271,9 @@ class BranchesMixin(PlaneBase):
         tx = m.tx
         allow = not any(e.door_closed for e in await self._branch_endpoints(tx, p.id, target.id))
         current = {d.name: d for d in await self._databases(tx, p.id, target.id)}
+        # Every copy before the first swap: a copy that fails leaves the branch with its old
+        # content in every database, never some databases restored and others not.
+        swaps: list[list[Any]] = []
         for d in await self._databases(tx, p.id, source.id):
             fresh = new_physical(p)
             m.steps.append(["copy", d.physical, fresh, p.group_role, True, True])
@@ -288,7 +291,7 @@ class BranchesMixin(PlaneBase):
                 )
                 continue
             parked = new_physical(p)
-            m.steps.append(["swap", old.physical, fresh, parked, allow])
+            swaps.append(["swap", old.physical, fresh, parked, allow])
             if preserved is not None:
                 await tx.put(
                     old.model_copy(
@@ -300,7 +303,7 @@ class BranchesMixin(PlaneBase):
                     )
                 )
             else:
-                m.steps.append(["drop", parked])
+                swaps.append(["drop", parked])
             old.owner_name = d.owner_name
             old.updated_at = now()
             await tx.put(old)
@@ -313,7 +316,8 @@ class BranchesMixin(PlaneBase):
                     )
                 )
             else:
-                m.steps.append(["drop", leftover.physical])
+                swaps.append(["drop", leftover.physical])
+        m.steps.extend(swaps)
 
     async def compare_schema(
         self, project_id: str, branch_id: str, *, base_branch_id: str | None, db_name: str

@@ -301,6 +301,8 @@ class DataApiMixin(AddonsBase):
                     ident(authenticated), ident(anonymous), ident(authenticator)
                 )
             )
+        # Requests run as the authenticator: it gets a tenant role's limits.
+        await self._engine.govern_roles([authenticator])
 
     async def _prepare_database(
         self,

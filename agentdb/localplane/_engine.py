@@ -21,6 +21,9 @@ from psycopg_pool import AsyncConnectionPool
 
 from agentdb.pg import ServerInfo
 
+from ._faults import KillSwitch
+from ._governance import Limits, govern_roles, reap
+
 log = structlog.get_logger(__name__)
 
 # CREATE DATABASE ... TEMPLATE needs the template to have no sessions; a client that was already
@@ -103,14 +106,25 @@ def _rename(old: str, new: str) -> sql.Composed:
 class Engine:
     """Runs the DDL behind every local-plane operation, as the cluster's superuser."""
 
-    def __init__(self, server: ServerInfo, pool: AsyncConnectionPool[AsyncConnection]) -> None:
+    def __init__(
+        self,
+        server: ServerInfo,
+        pool: AsyncConnectionPool[AsyncConnection],
+        kill: KillSwitch | None = None,
+        limits: Limits | None = None,
+    ) -> None:
         self.server = server
         self._pool = pool
         self.clone_supported = False
+        # Named kill points for crash tests; unarmed, each is a no-op.
+        self.kill = kill or KillSwitch()
+        self.limits = limits or Limits()
 
     @classmethod
     @asynccontextmanager
-    async def open(cls, server: ServerInfo) -> AsyncIterator[Engine]:
+    async def open(
+        cls, server: ServerInfo, kill: KillSwitch | None = None, limits: Limits | None = None
+    ) -> AsyncIterator[Engine]:
         async with AsyncConnectionPool(
             server.conninfo("postgres"),
             min_size=1,
@@ -118,7 +132,7 @@ class Engine:
             open=False,
             kwargs={"autocommit": True},
         ) as pool:
-            engine = cls(server, pool)
+            engine = cls(server, pool, kill, limits)
             await engine._prepare_cluster()
             yield engine
 
@@ -223,19 +237,31 @@ class Engine:
         self, physical: str, password: str | None, group: str, *, login: bool = True
     ) -> None:
         async with self._conn() as conn:
-            if await self._role_exists(conn, physical):
-                return
-            await conn.execute(
-                sql.SQL(
-                    "CREATE ROLE {} {} NOSUPERUSER NOCREATEDB NOCREATEROLE INHERIT "
-                    "CONNECTION LIMIT 100 PASSWORD {} IN ROLE {}"
-                ).format(
-                    _ident(physical),
-                    sql.SQL("LOGIN" if login else "NOLOGIN"),
-                    sql.Literal(password),
-                    _ident(group),
+            if not await self._role_exists(conn, physical):
+                await conn.execute(
+                    sql.SQL(
+                        "CREATE ROLE {} {} NOSUPERUSER NOCREATEDB NOCREATEROLE INHERIT "
+                        "CONNECTION LIMIT {} PASSWORD {} IN ROLE {}"
+                    ).format(
+                        _ident(physical),
+                        sql.SQL("LOGIN" if login else "NOLOGIN"),
+                        sql.Literal(self.limits.role_connections),
+                        sql.Literal(password),
+                        _ident(group),
+                    )
                 )
-            )
+            # Also when the role exists: a crash may have come between CREATE and the limits.
+            await govern_roles(conn, self.limits, [physical])
+
+    async def govern_roles(self, only: list[str] | None = None) -> list[str]:
+        """Gives tenant login roles (all, or `only`) their connection limit and role defaults."""
+        async with self._conn() as conn:
+            return await govern_roles(conn, self.limits, only)
+
+    async def reap(self) -> list[tuple[int, str]]:
+        """Cancels or ends tenant backends past the statement or idle-in-transaction limit."""
+        async with self._conn() as conn:
+            return await reap(conn, self.limits)
 
     async def set_password(self, physical: str, password: str) -> None:
         async with self._conn() as conn:
@@ -299,11 +325,16 @@ class Engine:
         *,
         source_is_live: bool,
         allow_connections: bool = True,
+        source_open: bool | None = None,
     ) -> None:
-        """`target` becomes a copy of `source`. A live source is closed to clients for the copy."""
+        """`target` becomes a copy of `source`. A live source is closed to clients for the copy
+        and then left open when it was open before or `source_open` says it should be: a copy
+        resumed after a crash finds the source closed by the run that died, and reopens it."""
         async with self._conn() as conn:
             if await self._db_exists(conn, target):
                 await self._grant(conn, target, group, allow_connections=allow_connections)
+                if source_is_live and source_open and await self._db_exists(conn, source):
+                    await self._set_allow(conn, source, allowed=True)
             else:
                 await self._copy(
                     conn,
@@ -312,6 +343,7 @@ class Engine:
                     group,
                     source_is_live=source_is_live,
                     allow_connections=allow_connections,
+                    source_open=source_open,
                 )
         if allow_connections:
             # A copy of a database made before catalog hygiene existed (an old snapshot).
@@ -326,15 +358,19 @@ class Engine:
         *,
         source_is_live: bool,
         allow_connections: bool,
+        source_open: bool | None,
     ) -> None:
         """`target` made from `source`; a live source is closed to clients meanwhile."""
+        reopen = False
         if source_is_live:
-            reopen = await self._allows_connections(conn, source)
+            reopen = bool(source_open) or await self._allows_connections(conn, source)
             await self._block(conn, source)
+            self.kill.point("copy.source_closed")
         try:
             await self._create_from_template(conn, target, source)
+            self.kill.point("copy.created")
         finally:
-            if source_is_live and reopen:
+            if reopen:
                 await self._set_allow(conn, source, allowed=True)
         await self._grant(conn, target, group, allow_connections=allow_connections)
 
@@ -349,26 +385,41 @@ class Engine:
         async with self._conn() as conn:
             started = time.perf_counter()
             has_live = await self._db_exists(conn, live)
-            if await self._db_exists(conn, replacement):
-                if has_live:
-                    await self._block(conn, live)
-                # Both renames in one transaction: no client ever sees `live` missing.
-                for attempt in range(_IN_USE_RETRIES):
-                    try:
-                        async with conn.transaction():
-                            if has_live:
-                                await conn.execute(_rename(live, parked))
-                            await conn.execute(_rename(replacement, live))
-                        break
-                    except errors.ObjectInUse:
-                        if attempt == _IN_USE_RETRIES - 1:
-                            raise
+            try:
+                if await self._db_exists(conn, replacement):
+                    if has_live:
                         await self._block(conn, live)
+                        self.kill.point("swap.live_closed")
+                    await self._rename_pair(conn, live, replacement, parked, has_live=has_live)
+                    self.kill.point("swap.renamed")
+            except BaseException:
+                # Whatever the failure, `live` keeps the door it had: the old content, reachable.
+                if has_live and await self._db_exists(conn, live):
+                    await self._set_allow(conn, live, allowed=allow_connections)
+                raise
             await self._set_allow(conn, live, allowed=allow_connections)
             elapsed = time.perf_counter() - started
         if allow_connections:
             await self.hide_other_tenants(live)
         return elapsed
+
+    async def _rename_pair(
+        self, conn: AsyncConnection, live: str, replacement: str, parked: str, *, has_live: bool
+    ) -> None:
+        # Both renames in one transaction: no client ever sees `live` missing, and a crash
+        # leaves either both names as they were or both swapped.
+        for attempt in range(_IN_USE_RETRIES):
+            try:
+                async with conn.transaction():
+                    if has_live:
+                        await conn.execute(_rename(live, parked))
+                    await conn.execute(_rename(replacement, live))
+            except errors.ObjectInUse:
+                if attempt == _IN_USE_RETRIES - 1:
+                    raise
+                await self._block(conn, live)
+            else:
+                return
 
     async def drop_database(self, physical: str) -> None:
         async with self._conn() as conn:
@@ -386,6 +437,16 @@ class Engine:
                 return
             await self._set_allow(conn, physical, allowed=True)
         await self.hide_other_tenants(physical)
+
+    async def closed_databases(self, prefix: str) -> list[str]:
+        """Databases named `prefix...` that refuse connections (ALLOW_CONNECTIONS false)."""
+        async with self._conn() as conn:
+            cur = await conn.execute(
+                "SELECT datname FROM pg_database"
+                " WHERE NOT datallowconn AND starts_with(datname, %s) ORDER BY datname",
+                (prefix,),
+            )
+            return [str(row[0]) for row in await cur.fetchall()]
 
     async def list_databases(self, prefixes: tuple[str, ...]) -> list[str]:
         async with self._conn() as conn:

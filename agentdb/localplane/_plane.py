@@ -17,6 +17,8 @@ from ._compute import ComputeMixin
 from ._data_api import DataApiMixin
 from ._engine import Engine
 from ._errors import LocalPlaneError
+from ._faults import KillSwitch
+from ._governance import Limits
 from ._models import BranchRecord, SnapshotRecord, now
 from ._neon_auth import NeonAuthMixin
 from ._organizations import OrganizationsMixin
@@ -50,21 +52,29 @@ class LocalPlane(
         operation_delay_s: float = 0,
         organizations: Sequence[str] = (),
         meter_interval_s: float = 30.0,
+        limits: Limits | None = None,
+        kill_at: str = "",
     ) -> AsyncIterator[LocalPlane]:
         """The plane over `server`, with the default organization and `organizations`; it
-        measures consumption and enforces quotas every `meter_interval_s` seconds."""
-        async with Engine.open(server) as engine:
+        measures consumption and enforces quotas every `meter_interval_s` seconds, and holds
+        tenants to `limits` (see `_governance`). `kill_at` arms a kill point (crash tests)."""
+        limits = limits or Limits()
+        async with Engine.open(server, KillSwitch(kill_at), limits) as engine:
             await engine.ensure_state_database(STATE_DATABASE)
             async with Store.open(server.conninfo(STATE_DATABASE)) as store:
                 plane = cls(store, engine, server, operation_delay_s=operation_delay_s)
                 async with store.hold_runner_lock(plane.runner_id):
                     await plane.recover()
                     await plane.collect_orphans()
+                    # Resumed jobs reopen what they closed; what no job owns is reopened here.
+                    await plane.reopen_doors()
+                    await engine.govern_roles()
                     await plane.ensure_organizations(organizations)
                     await plane.meter()  # the baseline the first interval is measured from
                     background = [
                         asyncio.create_task(plane._sweep_expired()),
                         asyncio.create_task(plane.run_meter(meter_interval_s)),
+                        asyncio.create_task(plane._guard(limits.guard_interval_s)),
                     ]
                     try:
                         yield plane
@@ -96,6 +106,21 @@ class LocalPlane(
                 await self.delete_branch(branch.project_id, branch.id)
                 deleted += 1
         return deleted
+
+    async def guard(self) -> None:
+        """One round of the guard: tenant backends past their limits are cancelled or ended,
+        and databases a failed or crashed copy left closed are reopened."""
+        await self._engine.reap()
+        await self.reopen_doors()
+
+    async def _guard(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.guard()
+            except Exception:
+                # The server may be down (restarting); the next round tries again.
+                log.warning("localplane.guard_failed", exc_info=True)
 
     async def _sweep_expired(self) -> None:
         while True:

@@ -59,12 +59,19 @@ LOG_SETTINGS = {
     "log_autovacuum_min_duration": "-1",
 }
 
+# Connection slots only superusers may take: agentdb's meta pool (10 + 50 overflow), the local
+# plane's engine, state store, meter and guard. Tenants share the other 300, each login role
+# capped by the plane (CONNECTION LIMIT), so a flood of tenant connections never locks agentdb out.
+SUPERUSER_RESERVED_CONNECTIONS = 100
+TENANT_CONNECTIONS = 300
+
 # wal_level=minimal with no WAL senders lets CREATE DATABASE skip WAL-logging the copied files,
 # which is what makes snapshots cheap. Unix sockets are off: TCP on loopback is the only door.
 _SERVER_SETTINGS = {
     "listen_addresses": HOST,
     "unix_socket_directories": "",
-    "max_connections": "300",
+    "max_connections": str(TENANT_CONNECTIONS + SUPERUSER_RESERVED_CONNECTIONS),
+    "superuser_reserved_connections": str(SUPERUSER_RESERVED_CONNECTIONS),
     "shared_buffers": "128MB",
     "wal_level": "minimal",
     "max_wal_senders": "0",
