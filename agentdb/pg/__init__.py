@@ -10,6 +10,7 @@ from agentdb.pg._errors import (
 )
 from agentdb.pg._server import open_server
 from agentdb.pg._server_info import ServerInfo
+from agentdb.pg._supervisor import PostgresSupervisor, ServerHealth, probe_server
 
 __all__ = [
     "DataDirError",
@@ -18,6 +19,9 @@ __all__ = [
     "PortInUseError",
     "PostgresError",
     "PostgresStartError",
+    "PostgresSupervisor",
+    "ServerHealth",
     "ServerInfo",
     "open_server",
+    "probe_server",
 ]

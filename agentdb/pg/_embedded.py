@@ -118,6 +118,30 @@ class EmbeddedPostgres:
         """Whether `stop()` will stop the server (False when attached to a running one)."""
         return self._owns_server
 
+    @property
+    def server_info(self) -> ServerInfo | None:
+        """How to reach the server while this object holds it (started or attached)."""
+        return self._info
+
+    async def is_alive(self) -> bool:
+        """Whether this cluster's postmaster process is running (a cheap check: no query)."""
+        layout = self._layout
+        pid_file = await asyncio.to_thread(_cluster.read_pid_file, layout)
+        if pid_file is None:
+            return False
+        return await asyncio.to_thread(_cluster.is_our_postmaster, layout, pid_file)
+
+    async def restart(self) -> ServerInfo:
+        """Starts the cluster again after its postmaster died, on the same port, so every DSN
+        handed out stays valid; a running postmaster is left alone (attached to)."""
+        previous = self._info
+        if previous is not None and self._port is None:
+            self._port = previous.port
+        self._info, self._owns_server = None, False
+        info = await self.start()
+        _log.info("pg_restarted", data_dir=str(self._layout.root), port=info.port)
+        return info
+
     async def __aenter__(self) -> ServerInfo:
         return await self.start()
 

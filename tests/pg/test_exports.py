@@ -11,8 +11,11 @@ def test_all_lists_exactly_the_public_names():
         "PortInUseError",
         "PostgresError",
         "PostgresStartError",
+        "PostgresSupervisor",
+        "ServerHealth",
         "ServerInfo",
         "open_server",
+        "probe_server",
     }
 
 
