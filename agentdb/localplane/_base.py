@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import psycopg
 import structlog
 
 from agentdb.pg import ServerInfo
@@ -37,6 +38,11 @@ from ._store import Store, Tx
 
 JSON = dict[str, Any]
 log = structlog.get_logger(__name__)
+
+# A job whose server connection broke (PostgreSQL killed and restarting) is run again, from the
+# step it was in, for this long before its operations are marked failed.
+_SERVER_LOST_RETRY_S = 120.0
+_SERVER_LOST_PAUSE_S = (0.5, 5.0)
 
 
 class Mutation:
@@ -121,11 +127,7 @@ class PlaneBase:
         started = time.perf_counter()
         status, error = "finished", None
         try:
-            if job["kind"] == "steps":
-                await self._job_steps(job["args"], batch=batch)
-            else:
-                handler: Callable[[JSON], Awaitable[None]] = getattr(self, f"_job_{job['kind']}")
-                await handler(job["args"])
+            await self._run_job_retrying(batch, job)
         except Exception as exc:
             log.exception("localplane.job_failed", kind=job["kind"], project_id=project_id)
             status, error = "error", f"{type(exc).__name__}: {exc}"[:1000]
@@ -146,6 +148,29 @@ class PlaneBase:
                 await self.reopen_doors([project_id])
             except Exception:
                 log.exception("localplane.reopen_after_failure_failed", project_id=project_id)
+
+    async def _run_job_retrying(self, batch: str, job: JSON) -> None:
+        deadline = time.monotonic() + _SERVER_LOST_RETRY_S
+        pause, max_pause = _SERVER_LOST_PAUSE_S
+        while True:
+            try:
+                if job["kind"] == "steps":
+                    await self._job_steps(job["args"], batch=batch)
+                else:
+                    handler: Callable[[JSON], Awaitable[None]] = getattr(
+                        self, f"_job_{job['kind']}"
+                    )
+                    await handler(job["args"])
+            except psycopg.OperationalError:
+                # Every step is idempotent and finished steps are recorded: running the job
+                # again once the server is back resumes it.
+                if time.monotonic() + pause > deadline:
+                    raise
+                log.warning("localplane.job_server_lost", kind=job["kind"], retry_in_s=pause)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, max_pause)
+            else:
+                return
 
     @asynccontextmanager
     async def _mutation(

@@ -110,6 +110,7 @@ class LocalPlane(
     async def guard(self) -> None:
         """One round of the guard: tenant backends past their limits are cancelled or ended,
         and databases a failed or crashed copy left closed are reopened."""
+        await self._store.keep_runner_lock()
         await self._engine.reap()
         await self.reopen_doors()
 

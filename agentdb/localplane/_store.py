@@ -7,11 +7,13 @@ transactional and survives restarts together with the databases it describes.
 from __future__ import annotations
 
 import builtins
+import contextlib
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import TypeVar
 
+import psycopg
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
@@ -146,8 +148,13 @@ class Tx:
 class Store:
     """Owns the pool of connections to the state database."""
 
-    def __init__(self, pool: AsyncConnectionPool[AsyncConnection[dict[str, object]]]) -> None:
+    def __init__(
+        self, pool: AsyncConnectionPool[AsyncConnection[dict[str, object]]], conninfo: str = ""
+    ) -> None:
         self._pool = pool
+        self._conninfo = conninfo
+        self._runner: int | None = None
+        self._runner_conn: AsyncConnection[dict[str, object]] | None = None
 
     @classmethod
     @asynccontextmanager
@@ -163,17 +170,33 @@ class Store:
             async with pool.connection() as conn:
                 await conn.execute("SELECT pg_advisory_xact_lock(7710001)")
                 await conn.execute(_SCHEMA)
-            yield cls(pool)
+            yield cls(pool, conninfo)
 
     @asynccontextmanager
     async def hold_runner_lock(self, runner_id: int) -> AsyncIterator[None]:
         """Holds the advisory lock that tells other processes this runner is alive."""
-        async with self._pool.connection() as conn:
-            await conn.execute("SELECT pg_advisory_lock(%s, %s)", (_RUNNER_LOCK, runner_id))
-            try:
-                yield
-            finally:
-                await conn.execute("SELECT pg_advisory_unlock(%s, %s)", (_RUNNER_LOCK, runner_id))
+        self._runner = runner_id
+        await self.keep_runner_lock()
+        try:
+            yield
+        finally:
+            if self._runner_conn is not None and not self._runner_conn.closed:
+                # Gone with its connection when the server restarted: nothing to release.
+                with contextlib.suppress(psycopg.Error):
+                    await self._runner_conn.close()
+            self._runner_conn, self._runner = None, None
+
+    async def keep_runner_lock(self) -> None:
+        """Takes the runner lock again on a new connection if the one holding it broke (the
+        server restarted): else another process would take this runner's jobs as orphans."""
+        if self._runner is None:
+            return
+        conn = self._runner_conn
+        if conn is not None and not conn.broken and not conn.closed:
+            return
+        conn = await AsyncConnection.connect(self._conninfo, autocommit=True, row_factory=dict_row)
+        await conn.execute("SELECT pg_advisory_lock(%s, %s)", (_RUNNER_LOCK, self._runner))
+        self._runner_conn = conn
 
     async def runner_alive(self, runner_id: int) -> bool:
         async with self._pool.connection() as conn:

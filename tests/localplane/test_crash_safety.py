@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import sys
 import textwrap
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -17,7 +19,8 @@ import psycopg
 import pytest
 
 from agentdb.localplane import LocalPlane
-from agentdb.pg import ServerInfo
+from agentdb.localplane._models import ProjectCreateBody
+from agentdb.pg import EmbeddedPostgres, PostgresSupervisor, ServerInfo
 
 from .helpers import create_project, execute, fetch, wait_ops
 
@@ -242,3 +245,37 @@ async def test_a_database_left_closed_with_no_operation_in_flight_is_reopened(
     assert await fetch(uri, "SELECT n FROM t") == [(1,)]
     # A suspended compute's database stays closed: its records say so.
     assert not await _accepts(other[2])
+
+
+async def test_a_snapshot_while_postgres_is_killed_finishes_once_it_is_restarted(
+    tmp_path: Path,
+) -> None:
+    # A cluster of this test's own: its postmaster is killed.
+    pg = EmbeddedPostgres(tmp_path / "pg")
+    await pg.start()
+    try:
+        async with (
+            PostgresSupervisor(pg, interval_s=0.2, backoff_initial_s=0.1).watch() as supervisor,
+            LocalPlane.open(pg.server_info or await pg.start(), meter_interval_s=3600) as own,
+        ):
+            created = await own.create_project(
+                ProjectCreateBody.model_validate({"project": {"name": "pg-killed"}})
+            )
+            await own.drain()
+            project_id, branch_id = created["project"]["id"], created["branch"]["id"]
+            uri = created["connection_uris"][0]["connection_uri"]
+            await execute(uri, "CREATE TABLE t (n int)", "INSERT INTO t VALUES (1)")
+            snap = await own.create_snapshot(
+                project_id, branch_id, name="cp", expires_at=None, lsn=None, timestamp=None
+            )
+            # The snapshot was accepted; its job (not started yet) meets a dead server.
+            pid = int((pg.cluster_dir / "postmaster.pid").read_text().splitlines()[0])
+            os.kill(pid, signal.SIGKILL)
+            await own.drain()
+            assert supervisor.health.restarts >= 1
+            ops = await own.list_operations(project_id, limit=10, cursor=None)
+            assert {op["status"] for op in ops["operations"]} == {"finished"}
+            assert snap["snapshot"]["id"]
+            assert await fetch(uri, "SELECT n FROM t") == [(1,)]
+    finally:
+        await pg.stop()

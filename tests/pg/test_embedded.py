@@ -36,9 +36,11 @@ async def test_server_listens_on_loopback_only_with_scram_rules(server: ServerIn
     settings = await fetch_one(
         server.dsn(),
         "SELECT current_setting('listen_addresses'), current_setting('unix_socket_directories'),"
-        " current_setting('wal_level'), current_setting('max_connections')",
+        " current_setting('wal_level'), current_setting('max_connections'),"
+        " current_setting('superuser_reserved_connections')",
     )
-    assert settings == ("127.0.0.1", "", "minimal", "300")
+    # 300 slots for tenants, 100 only agentdb's superuser connections may take.
+    assert settings == ("127.0.0.1", "", "minimal", "400", "100")
     async with await psycopg.AsyncConnection.connect(server.dsn()) as conn:
         rules = await (
             await conn.execute("SELECT type, address, auth_method, error FROM pg_hba_file_rules")
