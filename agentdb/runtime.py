@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -28,7 +28,13 @@ import meta_schema
 from agentdb.localplane import LocalPlane, running
 from agentdb.localplane import create_app as create_localplane
 from agentdb.neon import DefaultEndpointSettings, NeonClient
-from agentdb.pg import ServerInfo, open_server
+from agentdb.pg import (
+    EmbeddedPostgres,
+    PostgresSupervisor,
+    ServerInfo,
+    open_server,
+    probe_server,
+)
 from agentdb.services import (
     AddonService,
     BranchService,
@@ -58,6 +64,10 @@ LOCAL_PLANE_REQUESTS_PER_MIN = 1_000_000
 SECRET_KEY_FILE = "secret.key"  # noqa: S105 - a file name
 
 
+#: None while PostgreSQL answers, else why not.
+DatabaseHealth = Callable[[], Awaitable[str | None]]
+
+
 @dataclass(frozen=True, slots=True)
 class Runtime:
     """The running services, as the interfaces (REST, MCP, CLI) call them."""
@@ -84,6 +94,14 @@ class Runtime:
     plane: LocalPlane | None
     #: An admin token generated at this start (none was configured or stored): show it once.
     new_admin_token: SecretStr | None
+    #: None while PostgreSQL answers, else why it does not (one line, no secrets).
+    database_health: DatabaseHealth
+
+
+async def _supervised_health(supervisor: PostgresSupervisor) -> str | None:
+    """What the supervisor last saw (it looks every second and restarts a dead server)."""
+    health = supervisor.health
+    return None if health.ok else (health.cause or f"PostgreSQL is {health.status}")
 
 
 @asynccontextmanager
@@ -99,12 +117,26 @@ async def open_runtime(
     and the periodic jobs run until it exits. `neon` replaces the control plane the settings
     choose (the caller keeps it open)."""
     async with AsyncExitStack() as stack:
-        if server is None:
-            server = await stack.enter_async_context(open_server(settings))
+        database_health: DatabaseHealth
+        if server is None and settings.database_url is None:
+            # agentdb started this PostgreSQL, so agentdb restarts it if it dies.
+            embedded = EmbeddedPostgres(settings.data_dir / "pg", port=settings.pg_port)
+            server = await stack.enter_async_context(embedded)
+            supervisor = await stack.enter_async_context(PostgresSupervisor(embedded).watch())
+            database_health = partial(_supervised_health, supervisor)
+        else:
+            if server is None:
+                server = await stack.enter_async_context(open_server(settings))
+            database_health = partial(probe_server, server)
         meta_dsn = await ensure_database(server, settings.meta_database)
         await meta_schema.upgrade(meta_dsn)
         engine = create_async_engine(
-            meta_schema.database_url(meta_dsn), pool_size=10, max_overflow=50, pool_recycle=1800
+            meta_schema.database_url(meta_dsn),
+            pool_size=10,
+            max_overflow=50,
+            pool_recycle=1800,
+            # After a PostgreSQL restart the pool's connections are dead: test before use.
+            pool_pre_ping=True,
         )
         stack.push_async_callback(engine.dispose)
         meta = async_sessionmaker(engine)
@@ -225,6 +257,7 @@ async def open_runtime(
             jobs=jobs,
             plane=plane,
             new_admin_token=await tokens.ensure_admin_token(settings.admin_token),
+            database_health=database_health,
         )
         if start_jobs:
             # Whatever a crash left half-done is settled before the first request.

@@ -216,8 +216,11 @@ class EventList(BaseModel):
 
 
 class Health(BaseModel):
+    #: "ok", "degraded" (a background job keeps failing) or "down" (PostgreSQL unreachable).
     status: str
     control_plane: str
+    #: Why PostgreSQL is unreachable; null while it answers.
+    database: str | None = None
     jobs: dict[str, JsonValue]
 
 

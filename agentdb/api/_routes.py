@@ -8,7 +8,8 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 
-from litestar import Controller, Request, delete, get, post
+from litestar import Controller, Request, Response, delete, get, post
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 from litestar.types import ControllerRouterHandler
 from pydantic import JsonValue
@@ -150,8 +151,13 @@ async def _branch_out(request: AnyRequest, view: BranchView) -> BranchOut:
 # --- health ---------------------------------------------------------------------------------
 
 
-@get("/healthz", tags=["health"], summary="Liveness and background jobs")
-async def healthz(request: AnyRequest) -> Health:
+@get(
+    "/healthz",
+    tags=["health"],
+    summary="Liveness: PostgreSQL, the control plane and background jobs",
+    responses={503: ResponseSpec(Health, description="PostgreSQL is unreachable (`database`).")},
+)
+async def healthz(request: AnyRequest) -> Response[Health]:
     runtime = rt(request)
     jobs: dict[str, JsonValue] = {}
     degraded = False
@@ -165,9 +171,12 @@ async def healthz(request: AnyRequest) -> Health:
             "last_succeeded_at": _iso(job.last_succeeded_at),
             "last_error": job.last_error,
         }
-    return Health(
-        status="degraded" if degraded else "ok", control_plane=runtime.control_plane, jobs=jobs
+    database = await runtime.database_health()
+    status = "down" if database is not None else "degraded" if degraded else "ok"
+    health = Health(
+        status=status, control_plane=runtime.control_plane, database=database, jobs=jobs
     )
+    return Response(health, status_code=503 if database is not None else 200)
 
 
 def _iso(at: datetime | None) -> str | None:
