@@ -481,19 +481,22 @@ async def test_connecting_waits_out_a_briefly_closed_database(
     assert result.rows == [[1]]
 
 
-async def test_a_database_that_stays_closed_fails_without_secrets(
+async def test_a_database_that_refuses_connections_fails_without_secrets(
     sql_service, session_service, session, pg_server
 ) -> None:
+    # A connection limit of 0, not ALLOW_CONNECTIONS false: the plane reopens a database that
+    # is closed with nothing in flight (what a crash leaves), within seconds.
     uri = await session_service.connection_uri(session.id)
-    database = _database_of(uri)
-    await _allow_connections(pg_server, database, allowed=False)
-    try:
-        with pytest.raises(SqlFailed) as caught:
-            await sql_service.run(session.id, "SELECT 1")
-    finally:
-        await _allow_connections(pg_server, database, allowed=True)
+    database = pgsql.Identifier(_database_of(uri))
+    async with await psycopg.AsyncConnection.connect(pg_server.conninfo(), autocommit=True) as su:
+        await su.execute(pgsql.SQL("ALTER DATABASE {} CONNECTION LIMIT 0").format(database))
+        try:
+            with pytest.raises(SqlFailed) as caught:
+                await sql_service.run(session.id, "SELECT 1")
+        finally:
+            await su.execute(pgsql.SQL("ALTER DATABASE {} CONNECTION LIMIT -1").format(database))
     assert caught.value.sqlstate == "08001"
-    assert "not currently accepting connections" in caught.value.message
+    assert "too many connections" in caught.value.message
     password = conninfo_to_dict(uri)["password"]
     assert isinstance(password, str)
     assert password not in str(caught.value)
