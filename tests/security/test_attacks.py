@@ -125,6 +125,12 @@ def test_the_reproducer_fails_closed_and_sign_up_runs_nothing_of_the_tenant(
            create function public.gen_random_uuid() returns uuid language plpgsql as $f$
              begin insert into public.calls values (current_user, 'uuid');
                    return pg_catalog.gen_random_uuid(); end $f$;
+           create function public.spy() returns setof text language plpgsql as $f$
+             begin insert into public.calls values (current_user, 'view');
+                   return next 'x'; end $f$;
+           create view public.users_sync as select public.spy() as id;
+           create view public.account as select public.spy() as user_id;
+           create table public.pg_class (x int);
            alter role current_user set search_path = public, pg_catalog""",
     )
     assert cleanup.status_code == 200, cleanup.text
