@@ -139,6 +139,37 @@ class Settings(BaseSettings):
         "it gets 429 Too Many Requests, as rate limits like '30/minute;300/hour' ('' turns "
         "throttling off). Tokens that worked recently are let through regardless.",
     )
+    token_rate_limit: str = Field(
+        default="600/minute",
+        description="Requests one user or session token may send, as rate limits like "
+        "'600/minute' or '20/second;600/minute' ('' turns it off); over it: 429 with "
+        "Retry-After. The admin token has AGENTDB_ADMIN_RATE_LIMIT instead.",
+    )
+    token_expensive_rate_limit: str = Field(
+        default="120/minute",
+        description="Of those, control-plane operations one user or session token may ask for "
+        "(open a session, checkpoint, restore, preview, branch, reset a branch), as rate "
+        "limits ('' turns it off).",
+    )
+    admin_rate_limit: str = Field(
+        default="",
+        description="Requests the admin token (the platform) may send, as rate limits "
+        "(default '': no limit). The admin token has no concurrency limit.",
+    )
+    token_max_concurrent: int = Field(
+        default=8,
+        ge=1,
+        le=10_000,
+        description="Requests one user or session token may have in flight at once; more "
+        "answer 429 (Retry-After: 1). Counted per agentdb process.",
+    )
+    user_max_concurrent: int = Field(
+        default=32,
+        ge=1,
+        le=100_000,
+        description="Requests all of one user's tokens (the user's and their sessions') may "
+        "have in flight at once; more answer 429 (Retry-After: 1). Counted per agentdb process.",
+    )
     secret_key: SecretStr | None = Field(
         default=None,
         description="Fernet key that encrypts connection secrets at rest (default: generated "
@@ -273,16 +304,18 @@ class Settings(BaseSettings):
                 )
         return value
 
-    @field_validator("auth_failure_limit")
+    @field_validator(
+        "auth_failure_limit", "token_rate_limit", "token_expensive_rate_limit", "admin_rate_limit"
+    )
     @classmethod
     def _rate_limits(cls, value: str) -> str:
         if value.strip():
             try:
-                parse_many(value)
+                items = parse_many(value)
             except ValueError:
-                raise ValueError(
-                    "not rate limits such as '30/minute' or '30/minute;300/hour'"
-                ) from None
+                items = []
+            if not items or any(item.amount < 1 for item in items):
+                raise ValueError("not rate limits such as '30/minute' or '30/minute;300/hour'")
         return value
 
     @model_validator(mode="after")

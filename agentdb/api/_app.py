@@ -14,6 +14,7 @@ from agentdb.services import Principal
 
 from ._auth import AuthMiddleware, AuthThrottle, RequestIdMiddleware
 from ._idempotency import IdempotencyMiddleware
+from ._limits import TokenLimits, TokenLimitsMiddleware
 from ._openapi import declare_problems
 from ._problems import EXCEPTION_HANDLERS, ApiRequest
 from ._routes import ROUTES
@@ -27,15 +28,21 @@ def create_app(runtime: Runtime, *, trusted: Principal | None = None) -> Litesta
     is reached in-process and never served on a socket (the SDK's embedded mode)."""
     app = Litestar(
         route_handlers=ROUTES,
-        # Outermost first: the request id covers everything, auth runs before idempotency
-        # (keys are per token).
-        middleware=[RequestIdMiddleware(), AuthMiddleware(), IdempotencyMiddleware()],
+        # Outermost first: the request id covers everything, auth runs before the token's
+        # limits and idempotency (both are per token).
+        middleware=[
+            RequestIdMiddleware(),
+            AuthMiddleware(),
+            TokenLimitsMiddleware(),
+            IdempotencyMiddleware(),
+        ],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         state=State(
             {
                 "runtime": runtime,
                 "trusted": trusted,
                 "auth_throttle": AuthThrottle(runtime.settings.auth_failure_limit),
+                "token_limits": TokenLimits.from_settings(runtime.settings),
             }
         ),
         request_class=ApiRequest,

@@ -46,7 +46,8 @@ _MEANINGS = {
     "busy answers carry Retry-After.",
     413: "The request body is too large.",
     422: "PostgreSQL refused the SQL (`sqlstate`, `position`); nothing of the call was kept.",
-    429: "Too many requests with a wrong token from this address; see Retry-After.",
+    429: "Too many requests: this token's rate or requests in flight, its user's requests in "
+    "flight, or wrong tokens from this address; see Retry-After.",
     502: "The control plane (Neon or the local plane) failed the operation; retrying may work.",
 }
 #: Methods that carry a body (and so may answer 413).

@@ -1,0 +1,199 @@
+"""How much one token, and one user, may ask of agentdb at once and over time.
+
+Each user or session token has a request rate (`AGENTDB_TOKEN_RATE_LIMIT`), a stricter one for
+the routes that run control-plane operations (`AGENTDB_TOKEN_EXPENSIVE_RATE_LIMIT`), and a number
+of requests it may have in flight (`AGENTDB_TOKEN_MAX_CONCURRENT`); all of one user's tokens
+together have a number in flight too (`AGENTDB_USER_MAX_CONCURRENT`), so a user cannot multiply
+their share by minting session tokens. The admin token is the platform: it has only
+`AGENTDB_ADMIN_RATE_LIMIT` (none by default). Over a limit the answer is 429 problem+json with
+`Retry-After` and `retry_after`, naming the limit.
+
+Rates are moving windows of `limits`, in memory; in-flight requests are plain counters. Both are
+per agentdb process: several replicas behind a balancer each enforce their own.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+import uuid
+from collections import Counter
+
+import structlog
+from limits import RateLimitItem, parse_many
+from limits.storage import MemoryStorage
+from limits.strategies import MovingWindowRateLimiter
+from litestar.middleware import ASGIMiddleware
+from litestar.types import ASGIApp, Receive, Scope, Send
+
+from agentdb.services import Principal
+from agentdb.settings import Settings
+from meta_schema import TokenScope
+
+from ._problems import TooManyRequests
+
+log = structlog.get_logger("agentdb.api")
+
+#: Requests that make the control plane work (a project, a snapshot, a branch): what a token
+#: may ask for at the stricter `AGENTDB_TOKEN_EXPENSIVE_RATE_LIMIT`.
+_EXPENSIVE = re.compile(
+    r"^/v1/sessions/?$"
+    r"|^/v1/sessions/[^/]+/checkpoints/?$"
+    r"|^/v1/sessions/[^/]+/checkpoints/[^/]+/(restore|preview)/?$"
+    r"|^/v1/sessions/[^/]+/branches/?$"
+    r"|^/v1/sessions/[^/]+/branches/[^/]+/reset/?$"
+)
+#: What a 429 for too many requests in flight asks the caller to wait, in seconds.
+BUSY_RETRY_AFTER = 1
+
+
+def is_expensive(method: str, path: str) -> bool:
+    return method == "POST" and _EXPENSIVE.match(path) is not None
+
+
+def _parse(limits: str) -> list[RateLimitItem]:
+    return parse_many(limits) if limits.strip() else []
+
+
+def _describe(items: list[RateLimitItem]) -> str:
+    return "; ".join(str(item) for item in items)
+
+
+class TokenLimits:
+    """The rates and in-flight counts of every token and user this process has seen."""
+
+    def __init__(
+        self,
+        *,
+        rate: str,
+        expensive_rate: str = "",
+        admin_rate: str = "",
+        token_max_concurrent: int,
+        user_max_concurrent: int,
+    ) -> None:
+        self.rate = _parse(rate)
+        self.expensive_rate = _parse(expensive_rate)
+        self.admin_rate = _parse(admin_rate)
+        self.token_max_concurrent = token_max_concurrent
+        self.user_max_concurrent = user_max_concurrent
+        self._limiter = MovingWindowRateLimiter(MemoryStorage())
+        #: Requests in flight per token and per user; a key leaves when its count is 0.
+        self.tokens_in_flight: Counter[uuid.UUID] = Counter()
+        self.users_in_flight: Counter[uuid.UUID] = Counter()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> TokenLimits:
+        return cls(
+            rate=settings.token_rate_limit,
+            expensive_rate=settings.token_expensive_rate_limit,
+            admin_rate=settings.admin_rate_limit,
+            token_max_concurrent=settings.token_max_concurrent,
+            user_max_concurrent=settings.user_max_concurrent,
+        )
+
+    def check_rate(self, principal: Principal, *, expensive: bool) -> None:
+        """Counts the request against its token's rates, or raises TooManyRequests (a refused
+        request is not counted)."""
+        token = str(principal.token_id)
+        if principal.scope == TokenScope.ADMIN:
+            checks = [("AGENTDB_ADMIN_RATE_LIMIT", "requests", self.admin_rate)]
+        else:
+            checks = [("AGENTDB_TOKEN_RATE_LIMIT", "requests", self.rate)]
+            if expensive:
+                checks.append(
+                    ("AGENTDB_TOKEN_EXPENSIVE_RATE_LIMIT", "expensive", self.expensive_rate)
+                )
+        for setting, bucket, items in checks:
+            over = [item for item in items if not self._limiter.test(item, bucket, token)]
+            if over:
+                wait = max(
+                    self._limiter.get_window_stats(item, bucket, token).reset_time - time.time()
+                    for item in over
+                )
+                seconds = max(1, math.ceil(wait))
+                what = "control-plane operations" if bucket == "expensive" else "requests"
+                raise self._refused(
+                    principal,
+                    f"this token sent too many {what} ({setting}: {_describe(over)}); "
+                    f"retry in {seconds} s",
+                    seconds,
+                    setting,
+                )
+        # Nothing awaits between the tests and the hits: no other request interleaves.
+        for _, bucket, items in checks:
+            for item in items:
+                self._limiter.hit(item, bucket, token)
+
+    def enter(self, principal: Principal) -> None:
+        """Counts the request in flight for its token and user, or raises TooManyRequests;
+        every successful `enter` must be paired with `leave`."""
+        if principal.scope == TokenScope.ADMIN:
+            return
+        token, user = principal.token_id, principal.user_id
+        if self.tokens_in_flight[token] >= self.token_max_concurrent:
+            raise self._refused(
+                principal,
+                f"this token has {self.token_max_concurrent} requests in flight "
+                f"(AGENTDB_TOKEN_MAX_CONCURRENT); wait for one to finish",
+                BUSY_RETRY_AFTER,
+                "AGENTDB_TOKEN_MAX_CONCURRENT",
+            )
+        if user is not None and self.users_in_flight[user] >= self.user_max_concurrent:
+            raise self._refused(
+                principal,
+                f"this user's tokens have {self.user_max_concurrent} requests in flight "
+                f"(AGENTDB_USER_MAX_CONCURRENT); wait for one to finish",
+                BUSY_RETRY_AFTER,
+                "AGENTDB_USER_MAX_CONCURRENT",
+            )
+        self.tokens_in_flight[token] += 1
+        if user is not None:
+            self.users_in_flight[user] += 1
+
+    def leave(self, principal: Principal) -> None:
+        if principal.scope == TokenScope.ADMIN:
+            return
+        _decrement(self.tokens_in_flight, principal.token_id)
+        if principal.user_id is not None:
+            _decrement(self.users_in_flight, principal.user_id)
+
+    @staticmethod
+    def _refused(principal: Principal, detail: str, seconds: int, limit: str) -> TooManyRequests:
+        log.warning(
+            "api.token_limited",
+            limit=limit,
+            scope=principal.scope.value,
+            user_id=str(principal.user_id) if principal.user_id else None,
+            retry_after=seconds,
+        )
+        return TooManyRequests(detail, headers={"Retry-After": str(seconds)})
+
+
+def _decrement(counts: Counter[uuid.UUID], key: uuid.UUID) -> None:
+    counts[key] -= 1
+    if counts[key] <= 0:
+        del counts[key]
+
+
+class TokenLimitsMiddleware(ASGIMiddleware):
+    """Applies `TokenLimits` to every authenticated request (after `AuthMiddleware`): the
+    in-flight count covers the whole call, response body included, and is released however
+    the call ends (an error answer, an exception, a client that went away)."""
+
+    scopes = ("http",)  # type: ignore[assignment]
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        principal: Principal | None = scope.get("user")
+        if principal is None:  # a route without authentication (/healthz, /schema)
+            await next_app(scope, receive, send)
+            return
+        limits: TokenLimits = scope["litestar_app"].state.token_limits
+        limits.check_rate(
+            principal, expensive=is_expensive(str(scope.get("method", "")), scope["path"])
+        )
+        limits.enter(principal)
+        try:
+            await next_app(scope, receive, send)
+        finally:
+            limits.leave(principal)
