@@ -269,3 +269,18 @@ def test_serve_refuses_a_bad_limit_in_one_line(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert "AGENTDB_TOKEN_RATE_LIMIT" in lines[0]
+
+
+async def test_the_openapi_document_declares_429_on_every_v1_operation(http: httpx.AsyncClient):
+    schema = (await http.get("/schema/openapi.json")).json()
+    operations = [
+        (path, op)
+        for path, item in schema["paths"].items()
+        if path.startswith("/v1/")
+        for method, op in item.items()
+        if method in {"get", "post", "put", "patch", "delete"}
+    ]
+    assert operations
+    for path, op in operations:
+        assert "429" in op["responses"], path
+        assert "in flight" in op["responses"]["429"]["description"], path
