@@ -373,7 +373,9 @@ class UsageMixin(PlaneBase):
                 continue
             due.append((projects[project_id], tick))
         # A few projects per transaction: one commit (one WAL flush) per batch rather than per
-        # project, while each batch holds its projects' locks only briefly.
+        # project, while each batch holds its projects' locks only briefly. Locks are taken in
+        # project id order, as a transfer takes them, so the two never deadlock.
+        due.sort(key=lambda item: item[0].id)
         for first in range(0, len(due), _RECORD_BATCH):
             async with self._store.tx() as tx:
                 for project, tick in due[first : first + _RECORD_BATCH]:

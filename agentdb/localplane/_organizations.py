@@ -87,7 +87,9 @@ class OrganizationsMixin(PlaneBase):
                     )
                 projects.append(p)
             # All checks passed; rows are locked per project so a concurrent PATCH is not lost.
-            for p in projects:
+            # In id order, as every holder of several project locks takes them (the meter too):
+            # two such holders can then never deadlock.
+            for p in sorted(projects, key=lambda found: found.id):
                 await tx.lock(p.id)
                 fresh = await tx.get(ProjectRecord, p.id)
                 if fresh is not None:
