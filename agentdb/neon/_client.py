@@ -47,7 +47,8 @@ class NeonClient(
       `finished` (or was `skipped`), with the final operations in the result. Pass `wait=False`
       to record the operation ids first, then call `wait_for_operations`.
     - Retries (`retry`): 423, 429 and 503 always, with backoff, jitter and Neon's `Retry-After`;
-      other 5xx and timeouts after sending only for GET; connection failures before sending
+      other 5xx and timeouts after sending only for GET and DELETE (a DELETE sent twice
+      answers 404 the second time: done); connection failures before sending
       always. A failed mutation that may have run carries `maybe_applied=True`: the caller
       looks (`find_project`, `find_branch`, `find_snapshot`, branches' `restored_from`), waits
       (`wait_for_project_operations`) and only then creates again. The client does not do this

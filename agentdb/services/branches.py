@@ -18,7 +18,14 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
-from agentdb.neon import Endpoint, EndpointOptions, NeonClient, NeonError, NeonNotFound
+from agentdb.neon import Branch as NeonBranch
+from agentdb.neon import (
+    Endpoint,
+    EndpointOptions,
+    NeonClient,
+    NeonError,
+    NeonNotFound,
+)
 from meta_schema import (
     AgentSession,
     Branch,
@@ -279,26 +286,24 @@ class BranchService:
         project_id, name = session.project_id, neon_branch_name(row.kind, row.id)
         operations: builtins.list[str] = []
         try:
-            if source is None:
-                created = await self._neon.create_branch(
-                    project_id,
-                    name=name,
-                    parent_id=session.live_branch_id,
-                    endpoints=[EndpointOptions(type="read_write")],
+            try:
+                branch, endpoints, operations = await self._make(
+                    project_id, name, session.live_branch_id, source
                 )
-                branch, endpoints = created.branch, created.endpoints
-                operations = [op.id for op in created.operations]
-            else:
-                assert source.snapshot_id is not None  # noqa: S101 - checked by _source
-                # Not finalized: a new branch with a compute of its own; live is untouched.
-                restored = await self._neon.restore_snapshot(
-                    project_id,
-                    source.snapshot_id,
-                    target_branch_id=session.live_branch_id,
-                    name=name,
-                )
-                branch, endpoints = restored.branch, restored.endpoints
-                operations = [op.id for op in restored.operations]
+            except NeonError as error:
+                # A 5xx or a lost answer: the branch may exist; adopt it rather than fail.
+                if not getattr(error, "maybe_applied", False):
+                    raise
+                try:
+                    lost = await self._neon.find_branch(project_id, name)
+                    if lost is not None:
+                        waited = await self._neon.wait_for_project_operations(project_id)
+                        operations = [op.id for op in waited]
+                except NeonError:
+                    raise error from None  # the undo looks for the branch again
+                if lost is None:
+                    raise
+                branch, endpoints = lost, []
             row.branch_id = branch.id
             endpoint = await self._compute(project_id, branch.id, endpoints)
             row.endpoint_id = endpoint.id
@@ -339,6 +344,26 @@ class BranchService:
             )
         )
         await db.commit()
+
+    async def _make(
+        self, project_id: str, name: str, live_branch_id: str, source: Checkpoint | None
+    ) -> tuple[NeonBranch, builtins.list[Endpoint], builtins.list[str]]:
+        """Creates the branch on the control plane: from the live branch as it is now, or
+        restored from the checkpoint's snapshot. Returns it, its computes and operation ids."""
+        if source is None:
+            created = await self._neon.create_branch(
+                project_id,
+                name=name,
+                parent_id=live_branch_id,
+                endpoints=[EndpointOptions(type="read_write")],
+            )
+            return created.branch, created.endpoints, [op.id for op in created.operations]
+        assert source.snapshot_id is not None  # noqa: S101 - checked by _source
+        # Not finalized: a new branch with a compute of its own; live is untouched.
+        restored = await self._neon.restore_snapshot(
+            project_id, source.snapshot_id, target_branch_id=live_branch_id, name=name
+        )
+        return restored.branch, restored.endpoints, [op.id for op in restored.operations]
 
     async def _compute(
         self, project_id: str, branch_id: str, endpoints: builtins.list[Endpoint]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import builtins
 import json
 import uuid
+from datetime import timedelta
 
 import psycopg
 import sqlalchemy as sa
@@ -59,6 +60,7 @@ from ._errors import (
     ServiceError,
     SessionBusy,
 )
+from ._replaced import ReplacedBranches
 from ._views import CheckpointTree, CheckpointView, DiffView
 from .diff import DatabaseDescription, compare, describe_snapshot, describe_uri, reading_error
 
@@ -74,8 +76,6 @@ _UNFINISHED = frozenset(
         SessionStatus.DELETING,
     }
 )
-#: Checkpoints whose snapshot is (or may be) kept, so their source branch must stay.
-_RETAINED = (CheckpointStatus.PENDING, CheckpointStatus.READY, CheckpointStatus.DELETING)
 #: What a restore calls the live branch it replaced (Neon renames it "main (old)").
 REPLACED_BRANCH_NAME = f"{LIVE_BRANCH_NAME} (old)"
 
@@ -102,14 +102,18 @@ class CheckpointService:
         clock: Clock = system_clock,
         locks: SessionLocks | None = None,
         tiers: Tiers | None = None,
+        blocked_recheck: timedelta = timedelta(hours=1),
     ) -> None:
         """`tiers`: each session's tier caps its checkpoints (`max_checkpoints_per_session`);
-        without them, every checkpoint is kept until deleted."""
+        without them, every checkpoint is kept until deleted. `blocked_recheck`: how often a
+        replaced branch whose cleanup a child branch agentdb does not manage blocks is tried
+        again."""
         self._sessions = sessions
         self._neon = neon
         self._clock = clock
         self._locks = locks or SessionLocks(sessions)
         self._tiers = tiers
+        self._replaced = ReplacedBranches(neon, clock, recheck=blocked_recheck)
 
     def _db(self) -> AsyncSession:
         return self._sessions(expire_on_commit=False)
@@ -302,6 +306,7 @@ class CheckpointService:
             row.updated_at = self._clock()
             db.add(self._event(actor, "checkpoint.restore", checkpoint, phase="requested"))
             await db.commit()
+            operations: builtins.list[str] = []
             try:
                 # Always name the live branch: Neon's default target can be an "(old)" one.
                 restored = await self._neon.restore_snapshot(
@@ -310,27 +315,19 @@ class CheckpointService:
                     target_branch_id=replaced,
                     finalize_restore=True,
                 )
+                live_id = restored.branch.id
+                operations = operation_ids(restored)
             except NeonError as error:
-                row.live_branch_id = await self._live_branch(row.project_id) or replaced
-                if row.live_branch_id != replaced:
-                    # The restore happened after all: the live database is the checkpoint's,
-                    # and the "(old)" branch needs cleaning up (by `cleanup_replaced`).
-                    row.head_checkpoint_id = checkpoint.id
-                    db.add(self._replaced_row(row, replaced))
-                row.status = SessionStatus.READY
-                row.restore_target_id = None
-                row.error = describe(error)
-                row.updated_at = self._clock()
-                db.add(
-                    self._event(
-                        actor, "checkpoint.restore", checkpoint, phase="failed", error=row.error
+                lost = await self._lost_restore(row.project_id, replaced, error)
+                if lost is None:
+                    await self._fail_restore(
+                        db, row, checkpoint, replaced, error=error, actor=actor
                     )
-                )
-                await db.commit()
-                raise ControlPlaneFailed(f"restore of {session_id} failed: {error}") from error
+                    raise ControlPlaneFailed(f"restore of {session_id} failed: {error}") from error
+                live_id = lost
             # The new live branch id and the replaced one in one commit: from here on every
             # call must target the new one, and the old one is never lost track of.
-            row.live_branch_id = restored.branch.id
+            row.live_branch_id = live_id
             row.head_checkpoint_id = checkpoint.id
             row.status = SessionStatus.READY
             row.restore_target_id = None
@@ -346,14 +343,55 @@ class CheckpointService:
                     "checkpoint.restore",
                     checkpoint,
                     phase="succeeded",
-                    operations=[*operation_ids(restored), *cleanup_operations],
+                    operations=[*operations, *cleanup_operations],
                     replaced_branch=replaced,
                     replaced_branch_outcome=old.status.value,
-                    live_branch=restored.branch.id,
+                    live_branch=live_id,
                 )
             )
             await db.commit()
             return CheckpointView.of(checkpoint, parent_id=await _visible_parent(db, checkpoint))
+
+    async def _lost_restore(self, project_id: str, replaced: str, error: NeonError) -> str | None:
+        """After a restore call that failed in a way that may have run it anyway (a 5xx, a lost
+        answer): the new live branch's id once its operations are done, or None if the live
+        branch is still the one it replaced (or the control plane cannot say)."""
+        if not getattr(error, "maybe_applied", False):
+            return None
+        try:
+            await self._neon.wait_for_project_operations(project_id)
+        except NeonError:
+            return None
+        live = await self._live_branch(project_id)
+        return live if live not in {None, replaced} else None
+
+    async def _fail_restore(
+        self,
+        db: AsyncSession,
+        row: AgentSession,
+        checkpoint: Checkpoint,
+        replaced: str,
+        *,
+        error: NeonError,
+        actor: Actor,
+    ) -> None:
+        """Records a restore that failed; if it ran after all (the live branch changed
+        meanwhile), the live database is the checkpoint's and the old one is recorded."""
+        assert row.project_id is not None  # noqa: S101 - restores need a project
+        row.live_branch_id = await self._live_branch(row.project_id) or replaced
+        if row.live_branch_id != replaced:
+            # The restore happened after all: the live database is the checkpoint's,
+            # and the "(old)" branch needs cleaning up (by `cleanup_replaced`).
+            row.head_checkpoint_id = checkpoint.id
+            db.add(self._replaced_row(row, replaced))
+        row.status = SessionStatus.READY
+        row.restore_target_id = None
+        row.error = describe(error)
+        row.updated_at = self._clock()
+        db.add(
+            self._event(actor, "checkpoint.restore", checkpoint, phase="failed", error=row.error)
+        )
+        await db.commit()
 
     def _replaced_row(self, row: AgentSession, branch_id: str) -> Branch:
         return Branch(
@@ -368,43 +406,16 @@ class CheckpointService:
     async def _drop_replaced(
         self, db: AsyncSession, row: AgentSession, old: Branch
     ) -> builtins.list[str]:
-        """Deletes a replaced live branch unless a retained checkpoint's snapshot was taken
-        from it (whether Neon keeps such snapshots without their branch is unconfirmed; the
-        local plane does). Leaves `old` deleted, ready (kept) or deleting (failed, with the
-        error; retried later) and returns the control plane's operation ids."""
-        assert old.branch_id is not None  # noqa: S101 - replaced rows always name their branch
-        needed = await db.scalar(
-            sa.select(sa.func.count())
-            .select_from(Checkpoint)
-            .where(
-                col(Checkpoint.session_id) == row.id,
-                col(Checkpoint.source_branch_id) == old.branch_id,
-                col(Checkpoint.status).in_(_RETAINED),
-            )
-        )
-        if needed:
-            old.status = BranchStatus.READY
-            return []
-        operations: builtins.list[str] = []
-        try:
-            if row.project_id is not None:
-                operations = operation_ids(
-                    await self._neon.delete_branch(row.project_id, old.branch_id)
-                )
-        except NeonNotFound:
-            pass
-        except NeonError as error:
-            old.status = BranchStatus.DELETING
-            old.error = describe(error)
-            return []
-        old.status = BranchStatus.DELETED
-        old.error = None
-        return operations
+        """Deletes a replaced branch (see `ReplacedBranches.drop`): kept while a retained
+        checkpoint was taken from it; agentdb's finished child branches go first; other
+        children leave it `ready` and blocked, with the reason in its `error`."""
+        return await self._replaced.drop(db, row, old)
 
     async def cleanup_replaced(self) -> int:
         """Deletes, in every session, the replaced live branches that no retained checkpoint
-        needs any more (and retries those whose deletion failed). Returns how many were
-        deleted. Meant for a periodic job."""
+        needs any more (and retries those whose deletion failed). One blocked by child branches
+        is reported once (`branch.cleanup_blocked`) and tried again only when a child may be
+        gone. Returns how many were deleted. Meant for a periodic job."""
         async with self._db() as db:
             candidates = (
                 await db.execute(
@@ -422,6 +433,8 @@ class CheckpointService:
                 old = await db.get(Branch, branch_id, populate_existing=True)
                 if old is None or old.status not in {BranchStatus.READY, BranchStatus.DELETING}:
                     continue  # someone else got to it
+                if await self._replaced.still_blocked(db, old):
+                    continue  # reported once; tried again when a child ends or expires
                 before: BranchStatus = old.status
                 operations = await self._drop_replaced(db, await load_session(db, session_id), old)
                 after: BranchStatus = old.status

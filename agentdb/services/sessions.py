@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import builtins
 import uuid
+from urllib.parse import unquote, urlsplit
 
 import sqlalchemy as sa
+import structlog
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
@@ -56,6 +58,8 @@ from ._common import (
 from ._errors import Conflict, ControlPlaneFailed, LimitExceeded, UserNotFound
 from ._secrets import Secrets
 from ._views import SessionView
+
+log = structlog.get_logger(__name__)
 
 #: Names inside every session's project; each project has its own roles and databases.
 DATABASE_NAME = "app"
@@ -152,7 +156,8 @@ class SessionService:
 
         The session gets the user's tier: its organization, compute, quota and history
         retention. Raises `UserNotFound`, `InvalidInput`, `LimitExceeded` (the user has their
-        tier's `max_sessions_per_user` sessions that are not deleted; nothing is written),
+        tier's `max_sessions_per_user` sessions that are not deleted, failed creates whose
+        project is gone not counted; nothing is written),
         `Conflict` (the user's tier is not configured), or `ControlPlaneFailed` (the session
         is then `failed`, with its error recorded and nothing left on the control plane)."""
         check_text("name", name, MAX_NAME)
@@ -226,6 +231,14 @@ class SessionService:
             .where(
                 col(AgentSession.user_id) == user.id,
                 col(AgentSession.status) != SessionStatus.DELETED,
+                # A failed create whose project is gone (undone at once, or by the reconciler
+                # after a crash) holds nothing: it stays listed but takes no place.
+                sa.not_(
+                    sa.and_(
+                        col(AgentSession.status) == SessionStatus.FAILED,
+                        col(AgentSession.project_id).is_(None),
+                    )
+                ),
             )
         )
         if (count or 0) >= allowed:
@@ -233,7 +246,7 @@ class SessionService:
                 "max_sessions_per_user",
                 allowed,
                 f"the {tier.name} tier allows {allowed} sessions per user and user {user.id} "
-                f"has {count} (failed ones included); delete one first",
+                f"has {count} (failed ones still holding a project included); delete one first",
             )
 
     async def _by_key(
@@ -258,20 +271,7 @@ class SessionService:
             snapshot: SnapshotCreated | None = None
             tier = self._tiers.find(row.tier) if self._tiers is not None else None
             try:
-                created = await self._neon.create_project(
-                    name=project_name(row.id, self._project_prefix),
-                    org_id=row.org_id,
-                    branch_name=LIVE_BRANCH_NAME,
-                    database_name=DATABASE_NAME,
-                    role_name=ROLE_NAME,
-                    default_endpoint_settings=self._endpoint_settings
-                    if tier is None
-                    else tier.endpoint_settings(self._endpoint_settings),
-                    settings=None if tier is None else tier.project_settings(),
-                    history_retention_seconds=None
-                    if tier is None
-                    else tier.history_retention_seconds,
-                )
+                created = await self._create_project(row, tier)
                 # Record the project before anything else can fail: it is what a retry or the
                 # reconciler must find and clean up.
                 self._record_project(row, created)
@@ -285,9 +285,7 @@ class SessionService:
                 await db.commit()
                 assert row.project_id is not None  # noqa: S101 - set by _record_project
                 assert row.live_branch_id is not None  # noqa: S101
-                snapshot = await self._neon.create_snapshot(
-                    row.project_id, row.live_branch_id, name=str(root.id)
-                )
+                snapshot = await self._root_snapshot(row.project_id, row.live_branch_id, root)
             except (NeonError, ControlPlaneFailed) as error:
                 await self._undo_provisioning(
                     db, row, root=root, created=created, error=error, actor=actor
@@ -308,6 +306,83 @@ class SessionService:
             )
             await db.commit()
             return SessionView.of(row)
+
+    async def _create_project(self, row: AgentSession, tier: Tier | None) -> CreatedProject:
+        """Creates the session's project; when the call failed in a way that may have created
+        it anyway (a 5xx, a lost answer), adopts the project it made instead of failing."""
+        try:
+            return await self._neon.create_project(
+                name=project_name(row.id, self._project_prefix),
+                org_id=row.org_id,
+                branch_name=LIVE_BRANCH_NAME,
+                database_name=DATABASE_NAME,
+                role_name=ROLE_NAME,
+                default_endpoint_settings=self._endpoint_settings
+                if tier is None
+                else tier.endpoint_settings(self._endpoint_settings),
+                settings=None if tier is None else tier.project_settings(),
+                history_retention_seconds=None if tier is None else tier.history_retention_seconds,
+            )
+        except NeonError as error:
+            if not getattr(error, "maybe_applied", False):
+                raise
+            try:
+                lost = await self._lost_project(row)
+            except NeonError:
+                raise error from None  # the undo looks for the project again
+            if lost is None:
+                raise
+            log.info("session.create_adopted", session_id=str(row.id), project_id=lost.project.id)
+            return lost
+
+    async def _lost_project(self, row: AgentSession) -> CreatedProject | None:
+        """The project a create that went unanswered made, with its live branch, compute and
+        connection URI (the password is read back: Neon stores it), once its operations are
+        done; None if there is none. Raises `NeonError` if the control plane cannot say."""
+        found = await self._neon.find_project(
+            project_name(row.id, self._project_prefix), org_id=row.org_id
+        )
+        if found is None:
+            return None
+        operations = await self._neon.wait_for_project_operations(found.id)
+        branches = [b async for b in self._neon.iter_branches(found.id)]
+        live = next((b for b in branches if b.default), None)
+        if live is None:
+            return None
+        endpoints = await self._neon.list_endpoints(found.id, branch_id=live.id)
+        uri = await self._neon.connection_uri(
+            found.id, database_name=DATABASE_NAME, role_name=ROLE_NAME, branch_id=live.id
+        )
+        return CreatedProject.model_validate(
+            {
+                "project": found,
+                "branch": live,
+                "endpoints": endpoints,
+                "operations": operations,
+                "connection_uris": [
+                    {
+                        "connection_uri": uri.get_secret_value(),
+                        "connection_parameters": _parameters(uri.get_secret_value()),
+                    }
+                ],
+            }
+        )
+
+    async def _root_snapshot(
+        self, project_id: str, branch_id: str, root: Checkpoint
+    ) -> SnapshotCreated:
+        """The root checkpoint's snapshot; one a failed call took anyway is found by name."""
+        name = str(root.id)
+        try:
+            return await self._neon.create_snapshot(project_id, branch_id, name=name)
+        except NeonError as error:
+            if not getattr(error, "maybe_applied", False):
+                raise
+            lost = await self._neon.find_snapshot(project_id, name)
+            if lost is None:
+                raise
+            operations = await self._neon.wait_for_project_operations(project_id)
+            return SnapshotCreated(snapshot=lost, operations=operations)
 
     def _record_project(self, row: AgentSession, created: CreatedProject) -> None:
         if not created.connection_uris or not created.endpoints:
@@ -438,6 +513,17 @@ class SessionService:
             details={"phase": phase, "status": row.status.value, **details},
             operation_ids=operations or (),
         )
+
+
+def _parameters(uri: str) -> dict[str, str]:
+    """A connection URI's parts, as Neon's `connection_parameters` lists them."""
+    parts = urlsplit(uri)
+    return {
+        "database": unquote(parts.path.lstrip("/")),
+        "role": unquote(parts.username or ""),
+        "host": parts.hostname or "",
+        "password": unquote(parts.password or ""),
+    }
 
 
 __all__ = ["DATABASE_NAME", "PROJECT_PREFIX", "ROLE_NAME", "SessionService", "project_name"]
