@@ -14,6 +14,7 @@ from structlog.testing import capture_logs
 from agentdb.neon import (
     NeonClient,
     NeonLocked,
+    NeonRateLimited,
     NeonServerError,
     NeonTransportError,
     RetryPolicy,
@@ -132,3 +133,44 @@ async def test_each_attempt_has_its_own_request_id(mocked: NeonClient, spec_mock
     ids = [r.headers["x-request-id"] for r in spec_mock.requests]
     assert len(set(ids)) == 2
     assert all(uuid.UUID(i) for i in ids)
+
+
+BRANCH = "/projects/{project_id}/branches/{branch_id}"
+
+
+async def test_a_delete_is_sent_again_after_a_500(mocked: NeonClient, spec_mock: SpecMock) -> None:
+    # A DELETE is idempotent: sent again, it deletes or answers 404 (which callers take as done).
+    spec_mock.answers[BRANCH] = script(error(500, "INTERNAL_ERROR", "boom"), None)
+    await mocked.delete_branch("proj-1", "br-1")
+    assert _sent(spec_mock, BRANCH) == 2
+
+
+async def test_a_retry_after_past_the_deadline_ends_the_waiting_at_once(
+    neon_spec: NeonSpec,
+) -> None:
+    mock = SpecMock(neon_spec)
+    mock.answers[PROJECT] = script(
+        error(429, "RATE_LIMITED", "slow down", **{"Retry-After": "30"}), None
+    )
+    policy = RetryPolicy(timeout=5, wait_initial=0.001, wait_max=0.001, retry_after_max=60)
+    async with NeonClient(
+        MOCK_URL, api_key=API_KEY, transport=mock.transport(), retry=policy
+    ) as neon:
+        with pytest.raises(NeonRateLimited) as caught:
+            await neon.get_project("proj-1")
+    assert caught.value.retry_after == 30.0
+    assert _sent(mock, PROJECT) == 1
+
+
+async def test_423_is_waited_out_until_the_deadline_not_a_count_of_tries(
+    neon_spec: NeonSpec,
+) -> None:
+    mock = SpecMock(neon_spec)
+    locked = [error(423, "LOCKED", "running conflicting operations") for _ in range(25)]
+    mock.answers[BRANCHES] = script(*locked, None)
+    policy = RetryPolicy(wait_initial=0.001, wait_max=0.002, wait_jitter=0)
+    async with NeonClient(
+        MOCK_URL, api_key=API_KEY, transport=mock.transport(), retry=policy
+    ) as neon:
+        await neon.create_branch("proj-1", name="dev")
+    assert _sent(mock, BRANCHES) == 26

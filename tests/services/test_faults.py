@@ -9,6 +9,7 @@ import asyncio
 import collections
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
@@ -55,11 +56,11 @@ QUICK_RETRY = RetryPolicy(
     wait_jitter=0.01,
     retry_after_max=0.2,
 )
-_TRANSITIONAL_SESSION = {
-    SessionStatus.PROVISIONING,
-    SessionStatus.CHECKPOINTING,
-    SessionStatus.RESTORING,
-    SessionStatus.DELETING,
+#: Rows in these states are half-way through a workflow.
+_TRANSITIONAL = {
+    *(f"session:{s}" for s in ("provisioning", "checkpointing", "restoring", "deleting")),
+    *(f"checkpoint:{s}" for s in (CheckpointStatus.PENDING, CheckpointStatus.DELETING)),
+    *(f"branch:{s}" for s in (BranchStatus.PENDING, BranchStatus.DELETING)),
 }
 
 
@@ -81,6 +82,47 @@ def _maybe_applied(error: BaseException) -> bool:
     return False
 
 
+@dataclass
+class Flows:
+    """The services a user reaches, over one faulty plane, and what each flow came to."""
+
+    sessions: SessionService
+    checkpoints: CheckpointService
+    branches: BranchService
+    user_id: uuid.UUID
+    created: list[uuid.UUID] = field(default_factory=list)
+    outcomes: collections.Counter[str] = field(default_factory=collections.Counter)
+    unexpected: list[str] = field(default_factory=list)
+
+    async def run(self, n: int) -> None:
+        try:
+            await self._flow(n)
+        except ControlPlaneFailed as error:
+            if _maybe_applied(error):
+                self.outcomes["failed on a 500 that may have applied"] += 1
+            else:
+                self.unexpected.append(f"flow {n}: {error}")
+        else:
+            self.outcomes["completed"] += 1
+
+    async def _flow(self, n: int) -> None:
+        view = await self.sessions.create(self.user_id, name=f"flow {n}")
+        self.created.append(view.id)
+        uri = await self.sessions.connection_uri(view.id)
+        await execute(uri, "CREATE TABLE t (n int)", "INSERT INTO t VALUES (1)")
+        one = await self.checkpoints.create(view.id, label="one")
+        await execute(uri, "INSERT INTO t VALUES (2)")
+        await self.checkpoints.restore(view.id, one.id)
+        assert await fetch(uri, "SELECT n FROM t ORDER BY n") == [(1,)]
+        dev = await self.branches.create(view.id)
+        dev_uri = await self.branches.connection_uri(view.id, dev.id)
+        assert await fetch(dev_uri, "SELECT n FROM t ORDER BY n") == [(1,)]
+        preview = await self.branches.preview(view.id, one.id)
+        preview_uri = await self.branches.connection_uri(view.id, preview.id)
+        assert await fetch(preview_uri, "SELECT count(*) FROM t") == [(1,)]
+        await self.sessions.delete(view.id)
+
+
 async def test_flows_complete_under_injected_faults(
     faulty_plane: Litestar,
     meta_sessions: async_sessionmaker[AsyncSession],
@@ -94,84 +136,59 @@ async def test_flows_complete_under_injected_faults(
 
     locks = SessionLocks(meta_sessions)
     async with NeonClient.for_app(
-        faulty_plane,
-        api_key=API_KEY,
-        retry=QUICK_RETRY,
-        event_hooks={"response": [count]},
+        faulty_plane, api_key=API_KEY, retry=QUICK_RETRY, event_hooks={"response": [count]}
     ) as neon:
-        sessions = SessionService(meta_sessions, neon, box, locks=locks)
-        checkpoints = CheckpointService(meta_sessions, neon, locks=locks)
-        branches = BranchService(meta_sessions, neon, box, locks=locks)
-        created: list[uuid.UUID] = []
-        outcomes: collections.Counter[str] = collections.Counter()
-
-        async def flow(n: int) -> None:
-            view = await sessions.create(user_id, name=f"flow {n}")
-            created.append(view.id)
-            uri = await sessions.connection_uri(view.id)
-            await execute(uri, "CREATE TABLE t (n int)", "INSERT INTO t VALUES (1)")
-            one = await checkpoints.create(view.id, label="one")
-            await execute(uri, "INSERT INTO t VALUES (2)")
-            await checkpoints.restore(view.id, one.id)
-            assert await fetch(uri, "SELECT n FROM t ORDER BY n") == [(1,)]
-            dev = await branches.create(view.id)
-            dev_uri = await branches.connection_uri(view.id, dev.id)
-            assert await fetch(dev_uri, "SELECT n FROM t ORDER BY n") == [(1,)]
-            preview = await branches.preview(view.id, one.id)
-            preview_uri = await branches.connection_uri(view.id, preview.id)
-            assert await fetch(preview_uri, "SELECT count(*) FROM t") == [(1,)]
-            await sessions.delete(view.id)
-
-        async def tracked(n: int) -> None:
-            try:
-                await flow(n)
-            except ControlPlaneFailed as error:
-                # The only acceptable failure: a mutation answered 500 that may have run.
-                assert _maybe_applied(error), f"flow {n} failed: {error}"
-                outcomes["failed on a 500 that may have applied"] += 1
-            else:
-                outcomes["completed"] += 1
-
+        flows = Flows(
+            SessionService(meta_sessions, neon, box, locks=locks),
+            CheckpointService(meta_sessions, neon, locks=locks),
+            BranchService(meta_sessions, neon, box, locks=locks),
+            user_id,
+        )
         for start in range(0, FLOWS, AT_ONCE):
-            await asyncio.gather(*(tracked(n) for n in range(start, start + AT_ONCE)))
-
+            await asyncio.gather(*(flows.run(n) for n in range(start, start + AT_ONCE)))
         reconciler = Reconciler(meta_sessions, neon, box, locks=locks, grace=timedelta(0))
         report = await reconciler.run_once()
-        await checkpoints.cleanup_replaced()
-        await branches.expire()
+        await flows.checkpoints.cleanup_replaced()
 
-    print(f"outcomes: {dict(outcomes)}; statuses: {dict(statuses)}; reconcile: {report}")
-    assert outcomes["completed"] + outcomes["failed on a 500 that may have applied"] == FLOWS
+    assert flows.unexpected == [], flows.outcomes
+    assert sum(flows.outcomes.values()) == FLOWS
     # The faults really happened.
-    assert statuses[423] > 0 and statuses[429] > 0 and statuses[500] > 0
+    assert statuses[423] > 0
+    assert statuses[429] > 0
+    assert statuses[500] > 0
     assert not report.errors
-    async with meta_sessions() as db:
-        session_states = {
-            row.id: row.status
-            for row in await db.scalars(
-                sa.select(AgentSession).where(col(AgentSession.id).in_(created))
-            )
-        }
-        checkpoint_states = list(
-            await db.scalars(
-                sa.select(col(Checkpoint.status)).where(col(Checkpoint.session_id).in_(created))
-            )
-        )
-        branch_states = list(
-            await db.scalars(
-                sa.select(col(Branch.status)).where(col(Branch.session_id).in_(created))
-            )
-        )
-    assert not set(session_states.values()) & _TRANSITIONAL_SESSION, session_states
-    assert CheckpointStatus.PENDING not in checkpoint_states
-    assert CheckpointStatus.DELETING not in checkpoint_states
-    assert BranchStatus.PENDING not in branch_states
-    assert BranchStatus.DELETING not in branch_states
-    # Nothing left on the plane for sessions that ended: deleted or failed sessions own no
-    # project any more.
-    for session_id, status in session_states.items():
+    states = await _states(meta_sessions, flows.created)
+    assert not states & _TRANSITIONAL, states
+    # Sessions that ended (deleted, or failed) own no project any more.
+    for session_id, status in await _session_states(meta_sessions, flows.created):
         if status in {SessionStatus.DELETED, SessionStatus.FAILED}:
             assert await _project_named(faulty_plane, session_id) is None
+
+
+async def _session_states(
+    meta_sessions: async_sessionmaker[AsyncSession], created: list[uuid.UUID]
+) -> list[tuple[uuid.UUID, SessionStatus]]:
+    async with meta_sessions() as db:
+        rows = await db.execute(
+            sa.select(col(AgentSession.id), col(AgentSession.status)).where(
+                col(AgentSession.id).in_(created)
+            )
+        )
+        return [(session_id, status) for session_id, status in rows]
+
+
+async def _states(
+    meta_sessions: async_sessionmaker[AsyncSession], created: list[uuid.UUID]
+) -> set[str]:
+    """Every state a row of these sessions is in, as "<table>:<status>"."""
+    found = {f"session:{status}" for _, status in await _session_states(meta_sessions, created)}
+    async with meta_sessions() as db:
+        for table, model in (("checkpoint", Checkpoint), ("branch", Branch)):
+            statuses = await db.scalars(
+                sa.select(col(model.status)).where(col(model.session_id).in_(created)).distinct()
+            )
+            found |= {f"{table}:{status}" for status in statuses}
+    return found
 
 
 async def _project_named(app: Litestar, session_id: uuid.UUID) -> str | None:
