@@ -425,7 +425,7 @@ async def test_a_failure_after_the_branch_was_made_leaves_no_branch(
     assert (await service.delete(session.id, failed.id)).status == BranchStatus.DELETED
 
 
-async def test_a_create_applied_but_unanswered_is_found_and_deleted(
+async def test_a_create_applied_but_unanswered_is_found_and_adopted(
     *,
     localplane_app: Litestar,
     session_service: SessionService,
@@ -435,7 +435,7 @@ async def test_a_create_applied_but_unanswered_is_found_and_deleted(
     neon: NeonClient,
 ) -> None:
     """The control plane made the branch, then the answer was lost (a 5xx): the service finds
-    it by name and deletes it."""
+    it by name and uses it, rather than failing a create that worked."""
     session, _ = await session_with_items(session_service, user_id)
     plane = httpx.ASGITransport(app=localplane_app)
     deletes: list[str] = []
@@ -456,10 +456,11 @@ async def test_a_create_applied_but_unanswered_is_found_and_deleted(
         operation_poll_interval=0.02,
     ) as lossy:
         service = BranchService(meta_sessions, lossy, box)
-        with pytest.raises(ControlPlaneFailed):
-            await service.create(session.id)
-    (failed,) = await service.list(session.id)
-    assert failed.status == BranchStatus.FAILED
-    assert len(set(deletes)) == 1  # the lost branch, found by its name
+        created = await service.create(session.id)
+        uri = await service.connection_uri(session.id, created.id)
+    (found,) = await service.list(session.id)
+    assert (found.id, found.status) == (created.id, BranchStatus.READY)
+    assert deletes == []
     names = await neon_branch_names(neon, meta_sessions, session.id)
-    assert not any(n.startswith("dev-") for n in names)
+    assert [n for n in names if n.startswith("dev-")] == [f"dev-{created.id}"]
+    assert await fetch(uri, "SELECT count(*) FROM items") == [(1,)]

@@ -11,6 +11,7 @@ from litestar import Litestar
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from agentdb.neon import NeonClient, NeonNotFound
+from agentdb.neon._client import LOCAL_APP_URL
 from agentdb.services import (
     Conflict,
     ControlPlaneFailed,
@@ -23,7 +24,7 @@ from agentdb.services import (
 )
 from meta_schema import AgentSession, Checkpoint, CheckpointStatus, Event, SessionStatus
 
-from .conftest import execute, failing_neon, fetch
+from .conftest import API_KEY, FAST_RETRY, execute, failing_neon, fetch
 
 
 async def events_of(
@@ -239,3 +240,41 @@ async def test_failed_root_checkpoint_deletes_the_new_project(
     assert row.head_checkpoint_id is None
     assert [c.status for c in checkpoints] == [CheckpointStatus.FAILED]
     assert await neon.find_project(f"agentdb-{row.id}") is None
+
+
+async def test_a_project_created_but_unanswered_is_adopted(
+    localplane_app: Litestar,
+    meta_sessions: async_sessionmaker[AsyncSession],
+    box: Secrets,
+    user_id: uuid.UUID,
+    neon: NeonClient,
+) -> None:
+    """The control plane made the project, then the answer was lost (a 5xx): the session is
+    built on that project (its password read back), not failed and not made twice."""
+    plane = httpx.ASGITransport(app=localplane_app)
+    lost: list[str] = []
+
+    async def handle(request: httpx.Request) -> httpx.Response:
+        answer = await plane.handle_async_request(request)
+        if request.method == "POST" and request.url.path.endswith("/projects") and not lost:
+            lost.append(request.url.path)
+            return httpx.Response(500, json={"code": "INTERNAL_ERROR", "message": "lost"})
+        return answer
+
+    async with NeonClient(
+        LOCAL_APP_URL,
+        api_key=API_KEY,
+        transport=httpx.MockTransport(handle),
+        retry=FAST_RETRY,
+        operation_poll_interval=0.02,
+    ) as lossy:
+        service = SessionService(meta_sessions, lossy, box)
+        view = await service.create(user_id, "adopted")
+        uri = await service.connection_uri(view.id)
+    assert lost
+    assert view.status == SessionStatus.READY
+    await execute(uri, "CREATE TABLE t (n int)", "INSERT INTO t VALUES (1)")
+    assert await fetch(uri, "SELECT n FROM t") == [(1,)]
+    projects = [p async for p in neon.iter_projects() if p.name == f"agentdb-{view.id}"]
+    assert len(projects) == 1
+    await SessionService(meta_sessions, neon, box).delete(view.id)
