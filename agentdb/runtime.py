@@ -242,6 +242,7 @@ async def open_runtime(
                 secrets,
                 statement_timeout=seconds(settings.sql_statement_timeout_s),
                 max_rows=settings.sql_max_rows,
+                max_result_bytes=settings.sql_max_result_bytes,
                 # DDL run through agentdb keeps the Data API's schema cache fresh.
                 after_ddl=addons.refresh_after_ddl,
                 # A refused connection or write says which quota is used up, if one is.

@@ -235,6 +235,12 @@ class Settings(BaseSettings):
         le=10_000,
         description="Most rows one SQL call returns (the rest are cut, `truncated` says so).",
     )
+    sql_max_result_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        ge=1024,
+        description="Most bytes of row JSON one SQL call returns (the rows past it are cut, "
+        "`truncated` says so); results are read in chunks, so a call's memory stays near this.",
+    )
     branch_ttl_s: int = Field(
         default=86_400,
         gt=0,

@@ -1,5 +1,10 @@
 """Running an agent's SQL on its session's own database, as the session's own role: one
-transaction per call, a statement timeout, a row cap, and results as JSON-safe values.
+transaction per call, a statement timeout, a row cap and a byte cap, and results as JSON-safe
+values.
+
+Results are read in chunks of `_CHUNK_ROWS` rows as the server sends them (libpq's chunked-rows
+mode), so what one call holds is bounded by its caps plus one chunk, however large the result:
+rows past a cap are counted for `row_count` and dropped unconverted.
 
 The connection URI never leaves this module; nothing here can name another database, so the
 SQL reaches the session's data and nothing else (the role has no CONNECT elsewhere, and
@@ -23,9 +28,9 @@ from typing import Any
 import psycopg
 import stamina
 import structlog
-from psycopg import errors, pq
+from psycopg import abc, errors, generators, pq
 from psycopg.abc import AdaptContext, Buffer
-from psycopg.adapt import AdaptersMap, Loader
+from psycopg.adapt import AdaptersMap, Loader, PyFormat, Transformer
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import Jsonb
 from psycopg.types.string import TextLoader
@@ -42,6 +47,10 @@ from .credentials import INVALID_PASSWORD
 log = structlog.get_logger(__name__)
 
 MAX_ROWS_LIMIT = 10_000
+#: Default cap on the JSON size of the rows one call returns.
+DEFAULT_MAX_RESULT_BYTES = 16 * 1024 * 1024
+#: Rows libpq hands over at a time: one chunk is all of a result agentdb holds unconverted.
+_CHUNK_ROWS = 32
 MAX_TIMEOUT = timedelta(hours=1)
 MAX_SQL_LENGTH = 1_000_000
 #: PostgreSQL's own limit on bind parameters in one statement.
@@ -124,8 +133,9 @@ class SqlResult(BaseModel):
     """The last statement's result.
 
     `row_count` is what PostgreSQL counted: rows returned (even beyond the cap) or affected,
-    0 for commands with neither. `truncated` says `rows` stops at the cap. `command` is
-    PostgreSQL's tag, e.g. "SELECT 3", "INSERT 0 1", "CREATE TABLE".
+    0 for commands with neither. `truncated` says `rows` stops early: at the row cap
+    (`max_rows`), or before the row that would take the rows' JSON past the byte cap. `command`
+    is PostgreSQL's tag, e.g. "SELECT 3", "INSERT 0 1", "CREATE TABLE".
 
     Values as JSON: null, bool, text, int and float as themselves (NaN and infinities as the
     strings "NaN", "Infinity", "-Infinity"); numeric as a string, to keep every digit;
@@ -327,6 +337,7 @@ class SqlService:
         *,
         statement_timeout: timedelta = timedelta(seconds=30),
         max_rows: int = 1000,
+        max_result_bytes: int = DEFAULT_MAX_RESULT_BYTES,
         clock: Clock = system_clock,
         after_ddl: AfterDdl | None = None,
         explain_quota: ExplainQuota | None = None,
@@ -341,10 +352,13 @@ class SqlService:
             raise ValueError("statement_timeout must be positive and at most an hour")
         if not 1 <= max_rows <= MAX_ROWS_LIMIT:
             raise ValueError(f"max_rows must be between 1 and {MAX_ROWS_LIMIT}")
+        if max_result_bytes < 1:
+            raise ValueError("max_result_bytes must be positive")
         self._sessions = sessions
         self._secrets = secrets
         self._timeout = statement_timeout
         self._max_rows = max_rows
+        self._max_bytes = max_result_bytes
         self._clock = clock
         self._after_ddl = after_ddl
         self._explain_quota = explain_quota
@@ -467,6 +481,8 @@ class SqlService:
                 with attempt:
                     return await psycopg.AsyncConnection.connect(
                         uri,
+                        # The call's transaction is begun and ended explicitly (_execute).
+                        autocommit=True,
                         options=options,
                         connect_timeout=CONNECT_TIMEOUT_S,
                         application_name="agentdb-sql",
@@ -492,13 +508,14 @@ class SqlService:
         committing = False
         try:
             async with asyncio.timeout(limit.total_seconds() + _CALL_GRACE_S):
-                cursor = conn.cursor()
-                await cursor.execute(sql, params)
-                await cursor.set_result(-1)
-                result = await self._result(conn, cursor, cap)
-                committing = True
-                await conn.commit()
-                return result
+                await conn.execute("BEGIN")
+                kept = _Kept(cap, self._max_bytes, Transformer(conn))
+                await _stream(conn, sql, params, kept)
+                types = await self._type_names(conn, kept.oids, kept.modifiers)
+                if conn.pgconn.transaction_status == pq.TransactionStatus.INTRANS:
+                    committing = True
+                    await conn.execute("COMMIT")
+                return kept.result(types)
         except TimeoutError:
             # The server may still be running it (the agent's SQL can lift its own
             # statement_timeout): cancel it rather than leave a backend nobody waits for.
@@ -510,50 +527,152 @@ class SqlService:
         except psycopg.Error as error:
             raise _failed(error, limit, committing=committing, with_params=bool(params)) from None
 
-    async def _result(
-        self,
-        conn: psycopg.AsyncConnection[tuple[Any, ...]],
-        cursor: psycopg.AsyncCursor[tuple[Any, ...]],
-        cap: int,
-    ) -> SqlResult:
-        command = cursor.statusmessage or ""
-        count = max(cursor.rowcount, 0)
-        description = cursor.description
-        if description is None:
-            return SqlResult(columns=[], rows=[], row_count=count, truncated=False, command=command)
-        # Only cap + 1 rows become Python objects; the extra one tells whether there are more.
-        # libpq still receives the whole result (bounded by the statement timeout).
-        rows = await cursor.fetchmany(cap + 1)
-        types = await self._type_names(conn, cursor)
-        return SqlResult(
-            columns=[
-                SqlColumn(name=column.name, type=name)
-                for column, name in zip(description, types, strict=True)
-            ],
-            rows=[[_json_value(value) for value in row] for row in rows[:cap]],
-            row_count=count,
-            truncated=len(rows) > cap,
-            command=command,
-        )
-
     @staticmethod
     async def _type_names(
-        conn: psycopg.AsyncConnection[tuple[Any, ...]], cursor: psycopg.AsyncCursor[Any]
+        conn: psycopg.AsyncConnection[tuple[Any, ...]], oids: list[int], modifiers: list[int]
     ) -> list[str]:
         """PostgreSQL's own names for the columns' types ("integer", "numeric(10,2)",
         "timestamp with time zone", an enum's name), in one query."""
-        result = cursor.pgresult
-        assert result is not None  # noqa: S101 - the cursor has a result with columns
+        if not oids:
+            return []
         # As text: psycopg would send small numbers as int2[], which has no cast to oid[].
-        oids = [str(result.ftype(i)) for i in range(result.nfields)]
-        modifiers = [str(result.fmod(i)) for i in range(result.nfields)]
         found = await conn.execute(
             "SELECT pg_catalog.format_type(t, m) FROM ROWS FROM"
             " (pg_catalog.unnest($1::oid[]), pg_catalog.unnest($2::int4[]))"
             " WITH ORDINALITY AS c(t, m, n) ORDER BY n",
-            [oids, modifiers],
+            [[str(oid) for oid in oids], [str(mod) for mod in modifiers]],
         )
         return [str(name) for (name,) in await found.fetchall()]
+
+
+class _Kept:
+    """The last statement's result as it streams in: its columns, the rows the caps admit
+    (as JSON values), and how many rows there were in all."""
+
+    def __init__(self, cap: int, max_bytes: int, loader: abc.Transformer) -> None:
+        self._cap = cap
+        self._max_bytes = max_bytes
+        self._loader = loader
+        self.start(None)
+
+    def start(self, result: pq.abc.PGresult | None) -> None:
+        """A new statement's first result (or none yet): what came before is not the last."""
+        self.names = [] if result is None else _column_names(result)
+        self.oids = [] if result is None else [result.ftype(i) for i in range(result.nfields)]
+        self.modifiers = [] if result is None else [result.fmod(i) for i in range(result.nfields)]
+        self.rows: list[list[JsonValue]] = []
+        self.seen = 0
+        self.size = 2  # the brackets of the rows' list
+        self.full = False
+        self.command = ""
+        self.count = 0
+        self._last_tag: bytes | None = None
+
+    def add(self, chunk: pq.abc.PGresult) -> None:
+        """Rows of the current statement: converted while the caps admit them, else counted."""
+        self.seen += chunk.ntuples
+        self._last_tag = chunk.command_status
+        if self.full or not chunk.ntuples:
+            return
+        self._loader.set_pgresult(chunk)
+        for row in range(chunk.ntuples):
+            if len(self.rows) >= self._cap:
+                self.full = True
+                return
+            values = [_json_value(value) for value in self._loader.load_row(row, tuple) or ()]
+            size = len(json.dumps(values, ensure_ascii=False).encode()) + 1
+            if self.size + size > self._max_bytes:
+                self.full = True
+                return
+            self.rows.append(values)
+            self.size += size
+
+    def finish(self, result: pq.abc.PGresult) -> None:
+        """The statement's closing result: its command tag and row count. (In chunked mode
+        libpq puts the tag on the last chunk and leaves the closing result's empty.)"""
+        tag = result.command_status or self._last_tag
+        self.command = tag.decode() if tag else ""
+        tuples = result.command_tuples
+        self.count = tuples if tuples is not None else self.seen
+
+    def result(self, types: list[str]) -> SqlResult:
+        return SqlResult(
+            columns=[SqlColumn(name=n, type=t) for n, t in zip(self.names, types, strict=True)],
+            rows=self.rows,
+            row_count=max(self.count, 0),
+            truncated=self.full,
+            command=self.command,
+        )
+
+
+def _column_names(result: pq.abc.PGresult) -> list[str]:
+    return [(result.fname(i) or b"").decode() for i in range(result.nfields)]
+
+
+_ROWS = frozenset({pq.ExecStatus.TUPLES_CHUNK, pq.ExecStatus.SINGLE_TUPLE})
+_DONE = frozenset({pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK, pq.ExecStatus.EMPTY_QUERY})
+_COPY = frozenset({pq.ExecStatus.COPY_IN, pq.ExecStatus.COPY_OUT, pq.ExecStatus.COPY_BOTH})
+
+
+async def _stream(
+    conn: psycopg.AsyncConnection[tuple[Any, ...]],
+    sql: str,
+    params: list[object] | None,
+    kept: _Kept,
+) -> None:
+    """Runs `sql` and streams each statement's rows into `kept` in chunks; raises the first
+    error once the server is done. Without parameters (none or an empty list) `sql` may be
+    several statements (the simple-query protocol); with them it is one, bound as psycopg
+    binds them."""
+    pgconn = conn.pgconn
+    query = sql.encode(conn.info.encoding)
+    if not params:
+        pgconn.send_query(query)
+    else:
+        binder = Transformer(conn)
+        values = binder.dump_sequence(params, [PyFormat.AUTO] * len(params))
+        pgconn.send_query_params(
+            query, values, param_types=binder.types, param_formats=binder.formats
+        )
+    pgconn.set_chunked_rows_mode(_CHUNK_ROWS)
+    await conn.wait(generators.send(pgconn))
+    error: psycopg.Error | None = None
+    fresh = True  # the next result opens a statement
+    while (result := await _next_result(conn, error)) is not None:
+        status = pq.ExecStatus(result.status)
+        if status == pq.ExecStatus.FATAL_ERROR:
+            error = error or errors.error_from_result(result, encoding=conn.info.encoding)
+        elif status in _COPY:
+            # The connection is given up (closed by the caller): COPY has no JSON form.
+            raise SqlFailed(
+                "0A000",
+                "COPY to or from the client is not supported here: use INSERT ... SELECT, "
+                "or COPY with a file the server reads",
+            )
+        elif error is None and status in _ROWS | _DONE:
+            if fresh:
+                kept.start(result)
+            if status in _ROWS:
+                kept.add(result)
+                fresh = False
+            else:
+                kept.finish(result)
+                fresh = True
+    if error is not None:
+        raise error
+
+
+async def _next_result(
+    conn: psycopg.AsyncConnection[tuple[Any, ...]], error: psycopg.Error | None
+) -> pq.abc.PGresult | None:
+    """The next result; once the server reported an error, a connection it then closed (a
+    terminated backend) ends the results with that error instead of a bare disconnect."""
+    try:
+        return await conn.wait(generators.fetch(conn.pgconn))
+    except psycopg.OperationalError:
+        if error is not None:
+            raise error from None
+        raise
 
 
 def _check_sql(sql: str) -> None:

@@ -4,9 +4,11 @@ session's own database, as its own role, with a timeout, a row cap and JSON-safe
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -205,6 +207,69 @@ async def test_rows_beyond_the_cap_are_cut(meta_sessions, box, session) -> None:
 
     wider = await service.run(session.id, "SELECT n FROM generate_series(1, 50) AS n", max_rows=20)
     assert (len(wider.rows), wider.truncated) == (20, True)
+
+
+async def test_rows_past_the_byte_cap_are_cut_and_counted(meta_sessions, box, session) -> None:
+    service = SqlService(meta_sessions, box, max_result_bytes=10_000)
+    capped = await service.run(
+        session.id, "SELECT n, repeat('x', 1000) FROM generate_series(1, 100) AS n"
+    )
+    # Each row is about 1 kB of JSON: nine fit in 10 kB, the tenth would not.
+    assert [row[0] for row in capped.rows] == list(range(1, 10))
+    assert (capped.truncated, capped.row_count, capped.command) == (True, 100, "SELECT 100")
+
+    # Only the last statement's rows count toward the caps.
+    last = await service.run(
+        session.id, "SELECT repeat('x', 100000); SELECT n FROM generate_series(1, 3) AS n"
+    )
+    assert (last.rows, last.truncated, last.row_count) == ([[1], [2], [3]], False, 3)
+
+
+def _rss_bytes() -> int:
+    resident_pages = Path("/proc/self/statm").read_text().split()[1]
+    return int(resident_pages) * os.sysconf("SC_PAGE_SIZE")
+
+
+async def test_a_huge_result_is_read_in_chunks_not_buffered(sql_service, session) -> None:
+    """200 MB of rows under a cap of one row: agentdb's memory grows by a few chunks of rows,
+    not by the result (which libpq would otherwise hold whole)."""
+    baseline = _rss_bytes()
+    peak = baseline
+    done = asyncio.Event()
+
+    async def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, _rss_bytes())
+            await asyncio.sleep(0.005)
+
+    sampler = asyncio.create_task(sample())
+    try:
+        result = await sql_service.run(
+            session.id,
+            "SELECT n, repeat('x', 1000000) FROM generate_series(1, 200) AS n",
+            max_rows=1,
+        )
+    finally:
+        done.set()
+        await sampler
+    assert (len(result.rows), result.truncated, result.row_count) == (1, True, 200)
+    assert peak - baseline < 100 * 1024 * 1024, f"grew by {(peak - baseline) >> 20} MiB"
+
+
+async def test_an_error_after_some_rows_fails_the_call(sql_service, session) -> None:
+    with pytest.raises(SqlFailed) as caught:
+        await sql_service.run(session.id, "SELECT 1 / (n - 70) FROM generate_series(1, 100) AS n")
+    assert caught.value.sqlstate == "22012"
+
+
+async def test_copy_through_the_client_is_refused_clearly(sql_service, session) -> None:
+    with pytest.raises(SqlFailed) as caught:
+        await sql_service.run(session.id, "COPY (SELECT 1) TO STDOUT")
+    assert caught.value.sqlstate == "0A000"
+    assert "COPY" in caught.value.message
+    # The session's next call runs as usual.
+    assert (await sql_service.run(session.id, "SELECT 2")).rows == [[2]]
 
 
 async def test_statement_timeout_cancels_and_says_so(sql_service, session) -> None:
