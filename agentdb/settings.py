@@ -104,6 +104,19 @@ class Settings(BaseSettings):
         description="How often the local plane's guard looks for tenant backends past their "
         "limits and for databases a crash left closed, in seconds.",
     )
+    localplane_size_watch_interval_s: float = Field(
+        default=0.25,
+        gt=0,
+        description="How often the local plane measures the branches with a statement running "
+        "and makes one past its logical-size quota read-only, in seconds (a size quota is "
+        "overshot by what one interval of writing adds).",
+    )
+    localplane_min_free_disk_mb: int = Field(
+        default=1024,
+        ge=0,
+        description="Free disk (MiB) under which every project database turns read-only, so "
+        "agentdb's own databases stay writable; writes resume at 25 % more (0: never).",
+    )
     localplane_kill_at: str = Field(
         default="",
         description="Crash tests only: a kill point (e.g. 'swap.renamed' or "

@@ -129,6 +129,8 @@ def create_app(
         statement_max_s=settings.localplane_statement_max_s,
         idle_in_transaction_s=settings.localplane_idle_in_transaction_s,
         guard_interval_s=settings.localplane_guard_interval_s,
+        size_watch_interval_s=settings.localplane_size_watch_interval_s,
+        min_free_disk_mb=settings.localplane_min_free_disk_mb,
     )
 
     @asynccontextmanager

@@ -42,17 +42,30 @@ starting one answers 403; over `logical_size_bytes` a branch's databases get
 `default_transaction_read_only = on` and their sessions are ended (as Supabase does when a disk
 fills). Unlike Neon's storage-level check, a client can override that with
 `SET default_transaction_read_only = off`: it is a guard rail, not a security boundary.
+
+**The size watch** (`watch()`, every `Limits.size_watch_interval_s`) does not wait for the
+meter: statistics of a statement still running reach the meter only once it ends, so one
+statement could write gigabytes past a size quota. Every interval it measures the branches whose
+databases have an active client statement (one catalog query, plus `pg_database_size` of those
+branches' databases only); a branch past its quota is made read-only at once, which ends its
+sessions and so rolls back the statement writing. The overshoot is what one interval of writing
+adds (benchmarks/neighbours.py measures it). It also keeps the cluster's disk from filling: while
+the data directory's free space is under `Limits.min_free_disk_mb`, every project database is
+read-only (agentdb's meta and state databases stay writable), until 25 % more than that is free.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
+import shutil
 import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -128,6 +141,21 @@ class _MeterState:
     prepaid: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass
+class _WatchState:
+    """What the size watch knows of the store, refreshed when it meets an unknown database."""
+
+    conn: AsyncConnection[Any] | None = None
+    places: dict[str, tuple[str, str]] = field(default_factory=dict)  # database -> project, branch
+    branch_databases: dict[str, list[str]] = field(default_factory=dict)
+    size_limits: dict[str, int] = field(default_factory=dict)  # project -> logical size quota
+    read_only: set[str] = field(default_factory=set)  # branch ids
+    refreshed: float = -math.inf
+    data_dir: Path | None = None
+    data_dir_known: bool = False
+    disk_low: bool = False
+
+
 def _tuple_growth(sample: _Sample, last: _Sample) -> dict[str, float]:
     """Each project database's tuple changes since `last`: its share of the WAL no backend
     reported. Other databases (the plane's state, agentdb's meta database) are written by
@@ -167,6 +195,20 @@ FROM pg_stat_activity a
 WHERE a.backend_type = 'client backend' AND a.pid <> pg_backend_pid() AND a.datname IS NOT NULL
 """
 _WAL = "SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint"
+_ACTIVE_TENANT_DATABASES = r"""
+SELECT DISTINCT a.datname FROM pg_stat_activity a
+WHERE a.backend_type = 'client backend' AND a.state = 'active'
+  AND a.datname LIKE 'lpd\_%' AND a.usename <> current_user
+"""
+_SIZE_OF = (
+    "SELECT coalesce(sum(pg_database_size(datname)), 0) FROM pg_database WHERE datname = ANY(%s)"
+)
+# The size watch re-reads the store at most this often (when it meets an unknown database),
+# and at least this often while databases are active.
+_WATCH_REFRESH_MIN_S = 1.0
+_WATCH_REFRESH_MAX_S = 10.0
+# Writes resume once free disk is this much above the threshold (no flapping at its edge).
+_DISK_RESUME_FACTOR = 1.25
 _READ_ONLY = """
 SELECT d.datname FROM pg_db_role_setting r JOIN pg_database d ON d.oid = r.setdatabase
 WHERE r.setrole = 0 AND 'default_transaction_read_only=on' = ANY (r.setconfig)
@@ -181,11 +223,15 @@ class UsageMixin(PlaneBase):
     ) -> None:
         super().__init__(store, engine, server, operation_delay_s=operation_delay_s)
         self._usage = _MeterState()
+        self._watch = _WatchState()
+        #: Free disk under which project databases turn read-only (0: never).
+        self.min_free_disk_mb = 1024
 
     async def close_meter(self) -> None:
-        if self._usage.conn is not None:
-            await self._usage.conn.close()
-            self._usage.conn = None
+        for state in (self._usage, self._watch):
+            if state.conn is not None:
+                await state.conn.close()
+                state.conn = None
 
     async def run_meter(self, interval_s: float) -> None:
         """Calls `meter()` every `interval_s` until cancelled."""
@@ -433,10 +479,133 @@ class UsageMixin(PlaneBase):
         await tx.put(bucket)
         st.latest[p.id] = bucket
 
+    # --- the size watch ------------------------------------------------------------------------
+
+    async def watch(self, interval_s: float) -> None:
+        """Calls `watch_sizes()` and `watch_disk()` (with `min_free_disk_mb`) every
+        `interval_s` until cancelled."""
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.watch_sizes()
+                await self.watch_disk(self.min_free_disk_mb * 1024 * 1024)
+            except Exception:
+                # The server may be down (restarting); the next round tries again.
+                log.warning("localplane.watch_failed", exc_info=True)
+
+    async def _watch_conn(self) -> AsyncConnection[Any]:
+        w = self._watch
+        if w.conn is None or w.conn.closed:
+            w.conn = await AsyncConnection.connect(
+                self._server.conninfo("postgres"), autocommit=True
+            )
+        return w.conn
+
+    async def _refresh_watch(self) -> None:
+        async with self._store.tx() as tx:
+            projects = await tx.list(ProjectRecord)
+            branches = await tx.list(BranchRecord)
+            databases = await tx.list(DatabaseRecord)
+        w = self._watch
+        w.places = {d.physical: (d.project_id, d.branch_id) for d in databases}
+        w.branch_databases = defaultdict(list)
+        for d in databases:
+            w.branch_databases[d.branch_id].append(d.physical)
+        w.size_limits = {
+            p.id: limit for p in projects if (limit := p.quota.get("logical_size_bytes"))
+        }
+        w.read_only = {b.id for b in branches if b.read_only}
+        w.refreshed = time.monotonic()
+
+    async def watch_sizes(self) -> list[str]:
+        """Makes read-only, at once, every branch with a statement running that is past its
+        logical-size quota; returns their ids."""
+        conn = await self._watch_conn()
+        active = {
+            str(r[0]) for r in await (await conn.execute(_ACTIVE_TENANT_DATABASES)).fetchall()
+        }
+        if not active:
+            return []
+        w = self._watch
+        age = time.monotonic() - w.refreshed
+        if age > _WATCH_REFRESH_MAX_S or (age > _WATCH_REFRESH_MIN_S and active - w.places.keys()):
+            await self._refresh_watch()
+        over: list[tuple[str, str, int, int]] = []
+        for project_id, branch_id in sorted({w.places[d] for d in active if d in w.places}):
+            limit = w.size_limits.get(project_id)
+            if limit is None or branch_id in w.read_only:
+                continue
+            cur = await conn.execute(_SIZE_OF, (w.branch_databases.get(branch_id, []),))
+            row = await cur.fetchone()
+            size = int(row[0]) if row else 0
+            if size > limit:
+                over.append((project_id, branch_id, size, limit))
+        for project_id, branch_id, size, limit in over:
+            async with self._usage.lock, self._store.tx(project_id) as tx:
+                branch = await tx.get(BranchRecord, branch_id)
+                if branch is None:
+                    continue
+                branch.logical_size = size
+                await tx.put(branch)
+            async with self._usage.lock:
+                await self._enforce({project_id})
+            w.read_only.add(branch_id)
+            log.warning(
+                "localplane.size_quota_reached",
+                project_id=project_id,
+                branch_id=branch_id,
+                logical_size=size,
+                limit=limit,
+            )
+        return [branch_id for _, branch_id, _, _ in over]
+
+    async def _data_dir(self) -> Path | None:
+        """The cluster's data directory, if it is on this machine (not an external server)."""
+        w = self._watch
+        if not w.data_dir_known:
+            conn = await self._watch_conn()
+            row = await (await conn.execute("SELECT current_setting('data_directory')")).fetchone()
+            path = Path(str(row[0])) if row else None
+            w.data_dir = path if path is not None and path.is_dir() else None
+            w.data_dir_known = True
+        return w.data_dir
+
+    async def watch_disk(self, min_free_bytes: int) -> bool:
+        """Makes every project database read-only while the data directory's disk has less
+        than `min_free_bytes` free, and writable again once it has 25 % more; returns whether
+        writes are stopped."""
+        path = await self._data_dir()
+        if path is None:
+            return False
+        w = self._watch
+        free = shutil.disk_usage(path).free
+        low = free < (min_free_bytes * _DISK_RESUME_FACTOR if w.disk_low else min_free_bytes)
+        if low != w.disk_low:
+            w.disk_low = low
+            log.warning("localplane.disk_low" if low else "localplane.disk_ok", free_bytes=free)
+            async with self._usage.lock:
+                await self._apply_read_only(None)
+        elif low:
+            # Databases created since (a new project, a branch) are stopped too.
+            if time.monotonic() - w.refreshed > _WATCH_REFRESH_MAX_S:
+                await self._refresh_watch()
+            conn = await self._watch_conn()
+            actual = {str(r[0]) for r in await (await conn.execute(_READ_ONLY)).fetchall()}
+            if set(w.places) - actual:
+                async with self._usage.lock:
+                    await self._apply_read_only(None)
+        return low
+
+    @property
+    def disk_low(self) -> bool:
+        """Whether project databases are read-only because the disk is nearly full."""
+        return self._watch.disk_low
+
     # --- quotas --------------------------------------------------------------------------------
 
     async def enforce_quotas(self, project_id: str) -> None:
         """Applies the project's quotas now (after its settings changed)."""
+        self._watch.refreshed = -math.inf  # the size watch re-reads the quotas
         async with self._usage.lock:
             await self._enforce({project_id})
 
@@ -522,7 +691,7 @@ class UsageMixin(PlaneBase):
                 branches = [b for i in project_ids for b in await tx.list(BranchRecord, i)]
                 databases = [d for i in project_ids for d in await tx.list(DatabaseRecord, i)]
         read_only = {b.id for b in branches if b.read_only}
-        wanted = {d.physical for d in databases if d.branch_id in read_only}
+        wanted = {d.physical for d in databases if d.branch_id in read_only or self._watch.disk_low}
         conn = await self._conn()
         cur = await conn.execute(_READ_ONLY)
         actual = {str(r[0]) for r in await cur.fetchall()}

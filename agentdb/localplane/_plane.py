@@ -63,6 +63,7 @@ class LocalPlane(
             await engine.ensure_state_database(STATE_DATABASE)
             async with Store.open(server.conninfo(STATE_DATABASE)) as store:
                 plane = cls(store, engine, server, operation_delay_s=operation_delay_s)
+                plane.min_free_disk_mb = limits.min_free_disk_mb
                 async with store.hold_runner_lock(plane.runner_id):
                     await plane.recover()
                     await plane.collect_orphans()
@@ -75,6 +76,7 @@ class LocalPlane(
                         asyncio.create_task(plane._sweep_expired()),
                         asyncio.create_task(plane.run_meter(meter_interval_s)),
                         asyncio.create_task(plane._guard(limits.guard_interval_s)),
+                        asyncio.create_task(plane.watch(limits.size_watch_interval_s)),
                     ]
                     try:
                         yield plane

@@ -112,10 +112,11 @@ async def test_logical_size_quota_makes_writes_fail_until_raised(
     await plane.meter()
     branch_path = f"/projects/{project_id}/branches/{branch_id}"
     size = (await neon_http.get(branch_path)).json()["branch"]["logical_size"]
+    # Written before the quota is set: the size watch would end a statement crossing it.
+    await execute(uri, "INSERT INTO t SELECT g, repeat('x', 1000) FROM generate_series(1, 3000) g")
     await _patch_quota(neon_http, project_id, logical_size_bytes=size + MIB)
     project = (await neon_http.get(f"/projects/{project_id}")).json()["project"]
     assert project["branch_logical_size_limit_bytes"] == size + MIB
-    await execute(uri, "INSERT INTO t SELECT g, repeat('x', 1000) FROM generate_series(1, 3000) g")
     for _ in range(50):
         await plane.meter()
         if (await neon_http.get(branch_path)).json()["branch"]["logical_size"] > size + MIB:
