@@ -68,6 +68,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import structlog
 from psycopg import AsyncConnection, sql
 
@@ -484,14 +485,21 @@ class UsageMixin(PlaneBase):
     async def watch(self, interval_s: float) -> None:
         """Calls `watch_sizes()` and `watch_disk()` (with `min_free_disk_mb`) every
         `interval_s` until cancelled."""
+        failing = False
         while True:
             await asyncio.sleep(interval_s)
             try:
                 await self.watch_sizes()
                 await self.watch_disk(self.min_free_disk_mb * 1024 * 1024)
+            except psycopg.OperationalError as error:
+                # The server is down (being restarted): said once, tried again every round.
+                if not failing:
+                    log.warning("localplane.watch_failed", error=type(error).__name__)
+                failing = True
+                continue
             except Exception:
-                # The server may be down (restarting); the next round tries again.
-                log.warning("localplane.watch_failed", exc_info=True)
+                log.exception("localplane.watch_failed")
+            failing = False
 
     async def _watch_conn(self) -> AsyncConnection[Any]:
         w = self._watch

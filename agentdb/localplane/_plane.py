@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 
+import psycopg
 import structlog
 
 from agentdb.pg import ServerInfo
@@ -121,9 +122,11 @@ class LocalPlane(
             await asyncio.sleep(interval_s)
             try:
                 await self.guard()
+            except psycopg.OperationalError as error:
+                # The server is down (being restarted); the next round tries again.
+                log.warning("localplane.guard_failed", error=type(error).__name__)
             except Exception:
-                # The server may be down (restarting); the next round tries again.
-                log.warning("localplane.guard_failed", exc_info=True)
+                log.exception("localplane.guard_failed")
 
     async def _sweep_expired(self) -> None:
         while True:

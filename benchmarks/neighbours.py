@@ -1,0 +1,456 @@
+"""Benchmark of noisy neighbours: what one hostile user's sessions cost another user, through
+`agentdb serve` over real HTTP, as agents call it.
+
+One run, on a fresh temporary data dir (unless `--data-dir`): the benchmark starts the embedded
+PostgreSQL, then `agentdb serve` as a child process on it (`AGENTDB_DATABASE_URL`), so the
+agentdb process's memory is measured alone. Two users of the default `free` tier (512 MiB of
+logical size per session): the victim has one session with a 10,000-row table; the attacker
+has five, each driven only with its session token, as a prompt-injected agent would be.
+
+1. **Quiet.** For `--quiet` seconds the victim checkpoints in a loop (`POST .../checkpoints`)
+   while a second loop runs `SELECT count(*)` through `/sql` every 100 ms. Latencies recorded.
+2. **Attacked.** The same victim loops for `--attack` seconds while the attacker runs, at once:
+   the connection flood (100 concurrent `/sql` `select pg_sleep(20)` per session on two
+   sessions: the per-token and per-user limits answer most with 429, PostgreSQL's per-role
+   limit the rest), the orphan-backend loop (8 concurrent `DO` blocks that swallow every
+   cancel, `timeout_seconds: 1`), the big result (3 concurrent `select repeat('x', 10000000)
+   from generate_series(1, 100)` with `max_rows: 1`, about 1 GB each) and the disk writer (one
+   `INSERT` of about 2 GB into a 512 MiB-quota session).
+3. **Afterwards.** Attacker backends still running `--linger` (30) seconds after the attack
+   stops (the longest attacker timeout is 20 s + 1 s of grace, so none should be), the disk
+   writer's database size past its quota (the overshoot), and agentdb's peak RSS (psutil, every
+   50 ms) in each phase.
+
+Usage: `.venv/bin/python benchmarks/neighbours.py [--quiet 20] [--attack 40] [--json out.json]`
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import queue
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Self
+
+import httpx
+import psutil
+import psycopg
+from _common import JSON, Stats, machine_facts, markdown_table, mebibytes, quiet_logs, seconds
+
+from agentdb.pg import open_server
+from agentdb.settings import Settings
+
+ADMIN = "adb_admin_" + "neighbours-benchmark-token-0123456789"
+API_LINE = re.compile(r"^agentdb API: (http://127\.0\.0\.1:\d+)/v1 ")
+AGENTDB = Path(sys.executable).with_name("agentdb")
+QUOTA = 512 * 2**20
+ORPHAN = (
+    "do $$ declare x bigint; begin loop begin select count(*) into x from "
+    "generate_series(1, 3000000); exception when query_canceled then null; end; end loop; end $$"
+)
+BIG = "select repeat('x', 10000000) from generate_series(1, 100)"
+WRITER = (
+    "create table if not exists junk (n int, s text); "
+    "insert into junk select g, repeat(md5(g::text), 32) from generate_series(1, 2000000) g"
+)
+
+
+# --- agentdb serve, as a child process -----------------------------------------------------
+
+
+@dataclass
+class Served:
+    url: str
+    process: psutil.Process
+    superuser_dsn: str
+
+
+@asynccontextmanager
+async def served(data_dir: Path) -> AsyncIterator[Served]:
+    """The embedded PostgreSQL in `data_dir/pg`, and `agentdb serve` on it, for the block."""
+    async with open_server(Settings(data_dir=data_dir)) as server:
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("AGENTDB_")},
+            "AGENTDB_ADMIN_TOKEN": ADMIN,
+            "AGENTDB_DATABASE_URL": server.dsn(),
+            "AGENTDB_LOG_LEVEL": "warning",
+        }
+        log = (data_dir / "serve.log").open("wb")
+        proc = subprocess.Popen(  # noqa: ASYNC220 - started once, before anything is measured
+            [str(AGENTDB), "serve", "--port", "0", "--data-dir", str(data_dir)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            env=env,
+            text=True,
+        )
+        lines: queue.Queue[str | None] = queue.Queue()
+
+        def drain() -> None:
+            assert proc.stdout is not None  # noqa: S101
+            for line in proc.stdout:
+                lines.put(line)
+            lines.put(None)
+
+        threading.Thread(target=drain, daemon=True).start()
+        try:
+            url = None
+            while url is None:
+                line = await asyncio.to_thread(lines.get, timeout=120)
+                if line is None:
+                    raise RuntimeError(f"agentdb serve exited: {proc.wait()}")
+                if match := API_LINE.match(line):
+                    url = match.group(1)
+            yield Served(url, psutil.Process(proc.pid), server.dsn())
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            log.close()
+
+
+# --- users, sessions, tokens -----------------------------------------------------------------
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def expect(resp: httpx.Response, *statuses: int) -> JSON:
+    if resp.status_code not in statuses:
+        raise RuntimeError(
+            f"{resp.request.method} {resp.request.url}: {resp.status_code} {resp.text}"
+        )
+    body: JSON = resp.json()
+    return body
+
+
+@dataclass
+class Session:
+    id: str
+    token: str  # the session token: all the agent holds
+    role: str  # the session's database role (for the superuser's look at its backends)
+
+
+async def make_user(http: httpx.AsyncClient, email: str, sessions: int) -> list[Session]:
+    user = expect(await http.post("/v1/users", json={"email": email}, headers=bearer(ADMIN)), 201)
+    made = expect(
+        await http.post(f"/v1/users/{user['id']}/tokens", json={}, headers=bearer(ADMIN)), 201
+    )
+    owner = bearer(made["token"])
+    out = []
+    for n in range(sessions):
+        s = expect(
+            await http.post("/v1/sessions", json={"name": f"{email}-{n}"}, headers=owner), 201
+        )
+        t = expect(await http.post(f"/v1/sessions/{s['id']}/tokens", json={}, headers=owner), 201)
+        uri = expect(await http.get(f"/v1/sessions/{s['id']}", headers=owner), 200)[
+            "connection_uri"
+        ]
+        role = psycopg.conninfo.conninfo_to_dict(uri)["user"]
+        out.append(Session(s["id"], t["token"], str(role)))
+    return out
+
+
+async def sql(
+    http: httpx.AsyncClient, session: Session, text: str, **extra: float
+) -> httpx.Response:
+    return await http.post(
+        f"/v1/sessions/{session.id}/sql", json={"sql": text, **extra}, headers=bearer(session.token)
+    )
+
+
+# --- the victim ------------------------------------------------------------------------------
+
+
+@dataclass
+class Victim:
+    checkpoints: list[float] = field(default_factory=list)
+    queries: list[float] = field(default_factory=list)
+    failures: Counter[str] = field(default_factory=Counter)
+
+
+async def victim_loops(http: httpx.AsyncClient, session: Session, seconds_: float) -> Victim:
+    seen = Victim()
+    deadline = time.monotonic() + seconds_
+
+    async def checkpoints() -> None:
+        n = 0
+        while time.monotonic() < deadline:
+            n += 1
+            started = time.perf_counter()
+            resp = await http.post(
+                f"/v1/sessions/{session.id}/checkpoints",
+                json={"label": f"cp {n}"},
+                headers=bearer(session.token),
+            )
+            if resp.status_code == 201:
+                seen.checkpoints.append(time.perf_counter() - started)
+            else:
+                seen.failures[f"checkpoint {resp.status_code}"] += 1
+            await asyncio.sleep(0.2)
+
+    async def queries() -> None:
+        while time.monotonic() < deadline:
+            started = time.perf_counter()
+            resp = await sql(http, session, "select count(*) from t")
+            if resp.status_code == 200:
+                seen.queries.append(time.perf_counter() - started)
+            else:
+                seen.failures[f"sql {resp.status_code}"] += 1
+            await asyncio.sleep(0.1)
+
+    await asyncio.gather(checkpoints(), queries())
+    return seen
+
+
+# --- the attacker ----------------------------------------------------------------------------
+
+
+@dataclass
+class Attack:
+    statuses: Counter[str] = field(default_factory=Counter)
+    writer_status: int = 0
+    writer_seconds: float = 0.0
+
+
+async def attack(http: httpx.AsyncClient, sessions: list[Session], seconds_: float) -> Attack:
+    seen = Attack()
+    deadline = time.monotonic() + seconds_
+
+    async def loop(kind: str, call: Callable[[], Awaitable[httpx.Response]]) -> None:
+        while time.monotonic() < deadline:
+            try:
+                resp = await call()
+            except httpx.HTTPError as error:
+                seen.statuses[f"{kind} {type(error).__name__}"] += 1
+                await asyncio.sleep(0.5)
+                continue
+            seen.statuses[f"{kind} {resp.status_code}"] += 1
+            if resp.status_code == 429:
+                await asyncio.sleep(float(resp.headers.get("Retry-After", "1")))
+
+    flood, orphan, big, disk = sessions[0:2], sessions[2], sessions[3], sessions[4]
+    tasks = [
+        loop("flood", lambda s=s: sql(http, s, "select pg_sleep(20)", timeout_seconds=20))
+        for s in flood
+        for _ in range(100)
+    ]
+    tasks += [
+        loop("orphan", lambda: sql(http, orphan, ORPHAN, timeout_seconds=1)) for _ in range(8)
+    ]
+    tasks += [loop("big", lambda: sql(http, big, BIG, max_rows=1)) for _ in range(3)]
+
+    async def writer() -> None:
+        started = time.perf_counter()
+        resp = await sql(http, disk, WRITER, timeout_seconds=600)
+        seen.writer_status = resp.status_code
+        seen.writer_seconds = time.perf_counter() - started
+
+    await asyncio.gather(writer(), *tasks)
+    return seen
+
+
+# --- measuring -------------------------------------------------------------------------------
+
+
+class PeakRss:
+    """agentdb's peak resident memory while the block runs, sampled every 50 ms."""
+
+    def __init__(self, process: psutil.Process) -> None:
+        self._process = process
+        self.peak = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def _sample(self) -> None:
+        while True:
+            with contextlib.suppress(psutil.Error):
+                self.peak = max(self.peak, self._process.memory_info().rss)
+            await asyncio.sleep(0.05)
+
+    async def __aenter__(self) -> Self:
+        self._task = asyncio.create_task(self._sample())
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        assert self._task is not None  # noqa: S101
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+
+async def attacker_backends(dsn: str, roles: list[str]) -> list[tuple[int, str, float]]:
+    """(pid, state, seconds since its statement began) of the attacker roles' backends."""
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        cur = await conn.execute(
+            "SELECT pid, state, extract(epoch FROM clock_timestamp() - query_start)"
+            " FROM pg_stat_activity WHERE usename = ANY(%s) AND state <> 'idle'",
+            (roles,),
+        )
+        return [(int(p), str(s), float(a or 0)) for p, s, a in await cur.fetchall()]
+
+
+async def database_size(http: httpx.AsyncClient, session: Session) -> int:
+    resp = await sql(http, session, "select pg_database_size(current_database())")
+    return int(expect(resp, 200)["rows"][0][0])
+
+
+def p95(samples: list[float]) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))] if ordered else 0.0
+
+
+def latency_row(name: str, samples: list[float]) -> list[str]:
+    if not samples:
+        return [name, "0", "-", "-", "-"]
+    stats = Stats(tuple(samples))
+    return [
+        name,
+        str(len(samples)),
+        seconds(stats.median),
+        seconds(p95(samples)),
+        seconds(stats.high),
+    ]
+
+
+# --- the run ---------------------------------------------------------------------------------
+
+
+async def run(args: argparse.Namespace, data_dir: Path) -> JSON:
+    async with (
+        served(data_dir) as serve,
+        httpx.AsyncClient(
+            base_url=serve.url,
+            timeout=900,
+            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=1000),
+        ) as http,
+    ):
+        (victim,) = await make_user(http, "victim@example.com", 1)
+        attackers = await make_user(http, "attacker@example.com", 5)
+        expect(
+            await sql(
+                http,
+                victim,
+                "create table t (n int, s text); "
+                "insert into t select g, md5(g::text) from generate_series(1, 10000) g",
+            ),
+            200,
+        )
+        print(f"quiet phase: {args.quiet:g} s", file=sys.stderr)
+        async with PeakRss(serve.process) as quiet_rss:
+            quiet = await victim_loops(http, victim, args.quiet)
+        print(f"attack phase: {args.attack:g} s", file=sys.stderr)
+        async with PeakRss(serve.process) as attack_rss:
+            attacked, hostile = await asyncio.gather(
+                victim_loops(http, victim, args.attack), attack(http, attackers, args.attack)
+            )
+        stopped = time.monotonic()
+        await asyncio.sleep(max(0.0, args.linger - (time.monotonic() - stopped)))
+        lingering = await attacker_backends(serve.superuser_dsn, [s.role for s in attackers])
+        size = await database_size(http, attackers[4])
+
+    overshoot = max(0, size - QUOTA)
+    allowed = max(QUOTA // 10, 64 * 2**20)
+    quiet_p95, attacked_p95 = p95(quiet.checkpoints), p95(attacked.checkpoints)
+    ratio = attacked_p95 / quiet_p95 if quiet_p95 else float("inf")
+    rows = [
+        latency_row("victim checkpoint, quiet", quiet.checkpoints),
+        latency_row("victim checkpoint, attacked", attacked.checkpoints),
+        latency_row("victim /sql, quiet", quiet.queries),
+        latency_row("victim /sql, attacked", attacked.queries),
+    ]
+    print()
+    print(markdown_table(["victim (other user)", "n", "median", "p95", "max"], rows))
+    print()
+    facts = [
+        ["victim checkpoint p95, attacked / quiet", f"{ratio:.2f}x", "< 3x"],
+        [
+            "victim calls that failed (quiet + attacked)",
+            str(sum(quiet.failures.values()) + sum(attacked.failures.values())),
+            "0",
+        ],
+        ["agentdb peak RSS, quiet", mebibytes(quiet_rss.peak), ""],
+        ["agentdb peak RSS, attacked", mebibytes(attack_rss.peak), "< 1.0 GiB"],
+        [
+            "disk writer: size past its 512 MiB quota",
+            mebibytes(overshoot),
+            f"<= {mebibytes(allowed)}",
+        ],
+        [
+            "disk writer: answer, time",
+            f"{hostile.writer_status}, {seconds(hostile.writer_seconds)}",
+            "",
+        ],
+        [f"attacker backends running {args.linger:g} s after the attack", str(len(lingering)), "0"],
+    ]
+    print(markdown_table(["measure", "value", "target"], facts))
+    print()
+    print(
+        markdown_table(
+            ["attacker call", "answers"],
+            [[k, str(v)] for k, v in sorted(hostile.statuses.items())],
+        )
+    )
+    failures = quiet.failures + attacked.failures
+    if failures:
+        print("\nvictim failures:", dict(failures))
+    return {
+        "machine": machine_facts(),
+        "quiet_checkpoints": quiet.checkpoints,
+        "attacked_checkpoints": attacked.checkpoints,
+        "quiet_queries": quiet.queries,
+        "attacked_queries": attacked.queries,
+        "victim_failures": dict(failures),
+        "rss_peak_quiet": quiet_rss.peak,
+        "rss_peak_attacked": attack_rss.peak,
+        "overshoot_bytes": overshoot,
+        "writer": {"status": hostile.writer_status, "seconds": hostile.writer_seconds},
+        "lingering_backends": lingering,
+        "attacker_answers": dict(hostile.statuses),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quiet", type=float, default=20, help="seconds of the quiet phase")
+    parser.add_argument("--attack", type=float, default=40, help="seconds of the attack")
+    parser.add_argument(
+        "--linger",
+        type=float,
+        default=30,
+        help="seconds after the attack to look for attacker backends",
+    )
+    parser.add_argument("--data-dir", type=Path, help="default: a fresh temporary directory")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+    quiet_logs()
+    print(json.dumps(machine_facts()))
+    if args.data_dir is not None:
+        result = asyncio.run(run(args, args.data_dir))
+    else:
+        with tempfile.TemporaryDirectory(prefix="agentdb-neighbours-") as tmp:
+            result = asyncio.run(run(args, Path(tmp)))
+            shutil.rmtree(tmp, ignore_errors=True)
+    if args.json is not None:
+        args.json.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
