@@ -105,7 +105,7 @@ class Settings(BaseSettings):
         "limits and for databases a crash left closed, in seconds.",
     )
     localplane_size_watch_interval_s: float = Field(
-        default=0.25,
+        default=0.1,
         gt=0,
         description="How often the local plane measures the branches with a statement running "
         "and makes one past its logical-size quota read-only, in seconds (a size quota is "

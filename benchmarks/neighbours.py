@@ -187,6 +187,13 @@ class Victim:
     failures: Counter[str] = field(default_factory=Counter)
 
 
+def _detail(resp: httpx.Response) -> str:
+    try:
+        return str(resp.json().get("detail", ""))[:100]
+    except ValueError:
+        return resp.text[:100]
+
+
 async def victim_loops(http: httpx.AsyncClient, session: Session, seconds_: float) -> Victim:
     seen = Victim()
     deadline = time.monotonic() + seconds_
@@ -204,7 +211,7 @@ async def victim_loops(http: httpx.AsyncClient, session: Session, seconds_: floa
             if resp.status_code == 201:
                 seen.checkpoints.append(time.perf_counter() - started)
             else:
-                seen.failures[f"checkpoint {resp.status_code}"] += 1
+                seen.failures[f"checkpoint {resp.status_code}: {_detail(resp)}"] += 1
             await asyncio.sleep(0.2)
 
     async def queries() -> None:
@@ -214,7 +221,7 @@ async def victim_loops(http: httpx.AsyncClient, session: Session, seconds_: floa
             if resp.status_code == 200:
                 seen.queries.append(time.perf_counter() - started)
             else:
-                seen.failures[f"sql {resp.status_code}"] += 1
+                seen.failures[f"sql {resp.status_code}: {_detail(resp)}"] += 1
             await asyncio.sleep(0.1)
 
     await asyncio.gather(checkpoints(), queries())

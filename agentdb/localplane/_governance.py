@@ -77,7 +77,7 @@ class Limits:
     idle_in_transaction_s: float = 60.0
     client_check_interval_s: float = 2.0
     guard_interval_s: float = 5.0
-    size_watch_interval_s: float = 0.25
+    size_watch_interval_s: float = 0.1
     min_free_disk_mb: int = 1024
 
     def role_settings(self) -> dict[str, str]:

@@ -43,7 +43,7 @@ starting one answers 403; over `logical_size_bytes` a branch's databases get
 fills). Unlike Neon's storage-level check, a client can override that with
 `SET default_transaction_read_only = off`: it is a guard rail, not a security boundary.
 
-**The size watch** (`watch()`, every `Limits.size_watch_interval_s`) does not wait for the
+**The size watch** (`watch()`, every `Limits.size_watch_interval_s`, 0.1 s) does not wait for the
 meter: statistics of a statement still running reach the meter only once it ends, so one
 statement could write gigabytes past a size quota. Every interval it measures the branches whose
 databases have an active client statement (one catalog query, plus `pg_database_size` of those
@@ -68,6 +68,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import psutil
 import psycopg
 import structlog
 from psycopg import AsyncConnection, sql
@@ -155,6 +156,10 @@ class _WatchState:
     data_dir: Path | None = None
     data_dir_known: bool = False
     disk_low: bool = False
+    disk_low_applied: bool = False
+    measured: dict[str, tuple[int, float]] = field(default_factory=dict)  # branch -> size, when
+    deprioritised: set[tuple[int, datetime]] = field(default_factory=set)  # (pid, backend_start)
+    may_deprioritise: bool = True
 
 
 def _tuple_growth(sample: _Sample, last: _Sample) -> dict[str, float]:
@@ -196,11 +201,19 @@ FROM pg_stat_activity a
 WHERE a.backend_type = 'client backend' AND a.pid <> pg_backend_pid() AND a.datname IS NOT NULL
 """
 _WAL = "SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint"
-_ACTIVE_TENANT_DATABASES = r"""
-SELECT DISTINCT a.datname FROM pg_stat_activity a
+_ACTIVE_TENANT_BACKENDS = r"""
+SELECT a.datname, a.pid, a.backend_start,
+       a.query_start < clock_timestamp() - make_interval(secs => %s)
+FROM pg_stat_activity a
 WHERE a.backend_type = 'client backend' AND a.state = 'active'
-  AND a.datname LIKE 'lpd\_%' AND a.usename <> current_user
+  AND a.datname LIKE 'lpd\_%%' AND a.usename <> current_user
 """
+# Tenant statements running longer than this get the lowest CPU and I/O priority, so short
+# statements (other tenants', the plane's own copies) are served first on a busy machine.
+_DEPRIORITISE_AFTER_S = 1.0
+# A branch is re-measured only once it could have reached its quota since it was last measured
+# at this write rate (faster than the disks agentdb runs on).
+_MAX_WRITE_RATE = 2 * 2**30
 _SIZE_OF = (
     "SELECT coalesce(sum(pg_database_size(datname)), 0) FROM pg_database WHERE datname = ANY(%s)"
 )
@@ -523,18 +536,22 @@ class UsageMixin(PlaneBase):
             p.id: limit for p in projects if (limit := p.quota.get("logical_size_bytes"))
         }
         w.read_only = {b.id for b in branches if b.read_only}
+        w.measured = {b: m for b, m in w.measured.items() if b in w.branch_databases}
         w.refreshed = time.monotonic()
 
     async def watch_sizes(self) -> list[str]:
         """Makes read-only, at once, every branch with a statement running that is past its
         logical-size quota; returns their ids."""
         conn = await self._watch_conn()
-        active = {
-            str(r[0]) for r in await (await conn.execute(_ACTIVE_TENANT_DATABASES)).fetchall()
-        }
+        cur = await conn.execute(_ACTIVE_TENANT_BACKENDS, (_DEPRIORITISE_AFTER_S,))
+        backends = await cur.fetchall()
+        active = {str(r[0]) for r in backends}
         if not active:
             return []
         w = self._watch
+        await self._deprioritise(
+            [(int(pid), started) for _, pid, started, long in backends if long]
+        )
         age = time.monotonic() - w.refreshed
         if age > _WATCH_REFRESH_MAX_S or (age > _WATCH_REFRESH_MIN_S and active - w.places.keys()):
             await self._refresh_watch()
@@ -543,9 +560,13 @@ class UsageMixin(PlaneBase):
             limit = w.size_limits.get(project_id)
             if limit is None or branch_id in w.read_only:
                 continue
+            last_size, last_at = w.measured.get(branch_id, (0, -math.inf))
+            if last_size + _MAX_WRITE_RATE * (time.monotonic() - last_at) < limit:
+                continue  # cannot have reached it yet
             cur = await conn.execute(_SIZE_OF, (w.branch_databases.get(branch_id, []),))
             row = await cur.fetchone()
             size = int(row[0]) if row else 0
+            w.measured[branch_id] = (size, time.monotonic())
             if size > limit:
                 over.append((project_id, branch_id, size, limit))
         for project_id, branch_id, size, limit in over:
@@ -566,6 +587,36 @@ class UsageMixin(PlaneBase):
                 limit=limit,
             )
         return [branch_id for _, branch_id, _, _ in over]
+
+    async def _deprioritise(self, backends: list[tuple[int, datetime]]) -> None:
+        """Gives tenant backends running a long statement the lowest CPU and I/O priority
+        (nice 19, best-effort I/O level 7): under contention a short statement, another
+        tenant's or the plane's, runs first; on an idle machine they run at full speed. Once
+        lowered, a backend keeps it for its life (raising it back needs privileges). Only on
+        this machine's own cluster, and only PostgreSQL processes."""
+        w = self._watch
+        if not backends or not w.may_deprioritise or await self._data_dir() is None:
+            return
+        seen = set()
+        for pid, started in backends:
+            key = (pid, started)
+            seen.add(key)
+            if key in w.deprioritised:
+                continue
+            try:
+                process = psutil.Process(pid)
+                if process.name() != "postgres":
+                    continue
+                process.nice(19)
+                process.ionice(psutil.IOPRIO_CLASS_BE, 7)
+            except psutil.NoSuchProcess:
+                continue
+            except (psutil.AccessDenied, OSError) as error:
+                w.may_deprioritise = False
+                log.warning("localplane.deprioritise_unavailable", error=str(error))
+                return
+            w.deprioritised.add(key)
+        w.deprioritised &= seen
 
     async def _data_dir(self) -> Path | None:
         """The cluster's data directory, if it is on this machine (not an external server)."""
@@ -593,6 +644,7 @@ class UsageMixin(PlaneBase):
             log.warning("localplane.disk_low" if low else "localplane.disk_ok", free_bytes=free)
             async with self._usage.lock:
                 await self._apply_read_only(None)
+            w.disk_low_applied = low
         elif low:
             # Databases created since (a new project, a branch) are stopped too.
             if time.monotonic() - w.refreshed > _WATCH_REFRESH_MAX_S:
@@ -606,8 +658,9 @@ class UsageMixin(PlaneBase):
 
     @property
     def disk_low(self) -> bool:
-        """Whether project databases are read-only because the disk is nearly full."""
-        return self._watch.disk_low
+        """Whether project databases are read-only because the disk is nearly full (set once
+        they are)."""
+        return self._watch.disk_low_applied
 
     # --- quotas --------------------------------------------------------------------------------
 

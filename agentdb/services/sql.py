@@ -4,7 +4,8 @@ values.
 
 Results are read in chunks of `_CHUNK_ROWS` rows as the server sends them (libpq's chunked-rows
 mode), so what one call holds is bounded by its caps plus one chunk, however large the result:
-rows past a cap are counted for `row_count` and dropped unconverted.
+rows past a cap are counted for `row_count` and dropped unconverted, up to `_READ_FACTOR` times
+the byte cap (at least 64 MiB); past that the call fails (54000) and the server's statement is cancelled.
 
 The connection URI never leaves this module; nothing here can name another database, so the
 SQL reaches the session's data and nothing else (the role has no CONNECT elsewhere, and
@@ -49,8 +50,13 @@ log = structlog.get_logger(__name__)
 MAX_ROWS_LIMIT = 10_000
 #: Default cap on the JSON size of the rows one call returns.
 DEFAULT_MAX_RESULT_BYTES = 16 * 1024 * 1024
-#: Rows libpq hands over at a time: one chunk is all of a result agentdb holds unconverted.
-_CHUNK_ROWS = 32
+#: Rows libpq hands over at a time: one chunk is all of a result agentdb holds unconverted
+#: (a few rows: a row may be megabytes).
+_CHUNK_ROWS = 8
+#: Rows past the caps are only counted, up to this many times the byte cap read in all (and
+#: at least `_MIN_READ`).
+_READ_FACTOR = 4
+_MIN_READ = 64 * 1024 * 1024
 MAX_TIMEOUT = timedelta(hours=1)
 MAX_SQL_LENGTH = 1_000_000
 #: PostgreSQL's own limit on bind parameters in one statement.
@@ -516,6 +522,11 @@ class SqlService:
                     committing = True
                     await conn.execute("COMMIT")
                 return kept.result(types)
+        except SqlFailed:
+            # Given up while the server still sends rows: it stops now, not at its timeout.
+            with contextlib.suppress(psycopg.Error, TimeoutError):
+                await conn.cancel_safe(timeout=5)
+            raise
         except TimeoutError:
             # The server may still be running it (the agent's SQL can lift its own
             # statement_timeout): cancel it rather than leave a backend nobody waits for.
@@ -552,7 +563,9 @@ class _Kept:
     def __init__(self, cap: int, max_bytes: int, loader: abc.Transformer) -> None:
         self._cap = cap
         self._max_bytes = max_bytes
+        self._max_read = max(max_bytes * _READ_FACTOR, _MIN_READ)
         self._loader = loader
+        self.read = 0  # bytes of rows received in the whole call (estimated, see `add`)
         self.start(None)
 
     def start(self, result: pq.abc.PGresult | None) -> None:
@@ -569,10 +582,24 @@ class _Kept:
         self._last_tag: bytes | None = None
 
     def add(self, chunk: pq.abc.PGresult) -> None:
-        """Rows of the current statement: converted while the caps admit them, else counted."""
+        """Rows of the current statement: converted while the caps admit them, else counted.
+        Raises `SqlFailed` (54000) once rows past the caps have made the call read more than
+        `_READ_FACTOR` times the byte cap: counting them would cost agentdb without end."""
         self.seen += chunk.ntuples
         self._last_tag = chunk.command_status
-        if self.full or not chunk.ntuples:
+        if not chunk.ntuples:
+            return
+        # Estimated from the chunk's first row: exact sizes would copy every value.
+        first = sum(len(chunk.get_value(0, column) or b"") for column in range(chunk.nfields))
+        self.read += first * chunk.ntuples
+        if self.full:
+            if self.read > self._max_read:
+                raise SqlFailed(
+                    "54000",
+                    f"the result is too large: past {self._max_read >> 20} MiB of rows, beyond "
+                    "the ones returned, agentdb stops counting them",
+                    hint="add LIMIT, or select fewer or narrower columns",
+                )
             return
         self._loader.set_pgresult(chunk)
         for row in range(chunk.ntuples):

@@ -232,7 +232,8 @@ def _rss_bytes() -> int:
 
 async def test_a_huge_result_is_read_in_chunks_not_buffered(sql_service, session) -> None:
     """200 MB of rows under a cap of one row: agentdb's memory grows by a few chunks of rows,
-    not by the result (which libpq would otherwise hold whole)."""
+    not by the result (which libpq would otherwise hold whole), and past 4x the byte cap (64
+    MiB) it stops counting the rows it drops: the call fails and the statement is cancelled."""
     baseline = _rss_bytes()
     peak = baseline
     done = asyncio.Event()
@@ -245,16 +246,28 @@ async def test_a_huge_result_is_read_in_chunks_not_buffered(sql_service, session
 
     sampler = asyncio.create_task(sample())
     try:
-        result = await sql_service.run(
+        # 40 MB: the rows past the cap are counted.
+        counted = await sql_service.run(
             session.id,
-            "SELECT n, repeat('x', 1000000) FROM generate_series(1, 200) AS n",
+            "SELECT n, repeat('x', 1000000) FROM generate_series(1, 40) AS n",
             max_rows=1,
         )
+        with pytest.raises(SqlFailed) as caught:
+            await sql_service.run(
+                session.id,
+                "SELECT n, repeat('x', 1000000) FROM generate_series(1, 200) AS n",
+                max_rows=1,
+            )
     finally:
         done.set()
         await sampler
-    assert (len(result.rows), result.truncated, result.row_count) == (1, True, 200)
+    assert (len(counted.rows), counted.truncated, counted.row_count) == (1, True, 40)
+    assert caught.value.sqlstate == "54000"
+    assert "too large" in caught.value.message
+    assert caught.value.hint
     assert peak - baseline < 100 * 1024 * 1024, f"grew by {(peak - baseline) >> 20} MiB"
+    # Nothing of the session's is left running.
+    assert (await sql_service.run(session.id, "SELECT 1")).rows == [[1]]
 
 
 async def test_an_error_after_some_rows_fails_the_call(sql_service, session) -> None:
