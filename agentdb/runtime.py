@@ -132,8 +132,11 @@ async def open_runtime(
         await meta_schema.upgrade(meta_dsn)
         engine = create_async_engine(
             meta_schema.database_url(meta_dsn),
-            pool_size=10,
-            max_overflow=50,
+            # Connections are made ahead and kept: a connection made for a burst and closed
+            # after it costs a SCRAM handshake each, which a flood of requests (even ones
+            # answered 429) would pay hundreds of times a second.
+            pool_size=40,
+            max_overflow=10,
             pool_recycle=1800,
             # After a PostgreSQL restart the pool's connections are dead: test before use.
             pool_pre_ping=True,

@@ -4,8 +4,9 @@
 One run, on a fresh temporary data dir (unless `--data-dir`): the benchmark starts the embedded
 PostgreSQL, then `agentdb serve` as a child process on it (`AGENTDB_DATABASE_URL`), so the
 agentdb process's memory is measured alone. Two users of the default `free` tier (512 MiB of
-logical size per session): the victim has one session with a 10,000-row table; the attacker
-has five, each driven only with its session token, as a prompt-injected agent would be.
+logical size per session): the victim has two sessions with a 10,000-row table each (one
+checkpointed, one queried); the attacker has five, each driven only with its session token, as a
+prompt-injected agent would be.
 
 1. **Quiet.** For `--quiet` seconds the victim checkpoints in a loop (`POST .../checkpoints`)
    while a second loop runs `SELECT count(*)` through `/sql` every 100 ms. Latencies recorded.
@@ -194,7 +195,11 @@ def _detail(resp: httpx.Response) -> str:
         return resp.text[:100]
 
 
-async def victim_loops(http: httpx.AsyncClient, session: Session, seconds_: float) -> Victim:
+async def victim_loops(
+    http: httpx.AsyncClient, session: Session, other: Session, seconds_: float
+) -> Victim:
+    """Checkpoints of `session` in a loop, and SQL on `other` (a checkpoint ends the sessions
+    of its own database, so the two would collide on one)."""
     seen = Victim()
     deadline = time.monotonic() + seconds_
 
@@ -217,7 +222,7 @@ async def victim_loops(http: httpx.AsyncClient, session: Session, seconds_: floa
     async def queries() -> None:
         while time.monotonic() < deadline:
             started = time.perf_counter()
-            resp = await sql(http, session, "select count(*) from t")
+            resp = await sql(http, other, "select count(*) from t")
             if resp.status_code == 200:
                 seen.queries.append(time.perf_counter() - started)
             else:
@@ -238,7 +243,12 @@ class Attack:
     writer_seconds: float = 0.0
 
 
-async def attack(http: httpx.AsyncClient, sessions: list[Session], seconds_: float) -> Attack:
+KINDS = ("flood", "orphan", "big", "disk")
+
+
+async def attack(
+    http: httpx.AsyncClient, sessions: list[Session], seconds_: float, kinds: set[str]
+) -> Attack:
     seen = Attack()
     deadline = time.monotonic() + seconds_
 
@@ -255,15 +265,19 @@ async def attack(http: httpx.AsyncClient, sessions: list[Session], seconds_: flo
                 await asyncio.sleep(float(resp.headers.get("Retry-After", "1")))
 
     flood, orphan, big, disk = sessions[0:2], sessions[2], sessions[3], sessions[4]
-    tasks = [
-        loop("flood", lambda s=s: sql(http, s, "select pg_sleep(20)", timeout_seconds=20))
-        for s in flood
-        for _ in range(100)
-    ]
-    tasks += [
-        loop("orphan", lambda: sql(http, orphan, ORPHAN, timeout_seconds=1)) for _ in range(8)
-    ]
-    tasks += [loop("big", lambda: sql(http, big, BIG, max_rows=1)) for _ in range(3)]
+    tasks = []
+    if "flood" in kinds:
+        tasks += [
+            loop("flood", lambda s=s: sql(http, s, "select pg_sleep(20)", timeout_seconds=20))
+            for s in flood
+            for _ in range(100)
+        ]
+    if "orphan" in kinds:
+        tasks += [
+            loop("orphan", lambda: sql(http, orphan, ORPHAN, timeout_seconds=1)) for _ in range(8)
+        ]
+    if "big" in kinds:
+        tasks += [loop("big", lambda: sql(http, big, BIG, max_rows=1)) for _ in range(3)]
 
     async def writer() -> None:
         started = time.perf_counter()
@@ -271,7 +285,9 @@ async def attack(http: httpx.AsyncClient, sessions: list[Session], seconds_: flo
         seen.writer_status = resp.status_code
         seen.writer_seconds = time.perf_counter() - started
 
-    await asyncio.gather(writer(), *tasks)
+    if "disk" in kinds:
+        tasks.append(writer())
+    await asyncio.gather(*tasks)
     return seen
 
 
@@ -349,24 +365,24 @@ async def run(args: argparse.Namespace, data_dir: Path) -> JSON:
             limits=httpx.Limits(max_connections=1000, max_keepalive_connections=1000),
         ) as http,
     ):
-        (victim,) = await make_user(http, "victim@example.com", 1)
+        victim, reader = await make_user(http, "victim@example.com", 2)
         attackers = await make_user(http, "attacker@example.com", 5)
-        expect(
-            await sql(
+        for own in (victim, reader):
+            made = await sql(
                 http,
-                victim,
+                own,
                 "create table t (n int, s text); "
                 "insert into t select g, md5(g::text) from generate_series(1, 10000) g",
-            ),
-            200,
-        )
+            )
+            expect(made, 200)
         print(f"quiet phase: {args.quiet:g} s", file=sys.stderr)
         async with PeakRss(serve.process) as quiet_rss:
-            quiet = await victim_loops(http, victim, args.quiet)
+            quiet = await victim_loops(http, victim, reader, args.quiet)
         print(f"attack phase: {args.attack:g} s", file=sys.stderr)
         async with PeakRss(serve.process) as attack_rss:
             attacked, hostile = await asyncio.gather(
-                victim_loops(http, victim, args.attack), attack(http, attackers, args.attack)
+                victim_loops(http, victim, reader, args.attack),
+                attack(http, attackers, args.attack, set(args.only)),
             )
         stopped = time.monotonic()
         await asyncio.sleep(max(0.0, args.linger - (time.monotonic() - stopped)))
@@ -443,6 +459,13 @@ def main() -> None:
         type=float,
         default=30,
         help="seconds after the attack to look for attacker backends",
+    )
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=KINDS,
+        default=list(KINDS),
+        help="run only these attacks (default: all four at once)",
     )
     parser.add_argument("--data-dir", type=Path, help="default: a fresh temporary directory")
     parser.add_argument("--json", type=Path, help="also write the figures here")

@@ -30,6 +30,7 @@ from agentdb.runtime import Runtime
 from agentdb.services import Actor, Principal, SessionNotFound, SessionView, UserNotFound
 from meta_schema import ActorScope, TokenScope
 
+from ._limits import TokenLimits, is_expensive
 from ._problems import Forbidden, TooManyRequests, Unauthorized
 
 AnyRequest = Request[Any, Any, Any]
@@ -157,11 +158,16 @@ async def _authenticate(scope: Scope, token: str) -> Principal:
             f"too many requests with a wrong token from this address; retry in {wait} s",
             headers={"Retry-After": str(wait)},
         )
+    limits: TokenLimits = scope["litestar_app"].state.token_limits
+    expensive = is_expensive(str(scope.get("method", "")), scope["path"])
+    # A token already at its limits is refused before its lookup: floods cost no database work.
+    limits.refuse_early(digest, expensive=expensive)
     principal = await runtime_of(scope).tokens.authenticate(token)
     if principal is None:
         throttle.failed(address)
         raise Unauthorized("the token is not valid (unknown, revoked or expired)")
     throttle.succeeded(digest)
+    limits.remember(digest, principal)
     return principal
 
 

@@ -46,6 +46,8 @@ _EXPENSIVE = re.compile(
 )
 #: What a 429 for too many requests in flight asks the caller to wait, in seconds.
 BUSY_RETRY_AFTER = 1
+#: Recently authenticated tokens remembered for early refusals.
+_RECENT_TOKENS = 100_000
 
 
 def is_expensive(method: str, path: str) -> bool:
@@ -81,6 +83,9 @@ class TokenLimits:
         #: Requests in flight per token and per user; a key leaves when its count is 0.
         self.tokens_in_flight: Counter[uuid.UUID] = Counter()
         self.users_in_flight: Counter[uuid.UUID] = Counter()
+        #: Tokens that authenticated recently, by digest: only ever used to refuse a request
+        #: early (`refuse_early`), never to accept one.
+        self._recent: dict[str, Principal] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TokenLimits:
@@ -95,15 +100,30 @@ class TokenLimits:
     def check_rate(self, principal: Principal, *, expensive: bool) -> None:
         """Counts the request against its token's rates, or raises TooManyRequests (a refused
         request is not counted)."""
+        checks = self._rate_checks(principal, expensive=expensive)
+        self._test_rates(principal, checks)
+        # Nothing awaits between the tests and the hits: no other request interleaves.
         token = str(principal.token_id)
+        for _, bucket, items in checks:
+            for item in items:
+                self._limiter.hit(item, bucket, token)
+
+    def _rate_checks(
+        self, principal: Principal, *, expensive: bool
+    ) -> list[tuple[str, str, list[RateLimitItem]]]:
+        """(setting, bucket, limits) that apply to the request."""
         if principal.scope == TokenScope.ADMIN:
-            checks = [("AGENTDB_ADMIN_RATE_LIMIT", "requests", self.admin_rate)]
-        else:
-            checks = [("AGENTDB_TOKEN_RATE_LIMIT", "requests", self.rate)]
-            if expensive:
-                checks.append(
-                    ("AGENTDB_TOKEN_EXPENSIVE_RATE_LIMIT", "expensive", self.expensive_rate)
-                )
+            return [("AGENTDB_ADMIN_RATE_LIMIT", "requests", self.admin_rate)]
+        checks = [("AGENTDB_TOKEN_RATE_LIMIT", "requests", self.rate)]
+        if expensive:
+            checks.append(("AGENTDB_TOKEN_EXPENSIVE_RATE_LIMIT", "expensive", self.expensive_rate))
+        return checks
+
+    def _test_rates(
+        self, principal: Principal, checks: list[tuple[str, str, list[RateLimitItem]]]
+    ) -> None:
+        """Raises TooManyRequests, naming the limit, if the token is over one of `checks`."""
+        token = str(principal.token_id)
         for setting, bucket, items in checks:
             over = [item for item in items if not self._limiter.test(item, bucket, token)]
             if over:
@@ -120,16 +140,25 @@ class TokenLimits:
                     seconds,
                     setting,
                 )
-        # Nothing awaits between the tests and the hits: no other request interleaves.
-        for _, bucket, items in checks:
-            for item in items:
-                self._limiter.hit(item, bucket, token)
 
-    def enter(self, principal: Principal) -> None:
-        """Counts the request in flight for its token and user, or raises TooManyRequests;
-        every successful `enter` must be paired with `leave`."""
-        if principal.scope == TokenScope.ADMIN:
+    def remember(self, digest: str, principal: Principal) -> None:
+        """Notes that the token with `digest` stands for `principal` (it just authenticated)."""
+        if len(self._recent) >= _RECENT_TOKENS and digest not in self._recent:
+            self._recent.clear()  # a crude bound: the next requests re-learn what they need
+        self._recent[digest] = principal
+
+    def refuse_early(self, digest: str, *, expensive: bool) -> None:
+        """Raises TooManyRequests, before the token is looked up, for a token seen recently
+        that is at its in-flight limit or over its rate: a flood of requests is then answered
+        without touching the database. Passing here decides nothing: the request is still
+        authenticated, then counted, as any other."""
+        principal = self._recent.get(digest)
+        if principal is None or principal.scope == TokenScope.ADMIN:
             return
+        self._check_in_flight(principal)
+        self._test_rates(principal, self._rate_checks(principal, expensive=expensive))
+
+    def _check_in_flight(self, principal: Principal) -> None:
         token, user = principal.token_id, principal.user_id
         if self.tokens_in_flight[token] >= self.token_max_concurrent:
             raise self._refused(
@@ -147,6 +176,14 @@ class TokenLimits:
                 BUSY_RETRY_AFTER,
                 "AGENTDB_USER_MAX_CONCURRENT",
             )
+
+    def enter(self, principal: Principal) -> None:
+        """Counts the request in flight for its token and user, or raises TooManyRequests;
+        every successful `enter` must be paired with `leave`."""
+        if principal.scope == TokenScope.ADMIN:
+            return
+        token, user = principal.token_id, principal.user_id
+        self._check_in_flight(principal)
         self.tokens_in_flight[token] += 1
         if user is not None:
             self.users_in_flight[user] += 1

@@ -210,7 +210,7 @@ WHERE a.backend_type = 'client backend' AND a.state = 'active'
 """
 # Tenant statements running longer than this get the lowest CPU and I/O priority, so short
 # statements (other tenants', the plane's own copies) are served first on a busy machine.
-_DEPRIORITISE_AFTER_S = 1.0
+_DEPRIORITISE_AFTER_S = 0.2
 # A branch is re-measured only once it could have reached its quota since it was last measured
 # at this write rate (faster than the disks agentdb runs on).
 _MAX_WRITE_RATE = 2 * 2**30

@@ -5,7 +5,8 @@ values.
 Results are read in chunks of `_CHUNK_ROWS` rows as the server sends them (libpq's chunked-rows
 mode), so what one call holds is bounded by its caps plus one chunk, however large the result:
 rows past a cap are counted for `row_count` and dropped unconverted, up to `_READ_FACTOR` times
-the byte cap (at least 64 MiB); past that the call fails (54000) and the server's statement is cancelled.
+the byte cap (at least 64 MiB); past that the call fails (54000) and the server's statement is
+cancelled.
 
 The connection URI never leaves this module; nothing here can name another database, so the
 SQL reaches the session's data and nothing else (the role has no CONNECT elsewhere, and
