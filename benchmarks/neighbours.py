@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -99,6 +100,10 @@ async def served(data_dir: Path) -> AsyncIterator[Served]:
             stderr=log,
             env=env,
             text=True,
+            # Its own session, as a service runs: Linux's autogroup scheduling then shares the
+            # CPU between agentdb, PostgreSQL and this benchmark's clients as it would be shared
+            # between a service and remote callers.
+            start_new_session=True,
         )
         lines: queue.Queue[str | None] = queue.Queue()
 
@@ -185,6 +190,8 @@ async def sql(
 class Victim:
     checkpoints: list[float] = field(default_factory=list)
     queries: list[float] = field(default_factory=list)
+    healthz: list[float] = field(default_factory=list)  # GET /healthz: agentdb's event loop
+    direct: list[float] = field(default_factory=list)  # connect + select 1, not through agentdb
     failures: Counter[str] = field(default_factory=Counter)
 
 
@@ -196,7 +203,7 @@ def _detail(resp: httpx.Response) -> str:
 
 
 async def victim_loops(
-    http: httpx.AsyncClient, session: Session, other: Session, seconds_: float
+    http: httpx.AsyncClient, session: Session, other: Session, direct_uri: str, seconds_: float
 ) -> Victim:
     """Checkpoints of `session` in a loop, and SQL on `other` (a checkpoint ends the sessions
     of its own database, so the two would collide on one)."""
@@ -229,8 +236,45 @@ async def victim_loops(
                 seen.failures[f"sql {resp.status_code}: {_detail(resp)}"] += 1
             await asyncio.sleep(0.1)
 
-    await asyncio.gather(checkpoints(), queries())
+    async def probes() -> None:
+        while time.monotonic() < deadline:
+            started = time.perf_counter()
+            if (await http.get("/healthz")).status_code == 200:
+                seen.healthz.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            async with await psycopg.AsyncConnection.connect(direct_uri) as conn:
+                await conn.execute("select 1")
+            seen.direct.append(time.perf_counter() - started)
+            await asyncio.sleep(0.25)
+
+    await asyncio.gather(checkpoints(), queries(), probes())
     return seen
+
+
+@dataclass(frozen=True)
+class VictimPlan:
+    url: str
+    session: Session  # checkpointed
+    other: Session  # queried
+    direct_uri: str  # probed directly, past agentdb
+
+
+def victim_process(plan: VictimPlan, seconds_: float) -> Victim:
+    """`victim_loops` in a process (and scheduler group) of its own, with its own client: the
+    attacker's hundreds of requests must not queue the victim's in this benchmark's own
+    event loop."""
+
+    async def run() -> Victim:
+        async with httpx.AsyncClient(base_url=plan.url, timeout=900) as http:
+            return await victim_loops(http, plan.session, plan.other, plan.direct_uri, seconds_)
+
+    return asyncio.run(run())
+
+
+async def victim_apart(
+    pool: concurrent.futures.ProcessPoolExecutor, plan: VictimPlan, seconds_: float
+) -> Victim:
+    return await asyncio.get_running_loop().run_in_executor(pool, victim_process, plan, seconds_)
 
 
 # --- the attacker ----------------------------------------------------------------------------
@@ -375,15 +419,17 @@ async def run(args: argparse.Namespace, data_dir: Path) -> JSON:
                 "insert into t select g, md5(g::text) from generate_series(1, 10000) g",
             )
             expect(made, 200)
-        print(f"quiet phase: {args.quiet:g} s", file=sys.stderr)
-        async with PeakRss(serve.process) as quiet_rss:
-            quiet = await victim_loops(http, victim, reader, args.quiet)
-        print(f"attack phase: {args.attack:g} s", file=sys.stderr)
-        async with PeakRss(serve.process) as attack_rss:
-            attacked, hostile = await asyncio.gather(
-                victim_loops(http, victim, reader, args.attack),
-                attack(http, attackers, args.attack, set(args.only)),
-            )
+        plan = VictimPlan(serve.url, victim, reader, serve.superuser_dsn)
+        with concurrent.futures.ProcessPoolExecutor(max_workers=1, initializer=os.setsid) as pool:
+            print(f"quiet phase: {args.quiet:g} s", file=sys.stderr)
+            async with PeakRss(serve.process) as quiet_rss:
+                quiet = await victim_apart(pool, plan, args.quiet)
+            print(f"attack phase: {args.attack:g} s", file=sys.stderr)
+            async with PeakRss(serve.process) as attack_rss:
+                attacked, hostile = await asyncio.gather(
+                    victim_apart(pool, plan, args.attack),
+                    attack(http, attackers, args.attack, set(args.only)),
+                )
         stopped = time.monotonic()
         await asyncio.sleep(max(0.0, args.linger - (time.monotonic() - stopped)))
         lingering = await attacker_backends(serve.superuser_dsn, [s.role for s in attackers])
@@ -398,6 +444,10 @@ async def run(args: argparse.Namespace, data_dir: Path) -> JSON:
         latency_row("victim checkpoint, attacked", attacked.checkpoints),
         latency_row("victim /sql, quiet", quiet.queries),
         latency_row("victim /sql, attacked", attacked.queries),
+        latency_row("probe GET /healthz, quiet", quiet.healthz),
+        latency_row("probe GET /healthz, attacked", attacked.healthz),
+        latency_row("probe direct connect + select 1, quiet", quiet.direct),
+        latency_row("probe direct connect + select 1, attacked", attacked.direct),
     ]
     print()
     print(markdown_table(["victim (other user)", "n", "median", "p95", "max"], rows))
