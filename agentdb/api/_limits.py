@@ -48,6 +48,8 @@ _EXPENSIVE = re.compile(
 BUSY_RETRY_AFTER = 1
 #: Recently authenticated tokens remembered for early refusals.
 _RECENT_TOKENS = 100_000
+#: A refused token's warning is logged at most this often per limit.
+_LOG_EVERY_S = 10.0
 
 
 def is_expensive(method: str, path: str) -> bool:
@@ -86,6 +88,7 @@ class TokenLimits:
         #: Tokens that authenticated recently, by digest: only ever used to refuse a request
         #: early (`refuse_early`), never to accept one.
         self._recent: dict[str, Principal] = {}
+        self._logged: dict[tuple[uuid.UUID, str], float] = {}  # (token, limit) -> when
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TokenLimits:
@@ -195,15 +198,24 @@ class TokenLimits:
         if principal.user_id is not None:
             _decrement(self.users_in_flight, principal.user_id)
 
-    @staticmethod
-    def _refused(principal: Principal, detail: str, seconds: int, limit: str) -> TooManyRequests:
-        log.warning(
-            "api.token_limited",
-            limit=limit,
-            scope=principal.scope.value,
-            user_id=str(principal.user_id) if principal.user_id else None,
-            retry_after=seconds,
-        )
+    def _refused(
+        self, principal: Principal, detail: str, seconds: int, limit: str
+    ) -> TooManyRequests:
+        # One line per token and limit every `_LOG_EVERY_S`: a flood must not become a flood
+        # of log lines (disk, and CPU of agentdb's own loop).
+        key = (principal.token_id, limit)
+        now = time.monotonic()
+        if now - self._logged.get(key, -math.inf) >= _LOG_EVERY_S:
+            if len(self._logged) >= _RECENT_TOKENS:
+                self._logged.clear()
+            self._logged[key] = now
+            log.warning(
+                "api.token_limited",
+                limit=limit,
+                scope=principal.scope.value,
+                user_id=str(principal.user_id) if principal.user_id else None,
+                retry_after=seconds,
+            )
         return TooManyRequests(detail, headers={"Retry-After": str(seconds)})
 
 

@@ -214,9 +214,7 @@ _DEPRIORITISE_AFTER_S = 0.2
 # A branch is re-measured only once it could have reached its quota since it was last measured
 # at this write rate (faster than the disks agentdb runs on).
 _MAX_WRITE_RATE = 2 * 2**30
-_SIZE_OF = (
-    "SELECT coalesce(sum(pg_database_size(datname)), 0) FROM pg_database WHERE datname = ANY(%s)"
-)
+_SIZES_OF = "SELECT datname, pg_database_size(datname) FROM pg_database WHERE datname = ANY(%s)"
 # The size watch re-reads the store at most this often (when it meets an unknown database),
 # and at least this often while databases are active.
 _WATCH_REFRESH_MIN_S = 1.0
@@ -555,20 +553,31 @@ class UsageMixin(PlaneBase):
         age = time.monotonic() - w.refreshed
         if age > _WATCH_REFRESH_MAX_S or (age > _WATCH_REFRESH_MIN_S and active - w.places.keys()):
             await self._refresh_watch()
-        over: list[tuple[str, str, int, int]] = []
+        due: dict[str, tuple[str, int]] = {}  # branch -> project, limit
         for project_id, branch_id in sorted({w.places[d] for d in active if d in w.places}):
             limit = w.size_limits.get(project_id)
             if limit is None or branch_id in w.read_only:
                 continue
             last_size, last_at = w.measured.get(branch_id, (0, -math.inf))
-            if last_size + _MAX_WRITE_RATE * (time.monotonic() - last_at) < limit:
-                continue  # cannot have reached it yet
-            cur = await conn.execute(_SIZE_OF, (w.branch_databases.get(branch_id, []),))
-            row = await cur.fetchone()
-            size = int(row[0]) if row else 0
-            w.measured[branch_id] = (size, time.monotonic())
-            if size > limit:
-                over.append((project_id, branch_id, size, limit))
+            if last_size + _MAX_WRITE_RATE * (time.monotonic() - last_at) >= limit:
+                due[branch_id] = (project_id, limit)  # else: cannot have reached it yet
+        over: list[tuple[str, str, int, int]] = []
+        if due:
+            # One round trip for every branch due, whatever their number.
+            names = [d for b in due for d in w.branch_databases.get(b, [])]
+            cur = await conn.execute(_SIZES_OF, (names,))
+            sizes = {str(name): int(size) for name, size in await cur.fetchall()}
+            for branch_id, (project_id, limit) in due.items():
+                size = sum(sizes.get(d, 0) for d in w.branch_databases.get(branch_id, []))
+                w.measured[branch_id] = (size, time.monotonic())
+                if size > limit:
+                    over.append((project_id, branch_id, size, limit))
+        await self._stop_writes(over)
+        return [branch_id for _, branch_id, _, _ in over]
+
+    async def _stop_writes(self, over: list[tuple[str, str, int, int]]) -> None:
+        """Makes each (project, branch, size, limit) of `over` read-only now."""
+        w = self._watch
         for project_id, branch_id, size, limit in over:
             async with self._usage.lock, self._store.tx(project_id) as tx:
                 branch = await tx.get(BranchRecord, branch_id)
@@ -586,7 +595,6 @@ class UsageMixin(PlaneBase):
                 logical_size=size,
                 limit=limit,
             )
-        return [branch_id for _, branch_id, _, _ in over]
 
     async def _deprioritise(self, backends: list[tuple[int, datetime]]) -> None:
         """Gives tenant backends running a long statement the lowest CPU and I/O priority
