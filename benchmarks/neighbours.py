@@ -52,7 +52,16 @@ from typing import Self
 import httpx
 import psutil
 import psycopg
-from _common import JSON, Stats, machine_facts, markdown_table, mebibytes, quiet_logs, seconds
+from _common import (
+    JSON,
+    Stats,
+    expect,
+    machine_facts,
+    markdown_table,
+    mebibytes,
+    quiet_logs,
+    seconds,
+)
 
 from agentdb.pg import open_server
 from agentdb.settings import Settings
@@ -137,15 +146,6 @@ async def served(data_dir: Path) -> AsyncIterator[Served]:
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
-
-
-def expect(resp: httpx.Response, *statuses: int) -> JSON:
-    if resp.status_code not in statuses:
-        raise RuntimeError(
-            f"{resp.request.method} {resp.request.url}: {resp.status_code} {resp.text}"
-        )
-    body: JSON = resp.json()
-    return body
 
 
 @dataclass

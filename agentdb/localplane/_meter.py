@@ -263,12 +263,15 @@ class UsageMixin(PlaneBase):
     # --- measuring -----------------------------------------------------------------------------
 
     async def _conn(self) -> AsyncConnection[Any]:
-        st = self._usage
-        if st.conn is None or st.conn.closed:
-            st.conn = await AsyncConnection.connect(
+        return await self._own_conn(self._usage)
+
+    async def _own_conn(self, state: _MeterState | _WatchState) -> AsyncConnection[Any]:
+        """`state`'s superuser connection, opened again if it was closed."""
+        if state.conn is None or state.conn.closed:
+            state.conn = await AsyncConnection.connect(
                 self._server.conninfo("postgres"), autocommit=True
             )
-        return st.conn
+        return state.conn
 
     async def _sample(self) -> _Sample:
         conn = await self._conn()
@@ -513,12 +516,7 @@ class UsageMixin(PlaneBase):
             failing = False
 
     async def _watch_conn(self) -> AsyncConnection[Any]:
-        w = self._watch
-        if w.conn is None or w.conn.closed:
-            w.conn = await AsyncConnection.connect(
-                self._server.conninfo("postgres"), autocommit=True
-            )
-        return w.conn
+        return await self._own_conn(self._watch)
 
     async def _refresh_watch(self) -> None:
         async with self._store.tx() as tx:

@@ -18,7 +18,6 @@ import pytest_asyncio
 from contract.openapi import NeonSpec
 from litestar import Litestar
 
-from agentdb.api import create_app
 from agentdb.pg import ServerInfo
 from agentdb.runtime import Runtime
 
@@ -55,17 +54,7 @@ async def runtime(
         tiers_toml=TIERS_TOML,
         sql_statement_timeout_s=LONGEST_TIMEOUT_S,
     ) as running:
-        yield running
-
-
-@pytest_asyncio.fixture(loop_scope="session")
-async def http(runtime: Runtime) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=create_app(runtime)),
-        base_url="http://agentdb",
-        timeout=120,
-    ) as client:
-        yield client
+        yield running  # the suite's `api_app` and `http` fixtures serve it
 
 
 async def _second_session(http: httpx.AsyncClient, owner: Tenant) -> tuple[str, dict[str, str]]:
