@@ -75,7 +75,7 @@ class Limits:
     temp_file_limit_mb: int = 1024
     statement_max_s: float = 3600.0
     idle_in_transaction_s: float = 60.0
-    client_check_interval_s: float = 2.0
+    client_check_interval_s: float = 0.5
     guard_interval_s: float = 5.0
     size_watch_interval_s: float = 0.1
     min_free_disk_mb: int = 1024

@@ -473,9 +473,10 @@ class SqlService:
         given = conninfo_to_dict(uri).get("options")
         milliseconds = max(1, round(limit.total_seconds() * 1000))
         options = f"{given} " if given else ""
-        # The server notices within 2 s that agentdb gave up on a call (or died) and ends the
-        # statement, instead of running it for nobody (PostgreSQL 14+).
-        options += f"-c statement_timeout={milliseconds} -c client_connection_check_interval=2000"
+        # The server notices within half a second that agentdb gave up on a call (or died) and
+        # ends the statement, instead of running it for nobody (PostgreSQL 14+): a statement
+        # that swallows its cancel is ended this way.
+        options += f"-c statement_timeout={milliseconds} -c client_connection_check_interval=500"
         try:
             # Only connecting is retried: a statement once sent is never sent again.
             async for attempt in stamina.retry_context(

@@ -56,7 +56,7 @@ async def test_a_project_role_gets_its_limits_as_role_settings(
     assert _expected_settings(_DEFAULTS) <= settings
     assert "temp_file_limit=1024MB" in settings
     assert "idle_in_transaction_session_timeout=60000ms" in settings
-    assert "client_connection_check_interval=2000ms" in settings
+    assert "client_connection_check_interval=500ms" in settings
 
 
 async def test_the_tenant_cannot_raise_or_reset_its_temp_file_limit(
