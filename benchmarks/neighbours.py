@@ -19,7 +19,8 @@ prompt-injected agent would be.
    `INSERT` of about 2 GB into a 512 MiB-quota session).
 3. **Afterwards.** Attacker backends still running `--linger` (30) seconds after the attack
    stops (the longest attacker timeout is 20 s + 1 s of grace, so none should be), the disk
-   writer's database size past its quota (the overshoot), and agentdb's peak RSS (psutil, every
+   writer's database at its largest past its quota (the overshoot: sampled every 20 ms while it
+   runs, as its rolled-back table is gone afterwards), and agentdb's peak RSS (psutil, every
    50 ms) in each phase.
 
 Usage: `.venv/bin/python benchmarks/neighbours.py [--quiet 20] [--attack 40] [--json out.json]`
@@ -153,6 +154,7 @@ class Session:
     id: str
     token: str  # the session token: all the agent holds
     role: str  # the session's database role (for the superuser's look at its backends)
+    database: str  # its database's name (for the superuser's look at its size)
 
 
 async def make_user(http: httpx.AsyncClient, email: str, sessions: int) -> list[Session]:
@@ -170,8 +172,8 @@ async def make_user(http: httpx.AsyncClient, email: str, sessions: int) -> list[
         uri = expect(await http.get(f"/v1/sessions/{s['id']}", headers=owner), 200)[
             "connection_uri"
         ]
-        role = psycopg.conninfo.conninfo_to_dict(uri)["user"]
-        out.append(Session(s["id"], t["token"], str(role)))
+        parts = psycopg.conninfo.conninfo_to_dict(uri)
+        out.append(Session(s["id"], t["token"], str(parts["user"]), str(parts["dbname"])))
     return out
 
 
@@ -285,13 +287,30 @@ class Attack:
     statuses: Counter[str] = field(default_factory=Counter)
     writer_status: int = 0
     writer_seconds: float = 0.0
+    writer_peak: int = 0  # the writer's database at its largest (sampled every 20 ms)
+
+
+async def peak_size(dsn: str, database: str, seen: Attack) -> None:
+    """Samples `database`'s size until cancelled: the table the writer creates is dropped
+    with its rolled-back transaction, so only a sample taken while it runs sees the overshoot."""
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        while True:
+            cur = await conn.execute("SELECT pg_database_size(%s)", (database,))
+            row = await cur.fetchone()
+            seen.writer_peak = max(seen.writer_peak, int(row[0]) if row else 0)
+            await asyncio.sleep(0.02)
 
 
 KINDS = ("flood", "orphan", "big", "disk")
 
 
 async def attack(
-    http: httpx.AsyncClient, sessions: list[Session], seconds_: float, kinds: set[str]
+    http: httpx.AsyncClient,
+    sessions: list[Session],
+    seconds_: float,
+    kinds: set[str],
+    *,
+    superuser_dsn: str,
 ) -> Attack:
     seen = Attack()
     deadline = time.monotonic() + seconds_
@@ -325,7 +344,13 @@ async def attack(
 
     async def writer() -> None:
         started = time.perf_counter()
-        resp = await sql(http, disk, WRITER, timeout_seconds=600)
+        sampler = asyncio.create_task(peak_size(superuser_dsn, disk.database, seen))
+        try:
+            resp = await sql(http, disk, WRITER, timeout_seconds=600)
+        finally:
+            sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sampler
         seen.writer_status = resp.status_code
         seen.writer_seconds = time.perf_counter() - started
 
@@ -372,11 +397,6 @@ async def attacker_backends(dsn: str, roles: list[str]) -> list[tuple[int, str, 
             (roles,),
         )
         return [(int(p), str(s), float(a or 0)) for p, s, a in await cur.fetchall()]
-
-
-async def database_size(http: httpx.AsyncClient, session: Session) -> int:
-    resp = await sql(http, session, "select pg_database_size(current_database())")
-    return int(expect(resp, 200)["rows"][0][0])
 
 
 def p95(samples: list[float]) -> float:
@@ -428,14 +448,19 @@ async def run(args: argparse.Namespace, data_dir: Path) -> JSON:
             async with PeakRss(serve.process) as attack_rss:
                 attacked, hostile = await asyncio.gather(
                     victim_apart(pool, plan, args.attack),
-                    attack(http, attackers, args.attack, set(args.only)),
+                    attack(
+                        http,
+                        attackers,
+                        args.attack,
+                        set(args.only),
+                        superuser_dsn=serve.superuser_dsn,
+                    ),
                 )
         stopped = time.monotonic()
         await asyncio.sleep(max(0.0, args.linger - (time.monotonic() - stopped)))
         lingering = await attacker_backends(serve.superuser_dsn, [s.role for s in attackers])
-        size = await database_size(http, attackers[4])
 
-    overshoot = max(0, size - QUOTA)
+    overshoot = max(0, hostile.writer_peak - QUOTA)
     allowed = max(QUOTA // 10, 64 * 2**20)
     quiet_p95, attacked_p95 = p95(quiet.checkpoints), p95(attacked.checkpoints)
     ratio = attacked_p95 / quiet_p95 if quiet_p95 else float("inf")
@@ -462,7 +487,7 @@ async def run(args: argparse.Namespace, data_dir: Path) -> JSON:
         ["agentdb peak RSS, quiet", mebibytes(quiet_rss.peak), ""],
         ["agentdb peak RSS, attacked", mebibytes(attack_rss.peak), "< 1.0 GiB"],
         [
-            "disk writer: size past its 512 MiB quota",
+            "disk writer: peak size past its 512 MiB quota",
             mebibytes(overshoot),
             f"<= {mebibytes(allowed)}",
         ],
