@@ -1,15 +1,18 @@
 """Noisy neighbours: one user's sessions, driven with session tokens only, run a connection
 flood, cancel-swallowing loops, a huge result and a disk writer at once; another user's SQL and
-checkpoints keep working throughout, and afterwards no attacker backend outlives its timeout by
-more than 5 s. (A scaled-down run for a busy CI box: benchmarks/neighbours.py measures the
-latencies, the quota overshoot and agentdb's memory at full size.)"""
+checkpoints keep working throughout, agentdb's memory stays within a bound, and afterwards no
+attacker backend outlives its timeout by more than 5 s. (A scaled-down run for a busy CI box:
+benchmarks/neighbours.py measures the latencies, the quota overshoot and agentdb's memory at
+full size.)"""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import httpx
 import psycopg
@@ -35,6 +38,8 @@ ORPHAN = (
     "generate_series(1, 3000000); exception when query_canceled then null; end; end loop; end $$"
 )
 ATTACK_S = 8.0
+# What agentdb's memory may grow by under the attack (its results are read 8 rows at a time).
+RSS_BOUND = 256 * MIB
 # The attacker's longest timeout (the flood's) is 3 s; the statement timeout of the runtime 5 s.
 LONGEST_TIMEOUT_S = 5.0
 
@@ -55,6 +60,18 @@ async def runtime(
         sql_statement_timeout_s=LONGEST_TIMEOUT_S,
     ) as running:
         yield running  # the suite's `api_app` and `http` fixtures serve it
+
+
+def _rss_bytes() -> int:
+    resident_pages = Path("/proc/self/statm").read_text().split()[1]
+    return int(resident_pages) * os.sysconf("SC_PAGE_SIZE")
+
+
+async def _sample_rss(until: float, peak: list[int]) -> None:
+    """Keeps the process's largest resident size in `peak[0]` until `until` (monotonic)."""
+    while time.monotonic() < until:
+        peak[0] = max(peak[0], _rss_bytes())
+        await asyncio.sleep(0.02)
 
 
 async def _second_session(http: httpx.AsyncClient, owner: Tenant) -> tuple[str, dict[str, str]]:
@@ -139,7 +156,12 @@ async def test_one_users_attack_leaves_another_users_session_working(
             attacker_sql("select repeat('x', 1000000) from generate_series(1, 100)", max_rows=1),
         ),
     ]
-    written, *_ = await asyncio.gather(disk_writer(), victim_work(), *attacks)
+    baseline, peak = _rss_bytes(), [0]
+    written, *_ = await asyncio.gather(
+        disk_writer(), victim_work(), _sample_rss(deadline, peak), *attacks
+    )
+    # agentdb (in this process) held a few chunks of the 100 MB results at a time, not them.
+    assert peak[0] - baseline < RSS_BOUND, f"grew by {(peak[0] - baseline) >> 20} MiB"
 
     # The victim never saw a failure; the attacker met the limits.
     assert victim_answers, "the victim ran nothing"
