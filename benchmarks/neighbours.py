@@ -460,7 +460,14 @@ async def run(args: argparse.Namespace, data_dir: Path) -> JSON:
         await asyncio.sleep(max(0.0, args.linger - (time.monotonic() - stopped)))
         lingering = await attacker_backends(serve.superuser_dsn, [s.role for s in attackers])
 
-    overshoot = max(0, hostile.writer_peak - QUOTA)
+    # The larger of the sampled peak and the size at which the size watch stopped the writer
+    # (its log line): a sample can miss the moment between the two.
+    stopped_at = [
+        int(m.group(1))
+        for line in (data_dir / "serve.log").read_text(errors="replace").splitlines()
+        if "size_quota_reached" in line and (m := re.search(r"logical_size=(\d+)", line))
+    ]
+    overshoot = max(0, max([hostile.writer_peak, *stopped_at]) - QUOTA)
     allowed = max(QUOTA // 10, 64 * 2**20)
     quiet_p95, attacked_p95 = p95(quiet.checkpoints), p95(attacked.checkpoints)
     ratio = attacked_p95 / quiet_p95 if quiet_p95 else float("inf")
