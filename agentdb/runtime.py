@@ -51,6 +51,7 @@ from agentdb.services import (
     TokenService,
     UsageService,
     UserService,
+    WorkflowKillSwitch,
 )
 from agentdb.settings import Settings
 from agentdb.tiers import Tiers, TiersError, load_tiers
@@ -116,6 +117,7 @@ async def open_runtime(
     and builds the services; with `start_jobs`, the reconciler has run once before this yields
     and the periodic jobs run until it exits. `neon` replaces the control plane the settings
     choose (the caller keeps it open)."""
+    kill = _kill_switch(settings)
     async with AsyncExitStack() as stack:
         database_health: DatabaseHealth
         if server is None and settings.database_url is None:
@@ -128,21 +130,7 @@ async def open_runtime(
             if server is None:
                 server = await stack.enter_async_context(open_server(settings))
             database_health = partial(probe_server, server)
-        meta_dsn = await ensure_database(server, settings.meta_database)
-        await meta_schema.upgrade(meta_dsn)
-        engine = create_async_engine(
-            meta_schema.database_url(meta_dsn),
-            # Connections are made ahead and kept: a connection made for a burst and closed
-            # after it costs a SCRAM handshake each, which a flood of requests (even ones
-            # answered 429) would pay hundreds of times a second.
-            pool_size=40,
-            max_overflow=10,
-            pool_recycle=1800,
-            # After a PostgreSQL restart the pool's connections are dead: test before use.
-            pool_pre_ping=True,
-        )
-        stack.push_async_callback(engine.dispose)
-        meta = async_sessionmaker(engine)
+        meta = await _open_meta(server, settings.meta_database, stack)
         secrets = load_secrets(settings)
         tiers = load_configured_tiers(settings)
         endpoint_settings = DefaultEndpointSettings(
@@ -168,12 +156,18 @@ async def open_runtime(
                 project_prefix=settings.project_prefix,
                 endpoint_settings=endpoint_settings,
                 tiers=tiers,
+                kill=kill,
             )
         except TiersError as error:
             raise StartupError(f"{_tiers_source(settings)}: {error}") from None
-        checkpoints = CheckpointService(meta, neon, locks=locks, tiers=tiers)
+        checkpoints = CheckpointService(meta, neon, locks=locks, tiers=tiers, kill=kill)
         branches = BranchService(
-            meta, neon, secrets, locks=locks, default_ttl=timedelta(seconds=settings.branch_ttl_s)
+            meta,
+            neon,
+            secrets,
+            locks=locks,
+            default_ttl=timedelta(seconds=settings.branch_ttl_s),
+            kill=kill,
         )
         # Every workflow holds its session's lock from before its intent row is written, so
         # the reconciler needs no grace period: a row it can lock is truly abandoned.
@@ -269,6 +263,34 @@ async def open_runtime(
             await stack.enter_async_context(jobs)
         log.info("agentdb.started", control_plane=control_plane)
         yield runtime
+
+
+async def _open_meta(
+    server: ServerInfo, name: str, stack: AsyncExitStack
+) -> async_sessionmaker[AsyncSession]:
+    """The meta database, made and migrated if need be, behind a pool `stack` closes."""
+    meta_dsn = await ensure_database(server, name)
+    await meta_schema.upgrade(meta_dsn)
+    engine = create_async_engine(
+        meta_schema.database_url(meta_dsn),
+        # Connections are made ahead and kept: a connection made for a burst and closed
+        # after it costs a SCRAM handshake each, which a flood of requests (even ones
+        # answered 429) would pay hundreds of times a second.
+        pool_size=40,
+        max_overflow=10,
+        pool_recycle=1800,
+        # After a PostgreSQL restart the pool's connections are dead: test before use.
+        pool_pre_ping=True,
+    )
+    stack.push_async_callback(engine.dispose)
+    return async_sessionmaker(engine)
+
+
+def _kill_switch(settings: Settings) -> WorkflowKillSwitch:
+    try:
+        return WorkflowKillSwitch(settings.kill_at)
+    except ValueError as error:
+        raise StartupError(str(error)) from None
 
 
 async def _control_plane(

@@ -117,6 +117,11 @@ class Settings(BaseSettings):
         description="Free disk (MiB) under which every project database turns read-only, so "
         "agentdb's own databases stay writable; writes resume at 25 % more (0: never).",
     )
+    kill_at: str = Field(
+        default="",
+        description="Crash tests only: a workflow kill point (e.g. 'restore.restored' or "
+        "'checkpoint.snapshot_taken:2') where agentdb SIGKILLs its own process.",
+    )
     localplane_kill_at: str = Field(
         default="",
         description="Crash tests only: a kill point (e.g. 'swap.renamed' or "

@@ -163,8 +163,10 @@ def _settings(data_dir: Path | None) -> Settings:
     try:
         settings = Settings(data_dir=data_dir) if data_dir is not None else Settings()
         from agentdb.localplane._faults import Faults  # noqa: PLC0415
+        from agentdb.services import WorkflowKillSwitch  # noqa: PLC0415
 
         Faults.parse(settings.localplane_faults)
+        WorkflowKillSwitch(settings.kill_at)
     except (ValidationError, ValueError) as exc:
         raise CommandError(_first_line(exc)) from exc
     return settings

@@ -3,10 +3,10 @@ named kill points where a crash test ends the process mid-job."""
 
 from __future__ import annotations
 
-import os
 import random
-import signal
 from dataclasses import dataclass
+
+from agentdb import _kill
 
 _KEYS = {"423", "429", "500", "503", "latency_ms"}
 
@@ -83,40 +83,9 @@ KILL_POINTS = frozenset(
 )
 
 
-class KillSwitch:
-    """SIGKILLs the current process when it reaches the armed kill point for the n-th time:
-    a crash at a step boundary, with no `finally` or `except` running on the way out.
-    Parsed from `AGENTDB_LOCALPLANE_KILL_AT`, e.g. `swap.renamed` or `job.step_done:2`."""
+class KillSwitch(_kill.KillSwitch):
+    """The local plane's kill points, armed by `AGENTDB_LOCALPLANE_KILL_AT`, e.g.
+    `swap.renamed` or `job.step_done:2`."""
 
-    def __init__(self, spec: str = "") -> None:
-        self._point: str | None = None
-        self._remaining = 0
-        self.arm(spec)
-
-    def arm(self, spec: str) -> None:
-        """Arms `point` or `point:n` (the n-th time it is reached); an empty spec disarms."""
-        point, _, count = spec.strip().partition(":")
-        if not point:
-            self._point, self._remaining = None, 0
-            return
-        if point not in KILL_POINTS:
-            raise ValueError(
-                f"AGENTDB_LOCALPLANE_KILL_AT: {point!r} is not a kill point; "
-                f"use one of {sorted(KILL_POINTS)}"
-            )
-        try:
-            remaining = int(count) if count else 1
-        except ValueError:
-            remaining = 0
-        if remaining < 1:
-            raise ValueError(
-                f"AGENTDB_LOCALPLANE_KILL_AT: {count!r} after ':' must be a positive integer"
-            )
-        self._point, self._remaining = point, remaining
-
-    def point(self, name: str) -> None:
-        if name != self._point:
-            return
-        self._remaining -= 1
-        if self._remaining == 0:
-            os.kill(os.getpid(), signal.SIGKILL)
+    POINTS = KILL_POINTS
+    SETTING = "AGENTDB_LOCALPLANE_KILL_AT"

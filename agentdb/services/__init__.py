@@ -3,7 +3,7 @@ agent sessions, checkpoints, branches, SQL, tier changes, usage, the audit log, 
 and the background job runner. The REST API, MCP tools and CLI call these; none of them talk to
 Neon directly."""
 
-from ._common import Actor, Clock, SessionLocks, system_clock
+from ._common import Actor, Clock, SessionLocks, WorkflowKillSwitch, system_clock
 from ._errors import (
     AlreadyExists,
     BranchNotFound,
@@ -105,5 +105,6 @@ __all__ = [
     "UserNotFound",
     "UserService",
     "UserView",
+    "WorkflowKillSwitch",
     "system_clock",
 ]

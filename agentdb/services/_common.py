@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from pydantic import JsonValue
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from agentdb import _kill
 from agentdb.neon import Snapshot, WithOperations
 from meta_schema import ActorScope, AgentSession, Checkpoint, CheckpointStatus, Event
 
@@ -28,6 +29,30 @@ SessionFactory = async_sessionmaker[AsyncSession]
 MAX_NAME = 200
 MAX_MESSAGE = 10_000
 MAX_IDEMPOTENCY_KEY = 200
+
+
+class WorkflowKillSwitch(_kill.KillSwitch):
+    """The services' kill points, armed by `AGENTDB_KILL_AT` (crash tests only): one after
+    each step of a workflow that a crash could cut it off at, named `<workflow>.<step done>`."""
+
+    POINTS = frozenset(
+        {
+            "session_create.requested",
+            "session_create.project_created",
+            "session_create.project_recorded",
+            "session_create.snapshot_taken",
+            "session_delete.requested",
+            "session_delete.project_deleted",
+            "checkpoint.requested",
+            "checkpoint.snapshot_taken",
+            "restore.requested",
+            "restore.restored",
+            "restore.recorded",
+            "branch.requested",
+            "branch.created",
+        }
+    )
+    SETTING = "AGENTDB_KILL_AT"
 
 
 def system_clock() -> datetime:

@@ -45,6 +45,7 @@ from ._common import (
     Clock,
     SessionFactory,
     SessionLocks,
+    WorkflowKillSwitch,
     check_text,
     describe,
     event,
@@ -80,6 +81,7 @@ class BranchService:
         locks: SessionLocks | None = None,
         default_ttl: timedelta = timedelta(hours=24),
         max_ttl: timedelta = timedelta(days=30),
+        kill: WorkflowKillSwitch | None = None,
     ) -> None:
         if not timedelta(0) < default_ttl <= max_ttl:
             raise ValueError("default_ttl must be positive and at most max_ttl")
@@ -90,6 +92,7 @@ class BranchService:
         self._locks = locks or SessionLocks(sessions)
         self._default_ttl = default_ttl
         self._max_ttl = max_ttl
+        self._kill = kill or WorkflowKillSwitch()
 
     def _db(self) -> AsyncSession:
         return self._sessions(expire_on_commit=False)
@@ -229,6 +232,7 @@ class BranchService:
             db.add(row)
             db.add(self._event(actor, "branch.create", row, phase="requested"))
             await db.commit()
+            self._kill.point("branch.requested")
             await self._provision(db, session, row, source, actor)
             return BranchView.of(row)
 
@@ -331,6 +335,7 @@ class BranchService:
             )
             await db.commit()
             raise ControlPlaneFailed(f"creating branch {row.id} failed: {error}") from error
+        self._kill.point("branch.created")
         row.encrypted_connection_secret = self._secrets.encrypt(uri.get_secret_value())
         row.status = BranchStatus.READY
         db.add(

@@ -44,6 +44,7 @@ from ._common import (
     Clock,
     SessionFactory,
     SessionLocks,
+    WorkflowKillSwitch,
     check_text,
     describe,
     event,
@@ -103,6 +104,7 @@ class CheckpointService:
         locks: SessionLocks | None = None,
         tiers: Tiers | None = None,
         blocked_recheck: timedelta = timedelta(hours=1),
+        kill: WorkflowKillSwitch | None = None,
     ) -> None:
         """`tiers`: each session's tier caps its checkpoints (`max_checkpoints_per_session`);
         without them, every checkpoint is kept until deleted. `blocked_recheck`: how often a
@@ -114,6 +116,7 @@ class CheckpointService:
         self._locks = locks or SessionLocks(sessions)
         self._tiers = tiers
         self._replaced = ReplacedBranches(neon, clock, recheck=blocked_recheck)
+        self._kill = kill or WorkflowKillSwitch()
 
     def _db(self) -> AsyncSession:
         return self._sessions(expire_on_commit=False)
@@ -226,6 +229,7 @@ class CheckpointService:
             row.updated_at = self._clock()
             db.add(self._event(actor, "checkpoint.create", checkpoint, phase="requested"))
             await db.commit()
+            self._kill.point("checkpoint.requested")
             try:
                 created = await self._snapshot(row.project_id, row.live_branch_id, checkpoint)
             except NeonError as error:
@@ -240,6 +244,7 @@ class CheckpointService:
                 )
                 await db.commit()
                 raise ControlPlaneFailed(f"checkpoint of {session_id} failed: {error}") from error
+            self._kill.point("checkpoint.snapshot_taken")
             fill_from_snapshot(checkpoint, created.snapshot, row.live_branch_id)
             row.head_checkpoint_id = checkpoint.id
             row.status = SessionStatus.READY
@@ -306,6 +311,7 @@ class CheckpointService:
             row.updated_at = self._clock()
             db.add(self._event(actor, "checkpoint.restore", checkpoint, phase="requested"))
             await db.commit()
+            self._kill.point("restore.requested")
             operations: builtins.list[str] = []
             try:
                 # Always name the live branch: Neon's default target can be an "(old)" one.
@@ -325,6 +331,7 @@ class CheckpointService:
                     )
                     raise ControlPlaneFailed(f"restore of {session_id} failed: {error}") from error
                 live_id = lost
+            self._kill.point("restore.restored")
             # The new live branch id and the replaced one in one commit: from here on every
             # call must target the new one, and the old one is never lost track of.
             row.live_branch_id = live_id
@@ -336,6 +343,7 @@ class CheckpointService:
             old = self._replaced_row(row, replaced)
             db.add(old)
             await db.commit()
+            self._kill.point("restore.recorded")
             cleanup_operations = await self._drop_replaced(db, row, old)
             db.add(
                 self._event(

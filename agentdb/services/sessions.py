@@ -47,6 +47,7 @@ from ._common import (
     Clock,
     SessionFactory,
     SessionLocks,
+    WorkflowKillSwitch,
     check_text,
     describe,
     event,
@@ -91,6 +92,7 @@ class SessionService:
         project_prefix: str = PROJECT_PREFIX,
         endpoint_settings: DefaultEndpointSettings | None = None,
         tiers: Tiers | None = None,
+        kill: WorkflowKillSwitch | None = None,
     ) -> None:
         """`default_org_id`: the Neon organization for users without one of their own (or
         their tier's); `project_prefix`: what this installation's project names start with;
@@ -109,6 +111,7 @@ class SessionService:
         for tier in tiers.tiers if tiers is not None else ():
             tier.endpoint_settings(endpoint_settings)  # checked once, before any session
         self._locks = locks or SessionLocks(sessions)
+        self._kill = kill or WorkflowKillSwitch()
 
     def _db(self) -> AsyncSession:
         # Rows stay readable after commit: reloading them implicitly would be blocking IO.
@@ -207,6 +210,7 @@ class SessionService:
                     ):
                         return SessionView.of(found)  # a concurrent call with the same key won
                     raise
+            self._kill.point("session_create.requested")
             return await self._provision(session_id, actor)
 
     def _tier(self, name: str) -> Tier | None:
@@ -272,6 +276,7 @@ class SessionService:
             tier = self._tiers.find(row.tier) if self._tiers is not None else None
             try:
                 created = await self._create_project(row, tier)
+                self._kill.point("session_create.project_created")
                 # Record the project before anything else can fail: it is what a retry or the
                 # reconciler must find and clean up.
                 self._record_project(row, created)
@@ -283,9 +288,11 @@ class SessionService:
                 )
                 db.add(root)
                 await db.commit()
+                self._kill.point("session_create.project_recorded")
                 assert row.project_id is not None  # noqa: S101 - set by _record_project
                 assert row.live_branch_id is not None  # noqa: S101
                 snapshot = await self._root_snapshot(row.project_id, row.live_branch_id, root)
+                self._kill.point("session_create.snapshot_taken")
             except (NeonError, ControlPlaneFailed) as error:
                 await self._undo_provisioning(
                     db, row, root=root, created=created, error=error, actor=actor
@@ -461,6 +468,7 @@ class SessionService:
             row.updated_at = self._clock()
             db.add(self._event(actor, "session.delete", row, phase="requested"))
             await db.commit()
+            self._kill.point("session_delete.requested")
             try:
                 if row.project_id is not None:
                     await self._neon.delete_project(row.project_id)
@@ -479,6 +487,7 @@ class SessionService:
                 raise ControlPlaneFailed(
                     f"deleting session {session_id} failed: {error}"
                 ) from error
+            self._kill.point("session_delete.project_deleted")
             now = self._clock()
             row.status = SessionStatus.DELETED
             row.deleted_at = row.updated_at = now

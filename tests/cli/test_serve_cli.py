@@ -56,6 +56,7 @@ def test_zero_config_serve_prints_the_admin_token_once_and_answers(tmp_path: Pat
         ("AGENTDB_ADMIN_TOKEN", "short"),
         ("AGENTDB_META_DATABASE", "Bad-Name"),
         ("AGENTDB_SQL_MAX_ROWS", "0"),
+        ("AGENTDB_KILL_AT", "restore.nowhere"),
     ],
 )
 def test_bad_settings_are_one_line_naming_them(tmp_path: Path, name: str, value: str) -> None:

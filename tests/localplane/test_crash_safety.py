@@ -19,7 +19,7 @@ import psycopg
 import pytest
 
 from agentdb.localplane import LocalPlane
-from agentdb.localplane._models import ProjectCreateBody
+from agentdb.localplane._models import ProjectCreateBody, SnapshotRestoreBody
 from agentdb.pg import EmbeddedPostgres, PostgresSupervisor, ServerInfo
 
 from .helpers import create_project, execute, fetch, wait_ops
@@ -247,8 +247,9 @@ async def test_a_database_left_closed_with_no_operation_in_flight_is_reopened(
     assert not await _accepts(other[2])
 
 
-async def test_a_snapshot_while_postgres_is_killed_finishes_once_it_is_restarted(
-    tmp_path: Path,
+@pytest.mark.parametrize("operation", ["snapshot", "restore"])
+async def test_an_operation_while_postgres_is_killed_finishes_once_it_is_restarted(
+    tmp_path: Path, operation: str
 ) -> None:
     # A cluster of this test's own: its postmaster is killed.
     pg = EmbeddedPostgres(tmp_path / "pg")
@@ -268,14 +269,23 @@ async def test_a_snapshot_while_postgres_is_killed_finishes_once_it_is_restarted
             snap = await own.create_snapshot(
                 project_id, branch_id, name="cp", expires_at=None, lsn=None, timestamp=None
             )
-            # The snapshot was accepted; its job (not started yet) meets a dead server.
+            assert snap["snapshot"]["id"]
+            if operation == "restore":
+                await own.drain()
+                await execute(uri, "INSERT INTO t VALUES (2)")
+                await own.restore_snapshot(
+                    project_id,
+                    snap["snapshot"]["id"],
+                    SnapshotRestoreBody(target_branch_id=branch_id, finalize_restore=True),
+                )
+            # The operation was accepted; its job (not started yet) meets a dead server.
             pid = int((pg.cluster_dir / "postmaster.pid").read_text().splitlines()[0])
             os.kill(pid, signal.SIGKILL)
             await own.drain()
             assert supervisor.health.restarts >= 1
             ops = await own.list_operations(project_id, limit=10, cursor=None)
             assert {op["status"] for op in ops["operations"]} == {"finished"}
-            assert snap["snapshot"]["id"]
-            assert await fetch(uri, "SELECT n FROM t") == [(1,)]
+            # The snapshot left the data as it was; the restore ended in its target.
+            assert await fetch(uri, "SELECT n FROM t ORDER BY n") == [(1,)]
     finally:
         await pg.stop()
