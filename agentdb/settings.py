@@ -117,6 +117,13 @@ class Settings(BaseSettings):
         description="Free disk (MiB) under which every project database turns read-only, so "
         "agentdb's own databases stay writable; writes resume at 25 % more (0: never).",
     )
+    localplane_backend_memory_max_mb: int = Field(
+        default=1024,
+        ge=0,
+        description="Private memory (MiB) past which a tenant's backend running a statement is "
+        "ended: PostgreSQL lets any role raise its own work_mem, this bounds what that costs "
+        "(0: never).",
+    )
     kill_at: str = Field(
         default="",
         description="Crash tests only: a workflow kill point (e.g. 'restore.restored' or "

@@ -131,6 +131,7 @@ def create_app(
         guard_interval_s=settings.localplane_guard_interval_s,
         size_watch_interval_s=settings.localplane_size_watch_interval_s,
         min_free_disk_mb=settings.localplane_min_free_disk_mb,
+        backend_memory_max_mb=settings.localplane_backend_memory_max_mb,
     )
 
     @asynccontextmanager

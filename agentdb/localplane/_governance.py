@@ -79,6 +79,7 @@ class Limits:
     guard_interval_s: float = 5.0
     size_watch_interval_s: float = 0.1
     min_free_disk_mb: int = 1024
+    backend_memory_max_mb: int = 1024
 
     def role_settings(self) -> dict[str, str]:
         """Role defaults, as `pg_db_role_setting` stores them (name=value)."""

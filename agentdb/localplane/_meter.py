@@ -52,6 +52,9 @@ sessions and so rolls back the statement writing. The overshoot is what one inte
 adds (benchmarks/neighbours.py measures it). It also keeps the cluster's disk from filling: while
 the data directory's free space is under `Limits.min_free_disk_mb`, every project database is
 read-only (agentdb's meta and state databases stay writable), until 25 % more than that is free.
+And since any role may `SET work_mem = '8GB'` (PostgreSQL has no way to forbid it), a tenant
+backend whose statement has run for a while and whose private memory is past
+`Limits.backend_memory_max_mb` is ended (`pg_terminate_backend`), which rolls its statement back.
 """
 
 from __future__ import annotations
@@ -238,6 +241,8 @@ class UsageMixin(PlaneBase):
         self._watch = _WatchState()
         #: Free disk under which project databases turn read-only (0: never).
         self.min_free_disk_mb = 1024
+        #: Private memory past which a tenant backend running a statement is ended (0: never).
+        self.backend_memory_max_mb = 1024
 
     async def close_meter(self) -> None:
         for state in (self._usage, self._watch):
@@ -545,9 +550,9 @@ class UsageMixin(PlaneBase):
         if not active:
             return []
         w = self._watch
-        await self._deprioritise(
-            [(int(pid), started) for _, pid, started, long in backends if long]
-        )
+        running_long = [(str(db), int(pid), started) for db, pid, started, long in backends if long]
+        await self._deprioritise([(pid, started) for _, pid, started in running_long])
+        await self._cap_memory([(db, pid) for db, pid, _ in running_long])
         age = time.monotonic() - w.refreshed
         if age > _WATCH_REFRESH_MAX_S or (age > _WATCH_REFRESH_MIN_S and active - w.places.keys()):
             await self._refresh_watch()
@@ -623,6 +628,37 @@ class UsageMixin(PlaneBase):
                 return
             w.deprioritised.add(key)
         w.deprioritised &= seen
+
+    async def _cap_memory(self, backends: list[tuple[str, int]]) -> list[int]:
+        """Ends each (database, pid) backend whose private memory (resident, less what it
+        shares: PostgreSQL's shared buffers) is past `backend_memory_max_mb`; returns their
+        pids. Only on this machine's own cluster, and only PostgreSQL processes."""
+        limit = self.backend_memory_max_mb * 2**20
+        if not backends or limit <= 0 or await self._data_dir() is None:
+            return []
+        ended = []
+        for database, pid in backends:
+            try:
+                process = psutil.Process(pid)
+                if process.name() != "postgres":
+                    continue
+                memory = process.memory_info()
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
+            private = memory.rss - memory.shared
+            if private <= limit:
+                continue
+            conn = await self._watch_conn()
+            await conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            ended.append(pid)
+            log.warning(
+                "localplane.backend_memory_exceeded",
+                database=database,
+                pid=pid,
+                private_mb=private // 2**20,
+                limit_mb=self.backend_memory_max_mb,
+            )
+        return ended
 
     async def _data_dir(self) -> Path | None:
         """The cluster's data directory, if it is on this machine (not an external server)."""

@@ -65,6 +65,7 @@ class LocalPlane(
             async with Store.open(server.conninfo(STATE_DATABASE)) as store:
                 plane = cls(store, engine, server, operation_delay_s=operation_delay_s)
                 plane.min_free_disk_mb = limits.min_free_disk_mb
+                plane.backend_memory_max_mb = limits.backend_memory_max_mb
                 async with store.hold_runner_lock(plane.runner_id):
                     await plane.recover()
                     await plane.collect_orphans()

@@ -42,6 +42,11 @@ from ._rest_sql import (
 JSON = dict[str, Any]
 _SINGLE = "application/vnd.pgrst.object+json"
 _STATEMENT_TIMEOUT = "30s"
+# A read answers at most this much JSON: rows past it are left for the next page (206 with a
+# Content-Range, as for `db_max_rows`), so one request cannot make agentdb hold a whole table.
+MAX_RESPONSE_BYTES = 16 * 2**20
+# Rows a read's server-side cursor brings over per round trip.
+_FETCH_ROWS = 100
 _STATUS_BY_CODE = {
     "23503": 409,
     "23505": 409,
@@ -220,7 +225,7 @@ async def _read(
     if target.max_rows is not None:
         limit = target.max_rows if limit is None else min(limit, target.max_rows)
     statement = sql.SQL(
-        "SELECT coalesce(json_agg(pgrst_row), '[]')::text, count(*) FROM "
+        "SELECT row_to_json(pgrst_row)::text FROM "
         "(SELECT {} FROM {} WHERE {}{} LIMIT {} OFFSET {}) pgrst_row"
     ).format(
         projection,
@@ -230,9 +235,9 @@ async def _read(
         sql.Literal(limit) if limit is not None else sql.SQL("ALL"),
         sql.Literal(offset),
     )
-    cur = await conn.execute(statement, args)
-    row = await cur.fetchone()
-    rows_json, returned = (str(row[0]), int(row[1])) if row else ("[]", 0)
+    rows, cut = await _rows_within(conn, statement, args, MAX_RESPONSE_BYTES)
+    returned = len(rows)
+    rows_json = b"[" + b",".join(rows) + b"]"
     total: int | None = None
     if prefer.count:
         cur = await conn.execute(
@@ -241,12 +246,40 @@ async def _read(
         counted = await cur.fetchone()
         total = int(counted[0]) if counted else 0
     shown = "*" if returned == 0 else f"{offset}-{offset + returned - 1}"
-    partial = total is not None and returned < total
+    partial = cut or (total is not None and returned < total)
     return Reply(
         206 if partial else 200,
-        rows_json.encode(),
+        rows_json,
         {"Content-Range": f"{shown}/{'*' if total is None else total}"},
     )
+
+
+async def _rows_within(
+    conn: AsyncConnection[Any], statement: sql.Composed, args: list[str], budget: int
+) -> tuple[list[bytes], bool]:
+    """Each row's JSON, read through a server-side cursor until the next row would take the
+    total past `budget` bytes; and whether rows were left unread. A first row alone past it
+    is an error: no page could hold it."""
+    rows: list[bytes] = []
+    size = 2  # the brackets
+    async with conn.cursor(name="pgrst_read") as cur:
+        await cur.execute(statement, args)
+        while chunk := await cur.fetchmany(_FETCH_ROWS):
+            for (text,) in chunk:
+                data = str(text).encode()
+                size += len(data) + 1
+                if size > budget:
+                    if not rows:
+                        raise PostgrestError(
+                            400,
+                            "54000",
+                            f"a row is larger than the {budget // 2**20} MiB a response may hold",
+                            None,
+                            "select fewer or smaller columns",
+                        )
+                    return rows, True
+                rows.append(data)
+    return rows, False
 
 
 async def _write(

@@ -135,9 +135,10 @@ async def test_usage_appears_after_a_poll_and_matches_what_was_written(
     assert report["polled_at"] is not None
     usage = metrics_of(report)
     # Written data is WAL: the rows with their tuple and page headers (1.0-1.2x what the SQL
-    # wrote), and once autovacuum has visited the new table, its full-page images too (data
-    # checksums are on in PostgreSQL 18): up to 2.5x.
-    assert 8 * MiB <= usage["written_data_bytes"]["value"] <= 20 * MiB, usage
+    # wrote), then full-page images of every page (data checksums are on in PostgreSQL 18) once
+    # when a reader first sets the rows' hint bits and once when autovacuum visits the new
+    # table: up to about 3.2x (25.5 MiB seen on a loaded machine).
+    assert 8 * MiB <= usage["written_data_bytes"]["value"] <= 32 * MiB, usage
     # The logical size is the database's size: the 8 MiB, their page overhead and the
     # empty database (about 7.5 MiB on PostgreSQL 18).
     assert 8 * MiB <= usage["logical_size_bytes"]["value"] <= 24 * MiB, usage

@@ -4,6 +4,7 @@ Neon-shaped endpoints that turn it on, checked against the OpenAPI document."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +17,7 @@ from litestar import Litestar
 from postgrest import APIError, AsyncPostgrestClient, CountMethod, ReturnMethod
 from support import client_for
 
-from agentdb.localplane import LocalPlane
+from agentdb.localplane import LocalPlane, _rest
 from agentdb.neon import NeonClient, NeonHTTPError, NeonNotFound
 from agentdb.neon._models_platform import DataAPISettings
 from agentdb.pg import ServerInfo
@@ -275,6 +276,47 @@ async def test_bad_requests_get_postgrest_errors(
         assert wrong_schema.json()["code"] == "PGRST106"
     # The failed insert left nothing behind.
     assert await fetch(app.uri, "SELECT count(*) FROM todos") == [(0,)]
+
+
+BIG = """
+CREATE TABLE big (n int PRIMARY KEY, s text);
+INSERT INTO big SELECT g, repeat('x', 1000) FROM generate_series(1, 200) AS g;
+INSERT INTO big VALUES (1000, repeat('y', 60000));
+"""
+
+
+async def test_a_read_answers_at_most_its_byte_budget_and_pages_on(
+    localplane_app: Litestar,
+    neon_http: httpx.AsyncClient,
+    neon: NeonClient,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    app = await make_app(localplane_app, neon_http, neon, schema=BIG)
+    monkeypatch.setattr(_rest, "MAX_RESPONSE_BYTES", 50_000)
+    async with app.rest(app.alice["token"]) as rest:
+        big = rest.table("big")
+        first = await big.select("*", count=CountMethod.exact).lt("n", 1000).order("n").execute()
+        # About 48 rows of 1 kB fit; the rest is the next page, as with db_max_rows.
+        got = [row["n"] for row in first.data]
+        assert 0 < len(got) < 200
+        assert got == list(range(1, len(got) + 1))
+        assert first.count == 200
+        assert len(json.dumps(first.data, separators=(",", ":"))) <= 50_000
+        rest_of = await big.select("n").lt("n", 1000).order("n").range(len(got), 199).execute()
+        assert rest_of.data[0]["n"] == len(got) + 1
+        # A row that no page could hold is an error naming the limit, not a 500.
+        with pytest.raises(APIError) as error:
+            await big.select("*").eq("n", 1000).execute()
+        assert error.value.code == "54000", error.value.json()
+        assert "MiB" in (error.value.message or "")
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(localplane_app)) as web:
+        raw = await web.get(
+            f"{app.url}/big",
+            params={"select": "n", "order": "n", "n": "lt.1000"},
+            headers={"Authorization": f"Bearer {app.alice['token']}"},
+        )
+        assert raw.status_code == 200, raw.text  # 200 rows of 10 bytes fit
+        assert len(raw.json()) == 200
 
 
 async def test_tokens_of_one_project_do_not_open_another(

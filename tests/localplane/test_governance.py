@@ -210,3 +210,25 @@ async def test_a_connection_flood_stops_at_the_role_limit_and_agentdb_still_conn
     finally:
         for conn in flood:
             await conn.close()
+
+
+async def test_a_backend_past_its_memory_bound_is_ended_and_the_tenant_connects_again(
+    neon_http: httpx.AsyncClient, plane: LocalPlane
+) -> None:
+    uri, _ = await _tenant(neon_http)
+    before = plane.backend_memory_max_mb
+    plane.backend_memory_max_mb = 64
+    try:
+        async with await psycopg.AsyncConnection.connect(uri, autocommit=True) as conn:
+            # Any role may raise its own work_mem; this sort would then hold ~500 MB.
+            await conn.execute("SET work_mem = '2GB'")
+            with pytest.raises(psycopg.OperationalError):
+                await conn.execute(
+                    "SELECT count(*) FROM (SELECT md5(g::text) AS m"
+                    " FROM generate_series(1, 5000000) AS g ORDER BY 1) AS s"
+                )
+    finally:
+        plane.backend_memory_max_mb = before
+    async with await psycopg.AsyncConnection.connect(uri, autocommit=True) as conn:
+        cur = await conn.execute("SELECT count(*) FROM generate_series(1, 1000)")
+        assert await cur.fetchone() == (1000,)
