@@ -3,6 +3,8 @@ and the real `agentdb` command in a subprocess."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import queue
 import re
@@ -20,6 +22,9 @@ import httpx
 import pytest
 from contract.openapi import NeonSpec
 from litestar import Litestar
+
+from agentdb.localplane import LocalPlane
+from agentdb.pg import ServerInfo
 
 
 def client_for(
@@ -150,3 +155,39 @@ def serving(
     # uvicorn re-raises the captured SIGTERM once it has shut down.
     assert proc.returncode in {0, -signal.SIGTERM}, proc.returncode
     assert "Traceback" not in stderr_path.read_text(), stderr_path.read_text()
+
+
+def server_payload(server: ServerInfo) -> dict[str, Any]:
+    """What a child process needs to reach `server` (its password included: tests only)."""
+    return {
+        "host": server.host,
+        "port": server.port,
+        "superuser": server.superuser,
+        "password": server.password,
+        "bin_dir": str(server.bin_dir),
+    }
+
+
+async def run_until_killed(script: str, payload: dict[str, Any], *, wait_s: float = 180) -> str:
+    """Runs `script` (`python -c`) with `payload` as JSON on stdin; returns its stdout once it
+    died of SIGKILL, as a crash test's doomed process must."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        script,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(json.dumps(payload).encode()), wait_s)
+    assert proc.returncode == -signal.SIGKILL, (out.decode(), err.decode()[-3000:])
+    return out.decode()
+
+
+async def wait_runner_gone(plane: LocalPlane, runner_id: int) -> None:
+    """Until the killed plane's runner lock is released: the dead process's advisory lock goes
+    when its server backend notices the closed socket."""
+    deadline = time.monotonic() + 30
+    while await plane._store.runner_alive(runner_id):
+        assert time.monotonic() < deadline, "the killed plane's lock was never released"
+        await asyncio.sleep(0.05)

@@ -4,19 +4,16 @@ acknowledged content (or the restore target). Also: databases a crash left close
 
 from __future__ import annotations
 
-import asyncio
-import json
 import os
 import signal
-import sys
 import textwrap
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import psycopg
 import pytest
+from support import run_until_killed, server_payload, wait_runner_gone
 
 from agentdb.localplane import LocalPlane
 from agentdb.localplane._models import ProjectCreateBody, SnapshotRestoreBody
@@ -65,36 +62,9 @@ _CHILD = textwrap.dedent(
 
 async def _run_until_killed(server: ServerInfo, **cfg: Any) -> int:
     """Runs the doomed plane; returns its runner id once it died of SIGKILL."""
-    payload = {
-        "server": {
-            "host": server.host,
-            "port": server.port,
-            "superuser": server.superuser,
-            "password": server.password,
-            "bin_dir": str(server.bin_dir),
-        },
-        **cfg,
-    }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        _CHILD,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(json.dumps(payload).encode()), 120)
-    assert proc.returncode == -signal.SIGKILL, (out.decode(), err.decode()[-3000:])
-    line = next(x for x in out.decode().splitlines() if x.startswith("runner-id "))
+    out = await run_until_killed(_CHILD, {"server": server_payload(server), **cfg}, wait_s=120)
+    line = next(x for x in out.splitlines() if x.startswith("runner-id "))
     return int(line.split()[1])
-
-
-async def _wait_runner_gone(plane: LocalPlane, runner_id: int) -> None:
-    # The dead process's advisory lock goes when its server backend notices the closed socket.
-    deadline = time.monotonic() + 30
-    while await plane._store.runner_alive(runner_id):
-        assert time.monotonic() < deadline, "the killed plane's lock was never released"
-        await asyncio.sleep(0.05)
 
 
 async def _accepts(uri: str) -> bool:
@@ -107,7 +77,7 @@ async def _accepts(uri: str) -> bool:
 
 async def _resume(pg_server: ServerInfo, plane: LocalPlane, runner_id: int) -> None:
     """A restarted plane: it takes over the dead runner's jobs and finishes them."""
-    await _wait_runner_gone(plane, runner_id)
+    await wait_runner_gone(plane, runner_id)
     async with LocalPlane.open(pg_server, meter_interval_s=3600) as restarted:
         await restarted.drain()
 

@@ -7,13 +7,9 @@ orphan project, database or role."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import secrets
-import signal
-import sys
 import textwrap
-import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -26,6 +22,7 @@ import pytest
 import sqlalchemy as sa
 from psycopg import sql as pgsql
 from pydantic import SecretStr
+from support import run_until_killed, server_payload, wait_runner_gone
 
 from agentdb.localplane import LocalPlane
 from agentdb.pg import ServerInfo
@@ -134,42 +131,18 @@ async def _run_until_killed(
 ) -> dict[str, Any]:
     """Runs the doomed agentdb; returns what it said (merged) once it died of SIGKILL."""
     payload = {
-        "server": {
-            "host": server.host,
-            "port": server.port,
-            "superuser": server.superuser,
-            "password": server.password,
-            "bin_dir": str(server.bin_dir),
-        },
+        "server": server_payload(server),
         "settings": settings,
         "admin_token": ADMIN_TOKEN,
         "email": f"{action}@example.com",
         "action": action,
     }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        _CHILD,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(json.dumps(payload).encode()), 180)
     said: dict[str, Any] = {}
-    for line in out.decode().splitlines():
+    for line in (await run_until_killed(_CHILD, payload)).splitlines():
         if line.startswith("{"):
             said.update(json.loads(line))
-    assert proc.returncode == -signal.SIGKILL, (said, err.decode()[-3000:])
     assert "survived" not in said
     return said
-
-
-async def _wait_runner_gone(plane: LocalPlane, runner_id: int) -> None:
-    # The dead process's advisory lock goes when its server backend notices the closed socket.
-    deadline = time.monotonic() + 30
-    while await plane._store.runner_alive(runner_id):
-        assert time.monotonic() < deadline, "the killed plane's lock was never released"
-        await asyncio.sleep(0.05)
 
 
 @asynccontextmanager
@@ -179,7 +152,7 @@ async def _restarted(
     """agentdb started again: its plane takes the dead one's jobs over, its reconciler has
     run once; yields it once the plane's resumed jobs are done and a second pass found the
     rest (a restore the plane finished after the first pass, say)."""
-    await _wait_runner_gone(plane, runner_id)
+    await wait_runner_gone(plane, runner_id)
     async with open_runtime(
         Settings(admin_token=SecretStr(ADMIN_TOKEN), **settings), server=server
     ) as runtime:
