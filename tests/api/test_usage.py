@@ -177,8 +177,10 @@ async def test_usage_appears_after_a_poll_and_matches_what_was_written(
 async def test_over_the_logical_size_quota_writes_fail_with_a_clear_error_and_reads_work(
     http: httpx.AsyncClient, plane: LocalPlane
 ):
-    agent = await agent_on(http, "small")
-    # About 26 MiB of rows: over the 24 MiB quota with the empty database's own size.
+    # About 26 MiB of rows, written on a tier without a size quota: on `small` itself the disk
+    # guard may stop the statement that crosses 24 MiB, which its own test covers. Moving the
+    # user down to `small` then leaves the database over its quota, whatever the guard's timing.
+    agent = await agent_on(http, "pro")
     filled = await run_sql(
         http,
         agent,
@@ -186,6 +188,11 @@ async def test_over_the_logical_size_quota_writes_fail_with_a_clear_error_and_re
         "INSERT INTO big SELECT repeat(md5(g::text), 32) FROM generate_series(1, 20000) g",
     )
     assert filled.status_code == 200, filled.text
+    moved = await http.post(
+        f"/v1/users/{agent.user_id}/tier", json={"tier": "small"}, headers=ADMIN
+    )
+    assert moved.status_code == 202, moved.text
+    await wait_finished(http, moved.headers["location"])
     await plane.meter()
     refused = await run_sql(http, agent, "INSERT INTO big VALUES ('one more')")
     problem = assert_problem(refused, 403)
