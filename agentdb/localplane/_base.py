@@ -225,6 +225,9 @@ class PlaneBase:
         dropped = [n for n in databases if n not in referenced and n not in unfinished]
         for name in dropped:
             await self._engine.drop_database(name)
+        # What a crash left in the trash (not orphans: renamed to be dropped), before the roles
+        # that may own objects in it.
+        await self._engine.drain_trash()
         for group in groups:
             if group.removeprefix("lp_") not in keys:
                 members = await self._engine.role_members(group)
@@ -235,9 +238,11 @@ class PlaneBase:
         return dropped
 
     async def drain(self) -> None:
-        """Waits for every background job (used at shutdown and by tests)."""
+        """Waits for every background job, and for the trash to be emptied (used at shutdown
+        and by tests)."""
         while self._tasks:
             await asyncio.wait(list(self._tasks))
+        await self._engine.drain_trash()
 
     # --- lookups -----------------------------------------------------------------------------
 
@@ -322,6 +327,9 @@ class PlaneBase:
                 await asyncio.wait([previous])
             for name in databases:
                 await self._engine.drop_database(name)
+            # The project's branches and snapshots deleted before it may still be in the trash,
+            # holding objects its roles own.
+            await self._engine.drain_trash()
             await self._engine.drop_roles(*roles)
 
         task = asyncio.create_task(cleanup())
@@ -425,7 +433,7 @@ class PlaneBase:
                 )
                 await engine.set_connections(parked, allowed=True)
             case ["drop", str(name)]:
-                await engine.drop_database(name)
+                await engine.discard_database(name)
             case ["connections", str(name), bool(allowed)]:
                 await engine.set_connections(name, allowed=allowed)
             case ["role", str(physical), str(group), bool(login)]:

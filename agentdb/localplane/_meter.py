@@ -24,9 +24,11 @@ whatever the number of projects, and writes only what changed:
   one (then it is dropped: undercount); unreported WAL is shared by tuple counts, so when
   several databases change at once, one with wide rows is undercharged and the others
   overcharged; WAL of autovacuum and checkpoints goes to the databases changing tuples then.
-  WAL that the plane's own sessions write (its state database, DDL) is never billed. The embedded
-  cluster runs with `wal_level = minimal`, so rows written into a table created or truncated in
-  the same transaction (CREATE TABLE AS, TRUNCATE + COPY) write no WAL and are not counted.
+  WAL that the plane's own sessions write (its state database, DDL, copies) is never billed; a
+  copy reports its WAL when it ends, and while one runs no unreported WAL goes to tenants. The
+  embedded cluster runs with `wal_level = minimal`, so rows written into a table created or
+  truncated in the same transaction (CREATE TABLE AS, TRUNCATE + COPY) write no WAL and are not
+  counted.
   Measured: 8 MiB of 1 KiB rows give 1.0-1.2x their payload in WAL (tuple and page headers,
   full-page images after a checkpoint), and up to about 2x once autovacuum has visited the new
   pages (setting hint bits writes full-page images: PostgreSQL 18 has data checksums on).
@@ -62,6 +64,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import os
 import shutil
 import time
 from collections import defaultdict
@@ -161,7 +164,8 @@ class _WatchState:
     disk_low: bool = False
     disk_low_applied: bool = False
     measured: dict[str, tuple[int, float]] = field(default_factory=dict)  # branch -> size, when
-    deprioritised: set[tuple[int, datetime]] = field(default_factory=set)  # (pid, backend_start)
+    # (pid, backend_start) -> the nice value it was given
+    deprioritised: dict[tuple[int, datetime], int] = field(default_factory=dict)
     may_deprioritise: bool = True
 
 
@@ -211,8 +215,12 @@ FROM pg_stat_activity a
 WHERE a.backend_type = 'client backend' AND a.state = 'active'
   AND a.datname LIKE 'lpd\_%%' AND a.usename <> current_user
 """
-# Tenant statements running longer than this get the lowest CPU and I/O priority, so short
-# statements (other tenants', the plane's own copies) are served first on a busy machine.
+# A tenant backend seen running a statement gets a lower CPU priority at once (the plane's own
+# backends keep theirs, so a copy or a meta-database query is served first on a busy machine),
+# and the lowest once its statement has run longer than _DEPRIORITISE_AFTER_S (so other
+# tenants' short statements are served before it).
+_ACTIVE_NICE = 10
+_LONG_NICE = 19
 _DEPRIORITISE_AFTER_S = 0.2
 # A branch is re-measured only once it could have reached its quota since it was last measured
 # at this write rate (faster than the disks agentdb runs on).
@@ -228,6 +236,27 @@ _READ_ONLY = """
 SELECT d.datname FROM pg_db_role_setting r JOIN pg_database d ON d.oid = r.setdatabase
 WHERE r.setrole = 0 AND 'default_transaction_read_only=on' = ANY (r.setconfig)
 """
+
+
+def _lower_autogroup(pid: int, nice: int) -> None:
+    """Gives `pid`'s scheduling autogroup the weight of `nice`.
+
+    PostgreSQL puts every backend in a session of its own (`setsid`), and where the kernel
+    groups tasks by session (`kernel.sched_autogroup_enabled`, on by default in most
+    distributions) the CPU is shared between groups first: a backend's own nice value then
+    weighs only against itself, and eight busy tenant backends take eight times the CPU of
+    the plane's copy whatever their nice value. Lowering the group's weight is what makes them
+    yield. Only for a backend that leads its own session, so a PostgreSQL that does not call
+    `setsid` never has its whole cluster (the plane's connections too) lowered."""
+    if os.getsid(pid) != pid:
+        return
+    try:
+        with open(f"/proc/{pid}/autogroup", "w") as group:  # noqa: PTH123 - a procfs knob
+            group.write(str(nice))
+    except FileNotFoundError:
+        return  # a kernel without autogroups: the nice value is what counts
+    except PermissionError:
+        return  # a hardened /proc: the nice value still orders the backends among themselves
 
 
 class UsageMixin(PlaneBase):
@@ -315,8 +344,12 @@ class UsageMixin(PlaneBase):
                 exact[datname] += reported
         return exact, explained
 
-    def _written(self, sample: _Sample, last: _Sample, mono: float) -> dict[str, float]:
-        """WAL bytes written since `last`, per database (see the module docstring)."""
+    def _written(
+        self, sample: _Sample, last: _Sample, mono: float, *, copying: bool = False
+    ) -> dict[str, float]:
+        """WAL bytes written since `last`, per database (see the module docstring). While
+        `copying` (a copy of the plane's ran during the sample), WAL no backend reported waits:
+        the copy reports its own the moment it ends."""
         st = self._usage
         exact, explained = self._reported(sample, last)
         # WAL no backend reported yet waits (a connected backend reports its statistics up to
@@ -331,7 +364,7 @@ class UsageMixin(PlaneBase):
             else:
                 pending[0] = (moment, size - explained)
                 explained = 0
-        weights = _tuple_growth(sample, last)
+        weights = {} if copying else _tuple_growth(sample, last)
         total = sum(weights.values())
         if total:
             remainder = sum(size for _moment, size in pending)
@@ -355,9 +388,12 @@ class UsageMixin(PlaneBase):
         mono = time.monotonic()
         elapsed = 0.0 if st.last_mono is None else mono - st.last_mono
         current = now()
+        # A copy of the plane's in flight writes WAL its backend reports only when it ends.
+        started, finished = self._engine.copies_started, self._engine.copies_finished
         sample = await self._sample()
+        copying = started != finished or self._engine.copies_started != started
         last = st.last or sample
-        written = self._written(sample, last, mono) if st.last is not None else {}
+        written = self._written(sample, last, mono, copying=copying) if st.last is not None else {}
         active_dbs = set()
         changed_dbs = set()
         for name, stats in sample.databases.items():
@@ -551,7 +587,12 @@ class UsageMixin(PlaneBase):
             return []
         w = self._watch
         running_long = [(str(db), int(pid), started) for db, pid, started, long in backends if long]
-        await self._deprioritise([(pid, started) for _, pid, started in running_long])
+        await self._deprioritise(
+            [
+                (int(pid), started, _LONG_NICE if long else _ACTIVE_NICE)
+                for _, pid, started, long in backends
+            ]
+        )
         await self._cap_memory([(db, pid) for db, pid, _ in running_long])
         age = time.monotonic() - w.refreshed
         if age > _WATCH_REFRESH_MAX_S or (age > _WATCH_REFRESH_MIN_S and active - w.places.keys()):
@@ -581,6 +622,15 @@ class UsageMixin(PlaneBase):
     async def _stop_writes(self, over: list[tuple[str, str, int, int]]) -> None:
         """Makes each (project, branch, size, limit) of `over` read-only now."""
         w = self._watch
+        if over:
+            # The statements writing end first (rolling back what they wrote): the bookkeeping
+            # below may wait for a meter tick, and they would write on meanwhile.
+            conn = await self._watch_conn()
+            await conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = ANY(%s) AND usename <> current_user AND state <> 'idle'",
+                ([d for _, b, _, _ in over for d in w.branch_databases.get(b, [])],),
+            )
         for project_id, branch_id, size, limit in over:
             async with self._usage.lock, self._store.tx(project_id) as tx:
                 branch = await tx.get(BranchRecord, branch_id)
@@ -599,35 +649,37 @@ class UsageMixin(PlaneBase):
                 limit=limit,
             )
 
-    async def _deprioritise(self, backends: list[tuple[int, datetime]]) -> None:
-        """Gives tenant backends running a long statement the lowest CPU and I/O priority
-        (nice 19, best-effort I/O level 7): under contention a short statement, another
-        tenant's or the plane's, runs first; on an idle machine they run at full speed. Once
-        lowered, a backend keeps it for its life (raising it back needs privileges). Only on
-        this machine's own cluster, and only PostgreSQL processes."""
+    async def _deprioritise(self, backends: list[tuple[int, datetime, int]]) -> None:
+        """Gives each (pid, backend_start, nice) tenant backend that lower CPU priority (and
+        its scheduling group, `_lower_autogroup`) and the lowest best-effort I/O level: under
+        contention the plane's statements, then other tenants' short ones, run first; on an
+        idle machine they all run at full speed. Once lowered, a backend keeps it for its life
+        (raising it back needs privileges). Only on this machine's own cluster, and only
+        PostgreSQL processes."""
         w = self._watch
         if not backends or not w.may_deprioritise or await self._data_dir() is None:
             return
-        seen = set()
-        for pid, started in backends:
+        seen: dict[tuple[int, datetime], int] = {}
+        for pid, started, nice in backends:
             key = (pid, started)
-            seen.add(key)
-            if key in w.deprioritised:
+            if w.deprioritised.get(key, 0) >= nice:
+                seen[key] = w.deprioritised[key]
                 continue
             try:
                 process = psutil.Process(pid)
                 if process.name() != "postgres":
                     continue
-                process.nice(19)
+                process.nice(nice)
                 process.ionice(psutil.IOPRIO_CLASS_BE, 7)
-            except psutil.NoSuchProcess:
+                _lower_autogroup(pid, nice)
+            except (psutil.NoSuchProcess, ProcessLookupError):
                 continue
             except (psutil.AccessDenied, OSError) as error:
                 w.may_deprioritise = False
                 log.warning("localplane.deprioritise_unavailable", error=str(error))
                 return
-            w.deprioritised.add(key)
-        w.deprioritised &= seen
+            seen[key] = nice
+        w.deprioritised = seen
 
     async def _cap_memory(self, backends: list[tuple[str, int]]) -> list[int]:
         """Ends each (database, pid) backend whose private memory (resident, less what it

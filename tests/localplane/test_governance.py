@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 import httpx
+import psutil
 import psycopg
 import pytest
 from psycopg import errors, sql
@@ -232,3 +233,43 @@ async def test_a_backend_past_its_memory_bound_is_ended_and_the_tenant_connects_
     async with await psycopg.AsyncConnection.connect(uri, autocommit=True) as conn:
         cur = await conn.execute("SELECT count(*) FROM generate_series(1, 1000)")
         assert await cur.fetchone() == (1000,)
+
+
+def _priority(pid: int) -> tuple[int, str]:
+    """(nice value, the scheduling autogroup's line: '' where the kernel has none)."""
+    try:
+        with open(f"/proc/{pid}/autogroup") as group:  # noqa: PTH123 - a procfs knob
+            autogroup = group.read().strip()
+    except FileNotFoundError:
+        autogroup = ""
+    return psutil.Process(pid).nice(), autogroup
+
+
+async def test_a_busy_tenant_backend_yields_the_cpu_to_the_plane(
+    neon_http: httpx.AsyncClient, plane: LocalPlane, pg_server: ServerInfo
+) -> None:
+    uri, _ = await _tenant(neon_http)
+    async with (
+        await psycopg.AsyncConnection.connect(uri, autocommit=True) as tenant,
+        await psycopg.AsyncConnection.connect(pg_server.conninfo(), autocommit=True) as own,
+    ):
+        tenant_pid, own_pid = tenant.info.backend_pid, own.info.backend_pid
+        statements = [
+            asyncio.create_task(tenant.execute("SELECT pg_sleep(4)")),
+            asyncio.create_task(own.execute("SELECT pg_sleep(4)")),
+        ]
+
+        async def lowered() -> bool:
+            return _priority(tenant_pid)[0] == 19
+
+        # Lowered when first seen, to the lowest once the statement has run a while.
+        await _until(lowered, "the busy tenant backend kept its CPU priority", deadline_s=30)
+        nice, autogroup = _priority(tenant_pid)
+        # PostgreSQL gives every backend its own session, so its scheduling group is its own
+        # and must be lowered too, or the nice value weighs against nothing.
+        assert autogroup == "" or autogroup.endswith("nice 19"), autogroup
+        # The plane's (superuser) backends keep theirs: they are served first.
+        nice, autogroup = _priority(own_pid)
+        assert nice == 0
+        assert autogroup == "" or autogroup.endswith("nice 0"), autogroup
+        await asyncio.gather(*statements)
