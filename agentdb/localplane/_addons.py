@@ -362,6 +362,8 @@ class AddonLineageMixin(AddonsBase):
         orphans = [
             r for r in await self._engine.list_roles(ROLE_PREFIX) if r.split("_")[1] not in keys
         ]
+        if orphans:
+            await self._engine.drain_trash()  # it may hold objects they own
         await self._engine.drop_roles(*orphans)
         return dropped + orphans
 

@@ -225,11 +225,12 @@ class PlaneBase:
         dropped = [n for n in databases if n not in referenced and n not in unfinished]
         for name in dropped:
             await self._engine.drop_database(name)
-        # What a crash left in the trash (not orphans: renamed to be dropped), before the roles
-        # that may own objects in it.
-        await self._engine.drain_trash()
+        # What a crash left in the trash (not orphans: renamed to be dropped) is dropped in the
+        # background, and waited for only before dropping roles that may own objects in it.
+        self._engine.empty_trash_soon()
         for group in groups:
             if group.removeprefix("lp_") not in keys:
+                await self._engine.drain_trash()
                 members = await self._engine.role_members(group)
                 await self._engine.drop_roles(*members, group)
                 dropped += [*members, group]

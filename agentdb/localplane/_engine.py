@@ -502,10 +502,14 @@ class Engine:
         return dropped
 
     async def drain_trash(self) -> None:
-        """Waits until the trash is empty (before dropping roles, when jobs are drained)."""
+        """Waits until the trash is empty (before dropping roles, when jobs are drained). With
+        the server down it gives up: the trash is emptied at the next start."""
         while self._trash_task is not None and not self._trash_task.done():
             await asyncio.wait([self._trash_task])
-        await self.empty_trash()
+        try:
+            await self.empty_trash()
+        except psycopg.OperationalError as error:
+            log.warning("localplane.trash_failed", error=type(error).__name__)
 
     async def _stop_trash(self) -> None:
         # What is left is emptied at the next start (`collect_orphans`).

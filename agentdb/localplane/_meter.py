@@ -623,13 +623,22 @@ class UsageMixin(PlaneBase):
         """Makes each (project, branch, size, limit) of `over` read-only now."""
         w = self._watch
         if over:
-            # The statements writing end first (rolling back what they wrote): the bookkeeping
-            # below may wait for a meter tick, and they would write on meanwhile.
+            # The databases turn read-only and the statements writing end (rolling back what
+            # they wrote) first: the bookkeeping below may wait for a meter tick, and they
+            # would write on meanwhile. `_enforce` then finds them as it wants them.
             conn = await self._watch_conn()
+            names = [d for _, b, _, _ in over for d in w.branch_databases.get(b, [])]
+            for name in names:
+                with contextlib.suppress(psycopg.errors.InvalidCatalogName):  # dropped meanwhile
+                    await conn.execute(
+                        sql.SQL("ALTER DATABASE {} SET default_transaction_read_only = on").format(
+                            sql.Identifier(name)
+                        )
+                    )
             await conn.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                " WHERE datname = ANY(%s) AND usename <> current_user AND state <> 'idle'",
-                ([d for _, b, _, _ in over for d in w.branch_databases.get(b, [])],),
+                " WHERE datname = ANY(%s) AND usename <> current_user",
+                (names,),
             )
         for project_id, branch_id, size, limit in over:
             async with self._usage.lock, self._store.tx(project_id) as tx:
