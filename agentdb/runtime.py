@@ -42,6 +42,7 @@ from agentdb.services import (
     CredentialService,
     EventService,
     JobRunner,
+    ReadPace,
     Reconciler,
     Secrets,
     SessionLocks,
@@ -246,6 +247,7 @@ async def open_runtime(
                 explain_quota=usage.quota_problem,
                 # A password an agent changed from SQL is reset through the control plane.
                 recover_credentials=CredentialService(meta, neon, secrets).recover,
+                read_pace=ReadPace(settings.sql_user_read_rate),
             ),
             addons=addons,
             events=EventService(meta),

@@ -264,7 +264,15 @@ class Settings(BaseSettings):
         default=16 * 1024 * 1024,
         ge=1024,
         description="Most bytes of row JSON one SQL call returns (the rows past it are cut, "
-        "`truncated` says so); results are read in chunks, so a call's memory stays near this.",
+        "`truncated` says so); results are read a row at a time, so a call's memory stays near "
+        "this.",
+    )
+    sql_user_read_rate: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="Bytes of result rows per second one user's SQL calls may read, across all "
+        "their sessions; a burst of as much passes at once. A user streaming huge results again "
+        "and again waits, so it cannot take agentdb's CPU from other users.",
     )
     branch_ttl_s: int = Field(
         default=86_400,

@@ -41,7 +41,7 @@ from .events import EventService, EventView
 from .jobs import JobRunner, JobStatus
 from .reconcile import Reconciler, ReconcileReport
 from .sessions import SessionService
-from .sql import SqlColumn, SqlResult, SqlService
+from .sql import ReadPace, SqlColumn, SqlResult, SqlService
 from .tier_changes import TierChangeNotFound, TierChangeService, TierChangeView
 from .tokens import IssuedToken, Principal, TokenService, TokenView
 from .usage import MetricUsage, PeriodUsage, PollResult, UsageReport, UsageService
@@ -80,6 +80,7 @@ __all__ = [
     "PollResult",
     "Principal",
     "QuotaExceeded",
+    "ReadPace",
     "ReconcileReport",
     "Reconciler",
     "SecretDecryptionFailed",

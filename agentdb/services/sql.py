@@ -2,11 +2,13 @@
 transaction per call, a statement timeout, a row cap and a byte cap, and results as JSON-safe
 values.
 
-Results are read in chunks of `_CHUNK_ROWS` rows as the server sends them (libpq's chunked-rows
-mode), so what one call holds is bounded by its caps plus one chunk, however large the result:
-rows past a cap are counted for `row_count` and dropped unconverted, up to `_READ_FACTOR` times
-the byte cap (at least 64 MiB); past that the call fails (54000) and the server's statement is
-cancelled.
+Results are read a row at a time as the server sends them (libpq's single-row mode), so what one
+call holds is bounded by its caps plus one row, however large the result: a row whose text alone
+is past the byte cap is never converted, rows past a cap are counted for `row_count` and dropped
+unconverted, up to `_READ_FACTOR` times the byte cap read in all (at least `_MIN_READ`); past
+that the call fails (54000) and the server's statement is cancelled. Rows libpq already holds are
+taken without a round through the event loop (a wait per row would cost four times as much),
+and the loop is handed back every `_YIELD_EVERY` rows.
 
 The connection URI never leaves this module; nothing here can name another database, so the
 SQL reaches the session's data and nothing else (the role has no CONNECT elsewhere, and
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import math
 import re
@@ -30,6 +33,7 @@ from typing import Any
 import psycopg
 import stamina
 import structlog
+from aiolimiter import AsyncLimiter
 from psycopg import abc, errors, generators, pq
 from psycopg.abc import AdaptContext, Buffer
 from psycopg.adapt import AdaptersMap, Loader, PyFormat, Transformer
@@ -51,13 +55,50 @@ log = structlog.get_logger(__name__)
 MAX_ROWS_LIMIT = 10_000
 #: Default cap on the JSON size of the rows one call returns.
 DEFAULT_MAX_RESULT_BYTES = 16 * 1024 * 1024
-#: Rows libpq hands over at a time: one chunk is all of a result agentdb holds unconverted
-#: (a few rows: a row may be megabytes).
-_CHUNK_ROWS = 8
 #: Rows past the caps are only counted, up to this many times the byte cap read in all (and
-#: at least `_MIN_READ`).
-_READ_FACTOR = 4
-_MIN_READ = 64 * 1024 * 1024
+#: at least `_MIN_READ`): enough for an `INSERT ... RETURNING` past its caps to finish, little
+#: enough that a hostile result costs agentdb a few rows' reading.
+_READ_FACTOR = 2
+_MIN_READ = 32 * 1024 * 1024
+#: Results taken from libpq's buffer between two turns of the event loop.
+_YIELD_EVERY = 512
+#: Bytes of rows read between two payments to the user's read pace.
+_PAY_EVERY = 1024 * 1024
+#: Users whose read pace is remembered; idle ones are forgotten past this many.
+_PACED_USERS = 4096
+
+
+class ReadPace:
+    """How fast one user's SQL calls may read result rows, across all their sessions: a
+    leaky bucket per user (aiolimiter) holding `rate` bytes, refilled at `rate` per second.
+    An ordinary call never waits (its whole result fits the bucket); a user streaming huge
+    results again and again waits for the bucket, and meanwhile the server's backend blocks
+    on its full socket, so one user's reading cannot take agentdb's event loop from the
+    others."""
+
+    def __init__(self, rate: int) -> None:
+        if rate < _PAY_EVERY:
+            raise ValueError(f"rate must be at least {_PAY_EVERY} bytes per second")
+        self.rate = rate
+        self._buckets: dict[uuid.UUID, AsyncLimiter] = {}
+
+    async def pay(self, user_id: uuid.UUID, amount: int) -> None:
+        bucket = self._buckets.get(user_id)
+        if bucket is None:
+            if len(self._buckets) >= _PACED_USERS:
+                self._forget_idle()
+            bucket = self._buckets[user_id] = AsyncLimiter(self.rate, 1)
+        while amount > 0:
+            part = min(amount, self.rate)
+            await bucket.acquire(part)
+            amount -= part
+
+    def _forget_idle(self) -> None:
+        idle = [u for u, b in self._buckets.items() if b.has_capacity(self.rate)]
+        for user_id in idle:
+            del self._buckets[user_id]
+
+
 MAX_TIMEOUT = timedelta(hours=1)
 MAX_SQL_LENGTH = 1_000_000
 #: PostgreSQL's own limit on bind parameters in one statement.
@@ -110,6 +151,8 @@ ExplainQuota = Callable[[uuid.UUID], Awaitable[QuotaExceeded | None]]
 #: Called with the session's id and the URI its role refused (the password was changed from
 #: SQL): returns a working URI, with a password agentdb set through the control plane.
 RecoverCredentials = Callable[[uuid.UUID, str], Awaitable[str]]
+#: Pays a user's read pace for bytes of rows a call read (waits while it is spent).
+Pay = Callable[[int], Awaitable[None]]
 #: SQL that may have changed the role's password: agentdb checks at once that it still logs in,
 #: so the owner's connection string never stays broken until the next call.
 _PASSWORD_WORD = re.compile(r"\bpassword\b", re.IGNORECASE)
@@ -349,12 +392,14 @@ class SqlService:
         after_ddl: AfterDdl | None = None,
         explain_quota: ExplainQuota | None = None,
         recover_credentials: RecoverCredentials | None = None,
+        read_pace: ReadPace | None = None,
     ) -> None:
         """`after_ddl` runs after SQL that may have changed the schema (the Data API's schema
         cache refresh); it must not raise. `explain_quota` looks up whether a refused
         connection or write is a used-up quota; it must not raise either.
         `recover_credentials` gives a working URI when the session's role refuses the stored
-        password (an agent changed it from SQL)."""
+        password (an agent changed it from SQL). `read_pace` bounds how fast each user's
+        calls read result rows (none: unbounded)."""
         if not timedelta(0) < statement_timeout <= MAX_TIMEOUT:
             raise ValueError("statement_timeout must be positive and at most an hour")
         if not 1 <= max_rows <= MAX_ROWS_LIMIT:
@@ -370,6 +415,7 @@ class SqlService:
         self._after_ddl = after_ddl
         self._explain_quota = explain_quota
         self._recover_credentials = recover_credentials
+        self._read_pace = read_pace
         self._adapters = _result_adapters()
 
     def _db(self) -> AsyncSession:
@@ -407,12 +453,15 @@ class SqlService:
         limit = self._timeout if timeout is None else timeout
         if not timedelta(milliseconds=1) <= limit <= MAX_TIMEOUT:
             raise InvalidInput("timeout", "must be between 1 ms and 1 hour")
-        uri = await self._uri(session_id)
+        uri, user_id = await self._uri(session_id)
         started = time.perf_counter()
+        pay = None
+        if self._read_pace is not None:
+            pay = functools.partial(self._read_pace.pay, user_id)
         try:
             conn = await self._connect_as_session(session_id, uri, limit)
             try:
-                result = await self._execute(conn, sql, bound, cap, limit)
+                result = await self._execute(conn, sql, bound, cap, limit, pay=pay)
             finally:
                 # Closing without a commit rolls back whatever an error left open.
                 await conn.close()
@@ -458,14 +507,15 @@ class SqlService:
             return  # unreachable for another reason: the next call reports it
         await conn.close()
 
-    async def _uri(self, session_id: uuid.UUID) -> str:
+    async def _uri(self, session_id: uuid.UUID) -> tuple[str, uuid.UUID]:
+        """The session's connection URI and its user."""
         async with self._db() as db:
             row = await load_session(db, session_id)
         if row.status in _BUSY:
             raise SessionBusy(session_id, row.status.value)
         if row.status not in _RUNNABLE or row.encrypted_connection_secret is None:
             raise Conflict(f"session {session_id} is {row.status}: it has no database to query")
-        return self._secrets.decrypt(row.encrypted_connection_secret)
+        return self._secrets.decrypt(row.encrypted_connection_secret), row.user_id
 
     async def _connect(
         self, uri: str, limit: timedelta
@@ -512,13 +562,15 @@ class SqlService:
         params: list[object] | None,
         cap: int,
         limit: timedelta,
+        *,
+        pay: Pay | None,
     ) -> SqlResult:
         committing = False
         try:
             async with asyncio.timeout(limit.total_seconds() + _CALL_GRACE_S):
                 await conn.execute("BEGIN")
                 kept = _Kept(cap, self._max_bytes, Transformer(conn))
-                await _stream(conn, sql, params, kept)
+                await _stream(conn, sql, params, kept, pay)
                 types = await self._type_names(conn, kept.oids, kept.modifiers)
                 if conn.pgconn.transaction_status == pq.TransactionStatus.INTRANS:
                     committing = True
@@ -584,16 +636,21 @@ class _Kept:
         self._last_tag: bytes | None = None
 
     def add(self, chunk: pq.abc.PGresult) -> None:
-        """Rows of the current statement: converted while the caps admit them, else counted.
-        Raises `SqlFailed` (54000) once rows past the caps have made the call read more than
-        `_READ_FACTOR` times the byte cap: counting them would cost agentdb without end."""
+        """Rows of the current statement (one in single-row mode): converted while the caps admit
+        them, else counted. Raises `SqlFailed` (54000) once the call has read more than
+        `_READ_FACTOR` times the byte cap: counting rows past the caps would cost agentdb without
+        end."""
         self.seen += chunk.ntuples
         self._last_tag = chunk.command_status
         if not chunk.ntuples:
             return
-        # Estimated from the chunk's first row: exact sizes would copy every value.
-        first = sum(len(chunk.get_value(0, column) or b"") for column in range(chunk.nfields))
-        self.read += first * chunk.ntuples
+        # The row's text as the server sent it. Its JSON is as long or longer (quotes, escapes;
+        # only a json value's spaces or repeated keys shrink), so a row whose text alone is
+        # past the byte cap is dropped unconverted: the cap bounds what agentdb reads too.
+        raw = sum(len(chunk.get_value(0, column) or b"") for column in range(chunk.nfields))
+        self.read += raw * chunk.ntuples
+        if not self.full and self.size + raw > self._max_bytes:
+            self.full = True
         if self.full:
             if self.read > self._max_read:
                 raise SqlFailed(
@@ -617,8 +674,8 @@ class _Kept:
             self.size += size
 
     def finish(self, result: pq.abc.PGresult) -> None:
-        """The statement's closing result: its command tag and row count. (In chunked mode
-        libpq puts the tag on the last chunk and leaves the closing result's empty.)"""
+        """The statement's closing result: its command tag and row count (the tag may also
+        have come with the last rows, as libpq's chunked mode puts it)."""
         tag = result.command_status or self._last_tag
         self.command = tag.decode() if tag else ""
         tuples = result.command_tuples
@@ -648,11 +705,12 @@ async def _stream(
     sql: str,
     params: list[object] | None,
     kept: _Kept,
+    pay: Pay | None,
 ) -> None:
-    """Runs `sql` and streams each statement's rows into `kept` in chunks; raises the first
-    error once the server is done. Without parameters (none or an empty list) `sql` may be
-    several statements (the simple-query protocol); with them it is one, bound as psycopg
-    binds them."""
+    """Runs `sql` and streams each statement's rows into `kept` a row at a time, paying `pay`
+    for every `_PAY_EVERY` bytes read; raises the first error once the server is done. Without
+    parameters (none or an empty list) `sql` may be several statements (the simple-query
+    protocol); with them it is one, bound as psycopg binds them."""
     pgconn = conn.pgconn
     query = sql.encode(conn.info.encoding)
     if not params:
@@ -663,11 +721,17 @@ async def _stream(
         pgconn.send_query_params(
             query, values, param_types=binder.types, param_formats=binder.formats
         )
-    pgconn.set_chunked_rows_mode(_CHUNK_ROWS)
+    pgconn.set_single_row_mode()
     await conn.wait(generators.send(pgconn))
     error: psycopg.Error | None = None
     fresh = True  # the next result opens a statement
-    while (result := await _next_result(conn, error)) is not None:
+    taken = 0
+    paid = 0
+    while (result := await _next_result(conn, error, taken)) is not None:
+        taken += 1
+        if pay is not None and kept.read - paid >= _PAY_EVERY:
+            await pay(kept.read - paid)
+            paid = kept.read
         status = pq.ExecStatus(result.status)
         if status == pq.ExecStatus.FATAL_ERROR:
             error = error or errors.error_from_result(result, encoding=conn.info.encoding)
@@ -692,12 +756,19 @@ async def _stream(
 
 
 async def _next_result(
-    conn: psycopg.AsyncConnection[tuple[Any, ...]], error: psycopg.Error | None
+    conn: psycopg.AsyncConnection[tuple[Any, ...]], error: psycopg.Error | None, taken: int
 ) -> pq.abc.PGresult | None:
-    """The next result; once the server reported an error, a connection it then closed (a
-    terminated backend) ends the results with that error instead of a bare disconnect."""
+    """The next result: at once when libpq already holds it (the loop gets a turn every
+    `_YIELD_EVERY` results), else once the server sends it. Once the server reported an error,
+    a connection it then closed (a terminated backend) ends the results with that error instead
+    of a bare disconnect."""
+    pgconn = conn.pgconn
+    if not pgconn.is_busy():
+        if taken % _YIELD_EVERY == 0:
+            await asyncio.sleep(0)
+        return pgconn.get_result()
     try:
-        return await conn.wait(generators.fetch(conn.pgconn))
+        return await conn.wait(generators.fetch(pgconn))
     except psycopg.OperationalError:
         if error is not None:
             raise error from None
@@ -745,4 +816,12 @@ def _failed(
     )
 
 
-__all__ = ["MAX_ROWS_LIMIT", "AfterDdl", "SqlColumn", "SqlResult", "SqlService", "is_ddl"]
+__all__ = [
+    "MAX_ROWS_LIMIT",
+    "AfterDdl",
+    "ReadPace",
+    "SqlColumn",
+    "SqlResult",
+    "SqlService",
+    "is_ddl",
+]

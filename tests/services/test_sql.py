@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from psycopg import sql as pgsql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+import meta_schema
 from agentdb.pg import ServerInfo
 from agentdb.services import (
     CheckpointService,
@@ -27,7 +28,7 @@ from agentdb.services import (
     SessionView,
 )
 from agentdb.services._errors import SqlFailed
-from agentdb.services.sql import SqlColumn, SqlService
+from agentdb.services.sql import ReadPace, SqlColumn, SqlService
 from meta_schema import AgentSession, SessionStatus
 
 EXISTS = "SELECT to_regclass($1) IS NOT NULL AS present"
@@ -218,6 +219,12 @@ async def test_rows_past_the_byte_cap_are_cut_and_counted(meta_sessions, box, se
     assert [row[0] for row in capped.rows] == list(range(1, 10))
     assert (capped.truncated, capped.row_count, capped.command) == (True, 100, "SELECT 100")
 
+    # A row whose text alone is past the cap is not returned, nor is any after it.
+    wide_first = await service.run(
+        session.id, "SELECT n, repeat('x', 20000 / n) FROM generate_series(1, 5) AS n"
+    )
+    assert (wide_first.rows, wide_first.truncated, wide_first.row_count) == ([], True, 5)
+
     # Only the last statement's rows count toward the caps.
     last = await service.run(
         session.id, "SELECT repeat('x', 100000); SELECT n FROM generate_series(1, 3) AS n"
@@ -225,15 +232,47 @@ async def test_rows_past_the_byte_cap_are_cut_and_counted(meta_sessions, box, se
     assert (last.rows, last.truncated, last.row_count) == ([[1], [2], [3]], False, 3)
 
 
+async def test_a_user_reading_past_its_pace_waits_and_other_users_do_not(
+    meta_sessions, box, session_service, session, user_id
+) -> None:
+    """At 1 MiB/s, a user whose call reads about 6 MiB of rows waits for its pace (about 5 s
+    past the first MiB), while another user's call made meanwhile answers first."""
+    service = SqlService(meta_sessions, box, read_pace=ReadPace(1024 * 1024))
+    async with meta_sessions() as db:
+        other = meta_schema.User(name="bob", email=f"bob-{uuid.uuid4()}@example.com", tier="free")
+        other_id = other.id
+        db.add(other)
+        await db.commit()
+    neighbour = await session_service.create(other_id)
+    done: list[str] = []
+
+    async def heavy() -> None:
+        result = await service.run(
+            session.id, "SELECT n, repeat('x', 1000000) FROM generate_series(1, 6) AS n"
+        )
+        assert (len(result.rows), result.row_count) == (6, 6)
+        done.append("heavy")
+
+    started = time.monotonic()
+    reading = asyncio.create_task(heavy())
+    await asyncio.sleep(0.5)  # the heavy call has spent its burst and waits
+    light = await service.run(neighbour.id, "SELECT 1")
+    done.append("light")
+    await reading
+    assert light.rows == [[1]]
+    assert done == ["light", "heavy"]
+    assert time.monotonic() - started >= 3.5
+
+
 def _rss_bytes() -> int:
     resident_pages = Path("/proc/self/statm").read_text().split()[1]
     return int(resident_pages) * os.sysconf("SC_PAGE_SIZE")
 
 
-async def test_a_huge_result_is_read_in_chunks_not_buffered(sql_service, session) -> None:
-    """200 MB of rows under a cap of one row: agentdb's memory grows by a few chunks of rows,
-    not by the result (which libpq would otherwise hold whole), and past 4x the byte cap (64
-    MiB) it stops counting the rows it drops: the call fails and the statement is cancelled."""
+async def test_a_huge_result_is_read_a_row_at_a_time_not_buffered(sql_service, session) -> None:
+    """200 MB of rows under a cap of one row: agentdb's memory grows by a few rows, not by the
+    result (which libpq would otherwise hold whole), and past 2x the byte cap (32 MiB) it stops
+    counting the rows it drops: the call fails and the statement is cancelled."""
     baseline = _rss_bytes()
     peak = baseline
     done = asyncio.Event()
@@ -246,10 +285,10 @@ async def test_a_huge_result_is_read_in_chunks_not_buffered(sql_service, session
 
     sampler = asyncio.create_task(sample())
     try:
-        # 40 MB: the rows past the cap are counted.
+        # 20 MB: the rows past the cap are counted.
         counted = await sql_service.run(
             session.id,
-            "SELECT n, repeat('x', 1000000) FROM generate_series(1, 40) AS n",
+            "SELECT n, repeat('x', 1000000) FROM generate_series(1, 20) AS n",
             max_rows=1,
         )
         with pytest.raises(SqlFailed) as caught:
@@ -261,7 +300,7 @@ async def test_a_huge_result_is_read_in_chunks_not_buffered(sql_service, session
     finally:
         done.set()
         await sampler
-    assert (len(counted.rows), counted.truncated, counted.row_count) == (1, True, 40)
+    assert (len(counted.rows), counted.truncated, counted.row_count) == (1, True, 20)
     assert caught.value.sqlstate == "54000"
     assert "too large" in caught.value.message
     assert caught.value.hint
