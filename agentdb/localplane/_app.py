@@ -166,6 +166,10 @@ def create_app(
             Exception: _on_unexpected,
         },
         openapi_config=None,
+        # Litestar's default would replace the redacting root handler (agentdb._logging) with
+        # its own, so uvicorn's and the libraries' lines would go out unredacted.
+        logging_config=None,
+        debug=False,
     )
 
 

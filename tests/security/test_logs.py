@@ -4,10 +4,19 @@ password or connection URI that was handed out, or any tenant's statement text."
 
 from __future__ import annotations
 
+import io
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import pytest
+import structlog
 from conftest import PLANE_KEY, Stack, Tenant, open_tenant, run_sql
+
+from agentdb._logging import configure_logging
+from agentdb.localplane import create_app as create_plane_app
+from agentdb.settings import Settings
 
 MARKER = "statement-text-marker-7f3a"
 
@@ -87,3 +96,38 @@ def test_no_secret_and_no_statement_text_in_any_log(stack: Stack) -> None:
     assert leaks == []
     statements = [path.name for path, text in logs.items() if MARKER in text]
     assert statements == []
+
+
+@pytest.fixture
+def redacted_log() -> Iterator[io.StringIO]:
+    """agentdb's logging set up into a buffer, and the test process's own set back after."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    saved = structlog.get_config()
+    stream = io.StringIO()
+    configure_logging(logging.DEBUG, stream)
+    try:
+        yield stream
+    finally:
+        for handler in list(root.handlers):
+            root.removeHandler(handler)
+        for handler in handlers:
+            root.addHandler(handler)
+        root.setLevel(level)
+        structlog.configure(**saved)
+
+
+def test_building_the_plane_app_keeps_library_lines_redacted(
+    redacted_log: io.StringIO, tmp_path: Path
+) -> None:
+    """The offline `agentdb serve` builds the local plane's app in its own process: building it
+    must not put a handler of its own (Litestar's default logging) in place of agentdb's."""
+    create_plane_app(Settings(data_dir=tmp_path))
+    password, token = "plane-log-secret-pw", "adb_sess_" + "s" * 43
+    logging.getLogger("uvicorn.error").error(
+        "cannot reach postgresql://owner:%s@127.0.0.1/db for Bearer %s", password, token
+    )
+    written = redacted_log.getvalue()
+    assert "cannot reach" in written
+    assert password not in written
+    assert token not in written
