@@ -80,6 +80,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             AGENTDB_ADMIN_TOKEN=admin_token,
             # Every debug line too: none may carry a secret.
             AGENTDB_LOG_LEVEL="debug",
+            # The chat demo runs SQL: the suite checks it refuses strangers.
+            AGENTDB_DEMO="true",
         )
         with serving(env, agentdb_dir, ("serve",), API_LINE, []) as api_url:
             found = Stack(api_url, plane_url, admin_token, [plane_dir, agentdb_dir])

@@ -285,3 +285,47 @@ def test_deeply_nested_results_and_inputs_answer_without_a_500(
         assert 400 <= checkpoint.status_code < 500, checkpoint.text
         listed = http.get(f"/v1/sessions/{attacker.session_id}/checkpoints").json()
         assert all(c.get("label") != "nul" for c in listed["checkpoints"])
+
+
+def test_no_other_role_can_be_taken_on(stack: Stack, attacker: Tenant, victim: Tenant) -> None:
+    """`SET ROLE` and `SET SESSION AUTHORIZATION` to every role the catalog shows that is not
+    the attacker's: the plane's service roles (which own Neon Auth's tables), other tenants'
+    roles, the superuser, PostgreSQL's predefined roles."""
+    with stack.client(attacker.user_token) as user:
+        # Neon Auth on: the project gets its service role.
+        enabled = user.post(f"/v1/sessions/{attacker.session_id}/auth", json={})
+        assert enabled.status_code in {200, 201}, enabled.text
+    listed = run_sql(
+        stack,
+        attacker,
+        # Its own project's group role is the attacker's to take on (it holds only the
+        # project's database privileges); every role it is not a member of is someone else's.
+        "select rolname from pg_roles where not pg_has_role(current_user, oid, 'MEMBER')"
+        " order by 1",
+    )
+    assert listed.status_code == 200, listed.text
+    others = [str(row[0]) for row in listed.json()["rows"]]
+    victim_role = psycopg.conninfo.conninfo_to_dict(victim.connection_uri)["user"]
+    assert victim_role in others
+    assert any(name.endswith("_service") for name in others), others
+    for name in others:
+        for sql in (f'set role "{name}"', f'set session authorization "{name}"'):
+            answer = run_sql(stack, attacker, sql)
+            assert answer.status_code == 422, (sql, answer.text)
+            assert answer.json()["sqlstate"] == "42501", (sql, answer.text)
+
+
+def test_the_tenants_credentials_open_no_other_database(
+    stack: Stack, attacker: Tenant, victim: Tenant
+) -> None:
+    """The attacker's own role and password (as a user token sees them), pointed at the victim's
+    database and at the cluster's own: refused, and no row of the victim's is read."""
+    mine = psycopg.conninfo.conninfo_to_dict(attacker.connection_uri)
+    theirs = psycopg.conninfo.conninfo_to_dict(victim.connection_uri)
+    for dbname in (theirs["dbname"], "postgres", "template1"):
+        target = psycopg.conninfo.make_conninfo(
+            psycopg.conninfo.make_conninfo(**mine), dbname=str(dbname)
+        )
+        with pytest.raises(psycopg.OperationalError) as refused:
+            psycopg.connect(target, connect_timeout=10).close()
+        assert "permission denied" in str(refused.value), str(refused.value)

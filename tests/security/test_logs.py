@@ -131,3 +131,24 @@ def test_building_the_plane_app_keeps_library_lines_redacted(
     assert "cannot reach" in written
     assert password not in written
     assert token not in written
+
+
+def _connect_and_fail(uri: str, authorization: str) -> None:
+    raise RuntimeError(f"cannot connect to {uri} ({authorization.split(maxsplit=1)[0]})")
+
+
+def test_tracebacks_carry_no_local_variables_and_no_secret(redacted_log: io.StringIO) -> None:
+    """An unexpected error's traceback, from structlog and from the stdlib: the frames' local
+    variables (a URI, a request's Authorization header) are never printed, and a secret in the
+    exception's own message is redacted."""
+    password, token = "traceback-secret-pw", "adb_user_" + "t" * 43
+    uri = f"postgresql://owner:{password}@127.0.0.1/db"
+    for log in (structlog.get_logger("agentdb.test"), logging.getLogger("agentdb.test")):
+        try:
+            _connect_and_fail(uri, f"Bearer {token}")
+        except RuntimeError:
+            log.exception("unexpected")
+    written = redacted_log.getvalue()
+    assert written.count("_connect_and_fail") >= 2  # both tracebacks are there
+    assert password not in written
+    assert token not in written
