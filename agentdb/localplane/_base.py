@@ -22,7 +22,7 @@ import structlog
 from agentdb.pg import ServerInfo
 
 from . import _render as render
-from ._engine import Engine
+from ._engine import Engine, EngineError
 from ._errors import BadRequest, Locked, NotFound
 from ._models import (
     BranchRecord,
@@ -362,6 +362,14 @@ class PlaneBase:
                     op.job["args"]["done"] = done
                     await tx.put(op)
 
+    async def _role_password(self, project_id: str, physical: str) -> str:
+        """The password of the project's role named `physical` in the cluster."""
+        async with self._store.tx() as tx:
+            for role in await tx.list(RoleRecord, project_id):
+                if role.physical == physical and role.password:
+                    return role.password
+        raise EngineError(f"role {physical} of project {project_id} has no password")
+
     async def _door_open(self, project_id: str, physical: str) -> bool | None:
         """Whether the records say `physical` takes clients: a database of a branch none of
         whose computes is suspended. None when no database record names it."""
@@ -425,7 +433,9 @@ class PlaneBase:
                 # copy short, so the new, still unused database is made again.
                 await engine.drop_database(target)
                 await engine.create_database(target, owner, group)
-                await engine.copy_schema(source, target)
+                await engine.copy_schema(
+                    source, target, owner, await self._role_password(project_id, owner)
+                )
             case ["create", str(target), str(owner), str(group)]:
                 await engine.create_database(target, owner, group)
             case ["swap", str(live), str(replacement), str(parked), bool(allow)]:

@@ -58,6 +58,9 @@ _REFLINK_FILESYSTEMS = {"btrfs", "xfs", "bcachefs", "zfs", "ocfs2", "apfs"}
 # The engine's connections into a project's database: built-ins first and only, so nothing the
 # tenant defined (a `public.lower(text)`, an operator) stands in for what its statements name.
 _SAFE_OPTIONS = "-c search_path=pg_catalog,pg_temp"
+#: The plane's own schemas in a project database (Neon Auth's, the Data API's): never copied
+#: into a schema-only branch by the tenant's role, which does not own them.
+_PLANE_SCHEMAS_EXCLUDED = ("--exclude-schema=neon_auth", "--exclude-schema=auth")
 
 # Catalog hygiene: a shared cluster shows every role every backend, every database's counters,
 # every lock and prepared transaction. Per database (each copies its catalog from template1 or
@@ -583,18 +586,43 @@ class Engine:
         text = "\n".join(lines).strip()
         return text + "\n" if text else ""
 
-    async def copy_schema(self, source: str, target: str) -> None:
-        archive = await self._run("pg_dump", "--schema-only", "-Fc", "-d", source)
-        await self._run("pg_restore", "--exit-on-error", "-d", target, stdin=archive)
+    async def copy_schema(self, source: str, target: str, owner: str, password: str) -> None:
+        """`target` gets `source`'s schema, restored by the database's owner `owner` (the
+        tenant's own role, logging in with `password`), never by a superuser: a schema-only
+        restore runs no code of the tenant's, but if it ever did, it would run with the tenant's
+        rights only. Everything restored belongs to `owner` and no grants are carried (a
+        tenant's role may not take on another role's objects or grants). The plane's own
+        `neon_auth` and `auth` schemas are left out: they are set up per branch when enabled."""
+        archive = await self._run(
+            "pg_dump", "--schema-only", "-Fc", *_PLANE_SCHEMAS_EXCLUDED, "-d", source
+        )
+        env = self.server.subprocess_env()
+        env.update(PGUSER=owner, PGPASSWORD=password, PGDATABASE=target)
+        await self._run(
+            "pg_restore",
+            "--exit-on-error",
+            "--no-owner",
+            "--no-privileges",
+            "-d",
+            target,
+            stdin=archive,
+            env=env,
+        )
 
-    async def _run(self, binary: str, *args: str, stdin: bytes | None = None) -> bytes:
+    async def _run(
+        self,
+        binary: str,
+        *args: str,
+        stdin: bytes | None = None,
+        env: dict[str, str] | None = None,
+    ) -> bytes:
         proc = await asyncio.create_subprocess_exec(
             str(self.server.binary(binary)),
             *args,
             stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
-            env=self.server.subprocess_env(),
+            env=env or self.server.subprocess_env(),
         )
         out, err = await proc.communicate(stdin)
         if proc.returncode != 0:

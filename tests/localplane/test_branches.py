@@ -55,6 +55,47 @@ async def test_schema_only_branch_has_tables_but_no_rows(neon_http: httpx.AsyncC
     assert await fetch(uri, "SELECT count(*) FROM notes") == [(0,)]
 
 
+# A function the restore itself would run (CREATE INDEX folds an immutable call with constant
+# arguments), writing down who is logged in: the restore must be the tenant's own role.
+RESTORE_WITNESS = """
+CREATE TABLE witness (who text, acting text);
+CREATE FUNCTION note_who() RETURNS int LANGUAGE plpgsql VOLATILE AS
+  $$ BEGIN INSERT INTO public.witness VALUES (session_user, current_user); RETURN 1; END $$;
+CREATE FUNCTION folded(int) RETURNS int LANGUAGE plpgsql IMMUTABLE AS
+  $$ BEGIN RETURN $1 + public.note_who(); END $$;
+CREATE TABLE trapped (n int);
+CREATE INDEX trapped_idx ON trapped ((n + public.folded(1)));
+DELETE FROM witness;
+"""
+
+
+async def test_a_schema_only_copy_runs_as_the_tenants_role_and_leaves_the_plane_schemas(
+    neon_http: httpx.AsyncClient,
+) -> None:
+    project_id, main_id, uri = await _project_with_rows(neon_http)
+    await execute(uri, RESTORE_WITNESS)
+    await execute(uri, "CREATE SCHEMA auth; CREATE TABLE auth.mine (n int)")
+    owner = (await fetch(uri, "SELECT current_user"))[0][0]
+    child = await _branch(
+        neon_http,
+        project_id,
+        branch={"name": "empty", "parent_id": main_id, "init_source": "schema-only"},
+        endpoints=[{"type": "read_write"}],
+    )
+    copy = child["connection_uris"][0]["connection_uri"]
+    # Whatever the restore ran, it ran logged in as the tenant's role, never a superuser.
+    assert await fetch(copy, "SELECT DISTINCT who, acting FROM witness") == [(owner, owner)]
+    owners = await fetch(
+        copy,
+        "SELECT DISTINCT pg_get_userbyid(relowner) FROM pg_class c"
+        " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'public'",
+    )
+    assert owners == [(owner,)]
+    # The plane's schema names are left out of the copy (set up per branch when enabled).
+    assert await fetch(copy, "SELECT to_regclass('auth.mine') IS NULL") == [(True,)]
+    assert await fetch(copy, "SELECT count(*) FROM notes") == [(0,)]
+
+
 async def test_point_in_time_branching_names_snapshots_instead(
     neon_http: httpx.AsyncClient,
 ) -> None:
