@@ -268,7 +268,7 @@ class Settings(BaseSettings):
         "this.",
     )
     sql_user_read_rate: int = Field(
-        default=64 * 1024 * 1024,
+        default=32 * 1024 * 1024,
         ge=1024 * 1024,
         description="Bytes of result rows per second one user's SQL calls may read, across all "
         "their sessions; a burst of as much passes at once. A user streaming huge results again "

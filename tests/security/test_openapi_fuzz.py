@@ -39,12 +39,6 @@ def fuzzed(stack: Stack) -> Tenant:
     return open_tenant(stack, "fuzzed@example.com")
 
 
-def _load(stack: Stack, token: str) -> schemathesis.BaseSchema:
-    return schemathesis.openapi.from_url(
-        f"{stack.api}/schema/openapi.json", headers={"Authorization": f"Bearer {token}"}
-    )
-
-
 def _aim(case: Case, tenant: Tenant) -> None:
     """Real user and session ids, except where the request would delete them."""
     deleting_the_session = case.method.upper() == "DELETE" and case.path in {
