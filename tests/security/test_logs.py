@@ -124,7 +124,9 @@ def test_building_the_plane_app_keeps_library_lines_redacted(
     must not put a handler of its own (Litestar's default logging) in place of agentdb's."""
     create_plane_app(Settings(data_dir=tmp_path))
     password, token = "plane-log-secret-pw", "adb_sess_" + "s" * 43
-    logging.getLogger("uvicorn.error").error(
+    # A library's logger (one no other test configures: uvicorn's may have handlers of its own
+    # from an in-process server earlier in the run), whose lines reach the root handler.
+    logging.getLogger("agentdb_tests.a_library").error(
         "cannot reach postgresql://owner:%s@127.0.0.1/db for Bearer %s", password, token
     )
     written = redacted_log.getvalue()
