@@ -588,16 +588,17 @@ class Engine:
 
     async def copy_schema(self, source: str, target: str, owner: str, password: str) -> None:
         """`target` gets `source`'s schema, restored by the database's owner `owner` (the
-        tenant's own role, logging in with `password`), never by a superuser: a schema-only
-        restore runs no code of the tenant's, but if it ever did, it would run with the tenant's
-        rights only. Everything restored belongs to `owner` and no grants are carried (a
+        tenant's own role, logging in with `password`), never by a superuser: even a schema-only
+        restore runs code of the tenant's (`CREATE INDEX` folds an immutable function called
+        with constants), and it runs with the tenant's rights only. Everything restored belongs
+        to `owner` and no grants are carried (a
         tenant's role may not take on another role's objects or grants). The plane's own
         `neon_auth` and `auth` schemas are left out: they are set up per branch when enabled."""
         archive = await self._run(
             "pg_dump", "--schema-only", "-Fc", *_PLANE_SCHEMAS_EXCLUDED, "-d", source
         )
         env = self.server.subprocess_env()
-        env.update(PGUSER=owner, PGPASSWORD=password, PGDATABASE=target)
+        env.update(PGUSER=owner, PGPASSWORD=password)
         await self._run(
             "pg_restore",
             "--exit-on-error",
