@@ -8,22 +8,31 @@ logical size per session): the victim has two sessions with a 10,000-row table e
 checkpointed, one queried); the attacker has five, each driven only with its session token, as a
 prompt-injected agent would be.
 
-1. **Quiet.** For `--quiet` seconds the victim checkpoints in a loop (`POST .../checkpoints`)
-   while a second loop runs `SELECT count(*)` through `/sql` every 100 ms. Latencies recorded.
+0. **Warm-up.** For `--warmup` seconds the victim runs the loops below, unmeasured but shown:
+   a fresh cluster's first checkpoints are its fastest (shared buffers not yet full of pages
+   still to be written; fewer than the tier's 50 checkpoints, so none pruned), and the
+   attacked phase runs in the steady state after them.
+1. **Quiet.** For `--quiet` seconds the victim checkpoints in a loop (`POST .../checkpoints`,
+   0.5 s apart: under its token's 120 control-plane operations a minute) while a second loop
+   runs `SELECT count(*)` through `/sql` every 100 ms. Latencies recorded.
 2. **Attacked.** The same victim loops for `--attack` seconds while the attacker runs, at once:
    the connection flood (100 concurrent `/sql` `select pg_sleep(20)` per session on two
    sessions: the per-token and per-user limits answer most with 429, PostgreSQL's per-role
    limit the rest), the orphan-backend loop (8 concurrent `DO` blocks that swallow every
    cancel, `timeout_seconds: 1`), the big result (3 concurrent `select repeat('x', 10000000)
    from generate_series(1, 100)` with `max_rows: 1`, about 1 GB each) and the disk writer (one
-   `INSERT` of about 2 GB into a 512 MiB-quota session).
+   `INSERT` of about 2 GB into a 512 MiB-quota session). Each attacking loop has an HTTP client
+   and connection of its own, as a client elsewhere would: one shared httpx pool of 200
+   connections cost this benchmark half a core in httpcore's pool bookkeeping, a core the
+   victim lost on this one machine and would not lose to an attacker on another.
 3. **Afterwards.** Attacker backends still running `--linger` (30) seconds after the attack
    stops (the longest attacker timeout is 20 s + 1 s of grace, so none should be), the disk
-   writer's database at its largest past its quota (the overshoot: sampled every 20 ms while it
+   writer's database at its largest past its quota (the overshoot: sampled every 50 ms while it
    runs, as its rolled-back table is gone afterwards), and agentdb's peak RSS (psutil, every
    50 ms) in each phase.
 
-Usage: `.venv/bin/python benchmarks/neighbours.py [--quiet 20] [--attack 40] [--json out.json]`
+Usage: `.venv/bin/python benchmarks/neighbours.py [--warmup 40] [--quiet 20] [--attack 40]
+[--json out.json]`
 """
 
 from __future__ import annotations
@@ -226,7 +235,9 @@ async def victim_loops(
                 seen.checkpoints.append(time.perf_counter() - started)
             else:
                 seen.failures[f"checkpoint {resp.status_code}: {_detail(resp)}"] += 1
-            await asyncio.sleep(0.2)
+            # Under the session token's limit of control-plane operations (120 a minute)
+            # however fast the checkpoints are.
+            await asyncio.sleep(0.5)
 
     async def queries() -> None:
         while time.monotonic() < deadline:
@@ -287,7 +298,7 @@ class Attack:
     statuses: Counter[str] = field(default_factory=Counter)
     writer_status: int = 0
     writer_seconds: float = 0.0
-    writer_peak: int = 0  # the writer's database at its largest (sampled every 20 ms)
+    writer_peak: int = 0  # the writer's database at its largest (sampled every 50 ms)
 
 
 async def peak_size(dsn: str, database: str, seen: Attack) -> None:
@@ -298,7 +309,10 @@ async def peak_size(dsn: str, database: str, seen: Attack) -> None:
             cur = await conn.execute("SELECT pg_database_size(%s)", (database,))
             row = await cur.fetchone()
             seen.writer_peak = max(seen.writer_peak, int(row[0]) if row else 0)
-            await asyncio.sleep(0.02)
+            # pg_database_size reads every file of the database: sampled every 20 ms it took
+            # a tenth of a core from the box the victim runs on. The overshoot is also read
+            # from the size watch's log line, and 50 ms of writing is a few MiB at most.
+            await asyncio.sleep(0.05)
 
 
 KINDS = ("flood", "orphan", "big", "disk")
@@ -315,32 +329,36 @@ async def attack(
     seen = Attack()
     deadline = time.monotonic() + seconds_
 
-    async def loop(kind: str, call: Callable[[], Awaitable[httpx.Response]]) -> None:
-        while time.monotonic() < deadline:
-            try:
-                resp = await call()
-            except httpx.HTTPError as error:
-                seen.statuses[f"{kind} {type(error).__name__}"] += 1
-                await asyncio.sleep(0.5)
-                continue
-            seen.statuses[f"{kind} {resp.status_code}"] += 1
-            if resp.status_code == 429:
-                await asyncio.sleep(float(resp.headers.get("Retry-After", "1")))
+    async def loop(
+        kind: str, call: Callable[[httpx.AsyncClient], Awaitable[httpx.Response]]
+    ) -> None:
+        # A client and connection of its own (the module docstring says why).
+        async with httpx.AsyncClient(base_url=http.base_url, timeout=http.timeout) as own:
+            while time.monotonic() < deadline:
+                try:
+                    resp = await call(own)
+                except httpx.HTTPError as error:
+                    seen.statuses[f"{kind} {type(error).__name__}"] += 1
+                    await asyncio.sleep(0.5)
+                    continue
+                seen.statuses[f"{kind} {resp.status_code}"] += 1
+                if resp.status_code == 429:
+                    await asyncio.sleep(float(resp.headers.get("Retry-After", "1")))
 
     flood, orphan, big, disk = sessions[0:2], sessions[2], sessions[3], sessions[4]
     tasks = []
     if "flood" in kinds:
         tasks += [
-            loop("flood", lambda s=s: sql(http, s, "select pg_sleep(20)", timeout_seconds=20))
+            loop("flood", lambda c, s=s: sql(c, s, "select pg_sleep(20)", timeout_seconds=20))
             for s in flood
             for _ in range(100)
         ]
     if "orphan" in kinds:
         tasks += [
-            loop("orphan", lambda: sql(http, orphan, ORPHAN, timeout_seconds=1)) for _ in range(8)
+            loop("orphan", lambda c: sql(c, orphan, ORPHAN, timeout_seconds=1)) for _ in range(8)
         ]
     if "big" in kinds:
-        tasks += [loop("big", lambda: sql(http, big, BIG, max_rows=1)) for _ in range(3)]
+        tasks += [loop("big", lambda c: sql(c, big, BIG, max_rows=1)) for _ in range(3)]
 
     async def writer() -> None:
         started = time.perf_counter()
@@ -441,6 +459,12 @@ async def run(args: argparse.Namespace, data_dir: Path) -> JSON:
             expect(made, 200)
         plan = VictimPlan(serve.url, victim, reader, serve.superuser_dsn)
         with concurrent.futures.ProcessPoolExecutor(max_workers=1, initializer=os.setsid) as pool:
+            # The victim's first checkpoints on a fresh cluster are the fastest it will see:
+            # until their copies have filled shared buffers with pages still to be written,
+            # and until its tier's checkpoint limit has it pruning one for each it takes.
+            # The quiet phase measures the steady state the attacked one runs in.
+            print(f"warm-up: {args.warmup:g} s", file=sys.stderr)
+            warm = await victim_apart(pool, plan, args.warmup)
             print(f"quiet phase: {args.quiet:g} s", file=sys.stderr)
             async with PeakRss(serve.process) as quiet_rss:
                 quiet = await victim_apart(pool, plan, args.quiet)
@@ -472,6 +496,7 @@ async def run(args: argparse.Namespace, data_dir: Path) -> JSON:
     quiet_p95, attacked_p95 = p95(quiet.checkpoints), p95(attacked.checkpoints)
     ratio = attacked_p95 / quiet_p95 if quiet_p95 else float("inf")
     rows = [
+        latency_row("victim checkpoint, warm-up (fresh cluster)", warm.checkpoints),
         latency_row("victim checkpoint, quiet", quiet.checkpoints),
         latency_row("victim checkpoint, attacked", attacked.checkpoints),
         latency_row("victim /sql, quiet", quiet.queries),
@@ -487,8 +512,8 @@ async def run(args: argparse.Namespace, data_dir: Path) -> JSON:
     facts = [
         ["victim checkpoint p95, attacked / quiet", f"{ratio:.2f}x", "< 3x"],
         [
-            "victim calls that failed (quiet + attacked)",
-            str(sum(quiet.failures.values()) + sum(attacked.failures.values())),
+            "victim calls that failed (all phases)",
+            str(sum(v.failures.total() for v in (warm, quiet, attacked))),
             "0",
         ],
         ["agentdb peak RSS, quiet", mebibytes(quiet_rss.peak), ""],
@@ -513,11 +538,12 @@ async def run(args: argparse.Namespace, data_dir: Path) -> JSON:
             [[k, str(v)] for k, v in sorted(hostile.statuses.items())],
         )
     )
-    failures = quiet.failures + attacked.failures
+    failures = warm.failures + quiet.failures + attacked.failures
     if failures:
         print("\nvictim failures:", dict(failures))
     return {
         "machine": machine_facts(),
+        "warmup_checkpoints": warm.checkpoints,
         "quiet_checkpoints": quiet.checkpoints,
         "attacked_checkpoints": attacked.checkpoints,
         "quiet_queries": quiet.queries,
@@ -534,6 +560,12 @@ async def run(args: argparse.Namespace, data_dir: Path) -> JSON:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=40,
+        help="seconds of checkpoints before the quiet phase (past the tier's checkpoint limit)",
+    )
     parser.add_argument("--quiet", type=float, default=20, help="seconds of the quiet phase")
     parser.add_argument("--attack", type=float, default=40, help="seconds of the attack")
     parser.add_argument(
