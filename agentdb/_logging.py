@@ -107,6 +107,31 @@ def configure_logging(level: int, stream: TextIO) -> None:
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 
 
+def configure_library_logging() -> None:
+    """For agentdb inside another program (the embedded SDK): unless the host configured
+    structlog itself, agentdb's lines go to the standard library's `logging`, under their
+    modules' names, redacted, so the host's logging settings decide what is shown and where.
+    A host that configured nothing sees warnings and errors on stderr (Python's last-resort
+    handler) and nothing on stdout."""
+    if structlog.is_configured():
+        return
+    structlog.configure(
+        processors=[
+            structlog.stdlib.filter_by_level,
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.format_exc_info,
+            redact_secrets,
+            # The event and its keys: the host's formatter adds the time, level and name.
+            structlog.dev.ConsoleRenderer(
+                colors=False, pad_event_to=0, exception_formatter=structlog.dev.plain_traceback
+            ),
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=False,
+    )
+
+
 def uvicorn_log_config() -> dict[str, Any]:
     """uvicorn's logging, through the root handler above (redacted) instead of its own."""
     return {
@@ -123,6 +148,7 @@ def uvicorn_log_config() -> dict[str, Any]:
 __all__ = [
     "MASK",
     "RedactingFormatter",
+    "configure_library_logging",
     "configure_logging",
     "redact",
     "redact_secrets",

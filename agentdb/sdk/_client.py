@@ -81,8 +81,12 @@ class AgentDB:
         @asynccontextmanager
         async def opener() -> AsyncIterator[httpx.AsyncClient]:
             # The server's modules load only for the embedded mode.
+            from agentdb._logging import configure_library_logging  # noqa: PLC0415
             from agentdb.api import create_app  # noqa: PLC0415
             from agentdb.runtime import open_runtime  # noqa: PLC0415
+
+            # A library prints nothing its host did not ask for.
+            configure_library_logging()
 
             async with open_runtime(settings) as runtime:
                 app = create_app(runtime, trusted=EMBEDDED)
