@@ -197,6 +197,10 @@ class UserList(BaseModel):
 
 class SessionList(BaseModel):
     sessions: list[SessionOut]
+    next_after: uuid.UUID | None = Field(
+        default=None,
+        description="Pass as `after` for the next page; null when this page was the last.",
+    )
 
 
 class CheckpointList(BaseModel):

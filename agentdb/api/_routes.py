@@ -16,6 +16,7 @@ from pydantic import JsonValue
 
 from agentdb.runtime import Runtime
 from agentdb.services import (
+    MAX_PAGE,
     BranchView,
     CheckpointView,
     Conflict,
@@ -29,8 +30,7 @@ from agentdb.services import (
     UserView,
 )
 from agentdb.services._errors import TokenNotFound
-from agentdb.services.tokens import MAX_PAGE
-from meta_schema import TokenScope
+from meta_schema import SessionStatus, TokenScope
 
 from ._addon_routes import ADDON_ROUTES
 from ._auth import (
@@ -201,7 +201,7 @@ class Users(Controller):
     async def index(
         self,
         request: AnyRequest,
-        limit: Annotated[int, QueryParameter(ge=1, le=500)] = 100,
+        limit: PageSize = 100,
         after: Annotated[uuid.UUID | None, QueryParameter()] = None,
     ) -> UserList:
         require_admin(request)
@@ -273,22 +273,41 @@ class Sessions(Controller):
 
     @get("/", summary="List sessions")
     async def index(
-        self, request: AnyRequest, user_id: Annotated[uuid.UUID | None, QueryParameter()] = None
+        self,
+        request: AnyRequest,
+        user_id: Annotated[
+            uuid.UUID | None,
+            QueryParameter(description="Only this user's (the admin token's default: everyone's)."),
+        ] = None,
+        status: Annotated[
+            SessionStatus | None,
+            QueryParameter(description="Only sessions in this status (default: all but deleted)."),
+        ] = None,
+        limit: PageSize = 100,
+        after: Annotated[
+            uuid.UUID | None,
+            QueryParameter(description="Start after this session id (the previous page's last)."),
+        ] = None,
     ) -> SessionList:
+        """Sessions oldest first, a page at a time: a user token's own, a session token's one,
+        every user's with the admin token."""
         principal = principal_of(request)
         if principal.scope == TokenScope.SESSION:
             assert principal.session_id is not None  # noqa: S101 - a session token's session
             own = await reachable_session(request, principal.session_id)
             if user_id is not None and user_id != own.user_id:
                 raise UserNotFound(user_id)
-            views = [own]
+            mine = (status is None or own.status == status) and (after is None or own.id > after)
+            views = [own] if mine else []
         else:
             owner = user_id or principal.user_id
-            if owner is None:
-                raise BadRequest("user_id", "required with the admin token")
-            require_user(request, owner)
-            views = await rt(request).sessions.list(owner)
-        return SessionList(sessions=[await _session_out(request, v) for v in views])
+            if owner is not None:
+                require_user(request, owner)
+            views = await rt(request).sessions.list(owner, status=status, limit=limit, after=after)
+        return SessionList(
+            sessions=[await _session_out(request, v) for v in views],
+            next_after=views[-1].id if len(views) == limit else None,
+        )
 
     @get("/{session_id:uuid}", summary="Get a session")
     async def show(self, request: AnyRequest, session_id: FromPath[uuid.UUID]) -> SessionOut:
@@ -353,7 +372,7 @@ class Sessions(Controller):
         request: AnyRequest,
         session_id: FromPath[uuid.UUID],
         after: Annotated[int | None, QueryParameter(ge=0, le=MAX_EVENT_ID)] = None,
-        limit: Annotated[int, QueryParameter(ge=1, le=500)] = 100,
+        limit: PageSize = 100,
     ) -> EventList:
         await reachable_session(request, session_id)
         events = await rt(request).events.list(session_id, after=after, limit=limit)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import Annotated
+from typing import Annotated, Literal
 
 import cyclopts
 from cyclopts import Parameter
@@ -37,6 +37,10 @@ from ._remote import (
 __all__ = ["ClientError", "register"]
 
 Positive = Annotated[int, Parameter(validator=cyclopts.validators.Number(gt=0))]
+#: A session's status as the API names it (the client does not import the server's enums).
+SessionStatusName = Literal[
+    "provisioning", "ready", "checkpointing", "restoring", "deleting", "deleted", "failed"
+]
 
 users = cyclopts.App(
     name="users",
@@ -225,19 +229,31 @@ async def create_session(
 
 @sessions.command(name="ls")
 async def list_sessions(
-    *, user: uuid.UUID | None = None, secrets: Secrets = False, options: Remote = NO_OPTIONS
+    *,
+    user: uuid.UUID | None = None,
+    status: SessionStatusName | None = None,
+    limit: Positive = 100,
+    after: uuid.UUID | None = None,
+    secrets: Secrets = False,
+    options: Remote = NO_OPTIONS,
 ) -> None:
-    """List sessions.
+    """List sessions, oldest first: a user token's own, every user's with the admin token.
 
     Parameters
     ----------
     user
-        Whose sessions (required with the admin token).
+        Only this user's sessions.
+    status
+        Only sessions in this status (default: all but deleted).
+    limit
+        At most this many.
+    after
+        Start after this session id (the last one of the previous page).
     secrets
         With --json, also the connection URIs (hidden by default).
     """
     async with connected(options) as db:
-        found = await db.list_sessions(user_id=user)
+        found = await db.list_sessions(user_id=user, status=status, limit=limit, after=after)
     emit(
         options,
         found,

@@ -265,8 +265,19 @@ class AgentDB:
             Session, "POST", "/v1/sessions", json=body, idempotency_key=idempotency_key
         )
 
-    async def list_sessions(self, *, user_id: Id | None = None) -> list[Session]:
-        return await self._many(Session, "sessions", "/v1/sessions", params={"user_id": user_id})
+    async def list_sessions(
+        self,
+        *,
+        user_id: Id | None = None,
+        status: str | None = None,
+        limit: int = 100,
+        after: Id | None = None,
+    ) -> list[Session]:
+        """Sessions oldest first: a user token's own, or with the admin token every user's
+        (`user_id` narrows it to one). `status` keeps only those in it (default: all but
+        deleted); pages of `limit`, from the session after `after`."""
+        params = {"user_id": user_id, "status": status, "limit": limit, "after": after}
+        return await self._many(Session, "sessions", "/v1/sessions", params=params)
 
     async def get_session(self, session_id: Id) -> Session:
         return await self._one(Session, "GET", f"/v1/sessions/{session_id}")

@@ -3,7 +3,7 @@ agent sessions, checkpoints, branches, SQL, tier changes, usage, the audit log, 
 and the background job runner. The REST API, MCP tools and CLI call these; none of them talk to
 Neon directly."""
 
-from ._common import Actor, Clock, SessionLocks, WorkflowKillSwitch, system_clock
+from ._common import MAX_PAGE, Actor, Clock, SessionLocks, WorkflowKillSwitch, system_clock
 from ._errors import (
     AlreadyExists,
     BranchNotFound,
@@ -48,6 +48,7 @@ from .usage import MetricUsage, PeriodUsage, PollResult, UsageReport, UsageServi
 from .users import UserService, UserView
 
 __all__ = [
+    "MAX_PAGE",
     "Actor",
     "AddonService",
     "AlreadyExists",

@@ -27,6 +27,8 @@ SessionFactory = async_sessionmaker[AsyncSession]
 
 # Bounds on what callers may store; the edges report them as 4xx with the field's name.
 MAX_NAME = 200
+#: The most items one page of a list returns.
+MAX_PAGE = 500
 MAX_MESSAGE = 10_000
 MAX_IDEMPOTENCY_KEY = 200
 
@@ -141,6 +143,12 @@ def event(
         details=details or {},
         neon_operation_ids=list(operation_ids),
     )
+
+
+def check_limit(limit: int) -> None:
+    """A page size: raises `InvalidInput` naming `limit` outside 1 to `MAX_PAGE`."""
+    if not 1 <= limit <= MAX_PAGE:
+        raise InvalidInput("limit", f"must be between 1 and {MAX_PAGE}")
 
 
 def check_text(field: str, value: str | None, limit: int) -> None:

@@ -14,10 +14,8 @@ from sqlmodel import col
 
 from meta_schema import ActorScope, Event
 
-from ._common import SessionFactory, load_session
+from ._common import SessionFactory, check_limit, load_session
 from ._errors import InvalidInput
-
-MAX_LIST = 500
 
 
 class EventView(BaseModel):
@@ -74,8 +72,7 @@ class EventService:
         Ids are drawn at insert, not at commit: a transaction still open while a page is read
         may later commit an id below the page's last one. Workflows commit their events within
         milliseconds, so a feed that must see everything re-reads a short window."""
-        if not 1 <= limit <= MAX_LIST:
-            raise InvalidInput("limit", f"must be between 1 and {MAX_LIST}")
+        check_limit(limit)
         if after is not None and after < 0:
             raise InvalidInput("after", "must not be negative")
         query = (

@@ -48,6 +48,7 @@ from ._common import (
     SessionFactory,
     SessionLocks,
     WorkflowKillSwitch,
+    check_limit,
     check_text,
     describe,
     event,
@@ -123,15 +124,32 @@ class SessionService:
         async with self._db() as db:
             return SessionView.of(await load_session(db, session_id))
 
-    async def list(self, user_id: uuid.UUID, *, include_deleted: bool = False) -> list[SessionView]:
-        """A user's sessions, oldest first."""
-        query = sa.select(AgentSession).where(col(AgentSession.user_id) == user_id)
-        if not include_deleted:
+    async def list(
+        self,
+        user_id: uuid.UUID | None,
+        *,
+        include_deleted: bool = False,
+        status: SessionStatus | None = None,
+        limit: int | None = None,
+        after: uuid.UUID | None = None,
+    ) -> list[SessionView]:
+        """Sessions oldest first (ids are UUIDv7: id order is creation order): a user's, or
+        every user's with `user_id` None. Only those in `status` when given, else all but the
+        deleted ones unless `include_deleted`; at most `limit`, from the one after `after`."""
+        query = sa.select(AgentSession)
+        if user_id is not None:
+            query = query.where(col(AgentSession.user_id) == user_id)
+        if status is not None:
+            query = query.where(col(AgentSession.status) == status)
+        elif not include_deleted:
             query = query.where(col(AgentSession.status) != SessionStatus.DELETED)
+        if after is not None:
+            query = query.where(col(AgentSession.id) > after)
+        if limit is not None:
+            check_limit(limit)
+            query = query.limit(limit)
         async with self._db() as db:
-            rows = await db.scalars(
-                query.order_by(col(AgentSession.created_at), col(AgentSession.id))
-            )
+            rows = await db.scalars(query.order_by(col(AgentSession.id)))
             return [SessionView.of(row) for row in rows]
 
     async def connection_uri(self, session_id: uuid.UUID) -> str:

@@ -31,7 +31,17 @@ from meta_schema import (
     User,
 )
 
-from ._common import MAX_NAME, SYSTEM, Actor, Clock, SessionFactory, check_text, event, system_clock
+from ._common import (
+    MAX_NAME,
+    SYSTEM,
+    Actor,
+    Clock,
+    SessionFactory,
+    check_limit,
+    check_text,
+    event,
+    system_clock,
+)
 from ._errors import Conflict, InvalidInput, SessionNotFound, TokenNotFound, UserNotFound
 
 SCOPE_PREFIXES = {
@@ -52,7 +62,6 @@ MAX_TTL = timedelta(days=3650)
 DEFAULT_SESSION_TTL = timedelta(hours=24)
 MAX_SESSION_TTL = timedelta(days=30)
 #: Most tokens one listing returns.
-MAX_PAGE = 500
 #: `last_used_at` is written at most this often per token, not on every request.
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 #: The name of the row holding the operator's AGENTDB_ADMIN_TOKEN (its hash).
@@ -465,8 +474,7 @@ class TokenService:
         no user and are never listed."""
         if (user_id is None) == (session_id is None):
             raise ValueError("give exactly one of user_id and session_id")
-        if not 1 <= limit <= MAX_PAGE:
-            raise InvalidInput("limit", f"must be 1 to {MAX_PAGE}")
+        check_limit(limit)
         query = sa.select(ApiToken).where(col(ApiToken.scope) != TokenScope.ADMIN)
         if user_id is not None:
             query = query.where(col(ApiToken.user_id) == user_id)

@@ -16,7 +16,17 @@ from sqlmodel import col
 from agentdb.tiers import Tiers
 from meta_schema import User
 
-from ._common import MAX_NAME, SYSTEM, Actor, Clock, SessionFactory, check_text, event, system_clock
+from ._common import (
+    MAX_NAME,
+    SYSTEM,
+    Actor,
+    Clock,
+    SessionFactory,
+    check_limit,
+    check_text,
+    event,
+    system_clock,
+)
 from ._errors import AlreadyExists, InvalidInput, UserNotFound
 
 #: The tiers of a `UserService` built without configured ones (the runtime always passes
@@ -25,7 +35,6 @@ KNOWN_TIERS = ("free", "pro")
 DEFAULT_TIER = "free"
 #: RFC 5321's limit on a forward path, the usual bound on a whole address.
 MAX_EMAIL = 254
-MAX_LIST = 500
 _EMAIL_UNIQUE = "uq_users_email"
 
 
@@ -72,11 +81,6 @@ def normalized_email(email: str) -> str:
     if "." not in domain or domain.startswith(".") or domain.endswith(".") or ".." in domain:
         raise InvalidInput("email", "needs a domain with a dot after the '@', e.g. example.com")
     return email.lower()
-
-
-def check_limit(limit: int) -> None:
-    if not 1 <= limit <= MAX_LIST:
-        raise InvalidInput("limit", f"must be between 1 and {MAX_LIST}")
 
 
 class UserService:

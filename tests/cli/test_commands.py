@@ -108,7 +108,7 @@ def test_users_sessions_and_tokens(
     assert "connection_uri" not in session  # not asked for
 
     sid, as_user = session["id"], tokens[0]
-    listed, table, token_doc, secret, human, mine, theirs = run_all(
+    listed, table, token_doc, secret, human, mine, theirs, everyones = run_all(
         (("users", "ls", "--json"), admin),
         (("users", "ls"), admin),
         (("users", "token", user["id"], "--name", "ci", "--ttl", "3600", "--json"), admin),
@@ -117,6 +117,8 @@ def test_users_sessions_and_tokens(
         # A user token reaches the user's own sessions; no --user is needed with it.
         (("sessions", "ls", "--json"), as_user),
         (("sessions", "ls", "--user", user["id"]), admin),
+        # The admin's listing without --user: every user's sessions, a page at a time.
+        (("sessions", "ls", "--status", "ready", "--limit", "500", "--json"), admin),
     )
     assert user["id"] in [u["id"] for u in json_of(listed)]
     assert any(
@@ -134,6 +136,9 @@ def test_users_sessions_and_tokens(
     assert "connection_uri" not in text
     assert [s["id"] for s in json_of(mine)] == [sid]
     assert any(line.startswith(sid) and "todo app" in line for line in theirs.stdout.splitlines())
+    ready = json_of(everyones)
+    assert sid in [s["id"] for s in ready]
+    assert {s["status"] for s in ready} == {"ready"}
 
 
 @pytest.fixture(scope="module")
@@ -256,6 +261,7 @@ def test_bad_input_is_one_line_and_the_exit_code_says_whose_fault(
         (("sessions", "show", "not-an-id"), admin, 2, "SESSION_ID"),
         (("sql", sid, "select 1", "--bogus"), admin, 2, "--bogus"),
         (("sessions", "ls"), no_token, 2, "AGENTDB_TOKEN"),
+        (("sessions", "ls", "--status", "sleeping"), admin, 2, "--status"),
         # agentdb refuses a value: 2, naming the option.
         (("sessions", "create", "--name", "orphan"), admin, 2, "--user: required"),
         (("users", "create", "not-an-email"), admin, 2, "EMAIL: "),
