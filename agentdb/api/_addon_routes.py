@@ -12,15 +12,15 @@ from litestar import Controller, Request, delete, get, patch, post
 from litestar.params import FromPath, JSONBody, QueryParameter
 
 from agentdb.services import AuthView, DataApiView, OAuthProviderView
-
-from ._auth import actor_of, reachable_session, require_owner, runtime_of, sees_secrets
-from ._models import (
+from agentdb.wire import (
     AddOAuthProvider,
     AuthOut,
     AuthUserList,
     EnableDataApi,
     OAuthProviderList,
 )
+
+from ._auth import actor_of, reachable_session, require_owner, runtime_of, sees_secrets
 
 AnyRequest = Request[Any, Any, Any]
 

@@ -30,20 +30,7 @@ from agentdb.services import (
     UserView,
 )
 from agentdb.services._errors import TokenNotFound
-from meta_schema import SessionStatus, TokenScope
-
-from ._addon_routes import ADDON_ROUTES
-from ._auth import (
-    actor_of,
-    principal_of,
-    reachable_session,
-    require_admin,
-    require_owner,
-    require_user,
-    runtime_of,
-    sees_secrets,
-)
-from ._models import (
+from agentdb.wire import (
     BranchList,
     BranchOut,
     CheckpointList,
@@ -61,6 +48,19 @@ from ._models import (
     TokenList,
     TokenOut,
     UserList,
+)
+from meta_schema import SessionStatus, TokenScope
+
+from ._addon_routes import ADDON_ROUTES
+from ._auth import (
+    actor_of,
+    principal_of,
+    reachable_session,
+    require_admin,
+    require_owner,
+    require_user,
+    runtime_of,
+    sees_secrets,
 )
 from ._problems import BadRequest
 from ._usage_routes import USAGE_ROUTES

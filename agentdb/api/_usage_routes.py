@@ -12,9 +12,9 @@ from litestar.types import ControllerRouterHandler
 
 from agentdb.services import TierChangeView, UsageReport
 from agentdb.services.usage import MAX_PERIODS
+from agentdb.wire import ChangeTier, TierChangeList
 
 from ._auth import actor_of, reachable_session, require_admin, require_user, runtime_of
-from ._models import ChangeTier, TierChangeList
 
 AnyRequest = Request[Any, Any, Any]
 Periods = Annotated[

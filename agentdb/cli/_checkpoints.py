@@ -18,6 +18,7 @@ from rich.tree import Tree
 
 from agentdb.sdk import Checkpoint, CheckpointTree, Diff
 
+from ._base import HELP
 from ._remote import (
     NO_OPTIONS,
     Remote,
@@ -33,15 +34,8 @@ from ._remote import (
 
 Seconds = Annotated[int, Parameter(validator=cyclopts.validators.Number(gt=0))]
 
-checkpoints = cyclopts.App(
-    name="checkpoints",
-    help="A session's checkpoints: snapshots of its database, kept as a tree. Restoring one "
-    "puts the database back in place (same connection URI); later checkpoints stay.",
-)
-branches = cyclopts.App(
-    name="branches",
-    help="A session's dev branches: writable copies (from now or a checkpoint) that expire.",
-)
+checkpoints = cyclopts.App(name="checkpoints", help=HELP["checkpoints"])
+branches = cyclopts.App(name="branches", help=HELP["branches"])
 
 BRANCH_COLUMNS = ("id", "kind", "name", "status", "source_checkpoint_id", "expires_at")
 

@@ -18,11 +18,10 @@ from rich.text import Text
 
 from agentdb.sdk import SqlResult, TokenInfo, Usage
 
+from ._base import HELP, ClientError
 from ._checkpoints import branches, checkpoints
 from ._remote import (
     NO_OPTIONS,
-    WHERE_TOKENS_COME_FROM,
-    ClientError,
     Remote,
     Secrets,
     connected,
@@ -34,7 +33,7 @@ from ._remote import (
     working,
 )
 
-__all__ = ["ClientError", "register"]
+__all__ = ["branches", "checkpoints", "sessions", "sql", "tokens", "users"]
 
 Positive = Annotated[int, Parameter(validator=cyclopts.validators.Number(gt=0))]
 #: A session's status as the API names it (the client does not import the server's enums).
@@ -42,19 +41,9 @@ SessionStatusName = Literal[
     "provisioning", "ready", "checkpointing", "restoring", "deleting", "deleted", "failed"
 ]
 
-users = cyclopts.App(
-    name="users",
-    help="Users of the platform (admin token). Each owns sessions and gets user tokens.",
-)
-sessions = cyclopts.App(
-    name="sessions",
-    help="Agent sessions: each has its own PostgreSQL database, checkpoints and branches.",
-)
-tokens = cyclopts.App(
-    name="tokens",
-    help="Bearer tokens: list them (never their secrets) and revoke them. Issue them with "
-    "`agentdb users token` and `agentdb sessions token`.",
-)
+users = cyclopts.App(name="users", help=HELP["users"])
+sessions = cyclopts.App(name="sessions", help=HELP["sessions"])
+tokens = cyclopts.App(name="tokens", help=HELP["tokens"])
 
 USER_COLUMNS = ("id", "email", "name", "tier", "created_at")
 TOKEN_COLUMNS = (
@@ -68,20 +57,6 @@ TOKEN_COLUMNS = (
     "revoked_at",
 )
 SESSION_COLUMNS = ("id", "name", "status", "user_id", "head_checkpoint_id", "created_at")
-
-
-def register(app: cyclopts.App) -> None:
-    """Adds the operator commands to `agentdb`."""
-    app.help = (
-        f"{app.help}\n\nThe operator commands (users, sessions, tokens, sql, checkpoints, "
-        f"branches) "
-        f"talk to a running `agentdb serve` (--url / AGENTDB_URL) with a token "
-        f"(--token / AGENTDB_TOKEN): {WHERE_TOKENS_COME_FROM}. Exit codes: 1 when the operation "
-        f"fails, 2 when the command line is wrong."
-    )
-    for sub in (users, sessions, tokens, checkpoints, branches):
-        app.command(sub)
-    app.command(sql, name="sql")
 
 
 # --- users -------------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ async def run_demo(
     """
     # Imported here: the client commands start without the server's modules.
     from agentdb.api import create_app as create_api  # noqa: PLC0415
+    from agentdb.pg import PostgresError  # noqa: PLC0415
     from agentdb.runtime import StartupError, open_runtime  # noqa: PLC0415
     from demo import create_demo_app, listen_refusal, open_demo  # noqa: PLC0415
 
@@ -57,5 +58,5 @@ async def run_demo(
                     await serve(
                         create_demo_app(demo), host, listener, what="agentdb demo", path="/demo/"
                     )
-        except StartupError as exc:
+        except (StartupError, PostgresError) as exc:
             raise CommandError(str(exc)) from None

@@ -15,11 +15,9 @@ import cyclopts
 from pydantic import ValidationError
 
 from agentdb._logging import configure_logging
-from agentdb.pg import PostgresError
 from agentdb.settings import Settings
 
-from ._commands import ClientError
-from ._commands import register as register_operator_commands
+from ._base import HELP, WHERE_TOKENS_COME_FROM, ClientError
 
 app = cyclopts.App(
     name="agentdb",
@@ -31,8 +29,15 @@ localplane = cyclopts.App(
 )
 app.command(localplane)
 
-# The operator commands (users, sessions, sql, checkpoints, branches): clients of `agentdb serve`.
-register_operator_commands(app)
+# The operator commands: clients of `agentdb serve`, each loaded when called.
+app.help = (
+    f"{app.help}\n\nThe operator commands (users, sessions, tokens, sql, checkpoints, branches) "
+    f"talk to a running `agentdb serve` (--url / AGENTDB_URL) with a token "
+    f"(--token / AGENTDB_TOKEN): {WHERE_TOKENS_COME_FROM}. Exit codes: 1 when the operation "
+    f"fails, 2 when the command line is wrong."
+)
+for _name in ("users", "sessions", "tokens", "sql", "checkpoints", "branches"):
+    app.command(f"agentdb.cli._commands:{_name}", name=_name, help=HELP[_name])
 # The chat demo alone (agentdb/cli/_demo.py), loaded when called.
 app.command(
     "agentdb.cli._demo:run_demo",
@@ -70,8 +75,9 @@ async def serve_api(
     """
     # Imported here, not at the top: the client commands start without the server's modules.
     from agentdb.api import create_app as create_api  # noqa: PLC0415
+    from agentdb.pg import PostgresError  # noqa: PLC0415
     from agentdb.runtime import StartupError, open_runtime  # noqa: PLC0415
-    from agentdb.tools import McpHttp  # noqa: PLC0415
+    from agentdb.tools.mcp_http import McpHttp  # noqa: PLC0415
     from demo import create_demo_app, listen_refusal, open_demo, with_demo  # noqa: PLC0415
 
     from ._serving import serve  # noqa: PLC0415
@@ -108,7 +114,7 @@ async def serve_api(
                         path="/v1 (OpenAPI: /schema, MCP: /mcp"
                         + (", demo: /demo/)" if demo is not None else ")"),
                     )
-        except StartupError as exc:
+        except (StartupError, PostgresError) as exc:
             raise CommandError(str(exc)) from None
 
 
@@ -136,40 +142,52 @@ async def mcp_stdio(
     """
     import httpx  # noqa: PLC0415 - the MCP server's modules load only for this command
 
-    from agentdb.runtime import StartupError  # noqa: PLC0415
     from agentdb.sdk import AgentDB  # noqa: PLC0415
     from agentdb.tools import ToolError, serve_stdio  # noqa: PLC0415
 
-    settings = _settings(data_dir)
+    settings = _settings(data_dir, server=False)
     url = url or settings.url
     if url is None:
         if token is not None:
             raise CommandError("--token needs --url (without a URL agentdb mcp runs embedded)")
+        _settings(data_dir)  # embedded: the server's settings count too
+        # Embedded: the server's modules load, and so may its errors.
+        from agentdb.pg import PostgresError  # noqa: PLC0415
+        from agentdb.runtime import StartupError  # noqa: PLC0415
+
         client, secret = AgentDB.local(settings=settings), None
+        failures: tuple[type[Exception], ...] = (ToolError, StartupError, PostgresError)
     else:
         secret = token or (settings.token.get_secret_value() if settings.token else None)
         if not secret:
             raise CommandError("AGENTDB_TOKEN (or --token) is required with a URL")
-        client = AgentDB.connect(url, secret)
+        client, failures = AgentDB.connect(url, secret), (ToolError,)
     try:
         await serve_stdio(client, token=secret)
-    except (ToolError, StartupError) as exc:
+    except failures as exc:
         raise CommandError(str(exc)) from None
     except httpx.HTTPError as exc:
         raise CommandError(f"cannot reach agentdb at {url}: {exc!r}") from None
 
 
-def _settings(data_dir: Path | None) -> Settings:
+def _settings(data_dir: Path | None, *, server: bool = True) -> Settings:
+    """The settings, refused as one line when invalid; with `server`, also the settings only
+    a server reads (whose parsers load the server's modules: a client skips them)."""
     try:
         settings = Settings(data_dir=data_dir) if data_dir is not None else Settings()
-        from agentdb.localplane._faults import Faults  # noqa: PLC0415
-        from agentdb.services import WorkflowKillSwitch  # noqa: PLC0415
-
-        Faults.parse(settings.localplane_faults)
-        WorkflowKillSwitch(settings.kill_at)
+        if server:
+            _check_server_settings(settings)
     except (ValidationError, ValueError) as exc:
         raise CommandError(_first_line(exc)) from exc
     return settings
+
+
+def _check_server_settings(settings: Settings) -> None:
+    from agentdb.localplane._faults import Faults  # noqa: PLC0415
+    from agentdb.services import WorkflowKillSwitch  # noqa: PLC0415
+
+    Faults.parse(settings.localplane_faults)
+    WorkflowKillSwitch(settings.kill_at)
 
 
 @contextlib.contextmanager
@@ -205,20 +223,23 @@ async def serve(
         (default: AGENTDB_DATA_DIR or a per-user folder).
     """
     from agentdb.localplane import create_app  # noqa: PLC0415
-    from agentdb.pg import open_server  # noqa: PLC0415
+    from agentdb.pg import PostgresError, open_server  # noqa: PLC0415
 
     from ._serving import serve  # noqa: PLC0415
 
     settings = _settings(data_dir)
     with _listen(host, port) as listener:
-        async with open_server(settings) as info:
-            await serve(
-                create_app(settings, server=info),
-                host,
-                listener,
-                what="agentdb local control plane",
-                path="/api/v2",
-            )
+        try:
+            async with open_server(settings) as info:
+                await serve(
+                    create_app(settings, server=info),
+                    host,
+                    listener,
+                    what="agentdb local control plane",
+                    path="/api/v2",
+                )
+        except PostgresError as exc:
+            raise CommandError(str(exc)) from None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -246,7 +267,7 @@ def main() -> None:
     except cyclopts.CycloptsError as exc:
         print(f"agentdb: error: {_first_line(exc)}", file=sys.stderr)  # noqa: T201
         sys.exit(2)
-    except (CommandError, PostgresError) as exc:
+    except CommandError as exc:
         print(f"agentdb: error: {exc}", file=sys.stderr)  # noqa: T201
         sys.exit(2)
     except ClientError as exc:

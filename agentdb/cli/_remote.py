@@ -30,16 +30,13 @@ from rich.text import Text
 from agentdb.sdk import AgentDB, AgentDBError, AuthError, InvalidRequestError
 from agentdb.settings import Settings
 
+from ._base import FAILED, USAGE, WHERE_TOKENS_COME_FROM, ClientError
+
 DEFAULT_URL = "http://127.0.0.1:8000"
 #: What stands in for a connection URI that was not asked for (`--secrets` shows it).
 SECRET_FIELDS = frozenset({"connection_uri"})
 #: Exit codes (see the module's docstring).
-FAILED, USAGE = 1, 2
 
-WHERE_TOKENS_COME_FROM = (
-    "the admin token `agentdb serve` printed on its first start (or AGENTDB_ADMIN_TOKEN), "
-    "a user token from `agentdb users token`, or a session token from `agentdb sessions token`"
-)
 
 COMMON = cyclopts.Group("Connection and output", sort_key=100)
 
@@ -65,14 +62,6 @@ class Remote:
 NO_OPTIONS = Remote()
 
 Secrets = Annotated[bool, Parameter(negative="", show_default=False)]
-
-
-class ClientError(Exception):
-    """A failure to report as one line; `exit_code` is 1 (failed operation) or 2 (bad usage)."""
-
-    def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(" ".join(message.split()))
-        self.exit_code = exit_code
 
 
 def usage_error(message: str) -> ClientError:

@@ -16,9 +16,7 @@ from typing import Any, Self, TypeVar, cast
 import httpx
 from pydantic import BaseModel, JsonValue, TypeAdapter
 
-from agentdb.services import Principal
 from agentdb.settings import Settings
-from meta_schema import TokenScope
 
 from ._errors import error_from
 from ._models import (
@@ -43,10 +41,6 @@ from ._models import (
 M = TypeVar("M", bound=BaseModel)
 Id = uuid.UUID | str
 
-#: Who an embedded client acts as: the process itself, with the admin's reach.
-EMBEDDED = Principal(
-    token_id=uuid.UUID(int=0), scope=TokenScope.ADMIN, user_id=None, session_id=None
-)
 _INTERNAL_URL = "http://agentdb"
 #: In process nothing is lost on the way; only a runaway operation should hit this.
 EMBEDDED_TIMEOUT = 3600.0
@@ -84,12 +78,19 @@ class AgentDB:
             from agentdb._logging import configure_library_logging  # noqa: PLC0415
             from agentdb.api import create_app  # noqa: PLC0415
             from agentdb.runtime import open_runtime  # noqa: PLC0415
+            from agentdb.services import Principal  # noqa: PLC0415
+            from agentdb.wire import TokenScope  # noqa: PLC0415
+
+            # Who an embedded client acts as: the process itself, with the admin's reach.
+            embedded = Principal(
+                token_id=uuid.UUID(int=0), scope=TokenScope.ADMIN, user_id=None, session_id=None
+            )
 
             # A library prints nothing its host did not ask for.
             configure_library_logging()
 
             async with open_runtime(settings) as runtime:
-                app = create_app(runtime, trusted=EMBEDDED)
+                app = create_app(runtime, trusted=embedded)
                 async with httpx.AsyncClient(
                     transport=httpx.ASGITransport(app=cast("Any", app)),
                     base_url=_INTERNAL_URL,

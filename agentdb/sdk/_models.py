@@ -1,21 +1,21 @@
 """What the SDK returns: the REST API's own answer models, so both modes agree field by field."""
 
-from agentdb.api._models import AuthOut as Auth
-from agentdb.api._models import BranchOut as Branch
-from agentdb.api._models import CheckpointList as CheckpointTree
-from agentdb.api._models import SessionOut as Session
-from agentdb.api._models import TokenOut as Token
-from agentdb.services import AuthUserView as AuthUser
-from agentdb.services import CheckpointView as Checkpoint
-from agentdb.services import DataApiView as DataApi
-from agentdb.services import DiffView as Diff
-from agentdb.services import EventView as Event
-from agentdb.services import OAuthProviderView as OAuthProvider
-from agentdb.services import SqlResult
-from agentdb.services import TierChangeView as TierChange
-from agentdb.services import TokenView as TokenInfo
-from agentdb.services import UsageReport as Usage
-from agentdb.services import UserView as User
+from agentdb.wire import AuthOut as Auth
+from agentdb.wire import AuthUserView as AuthUser
+from agentdb.wire import BranchOut as Branch
+from agentdb.wire import CheckpointList as CheckpointTree
+from agentdb.wire import CheckpointView as Checkpoint
+from agentdb.wire import DataApiView as DataApi
+from agentdb.wire import DiffView as Diff
+from agentdb.wire import EventView as Event
+from agentdb.wire import OAuthProviderView as OAuthProvider
+from agentdb.wire import SessionOut as Session
+from agentdb.wire import SqlResult
+from agentdb.wire import TierChangeView as TierChange
+from agentdb.wire import TokenOut as Token
+from agentdb.wire import TokenView as TokenInfo
+from agentdb.wire import UsageReport as Usage
+from agentdb.wire import UserView as User
 
 __all__ = [
     "Auth",

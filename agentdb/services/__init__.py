@@ -3,6 +3,18 @@ agent sessions, checkpoints, branches, SQL, tier changes, usage, the audit log, 
 and the background job runner. The REST API, MCP tools and CLI call these; none of them talk to
 Neon directly."""
 
+from agentdb.wire import (
+    AuthUserView,
+    AuthView,
+    BranchView,
+    CheckpointTree,
+    CheckpointView,
+    DataApiView,
+    DiffView,
+    OAuthProviderView,
+    SessionView,
+)
+
 from ._common import MAX_PAGE, Actor, Clock, SessionLocks, WorkflowKillSwitch, system_clock
 from ._errors import (
     AlreadyExists,
@@ -22,17 +34,6 @@ from ._errors import (
     UserNotFound,
 )
 from ._secrets import SecretDecryptionFailed, Secrets
-from ._views import (
-    AuthUserView,
-    AuthView,
-    BranchView,
-    CheckpointTree,
-    CheckpointView,
-    DataApiView,
-    DiffView,
-    OAuthProviderView,
-    SessionView,
-)
 from .addons import AddonService
 from .branches import BranchService
 from .checkpoints import CheckpointService

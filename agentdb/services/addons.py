@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from agentdb.neon import NeonClient, NeonConflict, NeonError, NeonNotFound
+from agentdb.wire import AuthUserView, AuthView, DataApiView, OAuthProviderView
 from meta_schema import AddonKind, AddonStatus, AgentSession, Event, SessionAddon
 
 from ._common import (
@@ -40,7 +41,6 @@ from ._common import (
 )
 from ._errors import Conflict, ControlPlaneFailed, InvalidInput, SqlFailed
 from ._secrets import Secrets
-from ._views import AuthUserView, AuthView, DataApiView, OAuthProviderView
 from .checkpoints import load_ready_session
 
 log = structlog.get_logger("agentdb.services.addons")

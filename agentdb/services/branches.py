@@ -26,6 +26,7 @@ from agentdb.neon import (
     NeonError,
     NeonNotFound,
 )
+from agentdb.wire import BranchView
 from meta_schema import (
     AgentSession,
     Branch,
@@ -54,7 +55,6 @@ from ._common import (
 )
 from ._errors import BranchNotFound, CheckpointNotFound, Conflict, ControlPlaneFailed, InvalidInput
 from ._secrets import Secrets
-from ._views import BranchView
 from .checkpoints import load_ready_session
 
 #: The kinds this service manages; `replaced` rows belong to restores (CheckpointService).

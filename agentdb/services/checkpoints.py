@@ -23,6 +23,7 @@ from agentdb.neon import (
     SnapshotCreated,
 )
 from agentdb.tiers import Tiers
+from agentdb.wire import CheckpointTree, CheckpointView, DiffView
 from meta_schema import (
     AgentSession,
     Branch,
@@ -62,7 +63,6 @@ from ._errors import (
     SessionBusy,
 )
 from ._replaced import ReplacedBranches
-from ._views import CheckpointTree, CheckpointView, DiffView
 from .diff import DatabaseDescription, compare, describe_snapshot, describe_uri, reading_error
 
 log = structlog.get_logger(__name__)

@@ -16,8 +16,7 @@ from psycopg.rows import TupleRow
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from agentdb.neon import NeonClient, NeonError, NeonNotFound, RestoredSnapshot
-
-from ._views import (
+from agentdb.wire import (
     ColumnChange,
     ColumnShape,
     DiffSummary,

@@ -5,53 +5,16 @@ from __future__ import annotations
 
 import builtins
 import uuid
-from datetime import datetime
 
 import sqlalchemy as sa
-from pydantic import BaseModel, ConfigDict, JsonValue
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
-from meta_schema import ActorScope, Event
+from agentdb.wire import EventView
+from meta_schema import Event
 
 from ._common import SessionFactory, check_limit, load_session
 from ._errors import InvalidInput
-
-
-class EventView(BaseModel):
-    """One recorded mutation: who did what to which target, and the control plane's
-    operation ids it took."""
-
-    model_config = ConfigDict(frozen=True)
-
-    id: int
-    at: datetime
-    actor: str
-    actor_scope: ActorScope
-    request_id: str | None
-    session_id: uuid.UUID | None
-    action: str
-    target_kind: str | None
-    target_id: str | None
-    details: dict[str, JsonValue]
-    neon_operation_ids: list[str]
-
-    @classmethod
-    def of(cls, row: Event) -> EventView:
-        assert row.id is not None  # noqa: S101 - the database assigns it on insert
-        return cls(
-            id=row.id,
-            at=row.at,
-            actor=row.actor,
-            actor_scope=row.actor_scope,
-            request_id=row.request_id,
-            session_id=row.session_id,
-            action=row.action,
-            target_kind=row.target_kind,
-            target_id=row.target_id,
-            details=row.details,
-            neon_operation_ids=list(row.neon_operation_ids),
-        )
 
 
 class EventService:

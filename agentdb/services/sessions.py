@@ -26,6 +26,7 @@ from agentdb.neon import (
     SnapshotCreated,
 )
 from agentdb.tiers import Tier, Tiers
+from agentdb.wire import SessionView
 from meta_schema import (
     AgentSession,
     Branch,
@@ -59,7 +60,6 @@ from ._common import (
 )
 from ._errors import Conflict, ControlPlaneFailed, LimitExceeded, UserNotFound
 from ._secrets import Secrets
-from ._views import SessionView
 
 log = structlog.get_logger(__name__)
 

@@ -40,9 +40,10 @@ from psycopg.adapt import AdaptersMap, Loader, PyFormat, Transformer
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import Jsonb
 from psycopg.types.string import TextLoader
-from pydantic import BaseModel, ConfigDict, JsonValue
+from pydantic import JsonValue
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from agentdb.wire import SqlColumn, SqlResult
 from meta_schema import SessionStatus
 
 from ._common import SYSTEM, Actor, Clock, SessionFactory, load_session, system_clock
@@ -169,39 +170,6 @@ def is_ddl(sql: str, command: str) -> bool:
     text holds a DDL keyword (an earlier statement of a script). A false positive costs one
     schema-cache refresh."""
     return command.split(" ", 1)[0].upper() in _DDL_TAGS or _DDL_WORD.search(sql) is not None
-
-
-class SqlColumn(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    name: str
-    #: PostgreSQL's name for the type, e.g. "integer", "numeric(10,2)", "text[]".
-    type: str
-
-
-class SqlResult(BaseModel):
-    """The last statement's result.
-
-    `row_count` is what PostgreSQL counted: rows returned (even beyond the cap) or affected,
-    0 for commands with neither. `truncated` says `rows` stops early: at the row cap
-    (`max_rows`), or before the row that would take the rows' JSON past the byte cap. `command`
-    is PostgreSQL's tag, e.g. "SELECT 3", "INSERT 0 1", "CREATE TABLE".
-
-    Values as JSON: null, bool, text, int and float as themselves (NaN and infinities as the
-    strings "NaN", "Infinity", "-Infinity"); numeric as a string, to keep every digit;
-    json/jsonb as JSON; arrays as lists; bytea as PostgreSQL's hex text ("\\x0102", which
-    reads back as a bytea parameter); date, time and timestamp as ISO 8601 (infinity and BC
-    dates as PostgreSQL's text); uuid as a string; every other type (interval, ranges, inet,
-    enums, composite rows ...) as PostgreSQL's text for it.
-    """
-
-    model_config = ConfigDict(frozen=True)
-
-    columns: list[SqlColumn]
-    rows: list[list[JsonValue]]
-    row_count: int
-    truncated: bool
-    command: str
 
 
 class _NativeOrText(Loader):

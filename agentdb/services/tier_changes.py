@@ -23,17 +23,16 @@ import builtins
 import uuid
 from collections import defaultdict
 from collections.abc import Sequence
-from datetime import datetime
 
 import sqlalchemy as sa
 import structlog
-from pydantic import BaseModel, ConfigDict
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from agentdb.neon import DefaultEndpointSettings, NeonClient, NeonError, ProjectSettings
 from agentdb.neon._account import MAX_TRANSFER_PROJECTS
 from agentdb.tiers import Tier, Tiers
+from agentdb.wire import TierChangeView
 from meta_schema import ActorScope, AgentSession, SessionStatus, TierChange, TierChangeStatus, User
 
 from ._common import SYSTEM, Actor, Clock, SessionFactory, describe, event, system_clock
@@ -53,32 +52,6 @@ class TierChangeNotFound(NotFound):
     def __init__(self, change_id: uuid.UUID) -> None:
         super().__init__(f"no tier change {change_id}")
         self.change_id = change_id
-
-
-class TierChangeView(BaseModel):
-    """A user's move to another tier and how far it got."""
-
-    model_config = ConfigDict(frozen=True)
-
-    id: uuid.UUID
-    user_id: uuid.UUID
-    from_tier: str
-    to_tier: str
-    to_org_id: str | None
-    status: TierChangeStatus
-    sessions_total: int
-    sessions_moved: int
-    sessions_updated: int
-    transfer_requests: int
-    attempts: int
-    error: str | None
-    created_at: datetime
-    updated_at: datetime
-    finished_at: datetime | None
-
-    @classmethod
-    def of(cls, row: TierChange) -> TierChangeView:
-        return cls.model_validate(row, from_attributes=True)
 
 
 class _Failed(Exception):  # noqa: N818 - internal: a step failed, the message says which

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, SecretStr
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
+from agentdb.wire import SCOPE_PREFIXES, TokenView
 from meta_schema import (
     ActorScope,
     AgentSession,
@@ -44,11 +45,6 @@ from ._common import (
 )
 from ._errors import Conflict, InvalidInput, SessionNotFound, TokenNotFound, UserNotFound
 
-SCOPE_PREFIXES = {
-    TokenScope.ADMIN: "adb_admin_",
-    TokenScope.USER: "adb_user_",
-    TokenScope.SESSION: "adb_sess_",
-}
 _ALPHABET = string.ascii_letters + string.digits
 #: 62**43 > 2**256: base62 keeps a token one "word" (double-click selects it whole).
 _SECRET_LENGTH = 43
@@ -105,38 +101,6 @@ class Principal:
     def actor(self, request_id: str | None = None) -> Actor:
         """This token as the audit log records it."""
         return Actor(str(self.token_id), ActorScope(self.scope.value), request_id)
-
-
-class TokenView(BaseModel):
-    """A token as its owner may see it: never the token or its hash."""
-
-    model_config = ConfigDict(frozen=True)
-
-    id: uuid.UUID
-    scope: TokenScope
-    user_id: uuid.UUID | None
-    session_id: uuid.UUID | None
-    name: str | None
-    prefix: str
-    created_at: datetime
-    expires_at: datetime | None
-    last_used_at: datetime | None
-    revoked_at: datetime | None
-
-    @classmethod
-    def of(cls, row: ApiToken) -> TokenView:
-        return cls(
-            id=row.id,
-            scope=row.scope,
-            user_id=row.user_id,
-            session_id=row.session_id,
-            name=row.name,
-            prefix=row.prefix,
-            created_at=row.created_at,
-            expires_at=row.expires_at,
-            last_used_at=row.last_used_at,
-            revoked_at=row.revoked_at,
-        )
 
 
 class IssuedToken(BaseModel):

@@ -29,6 +29,7 @@ from sqlmodel import col
 from agentdb.neon import NeonClient, NeonError
 from agentdb.neon._account import MAX_CONSUMPTION_PROJECTS
 from agentdb.tiers import Tiers
+from agentdb.wire import MetricUsage, PeriodUsage, UsageReport
 from meta_schema import AgentSession, SessionStatus, UsageSample, User
 
 from ._common import Clock, SessionFactory, describe, load_session, system_clock
@@ -82,41 +83,6 @@ class _Reading(NamedTuple):
     start: datetime
     end: datetime
     value: int
-
-
-class MetricUsage(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    metric: str
-    unit: str
-    value: int
-    #: The tier's quota for one session (sessions' reports only; null: none).
-    quota: int | None = None
-    used_fraction: float | None = None
-
-
-class PeriodUsage(BaseModel):
-    """One billing period (a calendar month, UTC)."""
-
-    model_config = ConfigDict(frozen=True)
-
-    period_start: datetime
-    period_end: datetime
-    metrics: list[MetricUsage]
-
-
-class UsageReport(BaseModel):
-    """A session's or a user's usage, newest period first. A user's covers all their
-    sessions, deleted ones included (what they consumed before deletion still counts)."""
-
-    model_config = ConfigDict(frozen=True)
-
-    user_id: uuid.UUID
-    session_id: uuid.UUID | None
-    tier: str
-    sessions: int
-    polled_at: datetime | None
-    periods: list[PeriodUsage]
 
 
 class PollResult(BaseModel):

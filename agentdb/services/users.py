@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import builtins
 import uuid
-from datetime import datetime
 
 import sqlalchemy as sa
-from pydantic import BaseModel, ConfigDict
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from agentdb.tiers import Tiers
+from agentdb.wire import UserView
 from meta_schema import User
 
 from ._common import (
@@ -36,32 +35,6 @@ DEFAULT_TIER = "free"
 #: RFC 5321's limit on a forward path, the usual bound on a whole address.
 MAX_EMAIL = 254
 _EMAIL_UNIQUE = "uq_users_email"
-
-
-class UserView(BaseModel):
-    """A user as the platform sees it."""
-
-    model_config = ConfigDict(frozen=True)
-
-    id: uuid.UUID
-    email: str
-    name: str
-    tier: str
-    org_id: str | None
-    created_at: datetime
-    disabled_at: datetime | None
-
-    @classmethod
-    def of(cls, row: User) -> UserView:
-        return cls(
-            id=row.id,
-            email=row.email,
-            name=row.name,
-            tier=row.tier,
-            org_id=row.org_id,
-            created_at=row.created_at,
-            disabled_at=row.disabled_at,
-        )
 
 
 def normalized_email(email: str) -> str:

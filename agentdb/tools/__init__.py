@@ -1,14 +1,13 @@
 """agentdb as tools for agents: one definition per tool, exported as OpenAI and Anthropic
 function-calling schemas, a dispatcher (`Toolbox.call`) and an MCP server (stdio for desktop
-agent clients, streamable HTTP at `/mcp` of `agentdb serve`)."""
+agent clients; streamable HTTP at `/mcp` of `agentdb serve` is `agentdb.tools.mcp_http`)."""
 
 from ._definitions import TOOLS, Tool, ToolInput
-from ._mcp import McpHttp, build_mcp_server, scoped_toolbox, serve_stdio
+from ._mcp import build_mcp_server, scoped_toolbox, serve_stdio
 from ._toolbox import Toolbox, ToolError
 
 __all__ = [
     "TOOLS",
-    "McpHttp",
     "Tool",
     "ToolError",
     "ToolInput",

@@ -2,9 +2,9 @@
 definitions, names, descriptions and input schemas as `Toolbox`, with a failed call answered as
 an MCP tool error (`isError`) whose text says what to change.
 
-Two transports: stdio (`agentdb mcp`, for desktop agent clients) and streamable HTTP mounted at
-`/mcp` by `agentdb serve`, where each request acts with its own bearer token through an SDK
-client of the in-process API app, so a session token reaches its one session and nothing else.
+Two transports: stdio here (`agentdb mcp`, for desktop agent clients), and streamable HTTP
+mounted at `/mcp` by `agentdb serve` (`agentdb.tools.mcp_http`, which loads the server's web
+framework and so lives apart).
 """
 
 from __future__ import annotations
@@ -17,19 +17,13 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from importlib.metadata import version
 from typing import Any
 
-import httpx
-from litestar import asgi
-from litestar.handlers import ASGIRouteHandler
-from litestar.types import ASGIApp, Receive, Scope, Send
 from mcp import types
 from mcp.server import Server, ServerRequestContext
 from mcp.server.stdio import stdio_server
-from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.shared.exceptions import MCPError
 
 from agentdb.sdk import AgentDB, AgentDBError
-from agentdb.services.tokens import SCOPE_PREFIXES
-from meta_schema import TokenScope
+from agentdb.wire import SCOPE_PREFIXES, TokenScope
 
 from ._definitions import Tool
 from ._toolbox import Toolbox, ToolError
@@ -44,8 +38,6 @@ INSTRUCTIONS = (
     "or the Data API off need a user or admin token: no tool here does them."
 )
 SESSION_TOKEN_PREFIX = SCOPE_PREFIXES[TokenScope.SESSION]
-#: Base URL of the in-process API app as the HTTP transport's SDK clients call it.
-INTERNAL_URL = "http://agentdb"
 
 #: Gives the toolbox for one MCP request: the transport's request (None on stdio) in, a
 #: toolbox acting with that request's credentials out, for the time of the call.
@@ -146,61 +138,6 @@ async def serve_stdio(client: AgentDB, *, token: str | None = None) -> None:
         server = build_mcp_server(toolbox)
         async with stdio_server() as (read, write):
             await server.run(read, write, server.create_initialization_options())
-
-
-# --- streamable HTTP, inside agentdb serve ----------------------------------------------------
-
-
-class McpHttp:
-    """The MCP server over streamable HTTP, for mounting in the API app (`route`), stateless
-    and answering JSON: every request carries its caller's bearer token, and the tools act
-    with it through an SDK client of `api`, so they pass the API's own authorization.
-
-    `running()` must be entered around serving (it owns the MCP SDK's task group)."""
-
-    def __init__(self, api: ASGIApp, *, path: str = "/mcp") -> None:
-        self._api = api
-        self.path = path
-        self.server = build_mcp_server(self._toolbox_for)
-        # DNS-rebinding protection is off: it guards servers that trust whoever reaches them,
-        # and every request here must carry a bearer token a rebinding page does not have.
-        self._manager = StreamableHTTPSessionManager(
-            self.server, json_response=True, stateless=True, security_settings=None
-        )
-
-    def running(self) -> AbstractAsyncContextManager[None]:
-        return self._manager.run()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self._manager.handle_request(scope, receive, send)  # type: ignore[arg-type]
-
-    @property
-    def route(self) -> ASGIRouteHandler:
-        """A Litestar route handler mounting this app at `path` (the API's middleware, bearer
-        authentication included, runs before it)."""
-
-        async def mcp_endpoint(scope: Scope, receive: Receive, send: Send) -> None:
-            await self(scope, receive, send)
-
-        return asgi(self.path, is_mount=True, copy_scope=True)(mcp_endpoint)
-
-    @asynccontextmanager
-    async def _toolbox_for(self, request: object) -> AsyncIterator[Toolbox]:
-        token = _bearer(request)
-        if token is None:
-            raise ToolError("send 'Authorization: Bearer <token>' (an agentdb token)")
-        transport = httpx.ASGITransport(app=self._api)  # type: ignore[arg-type]
-        async with AgentDB.connect(INTERNAL_URL, token, transport=transport) as client:
-            yield await scoped_toolbox(client, token)
-
-
-def _bearer(request: object) -> str | None:
-    headers = getattr(request, "headers", None)
-    value = headers.get("authorization") if headers is not None else None
-    if not isinstance(value, str):
-        return None
-    scheme, _, token = value.partition(" ")
-    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
 def _compact(result: object) -> str:

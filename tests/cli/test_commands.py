@@ -11,13 +11,14 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-from support import API_LINE, agentdb, assert_one_line_error, clean_env, serving
+from support import API_LINE, RUN_TIMEOUT, agentdb, assert_one_line_error, clean_env, serving
 
 ADMIN = "adb_admin_cli-commands-test-token-0123456789"
 
@@ -404,3 +405,59 @@ def test_previews_branches_and_removal(
     assert (removed["id"], removed["status"]) == (sid, "deleted")
     # Gone, and nothing else was left behind (the refused `sessions create` made none).
     assert doc("sessions", "ls", "--user", user["id"], env=admin) == []
+
+
+# --- a light client ----------------------------------------------------------------------------
+
+#: What a client command must not load: agentdb's server and the libraries only it needs.
+SERVER_MODULES = ("litestar", "sqlalchemy", "sqlmodel", "alembic", "psycopg", "psycopg_pool")
+SERVER_PACKAGES = (
+    "meta_schema",
+    "demo",
+    "agentdb.services",
+    "agentdb.api",
+    "agentdb.runtime",
+    "agentdb.pg",
+    "agentdb.localplane",
+    "agentdb.neon",
+)
+#: Runs the CLI's entry point as the console script does, then prints what it loaded.
+LOADED_AFTER = """
+import json, sys
+from agentdb.cli import main
+sys.argv = ["agentdb", *sys.argv[1:]]
+try:
+    main()
+except SystemExit:
+    pass
+print("LOADED " + json.dumps(sorted(sys.modules)))
+"""
+
+
+def server_modules_loaded(*args: str, env: dict[str, str]) -> list[str]:
+    ran = subprocess.run(  # noqa: S603 - this interpreter, our own entry point
+        [sys.executable, "-c", LOADED_AFTER, *args],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=RUN_TIMEOUT,
+        check=False,
+    )
+    (line,) = [x for x in ran.stdout.splitlines() if x.startswith("LOADED ")]
+    loaded: list[str] = json.loads(line.removeprefix("LOADED "))
+    return [
+        m
+        for m in loaded
+        if m.split(".")[0] in SERVER_MODULES
+        or any(m == p or m.startswith(p + ".") for p in SERVER_PACKAGES)
+    ]
+
+
+def test_client_commands_load_none_of_the_server(admin: dict[str, str]) -> None:
+    # `mcp` with a URL serves stdio until its input ends (here at once).
+    for args in (("--help",), ("sessions", "ls", "--json"), ("mcp",), ("sql", "--help")):
+        assert server_modules_loaded(*args, env=admin) == [], args
+    # The check can fail: `serve` loads the server (then refuses the bad setting at once).
+    refused = {**admin, "AGENTDB_LOCALPLANE_FAULTS": "nonsense"}
+    assert "agentdb.runtime" in server_modules_loaded("serve", env=refused)

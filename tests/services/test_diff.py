@@ -27,7 +27,6 @@ from agentdb.services import (
     SessionService,
 )
 from agentdb.services import diff as diff_module
-from agentdb.services._views import ColumnShape, DiffView, TableDiff
 from agentdb.services.diff import (
     ColumnDescription,
     DatabaseDescription,
@@ -36,6 +35,7 @@ from agentdb.services.diff import (
     describe_database,
     reading_error,
 )
+from agentdb.wire import ColumnShape, DiffView, TableDiff
 from meta_schema import AgentSession, Checkpoint, Event
 
 from .conftest import execute, failing_neon

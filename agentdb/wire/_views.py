@@ -1,24 +1,37 @@
-"""What the services return: typed, frozen views without secrets (a connection URI is only
-ever returned by `SessionService.connection_uri` and `BranchService.connection_uri`)."""
+"""What the services return and the API sends: typed, frozen views without secrets (a
+connection URI is only ever returned by `SessionService.connection_uri` and
+`BranchService.connection_uri`). Built from the meta tables' rows by the `of` constructors;
+the rows' classes are only named for the type checker, so a client never loads them."""
 
 from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
-from meta_schema import (
+from ._enums import (
+    ActorScope,
     AddonStatus,
-    AgentSession,
-    Branch,
     BranchKind,
     BranchStatus,
-    Checkpoint,
     CheckpointStatus,
     SessionStatus,
+    TierChangeStatus,
+    TokenScope,
 )
+
+if TYPE_CHECKING:
+    from meta_schema import (
+        AgentSession,
+        ApiToken,
+        Branch,
+        Checkpoint,
+        Event,
+        TierChange,
+        User,
+    )
 
 
 class _View(BaseModel):
@@ -270,3 +283,194 @@ class DataApiView(_View):
     available_schemas: list[str] = Field(default_factory=list)
     default_grants: bool | None = None
     error: str | None = None
+
+
+# --- users, tokens, events, SQL, usage, tier changes ----------------------------------------
+
+
+class UserView(BaseModel):
+    """A user as the platform sees it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: uuid.UUID
+    email: str
+    name: str
+    tier: str
+    org_id: str | None
+    created_at: datetime
+    disabled_at: datetime | None
+
+    @classmethod
+    def of(cls, row: User) -> UserView:
+        return cls(
+            id=row.id,
+            email=row.email,
+            name=row.name,
+            tier=row.tier,
+            org_id=row.org_id,
+            created_at=row.created_at,
+            disabled_at=row.disabled_at,
+        )
+
+
+class TokenView(BaseModel):
+    """A token as its owner may see it: never the token or its hash."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: uuid.UUID
+    scope: TokenScope
+    user_id: uuid.UUID | None
+    session_id: uuid.UUID | None
+    name: str | None
+    prefix: str
+    created_at: datetime
+    expires_at: datetime | None
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+    @classmethod
+    def of(cls, row: ApiToken) -> TokenView:
+        return cls(
+            id=row.id,
+            scope=row.scope,
+            user_id=row.user_id,
+            session_id=row.session_id,
+            name=row.name,
+            prefix=row.prefix,
+            created_at=row.created_at,
+            expires_at=row.expires_at,
+            last_used_at=row.last_used_at,
+            revoked_at=row.revoked_at,
+        )
+
+
+class TierChangeView(BaseModel):
+    """A user's move to another tier and how far it got."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: uuid.UUID
+    user_id: uuid.UUID
+    from_tier: str
+    to_tier: str
+    to_org_id: str | None
+    status: TierChangeStatus
+    sessions_total: int
+    sessions_moved: int
+    sessions_updated: int
+    transfer_requests: int
+    attempts: int
+    error: str | None
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+
+    @classmethod
+    def of(cls, row: TierChange) -> TierChangeView:
+        return cls.model_validate(row, from_attributes=True)
+
+
+class EventView(BaseModel):
+    """One recorded mutation: who did what to which target, and the control plane's
+    operation ids it took."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: int
+    at: datetime
+    actor: str
+    actor_scope: ActorScope
+    request_id: str | None
+    session_id: uuid.UUID | None
+    action: str
+    target_kind: str | None
+    target_id: str | None
+    details: dict[str, JsonValue]
+    neon_operation_ids: list[str]
+
+    @classmethod
+    def of(cls, row: Event) -> EventView:
+        assert row.id is not None  # noqa: S101 - the database assigns it on insert
+        return cls(
+            id=row.id,
+            at=row.at,
+            actor=row.actor,
+            actor_scope=row.actor_scope,
+            request_id=row.request_id,
+            session_id=row.session_id,
+            action=row.action,
+            target_kind=row.target_kind,
+            target_id=row.target_id,
+            details=row.details,
+            neon_operation_ids=list(row.neon_operation_ids),
+        )
+
+
+class SqlColumn(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    #: PostgreSQL's name for the type, e.g. "integer", "numeric(10,2)", "text[]".
+    type: str
+
+
+class SqlResult(BaseModel):
+    """The last statement's result.
+
+    `row_count` is what PostgreSQL counted: rows returned (even beyond the cap) or affected,
+    0 for commands with neither. `truncated` says `rows` stops early: at the row cap
+    (`max_rows`), or before the row that would take the rows' JSON past the byte cap. `command`
+    is PostgreSQL's tag, e.g. "SELECT 3", "INSERT 0 1", "CREATE TABLE".
+
+    Values as JSON: null, bool, text, int and float as themselves (NaN and infinities as the
+    strings "NaN", "Infinity", "-Infinity"); numeric as a string, to keep every digit;
+    json/jsonb as JSON; arrays as lists; bytea as PostgreSQL's hex text ("\\x0102", which
+    reads back as a bytea parameter); date, time and timestamp as ISO 8601 (infinity and BC
+    dates as PostgreSQL's text); uuid as a string; every other type (interval, ranges, inet,
+    enums, composite rows ...) as PostgreSQL's text for it.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    columns: list[SqlColumn]
+    rows: list[list[JsonValue]]
+    row_count: int
+    truncated: bool
+    command: str
+
+
+class MetricUsage(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    metric: str
+    unit: str
+    value: int
+    #: The tier's quota for one session (sessions' reports only; null: none).
+    quota: int | None = None
+    used_fraction: float | None = None
+
+
+class PeriodUsage(BaseModel):
+    """One billing period (a calendar month, UTC)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    period_start: datetime
+    period_end: datetime
+    metrics: list[MetricUsage]
+
+
+class UsageReport(BaseModel):
+    """A session's or a user's usage, newest period first. A user's covers all their
+    sessions, deleted ones included (what they consumed before deletion still counts)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    user_id: uuid.UUID
+    session_id: uuid.UUID | None
+    tier: str
+    sessions: int
+    polled_at: datetime | None
+    periods: list[PeriodUsage]

@@ -12,7 +12,8 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, JsonValue
 
-from agentdb.services import (
+from ._enums import TokenScope
+from ._views import (
     AuthUserView,
     AuthView,
     BranchView,
@@ -24,7 +25,6 @@ from agentdb.services import (
     TokenView,
     UserView,
 )
-from meta_schema import TokenScope
 
 #: Ten years: long-lived tokens are the platform's choice, endless ones are not offered.
 MAX_TTL_SECONDS = 10 * 365 * 86_400

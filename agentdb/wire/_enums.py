@@ -1,0 +1,120 @@
+"""The closed sets of values the API speaks and the meta tables store (as checked text, see
+`meta_schema.EnumText`).
+
+Adding a value needs a migration that replaces the column's CHECK constraint
+(`ck_<table>_<column>`); the tests compare every CHECK with these enums.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class TokenScope(StrEnum):
+    """What an API token reaches: everything, one user's sessions, or one session."""
+
+    ADMIN = "admin"
+    USER = "user"
+    SESSION = "session"
+
+
+#: How each scope's tokens begin: a client tells a session token from its text alone.
+SCOPE_PREFIXES = {
+    TokenScope.ADMIN: "adb_admin_",
+    TokenScope.USER: "adb_user_",
+    TokenScope.SESSION: "adb_sess_",
+}
+
+
+class ActorScope(StrEnum):
+    """Who did something recorded in `events`: a token of some scope, or agentdb itself."""
+
+    ADMIN = "admin"
+    USER = "user"
+    SESSION = "session"
+    SYSTEM = "system"
+
+
+class SessionStatus(StrEnum):
+    """An agent session's state; all but `ready`, `deleted` and `failed` mean a job is running."""
+
+    PROVISIONING = "provisioning"
+    READY = "ready"
+    CHECKPOINTING = "checkpointing"
+    RESTORING = "restoring"
+    DELETING = "deleting"
+    DELETED = "deleted"
+    FAILED = "failed"
+
+
+class CheckpointStatus(StrEnum):
+    PENDING = "pending"
+    READY = "ready"
+    FAILED = "failed"
+    DELETING = "deleting"
+    DELETED = "deleted"
+
+
+class BranchKind(StrEnum):
+    """`dev`: a writable copy to try things on; `preview`: a look at an old checkpoint;
+    `replaced`: a live branch a restore replaced (Neon's "(old)" branch), kept while a
+    retained checkpoint's snapshot was taken from it, then deleted."""
+
+    DEV = "dev"
+    PREVIEW = "preview"
+    REPLACED = "replaced"
+
+
+class BranchStatus(StrEnum):
+    PENDING = "pending"
+    READY = "ready"
+    FAILED = "failed"
+    DELETING = "deleting"
+    DELETED = "deleted"
+
+
+class FleetMigrationStatus(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    FINISHED = "finished"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class FleetMigrationResultStatus(StrEnum):
+    """One session's outcome within a fleet migration."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    APPLIED = "applied"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+class AddonKind(StrEnum):
+    """A per-session add-on of the control plane: Neon Auth, or the Data API (REST over the
+    session's database, with Neon Auth's JWTs)."""
+
+    AUTH = "auth"
+    DATA_API = "data_api"
+
+
+class AddonStatus(StrEnum):
+    """`enabling` and `disabling` are intents written before the control-plane call."""
+
+    ENABLING = "enabling"
+    ENABLED = "enabled"
+    DISABLING = "disabling"
+    DISABLED = "disabled"
+    FAILED = "failed"
+
+
+class TierChangeStatus(StrEnum):
+    """A user's move to another tier: `running` until every session is in the tier's
+    organization with its limits, `failed` when a step failed (retried; what moved is
+    recorded), `superseded` when a newer change for the same user replaced it."""
+
+    RUNNING = "running"
+    FINISHED = "finished"
+    FAILED = "failed"
+    SUPERSEDED = "superseded"
