@@ -14,8 +14,9 @@ NeonError
  ├── NeonOperationFailed(operation)                an operation ended in `error` or `cancelled`
  └── NeonTimeout(pending)                          operations still running at the deadline
 
-`maybe_applied` on HTTP and transport errors says whether a mutation may have taken effect even
-though it failed (a 5xx, or a timeout after the request was sent): look before re-creating.
+`maybe_applied` (on every error, true only for some HTTP and transport errors) says whether a
+mutation may have taken effect even though it failed (a 5xx, or a timeout after the request was
+sent): look before re-creating.
 Nothing here holds the API key or a password; reprs are safe to log.
 """
 
@@ -32,6 +33,12 @@ _SERVER_ERROR = 500
 
 class NeonError(Exception):
     """Base of every error the Neon client raises."""
+
+    @property
+    def maybe_applied(self) -> bool:
+        """Whether a failed mutation may have taken effect anyway: look before creating again.
+        Only an HTTP error (a 5xx) or a transport error (sent, no answer) may say so."""
+        return False
 
 
 class NeonHTTPError(NeonError):
@@ -63,7 +70,7 @@ class NeonHTTPError(NeonError):
 
     @property
     def maybe_applied(self) -> bool:
-        """A mutation answered with a 5xx may have run anyway: look before re-creating."""
+        """A mutation answered with a 5xx may have run anyway."""
         return self.status >= _SERVER_ERROR and self.method not in {"GET", "HEAD", "OPTIONS"}
 
     def __repr__(self) -> str:

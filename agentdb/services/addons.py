@@ -128,7 +128,7 @@ class AddonService:
                     keys[name] = value.get_secret_value()
         except NeonError as error:
             # 409: an earlier call (whose answer was lost) enabled it; its keys are gone.
-            if not (isinstance(error, NeonConflict) or getattr(error, "maybe_applied", False)):
+            if not (isinstance(error, NeonConflict) or error.maybe_applied):
                 await self._failed(db, addon, "auth.enable", error, actor)
             try:
                 await self._neon.get_neon_auth(live.project_id, live.branch_id)
@@ -392,7 +392,7 @@ class AddonService:
                 add_default_grants=add_default_grants,
             )
         except NeonError as error:
-            if not (isinstance(error, NeonConflict) or getattr(error, "maybe_applied", False)):
+            if not (isinstance(error, NeonConflict) or error.maybe_applied):
                 await self._failed(db, addon, "data_api.enable", error, actor)
             try:
                 await self._neon.get_data_api(live.project_id, live.branch_id, live.database_name)

@@ -296,7 +296,7 @@ class BranchService:
                 )
             except NeonError as error:
                 # A 5xx or a lost answer: the branch may exist; adopt it rather than fail.
-                if not getattr(error, "maybe_applied", False):
+                if not error.maybe_applied:
                     raise
                 try:
                     lost = await self._neon.find_branch(project_id, name)
@@ -387,7 +387,7 @@ class BranchService:
         have run unanswered). Returns why that failed; the row then keeps the branch id for
         a reconciler."""
         try:
-            if row.branch_id is None and getattr(error, "maybe_applied", False):
+            if row.branch_id is None and isinstance(error, NeonError) and error.maybe_applied:
                 lost = await self._neon.find_branch(project_id, neon_branch_name(row.kind, row.id))
                 row.branch_id = lost.id if lost else None
                 if lost is not None:

@@ -276,7 +276,7 @@ class CheckpointService:
         try:
             return await self._neon.create_snapshot(project_id, branch_id, name=name)
         except NeonError as error:
-            if not getattr(error, "maybe_applied", False):
+            if not error.maybe_applied:
                 raise
             try:
                 lost = await self._neon.find_snapshot(project_id, name)
@@ -364,7 +364,7 @@ class CheckpointService:
         """After a restore call that failed in a way that may have run it anyway (a 5xx, a lost
         answer): the new live branch's id once its operations are done, or None if the live
         branch is still the one it replaced (or the control plane cannot say)."""
-        if not getattr(error, "maybe_applied", False):
+        if not error.maybe_applied:
             return None
         try:
             await self._neon.wait_for_project_operations(project_id)

@@ -270,7 +270,7 @@ async def describe_snapshot(
         )
         description = await describe_uri(uri)
     except NeonError as error:
-        if restored is None and getattr(error, "maybe_applied", False):
+        if restored is None and error.maybe_applied:
             lost = await neon.find_branch(project_id, branch_name)
             if lost is not None:
                 await _delete_quietly(neon, project_id, lost.id)

@@ -349,7 +349,7 @@ class SessionService:
                 history_retention_seconds=None if tier is None else tier.history_retention_seconds,
             )
         except NeonError as error:
-            if not getattr(error, "maybe_applied", False):
+            if not error.maybe_applied:
                 raise
             try:
                 lost = await self._lost_project(row)
@@ -401,7 +401,7 @@ class SessionService:
         try:
             return await self._neon.create_snapshot(project_id, branch_id, name=name)
         except NeonError as error:
-            if not getattr(error, "maybe_applied", False):
+            if not error.maybe_applied:
                 raise
             lost = await self._neon.find_snapshot(project_id, name)
             if lost is None:
@@ -437,7 +437,7 @@ class SessionService:
         project_id = created.project.id if created else None
         cleanup_error: str | None = None
         try:
-            if project_id is None and getattr(error, "maybe_applied", False):
+            if project_id is None and isinstance(error, NeonError) and error.maybe_applied:
                 lost = await self._neon.find_project(
                     project_name(row.id, self._project_prefix), org_id=row.org_id
                 )
