@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from agentdb import _kill
 from agentdb.neon import Snapshot, WithOperations
-from meta_schema import ActorScope, AgentSession, Checkpoint, CheckpointStatus, Event
+from meta_schema import ActorScope, AgentSession, Checkpoint, CheckpointStatus, Event, SessionStatus
 
 from ._errors import InvalidInput, SessionNotFound
 
@@ -171,6 +171,19 @@ def describe(error: BaseException) -> str:
 #: The name of every session's live branch; a finalized restore keeps it (the replaced branch
 #: becomes "main (old)"), so it finds the live branch when a restore's outcome is unknown.
 LIVE_BRANCH_NAME = "main"
+#: What a restore calls the live branch it replaced (Neon renames it "main (old)"), when the
+#: control plane does not say.
+REPLACED_BRANCH_NAME = f"{LIVE_BRANCH_NAME} (old)"
+#: Session states that mean a workflow is running: found under the session's lock, or left
+#: long enough for the reconciler, one was interrupted.
+UNFINISHED = (
+    SessionStatus.PROVISIONING,
+    SessionStatus.CHECKPOINTING,
+    SessionStatus.RESTORING,
+    SessionStatus.DELETING,
+)
+#: Checkpoints whose snapshot is (or may be) kept, so their source branch must stay.
+RETAINED = (CheckpointStatus.PENDING, CheckpointStatus.READY, CheckpointStatus.DELETING)
 
 
 def fill_from_snapshot(row: Checkpoint, snapshot: Snapshot, source_branch_id: str) -> None:

@@ -16,14 +16,20 @@ from sqlmodel import col
 
 from agentdb.neon import Branch as NeonBranch
 from agentdb.neon import NeonClient, NeonError, NeonNotFound
-from meta_schema import AgentSession, Branch, BranchKind, BranchStatus, Checkpoint, CheckpointStatus
+from meta_schema import AgentSession, Branch, BranchKind, BranchStatus, Checkpoint
 
-from ._common import SYSTEM, Clock, describe, event, operation_ids
+from ._common import (
+    REPLACED_BRANCH_NAME,
+    RETAINED,
+    SYSTEM,
+    Clock,
+    describe,
+    event,
+    operation_ids,
+)
 
 log = structlog.get_logger(__name__)
 
-#: Checkpoints whose snapshot is (or may be) kept, so their source branch must stay.
-RETAINED = (CheckpointStatus.PENDING, CheckpointStatus.READY, CheckpointStatus.DELETING)
 #: How a blocked cleanup's `error` starts; the rest names the children in the way.
 BLOCKED = "cleanup blocked: the branch has child branches"
 
@@ -37,6 +43,21 @@ class _Blocked:
     expires: datetime | None
     foreign: bool
     checked_at: datetime
+
+
+def replaced_row(
+    session_id: uuid.UUID, branch_id: str, created_at: datetime, name: str = REPLACED_BRANCH_NAME
+) -> Branch:
+    """The row that records a live branch a restore replaced (`ReplacedBranches.drop` then
+    deletes or keeps it): made by the restore itself, or by the reconciler finishing one."""
+    return Branch(
+        session_id=session_id,
+        kind=BranchKind.REPLACED,
+        name=name,
+        status=BranchStatus.READY,
+        branch_id=branch_id,
+        created_at=created_at,
+    )
 
 
 class ReplacedBranches:

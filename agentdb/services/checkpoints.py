@@ -40,7 +40,9 @@ from ._common import (
     MAX_IDEMPOTENCY_KEY,
     MAX_MESSAGE,
     MAX_NAME,
+    REPLACED_BRANCH_NAME,
     SYSTEM,
+    UNFINISHED,
     Actor,
     Clock,
     SessionFactory,
@@ -62,30 +64,19 @@ from ._errors import (
     ServiceError,
     SessionBusy,
 )
-from ._replaced import ReplacedBranches
+from ._replaced import ReplacedBranches, replaced_row
 from .diff import DatabaseDescription, compare, describe_snapshot, describe_uri, reading_error
 
 log = structlog.get_logger(__name__)
 
 MAX_METADATA_BYTES = 64 * 1024
-#: Session states that mean a workflow is running; found under the lock, one was interrupted.
-_UNFINISHED = frozenset(
-    {
-        SessionStatus.PROVISIONING,
-        SessionStatus.CHECKPOINTING,
-        SessionStatus.RESTORING,
-        SessionStatus.DELETING,
-    }
-)
-#: What a restore calls the live branch it replaced (Neon renames it "main (old)").
-REPLACED_BRANCH_NAME = f"{LIVE_BRANCH_NAME} (old)"
 
 
 async def load_ready_session(db: AsyncSession, session_id: uuid.UUID) -> AgentSession:
     """The session, if no workflow left it mid-way (`SessionBusy`) and it has a database
     (`Conflict` when failed or deleted)."""
     row = await load_session(db, session_id)
-    if row.status in _UNFINISHED:
+    if row.status in UNFINISHED:
         raise SessionBusy(session_id, row.status.value)
     if row.status != SessionStatus.READY or row.project_id is None:
         raise Conflict(f"session {session_id} is {row.status}")
@@ -402,14 +393,7 @@ class CheckpointService:
         await db.commit()
 
     def _replaced_row(self, row: AgentSession, branch_id: str) -> Branch:
-        return Branch(
-            session_id=row.id,
-            kind=BranchKind.REPLACED,
-            name=REPLACED_BRANCH_NAME,
-            status=BranchStatus.READY,
-            branch_id=branch_id,
-            created_at=self._clock(),
-        )
+        return replaced_row(row.id, branch_id, self._clock())
 
     async def _drop_replaced(
         self, db: AsyncSession, row: AgentSession, old: Branch

@@ -29,7 +29,10 @@ from meta_schema import (
 
 from ._common import (
     LIVE_BRANCH_NAME,
+    REPLACED_BRANCH_NAME,
+    RETAINED,
     SYSTEM,
+    UNFINISHED,
     Clock,
     SessionFactory,
     SessionLocks,
@@ -39,24 +42,15 @@ from ._common import (
     system_clock,
 )
 from ._errors import ControlPlaneFailed
+from ._replaced import ReplacedBranches, replaced_row
 from ._secrets import Secrets
 from .branches import neon_branch_name
 
 log = structlog.get_logger(__name__)
 
-_UNFINISHED = (
-    SessionStatus.PROVISIONING,
-    SessionStatus.CHECKPOINTING,
-    SessionStatus.RESTORING,
-    SessionStatus.DELETING,
-)
 #: Session states in which a pending checkpoint is still that workflow's to finish.
 _CHECKPOINT_OWNERS = (SessionStatus.PROVISIONING, SessionStatus.CHECKPOINTING)
-#: Checkpoints whose snapshot is (or may be) kept: their source branch must stay (cloud mode).
-_RETAINED = (CheckpointStatus.PENDING, CheckpointStatus.READY, CheckpointStatus.DELETING)
 _OWN_KINDS = (BranchKind.DEV, BranchKind.PREVIEW)
-#: What a restore calls the live branch it replaced when the control plane does not say.
-_REPLACED_NAME = f"{LIVE_BRANCH_NAME} (old)"
 
 
 @dataclass
@@ -127,6 +121,8 @@ class Reconciler:
         self._locks = locks or SessionLocks(sessions)
         self._prefix = project_prefix
         self._grace = grace
+        # The restore's own handling of the branch it replaced (its children, its snapshots).
+        self._replaced = ReplacedBranches(neon, clock, recheck=timedelta(hours=1))
 
     def _db(self) -> AsyncSession:
         return self._sessions(expire_on_commit=False)
@@ -155,7 +151,7 @@ class Reconciler:
         cutoff = self._clock() - self._grace
         queries = [
             sa.select(col(AgentSession.id)).where(
-                col(AgentSession.status).in_(_UNFINISHED), col(AgentSession.updated_at) <= cutoff
+                col(AgentSession.status).in_(UNFINISHED), col(AgentSession.updated_at) <= cutoff
             ),
             # A create whose undo could not delete the project kept its id for a later run.
             sa.select(col(AgentSession.id)).where(
@@ -318,11 +314,11 @@ class Reconciler:
         branches: list[NeonBranch],
         tally: _Tally,
     ) -> str | None:
-        """Records the replaced live branch as the restore would have (a `replaced` row) and,
-        like it, deletes the branch at once unless a retained checkpoint's snapshot was taken
-        from it: then it stays `ready` for `cleanup_replaced`. A failed delete leaves the row
-        `deleting`, with the error, for that job to retry. Returns the row's status (None if
-        it was recorded already)."""
+        """Records the replaced live branch as the restore does (`replaced_row`) and leaves it
+        to the same `ReplacedBranches.drop`: deleted at once unless a retained checkpoint's
+        snapshot was taken from it or children are in the way (then `ready` for
+        `cleanup_replaced`); a failed delete leaves it `deleting`, with the error, for that
+        job to retry. Returns the row's status (None if it was recorded already)."""
         known = await db.scalar(
             sa.select(col(Branch.id)).where(
                 col(Branch.session_id) == row.id, col(Branch.branch_id) == replaced
@@ -330,34 +326,14 @@ class Reconciler:
         )
         if known is not None:
             return None
-        needed = await db.scalar(
-            sa.select(sa.func.count())
-            .select_from(Checkpoint)
-            .where(
-                col(Checkpoint.session_id) == row.id,
-                col(Checkpoint.source_branch_id) == replaced,
-                col(Checkpoint.status).in_(_RETAINED),
-            )
-        )
-        old = Branch(
-            session_id=row.id,
-            kind=BranchKind.REPLACED,
-            name=next((b.name for b in branches if b.id == replaced), _REPLACED_NAME),
-            status=BranchStatus.READY,
-            branch_id=replaced,
-            created_at=self._clock(),
-        )
+        name = next((b.name for b in branches if b.id == replaced), REPLACED_BRANCH_NAME)
+        old = replaced_row(row.id, replaced, self._clock(), name)
         db.add(old)
-        if needed or row.project_id is None:
-            return old.status.value
-        try:
-            await self._delete_branch(row.project_id, replaced)
-        except NeonError as error:
-            old.status, old.error = BranchStatus.DELETING, describe(error)
+        await self._replaced.drop(db, row, old)
+        if old.status == BranchStatus.DELETED:
+            tally.count("replaced_branches_deleted")
+        elif old.status == BranchStatus.DELETING:
             tally.error(f"replaced branch {replaced} of session {row.id}: {old.error}")
-            return old.status.value
-        old.status = BranchStatus.DELETED
-        tally.count("replaced_branches_deleted")
         return old.status.value
 
     async def _known_branches(self, db: AsyncSession, row: AgentSession) -> set[str]:
@@ -375,7 +351,7 @@ class Reconciler:
         sources = await db.scalars(
             sa.select(col(Checkpoint.source_branch_id)).where(
                 col(Checkpoint.session_id) == row.id,
-                col(Checkpoint.status).in_(_RETAINED),
+                col(Checkpoint.status).in_(RETAINED),
                 col(Checkpoint.source_branch_id).is_not(None),
             )
         )
