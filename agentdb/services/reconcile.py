@@ -45,6 +45,7 @@ from ._errors import ControlPlaneFailed
 from ._replaced import ReplacedBranches, replaced_row
 from ._secrets import Secrets
 from .branches import neon_branch_name
+from .sessions import record_deleted
 
 log = structlog.get_logger(__name__)
 
@@ -361,16 +362,7 @@ class Reconciler:
     async def _finish_delete(self, db: AsyncSession, row: AgentSession, tally: _Tally) -> None:
         if row.project_id is not None:
             await self._delete_project(row.project_id)
-        now = self._clock()
-        row.status = SessionStatus.DELETED
-        row.deleted_at = row.updated_at = now
-        row.encrypted_connection_secret = None
-        # The project took its branches with it (as `SessionService.delete` records).
-        await db.execute(
-            sa.update(Branch)
-            .where(col(Branch.session_id) == row.id, col(Branch.status) != BranchStatus.DELETED)
-            .values(status=BranchStatus.DELETED, encrypted_connection_secret=None)
-        )
+        await record_deleted(db, row, self._clock())
         self._record(db, row, "reconcile.session", "delete_finished", tally)
         await db.commit()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import builtins
 import uuid
+from datetime import datetime
 from urllib.parse import unquote, urlsplit
 
 import sqlalchemy as sa
@@ -506,16 +507,7 @@ class SessionService:
                     f"deleting session {session_id} failed: {error}"
                 ) from error
             self._kill.point("session_delete.project_deleted")
-            now = self._clock()
-            row.status = SessionStatus.DELETED
-            row.deleted_at = row.updated_at = now
-            row.encrypted_connection_secret = None
-            # The project took its branches with it.
-            await db.execute(
-                sa.update(Branch)
-                .where(col(Branch.session_id) == row.id, col(Branch.status) != BranchStatus.DELETED)
-                .values(status=BranchStatus.DELETED, encrypted_connection_secret=None)
-            )
+            await record_deleted(db, row, self._clock())
             db.add(self._event(actor, "session.delete", row, phase="succeeded"))
             await db.commit()
             return SessionView.of(row)
@@ -540,6 +532,20 @@ class SessionService:
             details={"phase": phase, "status": row.status.value, **details},
             operation_ids=operations or (),
         )
+
+
+async def record_deleted(db: AsyncSession, row: AgentSession, now: datetime) -> None:
+    """Records a session whose project is gone: deleted, without its secret, and its branches
+    with it (the project took them). The delete's last step, and the reconciler's when it
+    finishes one a crash cut off."""
+    row.status = SessionStatus.DELETED
+    row.deleted_at = row.updated_at = now
+    row.encrypted_connection_secret = None
+    await db.execute(
+        sa.update(Branch)
+        .where(col(Branch.session_id) == row.id, col(Branch.status) != BranchStatus.DELETED)
+        .values(status=BranchStatus.DELETED, encrypted_connection_secret=None)
+    )
 
 
 def _parameters(uri: str) -> dict[str, str]:
