@@ -1,7 +1,6 @@
 """The meta database's tables and alembic migrations (users, agent sessions, checkpoints)."""
 
-from meta_schema._migrate import alembic_config, database_url, metadata, upgrade
-from meta_schema.enums import (
+from agentdb.wire import (
     ActorScope,
     AddonKind,
     AddonStatus,
@@ -14,6 +13,7 @@ from meta_schema.enums import (
     TierChangeStatus,
     TokenScope,
 )
+from meta_schema._migrate import alembic_config, database_url, metadata, upgrade
 from meta_schema.tables import (
     AgentSession,
     AgentSessionPublic,

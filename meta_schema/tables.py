@@ -17,8 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlmodel import Field, SQLModel
 
-from meta_schema._base import EnumText, TableModel, new_id, one_of, utcnow
-from meta_schema.enums import (
+from agentdb.wire import (
     ActorScope,
     AddonKind,
     AddonStatus,
@@ -31,6 +30,7 @@ from meta_schema.enums import (
     TierChangeStatus,
     TokenScope,
 )
+from meta_schema._base import EnumText, TableModel, new_id, one_of, utcnow
 
 _NOW = {"server_default": sa.func.now()}
 _EMPTY_JSON = {"server_default": sa.text("'{}'::jsonb")}
