@@ -45,8 +45,6 @@ class User(TableModel, table=True):
     name: str = Field(sa_type=sa.Text)
     # Stored lower-cased, so one address is one user.
     email: str = Field(sa_type=sa.Text, unique=True)
-    # The embedding platform's own id for this user, so creating a user can be idempotent.
-    external_id: str | None = Field(default=None, sa_type=sa.Text, unique=True)
     # Tiers (quotas, retention) are defined by settings, so this is not a closed enum.
     tier: str = Field(sa_type=sa.Text)
     # Neon organization for this user's projects; null means the tier's default.
@@ -199,7 +197,6 @@ class Checkpoint(TableModel, table=True):
     taken_at: datetime | None = None
     size_bytes: int | None = Field(default=None, sa_type=sa.BigInteger)
     pinned: bool = Field(default=False, sa_column_kwargs={"server_default": sa.false()})
-    expires_at: datetime | None = None
     error: str | None = Field(default=None, sa_type=sa.Text)
     idempotency_key: str | None = Field(default=None, sa_type=sa.Text)
     created_at: datetime = Field(default_factory=utcnow, sa_column_kwargs=_NOW)
