@@ -94,10 +94,6 @@ class ApiToken(ApiTokenBase, TableModel, table=True):
     token_hash: str = Field(sa_type=sa.Text, unique=True)
 
 
-class ApiTokenPublic(ApiTokenBase):
-    """A token as its owner may see it: never its hash."""
-
-
 class AgentSessionBase(SQLModel):
     id: uuid.UUID = Field(default_factory=new_id, primary_key=True)
     user_id: uuid.UUID = Field(foreign_key="users.id")
@@ -147,10 +143,6 @@ class AgentSession(AgentSessionBase, TableModel, table=True):
 
     # Fernet token of the connection URI (role password included); never logged or shown.
     encrypted_connection_secret: bytes | None = None
-
-
-class AgentSessionPublic(AgentSessionBase):
-    """An agent session without its connection secret."""
 
 
 class Checkpoint(TableModel, table=True):
@@ -232,10 +224,6 @@ class Branch(BranchBase, TableModel, table=True):
     )
 
     encrypted_connection_secret: bytes | None = None
-
-
-class BranchPublic(BranchBase):
-    """A branch without its connection secret."""
 
 
 class SessionAddon(TableModel, table=True):

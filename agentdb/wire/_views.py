@@ -35,6 +35,9 @@ if TYPE_CHECKING:
 
 
 class _View(BaseModel):
+    """A view is validated from a row (`from_attributes`): only its own fields are read, so a
+    secret a row holds cannot reach it."""
+
     model_config = ConfigDict(frozen=True)
 
 
@@ -56,20 +59,7 @@ class SessionView(_View):
 
     @classmethod
     def of(cls, row: AgentSession) -> SessionView:
-        return cls(
-            id=row.id,
-            user_id=row.user_id,
-            name=row.name,
-            status=row.status,
-            tier=row.tier,
-            database_name=row.database_name,
-            role_name=row.role_name,
-            head_checkpoint_id=row.head_checkpoint_id,
-            error=row.error,
-            created_at=row.created_at,
-            updated_at=row.updated_at,
-            deleted_at=row.deleted_at,
-        )
+        return cls.model_validate(row, from_attributes=True)
 
 
 class CheckpointView(_View):
@@ -136,17 +126,7 @@ class BranchView(_View):
 
     @classmethod
     def of(cls, row: Branch) -> BranchView:
-        return cls(
-            id=row.id,
-            session_id=row.session_id,
-            kind=row.kind,
-            name=row.name,
-            status=row.status,
-            source_checkpoint_id=row.source_checkpoint_id,
-            expires_at=row.expires_at,
-            error=row.error,
-            created_at=row.created_at,
-        )
+        return cls.model_validate(row, from_attributes=True)
 
 
 # --- diffs ---------------------------------------------------------------------------------
@@ -303,15 +283,7 @@ class UserView(BaseModel):
 
     @classmethod
     def of(cls, row: User) -> UserView:
-        return cls(
-            id=row.id,
-            email=row.email,
-            name=row.name,
-            tier=row.tier,
-            org_id=row.org_id,
-            created_at=row.created_at,
-            disabled_at=row.disabled_at,
-        )
+        return cls.model_validate(row, from_attributes=True)
 
 
 class TokenView(BaseModel):
@@ -332,18 +304,7 @@ class TokenView(BaseModel):
 
     @classmethod
     def of(cls, row: ApiToken) -> TokenView:
-        return cls(
-            id=row.id,
-            scope=row.scope,
-            user_id=row.user_id,
-            session_id=row.session_id,
-            name=row.name,
-            prefix=row.prefix,
-            created_at=row.created_at,
-            expires_at=row.expires_at,
-            last_used_at=row.last_used_at,
-            revoked_at=row.revoked_at,
-        )
+        return cls.model_validate(row, from_attributes=True)
 
 
 class TierChangeView(BaseModel):

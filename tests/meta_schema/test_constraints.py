@@ -16,15 +16,13 @@ from sqlalchemy.exc import DBAPIError, StatementError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
+from agentdb.wire import BranchView, SessionView, TokenView
 from meta_schema import (
     ActorScope,
     AgentSession,
-    AgentSessionPublic,
     ApiToken,
-    ApiTokenPublic,
     Branch,
     BranchKind,
-    BranchPublic,
     Checkpoint,
     CheckpointStatus,
     Event,
@@ -306,7 +304,8 @@ async def test_deleting_a_session_row_removes_what_it_owns_but_not_its_events(db
     assert (await db.execute(sa.text("SELECT count(*) FROM events"))).scalar_one() == 1
 
 
-async def test_public_models_never_carry_secrets(db: AsyncSession):
+async def test_views_built_from_rows_never_carry_secrets(db: AsyncSession):
+    """What the API sends is a view validated from the row: only the view's fields are read."""
     session = await new_session(db)
     session.encrypted_connection_secret = b"gAAAAA-fernet-token"
     token = ApiToken(token_hash=token_hash(), prefix="adb_a", scope=TokenScope.ADMIN)
@@ -319,14 +318,14 @@ async def test_public_models_never_carry_secrets(db: AsyncSession):
     await add(db, token, branch)
 
     shown = [
-        AgentSessionPublic.model_validate(session).model_dump_json(),
-        ApiTokenPublic.model_validate(token).model_dump_json(),
-        BranchPublic.model_validate(branch).model_dump_json(),
+        SessionView.of(session).model_dump_json(),
+        TokenView.of(token).model_dump_json(),
+        BranchView.of(branch).model_dump_json(),
     ]
     for text in shown:
         assert "fernet" not in text
         assert token.token_hash not in text
-    assert "encrypted_connection_secret" not in AgentSessionPublic.model_fields
-    assert "encrypted_connection_secret" not in BranchPublic.model_fields
-    assert "token_hash" not in ApiTokenPublic.model_fields
-    assert AgentSessionPublic.model_validate(session).status is SessionStatus.PROVISIONING
+    assert "encrypted_connection_secret" not in SessionView.model_fields
+    assert "encrypted_connection_secret" not in BranchView.model_fields
+    assert "token_hash" not in TokenView.model_fields
+    assert SessionView.of(session).status is SessionStatus.PROVISIONING
