@@ -258,12 +258,32 @@ def _log_level() -> int:
     return logging.getLevelNamesMapping()[name.upper()]
 
 
+#: The connection and output options every client command takes, which may also come before
+#: the command (`agentdb --token T sessions ls`); True when the option takes a value.
+GLOBAL_OPTIONS = {"--url": True, "--token": True, "--json": False}
+
+
+def hoisted(argv: list[str]) -> list[str]:
+    """`argv` with the global options written before the command moved after it, where the
+    command reads them: `--token T users ls` is `users ls --token T`."""
+    moved: list[str] = []
+    rest = list(argv)
+    while rest and rest[0].split("=", 1)[0] in GLOBAL_OPTIONS:
+        option = rest.pop(0)
+        moved.append(option)
+        if GLOBAL_OPTIONS[option.split("=", 1)[0]] and "=" not in option and rest:
+            moved.append(rest.pop(0))  # `--url X`
+    return rest + moved if rest else argv
+
+
 def main() -> None:
     # Logs go to stderr: stdout carries what scripts read (the served URL). Debug lines (every
     # control-plane request, every SQL call) only with AGENTDB_LOG_LEVEL=debug.
     configure_logging(_log_level(), sys.stderr)
     try:
-        result = app(exit_on_error=False, print_error=False, help_on_error=False)
+        result = app(
+            hoisted(sys.argv[1:]), exit_on_error=False, print_error=False, help_on_error=False
+        )
     except cyclopts.CycloptsError as exc:
         print(f"agentdb: error: {_first_line(exc)}", file=sys.stderr)  # noqa: T201
         sys.exit(2)

@@ -35,9 +35,6 @@ from ._base import FAILED, USAGE, WHERE_TOKENS_COME_FROM, ClientError
 DEFAULT_URL = "http://127.0.0.1:8000"
 #: What stands in for a connection URI that was not asked for (`--secrets` shows it).
 SECRET_FIELDS = frozenset({"connection_uri"})
-#: Exit codes (see the module's docstring).
-
-
 COMMON = cyclopts.Group("Connection and output", sort_key=100)
 
 

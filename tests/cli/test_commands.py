@@ -109,7 +109,8 @@ def test_users_sessions_and_tokens(
     assert "connection_uri" not in session  # not asked for
 
     sid, as_user = session["id"], tokens[0]
-    listed, table, token_doc, secret, human, mine, theirs, everyones = run_all(
+    no_token = {k: v for k, v in admin.items() if k != "AGENTDB_TOKEN"}
+    listed, table, token_doc, secret, human, mine, theirs, everyones, first = run_all(
         (("users", "ls", "--json"), admin),
         (("users", "ls"), admin),
         (("users", "token", user["id"], "--name", "ci", "--ttl", "3600", "--json"), admin),
@@ -120,6 +121,8 @@ def test_users_sessions_and_tokens(
         (("sessions", "ls", "--user", user["id"]), admin),
         # The admin's listing without --user: every user's sessions, a page at a time.
         (("sessions", "ls", "--status", "ready", "--limit", "500", "--json"), admin),
+        # The connection and output options may come before the command too.
+        (("--token", ADMIN, "--json", "sessions", "ls", "--user", user["id"]), no_token),
     )
     assert user["id"] in [u["id"] for u in json_of(listed)]
     assert any(
@@ -137,6 +140,7 @@ def test_users_sessions_and_tokens(
     assert "connection_uri" not in text
     assert [s["id"] for s in json_of(mine)] == [sid]
     assert any(line.startswith(sid) and "todo app" in line for line in theirs.stdout.splitlines())
+    assert [s["id"] for s in json_of(first)] == [sid]
     ready = json_of(everyones)
     assert sid in [s["id"] for s in ready]
     assert {s["status"] for s in ready} == {"ready"}
