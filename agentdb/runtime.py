@@ -9,11 +9,11 @@ import contextlib
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypedDict
 
 import psycopg
 import sqlalchemy as sa
@@ -94,10 +94,27 @@ class Runtime:
     jobs: JobRunner
     #: The in-process local control plane (None on Neon cloud, or with a given client).
     plane: LocalPlane | None
-    #: An admin token generated at this start (none was configured or stored): show it once.
-    new_admin_token: SecretStr | None
     #: None while PostgreSQL answers, else why it does not (one line, no secrets).
     database_health: DatabaseHealth
+    #: An admin token generated at this start (none was configured or stored): show it once.
+    new_admin_token: SecretStr | None = None
+
+
+class _ServiceParts(TypedDict):
+    """The services `_services` builds, as `Runtime` takes them."""
+
+    users: UserService
+    tokens: TokenService
+    sessions: SessionService
+    checkpoints: CheckpointService
+    branches: BranchService
+    sql: SqlService
+    addons: AddonService
+    events: EventService
+    usage: UsageService
+    tier_changes: TierChangeService
+    reconciler: Reconciler
+    jobs: JobRunner
 
 
 async def _supervised_health(supervisor: PostgresSupervisor) -> str | None:
@@ -120,109 +137,15 @@ async def open_runtime(
     choose (the caller keeps it open)."""
     kill = _kill_switch(settings)
     async with AsyncExitStack() as stack:
-        database_health: DatabaseHealth
-        if server is None and settings.database_url is None:
-            # agentdb started this PostgreSQL, so agentdb restarts it if it dies.
-            embedded = EmbeddedPostgres(settings.data_dir / "pg", port=settings.pg_port)
-            server = await stack.enter_async_context(embedded)
-            supervisor = await stack.enter_async_context(PostgresSupervisor(embedded).watch())
-            database_health = partial(_supervised_health, supervisor)
-        else:
-            if server is None:
-                server = await stack.enter_async_context(open_server(settings))
-            database_health = partial(probe_server, server)
+        server, database_health = await _open_postgres(settings, server, stack)
         meta = await _open_meta(server, settings.meta_database, stack)
         secrets = load_secrets(settings)
         tiers = load_configured_tiers(settings)
-        endpoint_settings = DefaultEndpointSettings(
-            autoscaling_limit_min_cu=settings.compute_min_cu,
-            autoscaling_limit_max_cu=settings.compute_max_cu,
-            suspend_timeout_seconds=settings.compute_suspend_timeout_s,
-        )
-
         control_plane: Literal["local", "neon"] = "neon" if settings.uses_neon_cloud else "local"
         plane: LocalPlane | None = None
         if neon is None:
             client, plane = await _control_plane(settings, server, tiers, stack)
             neon = await stack.enter_async_context(client)
-
-        locks = SessionLocks(meta)
-        try:
-            sessions = SessionService(
-                meta,
-                neon,
-                secrets,
-                locks=locks,
-                default_org_id=settings.neon_org_id,
-                project_prefix=settings.project_prefix,
-                endpoint_settings=endpoint_settings,
-                tiers=tiers,
-                kill=kill,
-            )
-        except TiersError as error:
-            raise StartupError(f"{_tiers_source(settings)}: {error}") from None
-        checkpoints = CheckpointService(meta, neon, locks=locks, tiers=tiers, kill=kill)
-        branches = BranchService(
-            meta,
-            neon,
-            secrets,
-            locks=locks,
-            default_ttl=timedelta(seconds=settings.branch_ttl_s),
-            kill=kill,
-        )
-        # Every workflow holds its session's lock from before its intent row is written, so
-        # the reconciler needs no grace period: a row it can lock is truly abandoned.
-        reconciler = Reconciler(
-            meta,
-            neon,
-            secrets,
-            locks=locks,
-            project_prefix=settings.project_prefix,
-            grace=timedelta(0),
-        )
-        addons = AddonService(meta, neon, secrets, locks=locks)
-        tokens = TokenService(
-            meta,
-            session_ttl=seconds(settings.session_token_ttl_s),
-            session_max_ttl=seconds(settings.session_token_max_ttl_s),
-        )
-        usage = UsageService(
-            meta, neon, tiers=tiers, min_interval=seconds(settings.usage_poll_interval_s)
-        )
-        tier_changes = TierChangeService(
-            meta,
-            neon,
-            tiers=tiers,
-            endpoint_settings=endpoint_settings,
-            default_org_id=settings.neon_org_id,
-        )
-        jobs = JobRunner(meta)
-        jobs.add("reconcile", reconciler.run_once, every=seconds(settings.reconcile_interval_s))
-        jobs.add("expire_branches", branches.expire, every=seconds(settings.expiry_interval_s))
-        jobs.add(
-            "cleanup_replaced_branches",
-            checkpoints.cleanup_replaced,
-            every=seconds(settings.expiry_interval_s),
-        )
-        # Resumes tier changes that a crash or a failed Neon call left unfinished; a new
-        # change kicks it.
-        jobs.add(
-            "tier_changes", tier_changes.run_pending, every=seconds(settings.reconcile_interval_s)
-        )
-        # No jitter: Neon refreshes consumption every 15 minutes, and polls must not come
-        # sooner (`usage` also checks the last poll's time, for other processes' polls).
-        jobs.add(
-            "poll_usage",
-            usage.poll,
-            every=seconds(settings.usage_poll_interval_s),
-            jitter=0,
-            run_at_start=False,
-        )
-        jobs.add(
-            "expire_idempotency_keys",
-            partial(delete_expired_answers, meta),
-            every=seconds(settings.expiry_interval_s),
-        )
         runtime = Runtime(
             settings=settings,
             tiers=tiers,
@@ -230,41 +153,157 @@ async def open_runtime(
             neon=neon,
             meta=meta,
             secrets=secrets,
-            users=UserService(meta, tiers=tiers),
-            tokens=tokens,
-            sessions=sessions,
-            checkpoints=checkpoints,
-            branches=branches,
-            sql=SqlService(
-                meta,
-                secrets,
-                statement_timeout=seconds(settings.sql_statement_timeout_s),
-                max_rows=settings.sql_max_rows,
-                max_result_bytes=settings.sql_max_result_bytes,
-                # DDL run through agentdb keeps the Data API's schema cache fresh.
-                after_ddl=addons.refresh_after_ddl,
-                # A refused connection or write says which quota is used up, if one is.
-                explain_quota=usage.quota_problem,
-                # A password an agent changed from SQL is reset through the control plane.
-                recover_credentials=CredentialService(meta, neon, secrets).recover,
-                read_pace=ReadPace(settings.sql_user_read_rate),
-            ),
-            addons=addons,
-            events=EventService(meta),
-            usage=usage,
-            tier_changes=tier_changes,
-            reconciler=reconciler,
-            jobs=jobs,
             plane=plane,
-            new_admin_token=await tokens.ensure_admin_token(settings.admin_token),
             database_health=database_health,
+            **_services(settings, meta, neon, secrets, tiers, kill),
         )
+        runtime = replace(
+            runtime, new_admin_token=await runtime.tokens.ensure_admin_token(settings.admin_token)
+        )
+        _schedule_jobs(runtime)
         if start_jobs:
             # Whatever a crash left half-done is settled before the first request.
-            await jobs.run_now("reconcile")
-            await stack.enter_async_context(jobs)
+            await runtime.jobs.run_now("reconcile")
+            await stack.enter_async_context(runtime.jobs)
         log.info("agentdb.started", control_plane=control_plane)
         yield runtime
+
+
+async def _open_postgres(
+    settings: Settings, server: ServerInfo | None, stack: AsyncExitStack
+) -> tuple[ServerInfo, DatabaseHealth]:
+    """The PostgreSQL agentdb runs on, and how to tell whether it answers: the embedded one
+    (started and supervised here: agentdb restarts it if it dies) unless the settings or the
+    caller name another."""
+    if server is None and settings.database_url is None:
+        embedded = EmbeddedPostgres(settings.data_dir / "pg", port=settings.pg_port)
+        server = await stack.enter_async_context(embedded)
+        supervisor = await stack.enter_async_context(PostgresSupervisor(embedded).watch())
+        return server, partial(_supervised_health, supervisor)
+    if server is None:
+        server = await stack.enter_async_context(open_server(settings))
+    return server, partial(probe_server, server)
+
+
+def _services(  # noqa: PLR0917 - the parts open_runtime opened, in the order it opens them
+    settings: Settings,
+    meta: async_sessionmaker[AsyncSession],
+    neon: NeonClient,
+    secrets: Secrets,
+    tiers: Tiers,
+    kill: WorkflowKillSwitch,
+) -> _ServiceParts:
+    """The services over the meta database and the control plane, wired to each other."""
+    endpoint_settings = DefaultEndpointSettings(
+        autoscaling_limit_min_cu=settings.compute_min_cu,
+        autoscaling_limit_max_cu=settings.compute_max_cu,
+        suspend_timeout_seconds=settings.compute_suspend_timeout_s,
+    )
+    locks = SessionLocks(meta)
+    try:
+        sessions = SessionService(
+            meta,
+            neon,
+            secrets,
+            locks=locks,
+            default_org_id=settings.neon_org_id,
+            project_prefix=settings.project_prefix,
+            endpoint_settings=endpoint_settings,
+            tiers=tiers,
+            kill=kill,
+        )
+    except TiersError as error:
+        raise StartupError(f"{_tiers_source(settings)}: {error}") from None
+    addons = AddonService(meta, neon, secrets, locks=locks)
+    usage = UsageService(
+        meta, neon, tiers=tiers, min_interval=seconds(settings.usage_poll_interval_s)
+    )
+    return _ServiceParts(
+        users=UserService(meta, tiers=tiers),
+        tokens=TokenService(
+            meta,
+            session_ttl=seconds(settings.session_token_ttl_s),
+            session_max_ttl=seconds(settings.session_token_max_ttl_s),
+        ),
+        sessions=sessions,
+        checkpoints=CheckpointService(meta, neon, locks=locks, tiers=tiers, kill=kill),
+        branches=BranchService(
+            meta,
+            neon,
+            secrets,
+            locks=locks,
+            default_ttl=timedelta(seconds=settings.branch_ttl_s),
+            kill=kill,
+        ),
+        sql=SqlService(
+            meta,
+            secrets,
+            statement_timeout=seconds(settings.sql_statement_timeout_s),
+            max_rows=settings.sql_max_rows,
+            max_result_bytes=settings.sql_max_result_bytes,
+            # DDL run through agentdb keeps the Data API's schema cache fresh.
+            after_ddl=addons.refresh_after_ddl,
+            # A refused connection or write says which quota is used up, if one is.
+            explain_quota=usage.quota_problem,
+            # A password an agent changed from SQL is reset through the control plane.
+            recover_credentials=CredentialService(meta, neon, secrets).recover,
+            read_pace=ReadPace(settings.sql_user_read_rate),
+        ),
+        addons=addons,
+        events=EventService(meta),
+        usage=usage,
+        tier_changes=TierChangeService(
+            meta,
+            neon,
+            tiers=tiers,
+            endpoint_settings=endpoint_settings,
+            default_org_id=settings.neon_org_id,
+        ),
+        # Every workflow holds its session's lock from before its intent row is written, so
+        # the reconciler needs no grace period: a row it can lock is truly abandoned.
+        reconciler=Reconciler(
+            meta,
+            neon,
+            secrets,
+            locks=locks,
+            project_prefix=settings.project_prefix,
+            grace=timedelta(0),
+        ),
+        jobs=JobRunner(meta),
+    )
+
+
+def _schedule_jobs(runtime: Runtime) -> None:
+    """The periodic jobs: repairs, expiries, cleanups, usage polls."""
+    settings, jobs = runtime.settings, runtime.jobs
+    jobs.add("reconcile", runtime.reconciler.run_once, every=seconds(settings.reconcile_interval_s))
+    jobs.add("expire_branches", runtime.branches.expire, every=seconds(settings.expiry_interval_s))
+    jobs.add(
+        "cleanup_replaced_branches",
+        runtime.checkpoints.cleanup_replaced,
+        every=seconds(settings.expiry_interval_s),
+    )
+    # Resumes tier changes that a crash or a failed Neon call left unfinished; a new change
+    # kicks it.
+    jobs.add(
+        "tier_changes",
+        runtime.tier_changes.run_pending,
+        every=seconds(settings.reconcile_interval_s),
+    )
+    # No jitter: Neon refreshes consumption every 15 minutes, and polls must not come sooner
+    # (`usage` also checks the last poll's time, for other processes' polls).
+    jobs.add(
+        "poll_usage",
+        runtime.usage.poll,
+        every=seconds(settings.usage_poll_interval_s),
+        jitter=0,
+        run_at_start=False,
+    )
+    jobs.add(
+        "expire_idempotency_keys",
+        partial(delete_expired_answers, runtime.meta),
+        every=seconds(settings.expiry_interval_s),
+    )
 
 
 async def _open_meta(
