@@ -32,7 +32,7 @@ def new_physical(p: ProjectRecord) -> str:
     return f"lpd_{p.key}_{physical_key()}"
 
 
-class BranchesMixin(PlaneBase):
+class PlaneBranches(PlaneBase):
     async def create_branch(self, project_id: str, body: BranchCreateBody) -> JSON:
         spec = body.branch or NewBranchSpec()
         if spec.parent_lsn or spec.parent_timestamp:

@@ -28,7 +28,7 @@ from ._models import (
 JSON = dict[str, Any]
 
 
-class ComputeMixin(PlaneBase):
+class PlaneCompute(PlaneBase):
     # --- endpoints ---------------------------------------------------------------------------
 
     async def list_endpoints(self, project_id: str, branch_id: str | None = None) -> JSON:

@@ -13,8 +13,8 @@ import structlog
 from agentdb.pg import ServerInfo
 
 from ._addons import AddonLineageMixin
-from ._branches import BranchesMixin
-from ._compute import ComputeMixin
+from ._branches import PlaneBranches
+from ._compute import PlaneCompute
 from ._data_api import DataApiMixin
 from ._engine import Engine
 from ._errors import LocalPlaneError
@@ -23,8 +23,8 @@ from ._governance import Limits
 from ._models import BranchRecord, SnapshotRecord, now
 from ._neon_auth import NeonAuthMixin
 from ._organizations import OrganizationsMixin
-from ._projects import ProjectsMixin
-from ._snapshots import SnapshotsMixin
+from ._projects import PlaneProjects
+from ._snapshots import PlaneSnapshots
 from ._store import STATE_DATABASE, Store
 
 log = structlog.get_logger(__name__)
@@ -36,10 +36,10 @@ class LocalPlane(
     AddonLineageMixin,  # first: it wraps the branch, restore and project calls below it
     NeonAuthMixin,
     DataApiMixin,
-    ProjectsMixin,
-    BranchesMixin,
-    SnapshotsMixin,
-    ComputeMixin,
+    PlaneProjects,
+    PlaneBranches,
+    PlaneSnapshots,
+    PlaneCompute,
     OrganizationsMixin,
 ):
     """Everything the HTTP layer calls; one per process and cluster."""

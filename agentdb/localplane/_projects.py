@@ -31,7 +31,7 @@ JSON = dict[str, Any]
 MAX_ROLE_NAME = 52
 
 
-class ProjectsMixin(UsageMixin):
+class PlaneProjects(UsageMixin):
     async def create_project(self, body: ProjectCreateBody) -> JSON:
         spec = body.project
         project_id = neon_id()

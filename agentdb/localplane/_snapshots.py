@@ -31,7 +31,7 @@ from ._models import (
 JSON = dict[str, Any]
 
 
-class SnapshotsMixin(PlaneBase):
+class PlaneSnapshots(PlaneBase):
     async def create_snapshot(
         self,
         project_id: str,
