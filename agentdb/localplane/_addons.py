@@ -28,10 +28,7 @@ from pydantic import Field
 from ._base import PlaneBase
 from ._errors import Conflict, LocalPlaneError, NotFound
 from ._models import (
-    BranchCreateBody,
-    BranchRecord,
     DatabaseRecord,
-    FinalizeRestoreBody,
     ProjectRecord,
     Record,
     SnapshotRecord,
@@ -286,8 +283,9 @@ class AddonsBase(PlaneBase):
         return (await self._role(tx, project_id, d.owner_name)).physical
 
 
-class AddonLineageMixin(AddonsBase):
-    """Copies add-on configuration to branches made from a branch that has it."""
+class AddonLineage(AddonsBase):
+    """The add-ons' part in the core's calls (its hooks): add-on configuration follows a branch
+    made or restored from one that has it, and a deleted project's add-on roles go with it."""
 
     async def _inherit(self, project_id: str, source: str | None, target: str) -> None:
         if source is None:
@@ -299,64 +297,37 @@ class AddonLineageMixin(AddonsBase):
                 theirs = [r for r in await tx.list(kind, project_id) if r.branch_id == source]
                 await tx.put(*(r.for_branch(target) for r in theirs))
 
-    async def create_branch(self, project_id: str, body: BranchCreateBody) -> JSON:
-        result = await super().create_branch(project_id, body)  # type: ignore[misc]
-        parent = body.branch.parent_id if body.branch else None
-        if parent is None:
-            async with self._store.tx() as tx:
-                branches = await tx.list(BranchRecord, project_id)
-            parent = next(
-                (b.id for b in branches if b.default and b.id != result["branch"]["id"]), None
-            )
-        await self._inherit(project_id, parent, result["branch"]["id"])
-        return result  # type: ignore[no-any-return]
+    async def _branch_created(self, project_id: str, parent_id: str, branch_id: str) -> None:
+        await self._inherit(project_id, parent_id, branch_id)
 
-    async def restore_snapshot(
-        self, project_id: str, snapshot_id: str, body: SnapshotRestoreBody
-    ) -> JSON:
-        async with self._store.tx() as tx:
-            snap = await tx.get(SnapshotRecord, snapshot_id)
-        result = await super().restore_snapshot(project_id, snapshot_id, body)  # type: ignore[misc]
-        if snap is not None:
-            # A finalized restore replaces the target: the live app's configuration goes on.
-            source = (
-                (body.target_branch_id or snap.source_branch_id)
-                if body.finalize_restore
-                else snap.source_branch_id
-            )
-            await self._inherit(project_id, source, result["branch"]["id"])
-        return result  # type: ignore[no-any-return]
+    async def _snapshot_restored(
+        self, project_id: str, snapshot: SnapshotRecord, body: SnapshotRestoreBody, branch_id: str
+    ) -> None:
+        # A finalized restore replaces the target: the live app's configuration goes on.
+        source = (
+            (body.target_branch_id or snapshot.source_branch_id)
+            if body.finalize_restore
+            else snapshot.source_branch_id
+        )
+        await self._inherit(project_id, source, branch_id)
 
-    async def finalize_restore(
-        self, project_id: str, branch_id: str, body: FinalizeRestoreBody
-    ) -> JSON:
-        async with self._store.tx() as tx:
-            b = await tx.get(BranchRecord, branch_id)
-        result = await super().finalize_restore(project_id, branch_id, body)  # type: ignore[misc]
-        if b is not None:
-            await self._inherit(project_id, b.restore_target_id, branch_id)
-        return result  # type: ignore[no-any-return]
+    async def _restore_finalized(self, project_id: str, target_id: str, branch_id: str) -> None:
+        await self._inherit(project_id, target_id, branch_id)
 
-    async def delete_project(self, project_id: str) -> JSON:
-        async with self._store.tx() as tx:
-            p = await tx.get(ProjectRecord, project_id)
-        result = await super().delete_project(project_id)  # type: ignore[misc]
-        if p is not None:
-            # After the project's own cleanup, which drops the databases holding grants to them.
-            pending = list(self._tasks)
+    async def _project_deleted(self, project: ProjectRecord) -> None:
+        # After the project's own cleanup, which drops the databases holding grants to them.
+        pending = list(self._tasks)
 
-            async def drop() -> None:
-                if pending:
-                    await asyncio.wait(pending)
-                await self._engine.drop_roles(*data_api_roles(p.key), service_role(p.key))
+        async def drop() -> None:
+            if pending:
+                await asyncio.wait(pending)
+            await self._engine.drop_roles(*data_api_roles(project.key), service_role(project.key))
 
-            task = asyncio.create_task(drop())
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-        return result  # type: ignore[no-any-return]
+        task = asyncio.create_task(drop())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
-    async def collect_orphans(self) -> list[str]:
-        dropped: list[str] = await super().collect_orphans()
+    async def _more_orphans(self) -> list[str]:
         async with self._store.tx() as tx:
             keys = {p.key for p in await tx.list(ProjectRecord)}
         orphans = [
@@ -365,7 +336,7 @@ class AddonLineageMixin(AddonsBase):
         if orphans:
             await self._engine.drain_trash()  # it may hold objects they own
         await self._engine.drop_roles(*orphans)
-        return dropped + orphans
+        return orphans
 
 
 # Per-project Data API roles: `lpa_<project key>_<name>`. They do not start with `lp_`, so the

@@ -32,6 +32,7 @@ from ._models import (
     ProjectRecord,
     RoleRecord,
     SnapshotRecord,
+    SnapshotRestoreBody,
     now,
 )
 from ._store import Store, Tx
@@ -207,6 +208,29 @@ class PlaneBase:
                         await tx.put(op)
             self._schedule(project_id, batch, job)
 
+    # --- hooks -----------------------------------------------------------------------------
+    # The core's calls run these once their mutation has committed. The add-ons override them
+    # (`AddonLineage`) instead of wrapping the core's methods, so no order of the plane's
+    # classes matters.
+
+    async def _branch_created(self, project_id: str, parent_id: str, branch_id: str) -> None:
+        """A branch was made from `parent_id`."""
+
+    async def _snapshot_restored(
+        self, project_id: str, snapshot: SnapshotRecord, body: SnapshotRestoreBody, branch_id: str
+    ) -> None:
+        """`snapshot` was restored as `branch_id` (finalized or not, as `body` asked)."""
+
+    async def _restore_finalized(self, project_id: str, target_id: str, branch_id: str) -> None:
+        """The restored `branch_id` took the place of `target_id`."""
+
+    async def _project_deleted(self, project: ProjectRecord) -> None:
+        """`project`'s records are gone; its databases are being dropped in the background."""
+
+    async def _more_orphans(self) -> list[str]:
+        """Drops what else nothing refers to any more, after the core's orphans; their names."""
+        return []
+
     async def collect_orphans(self) -> list[str]:
         """Drops physical databases and project roles that nothing refers to any more: what a
         crash left behind while a deleted project's databases were being dropped."""
@@ -234,6 +258,7 @@ class PlaneBase:
                 members = await self._engine.role_members(group)
                 await self._engine.drop_roles(*members, group)
                 dropped += [*members, group]
+        dropped += await self._more_orphans()
         if dropped:
             log.info("localplane.orphans_dropped", count=len(dropped))
         return dropped

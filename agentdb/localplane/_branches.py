@@ -106,6 +106,7 @@ class PlaneBranches(PlaneBase):
             ]
             await tx.put(b, *dbs, *endpoints)
             await m.start(ops, "steps", project_id=project_id, steps=steps, ready=[b.id])
+        await self._branch_created(project_id, parent.id, b.id)
         result: JSON = {
             "branch": render.branch(b),
             "endpoints": [self._endpoint_json(e, p) for e in endpoints],

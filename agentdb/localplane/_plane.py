@@ -12,7 +12,7 @@ import structlog
 
 from agentdb.pg import ServerInfo
 
-from ._addons import AddonLineageMixin
+from ._addons import AddonLineage
 from ._branches import PlaneBranches
 from ._compute import PlaneCompute
 from ._data_api import DataApiMixin
@@ -33,7 +33,7 @@ _SWEEP_INTERVAL_S = 15
 
 
 class LocalPlane(
-    AddonLineageMixin,  # first: it wraps the branch, restore and project calls below it
+    AddonLineage,
     NeonAuthMixin,
     DataApiMixin,
     PlaneProjects,

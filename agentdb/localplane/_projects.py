@@ -200,4 +200,5 @@ class PlaneProjects(UsageMixin):
             await tx.delete_project(project_id)
         # The records are gone at once (as on Neon); the databases go in the background.
         self._schedule_cleanup(project_id, physicals, [*roles, p.group_role])
+        await self._project_deleted(p)
         return {"project": render.project(p, host=self.host)}

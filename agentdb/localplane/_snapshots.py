@@ -167,6 +167,7 @@ class PlaneSnapshots(PlaneBase):
                 )
                 await tx.put(b, *dbs, preview)
             await m.start(ops, "steps", project_id=project_id, steps=m.steps, ready=[b.id])
+        await self._snapshot_restored(project_id, s, body, b.id)
         return {
             "branch": render.branch(b),
             "endpoints": [self._endpoint_json(e, p) for e in endpoints],
@@ -203,6 +204,7 @@ class PlaneSnapshots(PlaneBase):
                 for e in moved
             ] or [OperationRecord.new(project_id, "apply_config", branch_id=b.id)]
             await m.start(ops, "steps", project_id=project_id, steps=m.steps, ready=[b.id])
+        await self._restore_finalized(project_id, target.id, b.id)
         return {"operations": [render.operation(o) for o in ops]}
 
     async def _finalize(
