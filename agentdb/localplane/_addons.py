@@ -61,7 +61,7 @@ class ServiceLoginRecord(Record):
 # Every connection the plane opens into a project's database: built-ins only, then its own
 # temporary schema (which no other role can write), so a tenant's `public.lower(text)` or a
 # better-matching operator is never picked up by the plane's statements.
-SAFE_OPTIONS = "-c search_path=pg_catalog,pg_temp"
+SAFE_OPTIONS = "-c search_path=pg_catalog,pg_temp -c default_transaction_read_only=off"
 
 # What a schema the plane creates may hold that someone else owns: relations, functions, types.
 # (Plane connections pin search_path to pg_catalog, so its names need no qualification here.)

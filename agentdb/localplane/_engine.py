@@ -57,7 +57,9 @@ _TERMINATE_POLL_S = 0.002
 _REFLINK_FILESYSTEMS = {"btrfs", "xfs", "bcachefs", "zfs", "ocfs2", "apfs"}
 # The engine's connections into a project's database: built-ins first and only, so nothing the
 # tenant defined (a `public.lower(text)`, an operator) stands in for what its statements name.
-_SAFE_OPTIONS = "-c search_path=pg_catalog,pg_temp"
+#: The plane's own connections into a tenant database: built-ins first, and writable even when
+#: the size or disk guard made the database read-only (its catalog DDL must still run).
+_SAFE_OPTIONS = "-c search_path=pg_catalog,pg_temp -c default_transaction_read_only=off"
 #: The plane's own schemas in a project database (Neon Auth's, the Data API's): never copied
 #: into a schema-only branch by the tenant's role, which does not own them.
 _PLANE_SCHEMAS_EXCLUDED = ("--exclude-schema=neon_auth", "--exclude-schema=auth")
