@@ -17,6 +17,8 @@ from limits import parse_many
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from agentdb.wire import MAX_SQL_ROWS, MAX_SQL_TIMEOUT_SECONDS
+
 
 def _default_data_dir() -> Path:
     # Under root the embedded PostgreSQL runs as an unprivileged user, who could not traverse
@@ -251,13 +253,13 @@ class Settings(BaseSettings):
     sql_statement_timeout_s: float = Field(
         default=30.0,
         gt=0,
-        le=3600,
+        le=MAX_SQL_TIMEOUT_SECONDS,
         description="Statement timeout for SQL run through agentdb, in seconds.",
     )
     sql_max_rows: int = Field(
         default=1000,
         ge=1,
-        le=10_000,
+        le=MAX_SQL_ROWS,
         description="Most rows one SQL call returns (the rest are cut, `truncated` says so).",
     )
     sql_max_result_bytes: int = Field(

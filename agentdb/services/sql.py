@@ -43,7 +43,7 @@ from psycopg.types.string import TextLoader
 from pydantic import JsonValue
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from agentdb.wire import SqlColumn, SqlResult
+from agentdb.wire import MAX_SQL_ROWS, MAX_SQL_TIMEOUT_SECONDS, SqlColumn, SqlResult
 from meta_schema import SessionStatus
 
 from ._common import SYSTEM, Actor, Clock, SessionFactory, load_session, system_clock
@@ -53,7 +53,7 @@ from .credentials import INVALID_PASSWORD
 
 log = structlog.get_logger(__name__)
 
-MAX_ROWS_LIMIT = 10_000
+MAX_ROWS_LIMIT = MAX_SQL_ROWS
 #: Default cap on the JSON size of the rows one call returns.
 DEFAULT_MAX_RESULT_BYTES = 16 * 1024 * 1024
 #: Rows past the caps are only counted, up to this many times the byte cap read in all (and
@@ -100,7 +100,7 @@ class ReadPace:
             del self._buckets[user_id]
 
 
-MAX_TIMEOUT = timedelta(hours=1)
+MAX_TIMEOUT = timedelta(seconds=MAX_SQL_TIMEOUT_SECONDS)
 MAX_SQL_LENGTH = 1_000_000
 #: PostgreSQL's own limit on bind parameters in one statement.
 MAX_PARAMS = 65_535

@@ -27,10 +27,11 @@ from agentdb.sdk import (
     SqlResult,
     Usage,
 )
+from agentdb.wire import MAX_SQL_ROWS, MAX_SQL_TIMEOUT_SECONDS
 
 #: Most rows and longest timeout one SQL call may ask for (the API's own limits).
-MAX_ROWS = 10_000
-MAX_TIMEOUT_SECONDS = 3600
+MAX_ROWS = MAX_SQL_ROWS
+MAX_TIMEOUT_SECONDS = MAX_SQL_TIMEOUT_SECONDS
 SESSION_ID_DESCRIPTION = "The agent session whose database to work on."
 
 

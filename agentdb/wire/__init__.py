@@ -6,6 +6,8 @@ tools share these; they import pydantic only, so a client loads none of the serv
 from ._api import (
     MAX_BRANCH_TTL_SECONDS,
     MAX_JSON_DEPTH,
+    MAX_SQL_ROWS,
+    MAX_SQL_TIMEOUT_SECONDS,
     MAX_TTL_SECONDS,
     NUL_MESSAGE,
     AddOAuthProvider,
@@ -78,6 +80,8 @@ from ._views import (
 __all__ = [
     "MAX_BRANCH_TTL_SECONDS",
     "MAX_JSON_DEPTH",
+    "MAX_SQL_ROWS",
+    "MAX_SQL_TIMEOUT_SECONDS",
     "MAX_TTL_SECONDS",
     "NUL_MESSAGE",
     "SCOPE_PREFIXES",

@@ -34,6 +34,10 @@ MAX_BRANCH_TTL_SECONDS = 365 * 86_400
 #: Deeper JSON in `params` or `metadata` is refused (nothing legitimate nests that far, and
 #: every recursive walk of it would cost stack).
 MAX_JSON_DEPTH = 32
+#: Most rows and longest statement timeout one SQL call may ask for (the server's settings
+#: choose the defaults, up to these).
+MAX_SQL_ROWS = 10_000
+MAX_SQL_TIMEOUT_SECONDS = 3600
 NUL_MESSAGE = "must not contain NUL characters (\\u0000): PostgreSQL cannot store them"
 
 
@@ -132,8 +136,8 @@ class RunSql(Body):
     params: JsonList | None = Field(
         default=None, description="Values for $1, $2, ... (one statement only when given)."
     )
-    max_rows: WholeNumber | None = Field(default=None, ge=1, le=10_000)
-    timeout_seconds: Number | None = Field(default=None, gt=0, le=3600)
+    max_rows: WholeNumber | None = Field(default=None, ge=1, le=MAX_SQL_ROWS)
+    timeout_seconds: Number | None = Field(default=None, gt=0, le=MAX_SQL_TIMEOUT_SECONDS)
 
 
 class CreateCheckpoint(Body):
