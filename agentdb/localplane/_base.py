@@ -14,7 +14,7 @@ import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, assert_never
 
 import psycopg
 import structlog
@@ -22,6 +22,7 @@ import structlog
 from agentdb.pg import ServerInfo
 
 from . import _render as render
+from . import _steps as step
 from ._engine import Engine, EngineError
 from ._errors import BadRequest, Locked, NotFound
 from ._models import (
@@ -54,14 +55,19 @@ class Mutation:
         self.project_id = project_id
         self.runner = runner
         self.jobs: list[tuple[str, JSON]] = []
-        self.steps: list[list[Any]] = []
+        self.steps: list[step.Step] = []
 
     async def start(self, ops: list[OperationRecord], kind: str, **args: object) -> None:
-        """Records `ops` as one batch carrying the job `kind`; it runs after the commit."""
+        """Records `ops` as one batch carrying the job `kind`; it runs after the commit. A
+        `steps` job's steps (`args["steps"]`) are stored encoded (`_steps.encode`)."""
         batch = ops[0].batch
         for op in ops:
             op.batch = batch
             op.runner = self.runner
+        if kind == "steps":
+            typed = args["steps"]
+            assert isinstance(typed, list)  # noqa: S101 - the mutations pass a list of steps
+            args = {**args, "steps": [step.encode(s) for s in typed]}
         job = {"kind": kind, "args": args}
         ops[0].job = job
         await self.tx.put(*ops)
@@ -370,7 +376,7 @@ class PlaneBase:
         crash cut off; re-running a finished step could undo a later one (a copy made again
         after its swap would swap the live database out a second time)."""
         project_id: str = args["project_id"]
-        steps: list[list[Any]] = args["steps"]
+        steps = [step.decode(raw) for raw in args["steps"]]
         done = int(args.get("done", 0))
         for index in range(done, len(steps)):
             await self._step(project_id, steps[index])
@@ -440,11 +446,11 @@ class PlaneBase:
             log.warning("localplane.databases_reopened", databases=reopened)
         return reopened
 
-    async def _step(self, project_id: str, step: list[Any]) -> None:  # noqa: C901
+    async def _step(self, project_id: str, job_step: step.Step) -> None:  # noqa: C901
         # one case per step kind; a table of handlers would only scatter them
         engine = self._engine
-        match step:
-            case ["copy", str(source), str(target), str(group), bool(live), bool(allow)]:
+        match job_step:
+            case step.Copy(source, target, group, live, allow):
                 await engine.copy_database(
                     source,
                     target,
@@ -453,7 +459,7 @@ class PlaneBase:
                     allow_connections=allow,
                     source_open=await self._door_open(project_id, source) if live else None,
                 )
-            case ["schema", str(source), str(target), str(owner), str(group)]:
+            case step.Schema(source, target, owner, group):
                 # Unfinished (the job records finished steps): a crash may have cut the schema
                 # copy short, so the new, still unused database is made again.
                 await engine.drop_database(target)
@@ -461,18 +467,18 @@ class PlaneBase:
                 await engine.copy_schema(
                     source, target, owner, await self._role_password(project_id, owner)
                 )
-            case ["create", str(target), str(owner), str(group)]:
+            case step.Create(target, owner, group):
                 await engine.create_database(target, owner, group)
-            case ["swap", str(live), str(replacement), str(parked), bool(allow)]:
+            case step.Swap(live, replacement, parked, allow):
                 self.last_swap_downtime_s = await engine.swap(
                     live, replacement, parked, allow_connections=allow
                 )
                 await engine.set_connections(parked, allowed=True)
-            case ["drop", str(name)]:
+            case step.Drop(name):
                 await engine.discard_database(name)
-            case ["connections", str(name), bool(allowed)]:
+            case step.Connections(name, allowed):
                 await engine.set_connections(name, allowed=allowed)
-            case ["role", str(physical), str(group), bool(login)]:
+            case step.Role(physical, group, login):
                 async with self._store.tx() as tx:
                     role = next(
                         (
@@ -484,7 +490,7 @@ class PlaneBase:
                     )
                 if role is not None:
                     await engine.ensure_role(physical, role.password, group, login=login)
-            case ["password", str(physical)]:
+            case step.Password(physical):
                 async with self._store.tx() as tx:
                     role = next(
                         (
@@ -496,10 +502,10 @@ class PlaneBase:
                     )
                 if role is not None and role.password:
                     await engine.set_password(physical, role.password)
-            case ["snapshot_size", str(snapshot_id)]:
+            case step.SnapshotSize(snapshot_id):
                 await self._measure_snapshot(snapshot_id)
             case _:
-                raise ValueError(f"unknown step {step[0]!r}")
+                assert_never(job_step)
 
     async def _measure_snapshot(self, snapshot_id: str) -> None:
         async with self._store.tx() as tx:

@@ -7,6 +7,7 @@ import difflib
 from typing import Any
 
 from . import _render as render
+from . import _steps as step
 from ._base import NO_PITR, Mutation, PlaneBase, check_cu
 from ._errors import BadRequest, Conflict, NotFound
 from ._models import (
@@ -65,7 +66,7 @@ class PlaneBranches(PlaneBase):
                 annotations=body.annotation_value or {},
             )
             roles = {r.name: r for r in await tx.list(RoleRecord, project_id)}
-            steps: list[list[Any]] = []
+            steps: list[step.Step] = []
             dbs = []
             for d in await self._databases(tx, project_id, parent.id):
                 copy = DatabaseRecord(
@@ -79,9 +80,17 @@ class PlaneBranches(PlaneBase):
                 dbs.append(copy)
                 if schema_only:
                     owner = roles[d.owner_name].physical
-                    steps.append(["schema", d.physical, copy.physical, owner, p.group_role])
+                    steps.append(step.Schema(d.physical, copy.physical, owner, p.group_role))
                 else:
-                    steps.append(["copy", d.physical, copy.physical, p.group_role, True, True])
+                    steps.append(
+                        step.Copy(
+                            d.physical,
+                            copy.physical,
+                            p.group_role,
+                            source_is_live=True,
+                            allow_connections=True,
+                        )
+                    )
             endpoints = [
                 EndpointRecord(
                     id=neon_id("ep"),
@@ -203,7 +212,7 @@ class PlaneBranches(PlaneBase):
             ]
             ops.append(OperationRecord.new(project_id, "delete_timeline", branch_id=b.id))
             await tx.delete(b, *dbs, *endpoints)
-            steps = [["drop", d.physical] for d in dbs]
+            steps = [step.Drop(d.physical) for d in dbs]
             await m.start(ops, "steps", project_id=project_id, steps=steps)
         return {"branch": render.branch(b), "operations": [render.operation(o) for o in ops]}
 
@@ -274,10 +283,14 @@ class PlaneBranches(PlaneBase):
         current = {d.name: d for d in await self._databases(tx, p.id, target.id)}
         # Every copy before the first swap: a copy that fails leaves the branch with its old
         # content in every database, never some databases restored and others not.
-        swaps: list[list[Any]] = []
+        swaps: list[step.Step] = []
         for d in await self._databases(tx, p.id, source.id):
             fresh = new_physical(p)
-            m.steps.append(["copy", d.physical, fresh, p.group_role, True, True])
+            m.steps.append(
+                step.Copy(
+                    d.physical, fresh, p.group_role, source_is_live=True, allow_connections=True
+                )
+            )
             old = current.pop(d.name, None)
             if old is None:
                 await tx.put(
@@ -292,7 +305,7 @@ class PlaneBranches(PlaneBase):
                 )
                 continue
             parked = new_physical(p)
-            swaps.append(["swap", old.physical, fresh, parked, allow])
+            swaps.append(step.Swap(old.physical, fresh, parked, allow_connections=allow))
             if preserved is not None:
                 await tx.put(
                     old.model_copy(
@@ -304,7 +317,7 @@ class PlaneBranches(PlaneBase):
                     )
                 )
             else:
-                swaps.append(["drop", parked])
+                swaps.append(step.Drop(parked))
             old.owner_name = d.owner_name
             old.updated_at = now()
             await tx.put(old)
@@ -317,7 +330,7 @@ class PlaneBranches(PlaneBase):
                     )
                 )
             else:
-                swaps.append(["drop", leftover.physical])
+                swaps.append(step.Drop(leftover.physical))
         m.steps.extend(swaps)
 
     async def compare_schema(

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import _render as render
+from . import _steps as step
 from ._base import Mutation, PlaneBase, check_cu
 from ._branches import new_physical
 from ._errors import BadRequest, Conflict, NotFound, PreconditionFailed, QuotaExceeded
@@ -120,7 +121,7 @@ class PlaneCompute(PlaneBase):
 
     async def _door(self, m: Mutation, e: EndpointRecord, *, open_: bool) -> None:
         for d in await self._databases(m.tx, e.project_id, e.branch_id):
-            m.steps.append(["connections", d.physical, open_])
+            m.steps.append(step.Connections(d.physical, allowed=open_))
 
     # --- roles ---------------------------------------------------------------------------------
 
@@ -155,7 +156,7 @@ class PlaneCompute(PlaneBase):
             )
             await m.tx.put(r)
             ops = [OperationRecord.new(project_id, "apply_config", branch_id=branch_id)]
-            steps = [["role", r.physical, p.group_role, not spec.no_login]]
+            steps = [step.Role(r.physical, p.group_role, login=not spec.no_login)]
             await m.start(ops, "steps", project_id=project_id, steps=steps)
         return {
             "role": render.role(r, branch_id=branch_id, with_password=True),
@@ -182,7 +183,7 @@ class PlaneCompute(PlaneBase):
             r.updated_at = now()
             await m.tx.put(r)
             ops = [OperationRecord.new(project_id, "apply_config", branch_id=branch_id)]
-            await m.start(ops, "steps", project_id=project_id, steps=[["password", r.physical]])
+            await m.start(ops, "steps", project_id=project_id, steps=[step.Password(r.physical)])
         return {
             "role": render.role(r, branch_id=branch_id, with_password=True),
             "operations": [render.operation(o) for o in ops],
@@ -230,7 +231,7 @@ class PlaneCompute(PlaneBase):
             )
             await m.tx.put(d)
             ops = [OperationRecord.new(project_id, "apply_config", branch_id=branch_id)]
-            steps = [["create", d.physical, owner.physical, p.group_role]]
+            steps = [step.Create(d.physical, owner.physical, p.group_role)]
             await m.start(ops, "steps", project_id=project_id, steps=steps)
         return {"database": render.database(d), "operations": [render.operation(o) for o in ops]}
 
@@ -243,7 +244,7 @@ class PlaneCompute(PlaneBase):
                 raise NotFound(f"database {name!r} not found on branch {branch_id}")
             await m.tx.delete(d)
             ops = [OperationRecord.new(project_id, "apply_config", branch_id=branch_id)]
-            await m.start(ops, "steps", project_id=project_id, steps=[["drop", d.physical]])
+            await m.start(ops, "steps", project_id=project_id, steps=[step.Drop(d.physical)])
         return {"database": render.database(d), "operations": [render.operation(o) for o in ops]}
 
     # --- connection URI ------------------------------------------------------------------------

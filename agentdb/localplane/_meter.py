@@ -81,6 +81,7 @@ from psycopg import AsyncConnection, sql
 
 from agentdb.pg import ServerInfo
 
+from . import _steps as step
 from ._base import PlaneBase
 from ._consumption import (
     HourUsage,
@@ -835,7 +836,7 @@ class UsageMixin(PlaneBase):
                 e.updated_at = now()
                 await m.tx.put(e)
                 for d in await self._databases(m.tx, project_id, e.branch_id):
-                    m.steps.append(["connections", d.physical, reason is None])
+                    m.steps.append(step.Connections(d.physical, allowed=reason is None))
                 ops.append(
                     OperationRecord.new(project_id, action, branch_id=e.branch_id, endpoint_id=e.id)
                 )

@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from . import _render as render
+from . import _steps as step
 from ._base import NO_PITR, Mutation, PlaneBase
 from ._branches import new_physical
 from ._errors import BadRequest
@@ -67,8 +68,12 @@ class PlaneSnapshots(PlaneBase):
             for d in await self._databases(tx, project_id, b.id):
                 phys = f"lps_{p.key}_{physical_key()}"
                 s.databases[d.name] = (d.owner_name, phys)
-                m.steps.append(["copy", d.physical, phys, p.group_role, True, False])
-            m.steps.append(["snapshot_size", s.id])
+                m.steps.append(
+                    step.Copy(
+                        d.physical, phys, p.group_role, source_is_live=True, allow_connections=False
+                    )
+                )
+            m.steps.append(step.SnapshotSize(s.id))
             await tx.put(s)
             ops = [OperationRecord.new(project_id, "create_timeline", branch_id=b.id)]
             await m.start(ops, "steps", project_id=project_id, steps=m.steps)
@@ -98,7 +103,7 @@ class PlaneSnapshots(PlaneBase):
             s = await self._snapshot(m.tx, project_id, snapshot_id)
             await m.tx.delete(s)
             ops = [OperationRecord.new(project_id, "delete_timeline", branch_id=s.source_branch_id)]
-            steps = [["drop", phys] for _owner, phys in s.databases.values()]
+            steps = [step.Drop(phys) for _owner, phys in s.databases.values()]
             await m.start(ops, "steps", project_id=project_id, steps=steps)
         return {"operations": [render.operation(o) for o in ops]}
 
@@ -134,7 +139,11 @@ class PlaneSnapshots(PlaneBase):
                     physical=new_physical(p),
                 )
                 dbs.append(d)
-                m.steps.append(["copy", phys, d.physical, p.group_role, False, True])
+                m.steps.append(
+                    step.Copy(
+                        phys, d.physical, p.group_role, source_is_live=False, allow_connections=True
+                    )
+                )
             ops = [OperationRecord.new(project_id, "create_branch", branch_id=b.id)]
             endpoints: list[EndpointRecord] = []
             if body.finalize_restore:
@@ -228,7 +237,7 @@ class PlaneSnapshots(PlaneBase):
             if old is None:
                 continue
             parked = new_physical(p)
-            m.steps.append(["swap", old.physical, d.physical, parked, allow])
+            m.steps.append(step.Swap(old.physical, d.physical, parked, allow_connections=allow))
             d.physical, old.physical = old.physical, parked
             d.updated_at = old.updated_at = now()
             await tx.put(old)
