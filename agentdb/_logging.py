@@ -12,10 +12,10 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Mapping
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-import structlog
-from structlog.typing import EventDict, WrappedLogger
+if TYPE_CHECKING:
+    from structlog.typing import EventDict, WrappedLogger
 
 MASK = "[redacted]"
 
@@ -78,9 +78,24 @@ def _drop_color_message(_: WrappedLogger, __: str, event_dict: EventDict) -> Eve
     return event_dict
 
 
-def configure_logging(level: int, stream: TextIO) -> None:
+def configure_logging(level: int, stream: TextIO, *, structured: bool = True) -> None:
     """Logs of agentdb and of the libraries it runs go to `stream` at `level` (libraries that
-    log every request at INFO stay at WARNING), redacted, with plain tracebacks."""
+    log every request at INFO stay at WARNING), redacted, with plain tracebacks. Without
+    `structured`, only the standard library's logging is set up: a client command, which
+    runs none of agentdb's structlog lines, starts without loading structlog."""
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(RedactingFormatter("%(asctime)s [%(levelname)s] %(name)s: %(message)s"))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(max(level, logging.WARNING))
+    for noisy in ("httpx", "mcp", "uvicorn.access"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    if not structured:
+        return
+    import structlog  # noqa: PLC0415 - loaded only where agentdb's own lines run
+
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -96,15 +111,6 @@ def configure_logging(level: int, stream: TextIO) -> None:
         wrapper_class=structlog.make_filtering_bound_logger(level),
         cache_logger_on_first_use=False,
     )
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(RedactingFormatter("%(asctime)s [%(levelname)s] %(name)s: %(message)s"))
-    root = logging.getLogger()
-    for old in list(root.handlers):
-        root.removeHandler(old)
-    root.addHandler(handler)
-    root.setLevel(max(level, logging.WARNING))
-    for noisy in ("httpx", "mcp", "uvicorn.access"):
-        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
 
 
 def configure_library_logging() -> None:
@@ -113,6 +119,8 @@ def configure_library_logging() -> None:
     modules' names, redacted, so the host's logging settings decide what is shown and where.
     A host that configured nothing sees warnings and errors on stderr (Python's last-resort
     handler) and nothing on stdout."""
+    import structlog  # noqa: PLC0415 - loaded only where agentdb's own lines run
+
     if structlog.is_configured():
         return
     structlog.configure(

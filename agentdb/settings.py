@@ -13,11 +13,10 @@ from pathlib import Path
 from typing import Literal
 
 import platformdirs
-from limits import parse_many
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from agentdb.wire import MAX_SQL_ROWS, MAX_SQL_TIMEOUT_SECONDS
+from agentdb.wire._limits import MAX_SQL_ROWS, MAX_SQL_TIMEOUT_SECONDS
 
 
 def _default_data_dir() -> Path:
@@ -351,6 +350,8 @@ class Settings(BaseSettings):
     @classmethod
     def _rate_limits(cls, value: str) -> str:
         if value.strip():
+            from limits import parse_many  # noqa: PLC0415 - only a value set by hand is parsed
+
             try:
                 items = parse_many(value)
             except ValueError:

@@ -9,15 +9,16 @@ import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import cyclopts
-from pydantic import ValidationError
 
 from agentdb._logging import configure_logging
-from agentdb.settings import Settings
 
 from ._base import HELP, WHERE_TOKENS_COME_FROM, ClientError
+
+if TYPE_CHECKING:
+    from agentdb.settings import Settings
 
 app = cyclopts.App(
     name="agentdb",
@@ -173,6 +174,10 @@ async def mcp_stdio(
 def _settings(data_dir: Path | None, *, server: bool = True) -> Settings:
     """The settings, refused as one line when invalid; with `server`, also the settings only
     a server reads (whose parsers load the server's modules: a client skips them)."""
+    from pydantic import ValidationError  # noqa: PLC0415 - the settings load when a command needs them
+
+    from agentdb.settings import Settings  # noqa: PLC0415
+
     try:
         settings = Settings(data_dir=data_dir) if data_dir is not None else Settings()
         if server:
@@ -243,6 +248,8 @@ async def serve(
 
 
 def _first_line(exc: BaseException) -> str:
+    from pydantic import ValidationError  # noqa: PLC0415
+
     if isinstance(exc, ValidationError):
         err = exc.errors()[0]
         field = ".".join(str(part) for part in err["loc"])
@@ -251,6 +258,10 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _log_level() -> int:
+    from pydantic import ValidationError  # noqa: PLC0415
+
+    from agentdb.settings import Settings  # noqa: PLC0415
+
     try:
         name = Settings().log_level
     except ValidationError:
@@ -258,6 +269,8 @@ def _log_level() -> int:
     return logging.getLevelNamesMapping()[name.upper()]
 
 
+#: The commands that run agentdb's server parts (the others are clients of `agentdb serve`).
+SERVER_COMMANDS = frozenset({"serve", "demo", "localplane", "mcp"})
 #: The connection and output options every client command takes, which may also come before
 #: the command (`agentdb --token T sessions ls`); True when the option takes a value.
 GLOBAL_OPTIONS = {"--url": True, "--token": True, "--json": False}
@@ -279,11 +292,14 @@ def hoisted(argv: list[str]) -> list[str]:
 def main() -> None:
     # Logs go to stderr: stdout carries what scripts read (the served URL). Debug lines (every
     # control-plane request, every SQL call) only with AGENTDB_LOG_LEVEL=debug.
-    configure_logging(_log_level(), sys.stderr)
+    argv = hoisted(sys.argv[1:])
+    # agentdb's own (structlog) lines run only in the server commands and `mcp`.
+    if argv and argv[0] in SERVER_COMMANDS:
+        configure_logging(_log_level(), sys.stderr)
+    else:  # a client: warnings and errors only, and no settings read before the command's
+        configure_logging(logging.WARNING, sys.stderr, structured=False)
     try:
-        result = app(
-            hoisted(sys.argv[1:]), exit_on_error=False, print_error=False, help_on_error=False
-        )
+        result = app(argv, exit_on_error=False, print_error=False, help_on_error=False)
     except cyclopts.CycloptsError as exc:
         print(f"agentdb: error: {_first_line(exc)}", file=sys.stderr)  # noqa: T201
         sys.exit(2)

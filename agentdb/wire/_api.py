@@ -13,6 +13,7 @@ from typing import Annotated
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, JsonValue
 
 from ._enums import TokenScope
+from ._limits import MAX_SQL_ROWS, MAX_SQL_TIMEOUT_SECONDS
 from ._views import (
     AuthUserView,
     AuthView,
@@ -34,10 +35,6 @@ MAX_BRANCH_TTL_SECONDS = 365 * 86_400
 #: Deeper JSON in `params` or `metadata` is refused (nothing legitimate nests that far, and
 #: every recursive walk of it would cost stack).
 MAX_JSON_DEPTH = 32
-#: Most rows and longest statement timeout one SQL call may ask for (the server's settings
-#: choose the defaults, up to these).
-MAX_SQL_ROWS = 10_000
-MAX_SQL_TIMEOUT_SECONDS = 3600
 NUL_MESSAGE = "must not contain NUL characters (\\u0000): PostgreSQL cannot store them"
 
 
