@@ -10,19 +10,17 @@ import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from functools import partial
 from pathlib import Path
 from typing import Literal, TypedDict
 
 import psycopg
-import sqlalchemy as sa
 import structlog
 from psycopg import errors as pg_errors
 from psycopg import sql
 from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
-from sqlmodel import col
 
 import meta_schema
 from agentdb.localplane import LocalPlane, running
@@ -41,6 +39,7 @@ from agentdb.services import (
     CheckpointService,
     CredentialService,
     EventService,
+    IdempotencyService,
     JobRunner,
     ReadPace,
     Reconciler,
@@ -56,12 +55,9 @@ from agentdb.services import (
 )
 from agentdb.settings import Settings
 from agentdb.tiers import Tiers, TiersError, load_tiers
-from meta_schema import IdempotencyRecord
 
 log = structlog.get_logger("agentdb.runtime")
 
-#: How long a POST's answer is kept for replay under its Idempotency-Key.
-IDEMPOTENCY_KEEP_FOR = timedelta(hours=24)
 LOCAL_PLANE_REQUESTS_PER_MIN = 1_000_000
 SECRET_KEY_FILE = "secret.key"  # noqa: S105 - a file name
 
@@ -91,6 +87,7 @@ class Runtime:
     usage: UsageService
     tier_changes: TierChangeService
     reconciler: Reconciler
+    idempotency: IdempotencyService
     jobs: JobRunner
     #: The in-process local control plane (None on Neon cloud, or with a given client).
     plane: LocalPlane | None
@@ -114,6 +111,7 @@ class _ServiceParts(TypedDict):
     usage: UsageService
     tier_changes: TierChangeService
     reconciler: Reconciler
+    idempotency: IdempotencyService
     jobs: JobRunner
 
 
@@ -269,6 +267,7 @@ def _services(  # noqa: PLR0917 - the parts open_runtime opened, in the order it
             project_prefix=settings.project_prefix,
             grace=timedelta(0),
         ),
+        idempotency=IdempotencyService(meta, secrets),
         jobs=JobRunner(meta),
     )
 
@@ -301,7 +300,7 @@ def _schedule_jobs(runtime: Runtime) -> None:
     )
     jobs.add(
         "expire_idempotency_keys",
-        partial(delete_expired_answers, runtime.meta),
+        runtime.idempotency.delete_expired,
         every=seconds(settings.expiry_interval_s),
     )
 
@@ -362,18 +361,6 @@ async def _control_plane(
     )
     plane: LocalPlane = app.state.plane
     return client, plane
-
-
-async def delete_expired_answers(meta: async_sessionmaker[AsyncSession]) -> int:
-    """Deletes the POST answers kept for replay longer than `IDEMPOTENCY_KEEP_FOR`."""
-    async with meta() as db:
-        result = await db.execute(
-            sa.delete(IdempotencyRecord).where(
-                col(IdempotencyRecord.created_at) < datetime.now(UTC) - IDEMPOTENCY_KEEP_FOR
-            )
-        )
-        await db.commit()
-    return int(getattr(result, "rowcount", 0) or 0)
 
 
 def seconds(value: float) -> timedelta:

@@ -39,6 +39,7 @@ from .branches import BranchService
 from .checkpoints import CheckpointService
 from .credentials import CredentialService
 from .events import EventService, EventView
+from .idempotency import IdempotencyService
 from .jobs import JobRunner, JobStatus
 from .reconcile import Reconciler, ReconcileReport
 from .sessions import SessionService
@@ -70,6 +71,7 @@ __all__ = [
     "DiffView",
     "EventService",
     "EventView",
+    "IdempotencyService",
     "InvalidInput",
     "IssuedToken",
     "JobRunner",
