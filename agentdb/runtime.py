@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 from functools import partial
 from pathlib import Path
-from typing import Literal, TypedDict
+from typing import Literal
 
 import psycopg
 import structlog
@@ -97,24 +97,6 @@ class Runtime:
     new_admin_token: SecretStr | None = None
 
 
-class _ServiceParts(TypedDict):
-    """The services `_services` builds, as `Runtime` takes them."""
-
-    users: UserService
-    tokens: TokenService
-    sessions: SessionService
-    checkpoints: CheckpointService
-    branches: BranchService
-    sql: SqlService
-    addons: AddonService
-    events: EventService
-    usage: UsageService
-    tier_changes: TierChangeService
-    reconciler: Reconciler
-    idempotency: IdempotencyService
-    jobs: JobRunner
-
-
 async def _supervised_health(supervisor: PostgresSupervisor) -> str | None:
     """What the supervisor last saw (it looks every second and restarts a dead server)."""
     health = supervisor.health
@@ -144,16 +126,16 @@ async def open_runtime(
         if neon is None:
             client, plane = await _control_plane(settings, server, tiers, stack)
             neon = await stack.enter_async_context(client)
-        runtime = Runtime(
-            settings=settings,
-            tiers=tiers,
+        runtime = _runtime(
+            settings,
+            meta,
+            neon,
+            secrets,
+            tiers,
+            kill,
             control_plane=control_plane,
-            neon=neon,
-            meta=meta,
-            secrets=secrets,
             plane=plane,
             database_health=database_health,
-            **_services(settings, meta, neon, secrets, tiers, kill),
         )
         runtime = replace(
             runtime, new_admin_token=await runtime.tokens.ensure_admin_token(settings.admin_token)
@@ -183,14 +165,18 @@ async def _open_postgres(
     return server, partial(probe_server, server)
 
 
-def _services(  # noqa: PLR0917 - the parts open_runtime opened, in the order it opens them
+def _runtime(  # noqa: PLR0917 - the parts open_runtime opened, in the order it opens them
     settings: Settings,
     meta: async_sessionmaker[AsyncSession],
     neon: NeonClient,
     secrets: Secrets,
     tiers: Tiers,
     kill: WorkflowKillSwitch,
-) -> _ServiceParts:
+    *,
+    control_plane: Literal["local", "neon"],
+    plane: LocalPlane | None,
+    database_health: DatabaseHealth,
+) -> Runtime:
     """The services over the meta database and the control plane, wired to each other."""
     endpoint_settings = DefaultEndpointSettings(
         autoscaling_limit_min_cu=settings.compute_min_cu,
@@ -216,7 +202,15 @@ def _services(  # noqa: PLR0917 - the parts open_runtime opened, in the order it
     usage = UsageService(
         meta, neon, tiers=tiers, min_interval=seconds(settings.usage_poll_interval_s)
     )
-    return _ServiceParts(
+    return Runtime(
+        settings=settings,
+        tiers=tiers,
+        control_plane=control_plane,
+        neon=neon,
+        meta=meta,
+        secrets=secrets,
+        plane=plane,
+        database_health=database_health,
         users=UserService(meta, tiers=tiers),
         tokens=TokenService(
             meta,
