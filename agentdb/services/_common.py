@@ -18,7 +18,15 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from agentdb import _kill
 from agentdb.neon import Snapshot, WithOperations
-from meta_schema import ActorScope, AgentSession, Checkpoint, CheckpointStatus, Event, SessionStatus
+from meta_schema import (
+    ActorScope,
+    AgentSession,
+    BranchKind,
+    Checkpoint,
+    CheckpointStatus,
+    Event,
+    SessionStatus,
+)
 
 from ._errors import InvalidInput, SessionNotFound
 
@@ -182,6 +190,14 @@ UNFINISHED = (
     SessionStatus.RESTORING,
     SessionStatus.DELETING,
 )
+
+
+def neon_branch_name(kind: BranchKind, branch_id: uuid.UUID) -> str:
+    """The control plane's name for a dev or preview branch ("<kind>-<row id>"): how a lost
+    create is found again."""
+    return f"{kind.value}-{branch_id}"
+
+
 #: Checkpoints whose snapshot is (or may be) kept, so their source branch must stay.
 RETAINED = (CheckpointStatus.PENDING, CheckpointStatus.READY, CheckpointStatus.DELETING)
 

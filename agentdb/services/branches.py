@@ -11,6 +11,7 @@ finds one whose creation was interrupted.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import uuid
 from datetime import datetime, timedelta
 
@@ -51,9 +52,11 @@ from ._common import (
     describe,
     event,
     load_session,
+    neon_branch_name,
     system_clock,
 )
 from ._errors import BranchNotFound, CheckpointNotFound, Conflict, ControlPlaneFailed, InvalidInput
+from ._recovery import Recovery
 from ._secrets import Secrets
 from .checkpoints import load_ready_session
 
@@ -61,11 +64,6 @@ from .checkpoints import load_ready_session
 _KINDS = (BranchKind.DEV, BranchKind.PREVIEW)
 #: States in which a branch may still exist on the control plane and can be deleted.
 _DELETABLE = (BranchStatus.READY, BranchStatus.FAILED, BranchStatus.DELETING)
-
-
-def neon_branch_name(kind: BranchKind, branch_id: uuid.UUID) -> str:
-    """The control plane's name for a branch: how a lost create is found again."""
-    return f"{kind.value}-{branch_id}"
 
 
 class BranchService:
@@ -596,6 +594,57 @@ class BranchService:
             await db.commit()
             return BranchView.of(row)
 
+    # --- crash recovery ------------------------------------------------------------------------
+
+    @staticmethod
+    def unfinished(cutoff: datetime) -> builtins.list[sa.Select[tuple[uuid.UUID]]]:
+        """The sessions with a branch a crash left half made or half deleted (see `_stuck`)."""
+        return [sa.select(col(Branch.session_id)).where(_stuck(cutoff))]
+
+    async def resume(self, db: AsyncSession, row: AgentSession, recovery: Recovery) -> None:
+        """Dev and preview branches a crash cut off: a pending one's create (whatever it made
+        is deleted, as `_undo` does, and it fails); a deleting one's delete (finished; gone
+        counts as done); a failed one whose cleanup failed kept its control-plane id (deleted
+        now). Replaced branches are `CheckpointService.cleanup_replaced`'s. The caller holds
+        the session's lock."""
+        stuck = await db.scalars(
+            sa.select(Branch)
+            .where(col(Branch.session_id) == row.id, _stuck(recovery.cutoff))
+            .order_by(col(Branch.created_at), col(Branch.id))
+            .execution_options(populate_existing=True)
+        )
+        for branch in builtins.list(stuck):
+            if row.project_id is not None:
+                await self._delete_made(row.project_id, branch)
+            if branch.status == BranchStatus.PENDING:
+                branch.status = BranchStatus.FAILED
+                branch.error = "agentdb stopped while creating this branch; it was removed"
+                repair = "branch_failed"
+            elif branch.status == BranchStatus.DELETING:
+                branch.status = BranchStatus.DELETED
+                branch.error = None
+                repair = "branch_deleted"
+            else:
+                repair = "failed_branch_deleted"
+            branch.branch_id = None if branch.status == BranchStatus.FAILED else branch.branch_id
+            branch.endpoint_id = None
+            branch.encrypted_connection_secret = None
+            recovery.branch(db, branch, repair)
+            await db.commit()
+
+    async def _delete_made(self, project_id: str, branch: Branch) -> None:
+        """Deletes the control-plane branch of a row, found by name when a create was cut off
+        before its id was recorded; already gone counts as deleted."""
+        branch_id = branch.branch_id
+        with contextlib.suppress(NeonNotFound):
+            if branch_id is None and branch.status == BranchStatus.PENDING:
+                found = await self._neon.find_branch(
+                    project_id, neon_branch_name(branch.kind, branch.id)
+                )
+                branch_id = found.id if found else None
+            if branch_id is not None:
+                await self._neon.delete_branch(project_id, branch_id)
+
     def _event(
         self,
         actor: Actor,
@@ -616,6 +665,19 @@ class BranchService:
             details={"phase": phase, "kind": row.kind.value, "status": row.status.value, **details},
             operation_ids=operations or (),
         )
+
+
+def _stuck(cutoff: datetime) -> sa.ColumnElement[bool]:
+    """Dev and preview branch rows an interrupted workflow left: a create (once older than
+    `cutoff`: it may be about to take the lock), a delete, or a failed create's cleanup."""
+    return sa.and_(
+        col(Branch.kind).in_(_KINDS),
+        sa.or_(
+            col(Branch.status) == BranchStatus.DELETING,
+            sa.and_(col(Branch.status) == BranchStatus.PENDING, col(Branch.created_at) <= cutoff),
+            sa.and_(col(Branch.status) == BranchStatus.FAILED, col(Branch.branch_id).is_not(None)),
+        ),
+    )
 
 
 __all__ = ["BranchService", "neon_branch_name"]

@@ -5,9 +5,10 @@ mutating workflow per session at a time (`SessionLocks`)."""
 from __future__ import annotations
 
 import builtins
+import contextlib
 import json
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 import sqlalchemy as sa
@@ -16,10 +17,12 @@ from pydantic import JsonValue
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
+from agentdb.neon import Branch as NeonBranch
 from agentdb.neon import (
     NeonClient,
     NeonError,
     NeonNotFound,
+    Snapshot,
     SnapshotCreated,
 )
 from agentdb.tiers import Tiers
@@ -41,6 +44,7 @@ from ._common import (
     MAX_MESSAGE,
     MAX_NAME,
     REPLACED_BRANCH_NAME,
+    RETAINED,
     SYSTEM,
     UNFINISHED,
     Actor,
@@ -53,6 +57,7 @@ from ._common import (
     event,
     fill_from_snapshot,
     load_session,
+    neon_branch_name,
     operation_ids,
     system_clock,
 )
@@ -64,12 +69,15 @@ from ._errors import (
     ServiceError,
     SessionBusy,
 )
+from ._recovery import Recovery, pending_checkpoints
 from ._replaced import ReplacedBranches, replaced_row
 from .diff import DatabaseDescription, compare, describe_snapshot, describe_uri, reading_error
 
 log = structlog.get_logger(__name__)
 
 MAX_METADATA_BYTES = 64 * 1024
+#: Session states in which a pending checkpoint is still that workflow's to finish.
+_CHECKPOINT_OWNERS = (SessionStatus.PROVISIONING, SessionStatus.CHECKPOINTING)
 
 
 async def load_ready_session(db: AsyncSession, session_id: uuid.UUID) -> AgentSession:
@@ -278,6 +286,47 @@ class CheckpointService:
             operations = await self._neon.wait_for_project_operations(project_id)
             return SnapshotCreated(snapshot=lost, operations=operations)
 
+    async def _resume_checkpoint(
+        self, db: AsyncSession, row: AgentSession, recovery: Recovery
+    ) -> None:
+        """A checkpoint a crash cut off: a snapshot named after it means it was taken, so it
+        is completed (and becomes the head); no snapshot means it never was: it fails."""
+        pending = await pending_checkpoints(db, row.id)
+        snapshots: dict[str, Snapshot] = {}
+        if pending and row.project_id is not None:
+            await self._neon.wait_for_project_operations(row.project_id)
+            # Oldest first, so the newest of several with one name wins.
+            listed = await self._neon.list_snapshots(row.project_id)
+            snapshots = {s.name: s for s in sorted(listed, key=_created)}
+        for checkpoint in pending:
+            snapshot = snapshots.get(str(checkpoint.id))
+            if snapshot is not None and row.live_branch_id is not None:
+                fill_from_snapshot(checkpoint, snapshot, row.live_branch_id)
+                row.head_checkpoint_id = checkpoint.id
+                repair = "checkpoint_completed"
+            else:
+                checkpoint.status = CheckpointStatus.FAILED
+                checkpoint.error = "agentdb stopped before the snapshot was taken"
+                repair = "checkpoint_failed"
+            recovery.checkpoint(db, checkpoint, repair)
+        row.status = SessionStatus.READY
+        row.updated_at = self._clock()
+        await db.commit()
+
+    async def _fail_stuck_checkpoints(
+        self, db: AsyncSession, row: AgentSession, recovery: Recovery
+    ) -> None:
+        """Pending checkpoints no workflow owns any more (the session is not taking one)."""
+        if row.status in _CHECKPOINT_OWNERS:
+            return
+        for checkpoint in await pending_checkpoints(db, row.id):
+            if checkpoint.created_at > recovery.cutoff:
+                continue
+            checkpoint.status = CheckpointStatus.FAILED
+            checkpoint.error = "left pending by an interrupted workflow"
+            recovery.checkpoint(db, checkpoint, "checkpoint_failed")
+        await db.commit()
+
     # --- restore -------------------------------------------------------------------------------
 
     async def restore(
@@ -402,6 +451,147 @@ class CheckpointService:
         checkpoint was taken from it; agentdb's finished child branches go first; other
         children leave it `ready` and blocked, with the reason in its `error`."""
         return await self._replaced.drop(db, row, old)
+
+    async def _resume_restore(
+        self, db: AsyncSession, row: AgentSession, recovery: Recovery
+    ) -> None:
+        """A restore a crash cut off. The branch named "main" tells whether it was finalized:
+        a new id means it was (the old live branch is now "main (old)", recorded and dropped
+        as `restore` does), the same id means the database is as it was. Either way, branches
+        the restore made but never finalized are deleted."""
+        project_id = row.project_id
+        if project_id is None:
+            raise ControlPlaneFailed(f"session {row.id} is restoring but has no project")
+        await self._neon.wait_for_project_operations(project_id)
+        branches = [b async for b in self._neon.iter_branches(project_id)]
+        live = next((b for b in branches if b.name == LIVE_BRANCH_NAME), None)
+        if live is None:
+            raise ControlPlaneFailed(f"project {project_id} has no branch {LIVE_BRANCH_NAME!r}")
+        replaced = row.live_branch_id
+        outcome: str | None = None
+        if live.id != replaced:
+            target = row.restore_target_id or await self._restored_checkpoint(db, row, live)
+            row.live_branch_id = live.id
+            if target is not None:
+                row.head_checkpoint_id = target
+            row.error = None
+            if replaced is not None:
+                outcome = await self._resume_replaced(db, row, replaced, branches, recovery)
+            repair = "restore_completed"
+        else:
+            row.error = "agentdb stopped during a restore, which did not happen; nothing changed"
+            repair = "restore_rolled_back"
+        # Before the session is ready: if a delete fails, the next run starts over.
+        keep = await self._known_branches(db, row)
+        for branch in branches:
+            if branch.name == LIVE_BRANCH_NAME or branch.id in keep or branch.name in keep:
+                continue
+            with contextlib.suppress(NeonNotFound):
+                await self._neon.delete_branch(project_id, branch.id)
+            recovery.session(
+                db, row, "reconcile.restore", "restore_branch_deleted", branch=branch.id
+            )
+        row.restore_target_id = None
+        row.status = SessionStatus.READY
+        row.updated_at = self._clock()
+        recovery.session(
+            db,
+            row,
+            "reconcile.restore",
+            repair,
+            live_branch=live.id,
+            replaced_branch=replaced if outcome else None,
+            replaced_branch_outcome=outcome,
+        )
+        await db.commit()
+
+    async def _restored_checkpoint(
+        self, db: AsyncSession, row: AgentSession, live: NeonBranch
+    ) -> uuid.UUID | None:
+        """Without a recorded restore target: the checkpoint whose snapshot the live branch was
+        restored from."""
+        if live.restored_from is None:
+            return None
+        found: uuid.UUID | None = await db.scalar(
+            sa.select(col(Checkpoint.id)).where(
+                col(Checkpoint.session_id) == row.id,
+                col(Checkpoint.snapshot_id) == live.restored_from,
+            )
+        )
+        return found
+
+    async def _resume_replaced(
+        self,
+        db: AsyncSession,
+        row: AgentSession,
+        replaced: str,
+        branches: builtins.list[NeonBranch],
+        recovery: Recovery,
+    ) -> str | None:
+        """Records the replaced live branch as `restore` does and drops it the same way
+        (`_drop_replaced`); a failed delete leaves it `deleting`, with the error, for
+        `cleanup_replaced` to retry. Returns the row's status (None if it was recorded
+        already)."""
+        known = await db.scalar(
+            sa.select(col(Branch.id)).where(
+                col(Branch.session_id) == row.id, col(Branch.branch_id) == replaced
+            )
+        )
+        if known is not None:
+            return None
+        name = next((b.name for b in branches if b.id == replaced), REPLACED_BRANCH_NAME)
+        old = replaced_row(row.id, replaced, self._clock(), name)
+        db.add(old)
+        await self._drop_replaced(db, row, old)
+        if old.status == BranchStatus.DELETED:
+            recovery.count("replaced_branches_deleted")
+        elif old.status == BranchStatus.DELETING:
+            recovery.error(f"replaced branch {replaced} of session {row.id}: {old.error}")
+        return old.status.value
+
+    async def _known_branches(self, db: AsyncSession, row: AgentSession) -> set[str]:
+        """Ids and names of every branch this session has a reason to keep: the live one, its
+        dev, preview and replaced branches, and the sources of retained checkpoints."""
+        keep: set[str] = {row.live_branch_id} if row.live_branch_id else set()
+        for kind, branch_id, branch_row in await db.execute(
+            sa.select(col(Branch.kind), col(Branch.branch_id), col(Branch.id)).where(
+                col(Branch.session_id) == row.id
+            )
+        ):
+            keep.add(neon_branch_name(kind, branch_row))
+            if branch_id is not None:
+                keep.add(branch_id)
+        sources = await db.scalars(
+            sa.select(col(Checkpoint.source_branch_id)).where(
+                col(Checkpoint.session_id) == row.id,
+                col(Checkpoint.status).in_(RETAINED),
+                col(Checkpoint.source_branch_id).is_not(None),
+            )
+        )
+        keep.update(source for source in sources if source is not None)
+        return keep
+
+    # --- crash recovery ------------------------------------------------------------------------
+
+    @staticmethod
+    def unfinished(cutoff: datetime) -> builtins.list[sa.Select[tuple[uuid.UUID]]]:
+        """The sessions with a checkpoint left pending since before `cutoff` (a checkpoint or
+        restore in a session's state is `SessionService.unfinished`'s to find)."""
+        return [
+            sa.select(col(Checkpoint.session_id)).where(
+                col(Checkpoint.status) == CheckpointStatus.PENDING,
+                col(Checkpoint.created_at) <= cutoff,
+            )
+        ]
+
+    async def resume(self, db: AsyncSession, row: AgentSession, recovery: Recovery) -> None:
+        """Finishes an interrupted checkpoint or restore and fails the pending checkpoints no
+        workflow owns any more. The caller holds the session's lock."""
+        if row.status == SessionStatus.CHECKPOINTING:
+            await self._resume_checkpoint(db, row, recovery)
+        elif row.status == SessionStatus.RESTORING:
+            await self._resume_restore(db, row, recovery)
+        await self._fail_stuck_checkpoints(db, row, recovery)
 
     async def cleanup_replaced(self) -> int:
         """Deletes, in every session, the replaced live branches that no retained checkpoint
@@ -739,6 +929,10 @@ class CheckpointService:
             details={"phase": phase, "status": checkpoint.status.value, **details},
             operation_ids=operations or (),
         )
+
+
+def _created(snapshot: Snapshot) -> datetime:
+    return snapshot.created_at or datetime.min.replace(tzinfo=UTC)
 
 
 async def _visible_parent(db: AsyncSession, checkpoint: Checkpoint) -> uuid.UUID | None:

@@ -8,6 +8,7 @@ records the outcome, so a crash leaves a row a reconciler can finish or undo.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import uuid
 from datetime import datetime
 from urllib.parse import unquote, urlsplit
@@ -45,6 +46,7 @@ from ._common import (
     MAX_IDEMPOTENCY_KEY,
     MAX_NAME,
     SYSTEM,
+    UNFINISHED,
     Actor,
     Clock,
     SessionFactory,
@@ -60,6 +62,7 @@ from ._common import (
     system_clock,
 )
 from ._errors import Conflict, ControlPlaneFailed, LimitExceeded, UserNotFound
+from ._recovery import Recovery, pending_checkpoints
 from ._secrets import Secrets
 
 log = structlog.get_logger(__name__)
@@ -439,16 +442,8 @@ class SessionService:
         cleanup_error: str | None = None
         try:
             if project_id is None and isinstance(error, NeonError) and error.maybe_applied:
-                lost = await self._neon.find_project(
-                    project_name(row.id, self._project_prefix), org_id=row.org_id
-                )
-                if lost is not None:
-                    project_id = lost.id
-                    await self._neon.wait_for_project_operations(project_id)
-            if project_id is not None:
-                await self._neon.delete_project(project_id)
-        except NeonNotFound:
-            pass
+                project_id = await self._created_project(row)
+            await self._delete_project(project_id)
         except NeonError as cleanup:
             cleanup_error = describe(cleanup)
         if root is not None and root in db:
@@ -471,6 +466,41 @@ class SessionService:
                 cleanup_error=cleanup_error,
             )
         )
+        await db.commit()
+
+    async def _created_project(self, row: AgentSession) -> str | None:
+        """The id of the project a create that went unanswered made, found by its name."""
+        found = await self._neon.find_project(
+            project_name(row.id, self._project_prefix), org_id=row.org_id
+        )
+        return found.id if found else None
+
+    async def _delete_project(self, project_id: str | None) -> None:
+        """Deletes the session's project once its operations are done; already gone (or never
+        made) counts as deleted. Raises `NeonError` when the delete failed."""
+        if project_id is None:
+            return
+        with contextlib.suppress(NeonNotFound):
+            await self._neon.wait_for_project_operations(project_id)
+            await self._neon.delete_project(project_id)
+
+    async def _resume_create(self, db: AsyncSession, row: AgentSession, recovery: Recovery) -> None:
+        """A create a crash cut off is undone, as a failed one is (`_undo_provisioning`):
+        the project deleted (found by name if its id was never recorded), the pending root
+        checkpoint failed. Finishing it instead would need the role's password, which Neon
+        returns only when the project is created; and whoever called create got no answer."""
+        project_id = row.project_id or await self._created_project(row)
+        await self._delete_project(project_id)
+        error = "agentdb stopped while creating this session; the reconciler undid the create"
+        for checkpoint in await pending_checkpoints(db, row.id):
+            checkpoint.status = CheckpointStatus.FAILED
+            checkpoint.error = error
+        row.status = SessionStatus.FAILED
+        row.error = error
+        row.project_id = row.live_branch_id = row.endpoint_id = None
+        row.encrypted_connection_secret = None
+        row.updated_at = self._clock()
+        recovery.session(db, row, "reconcile.session", "create_undone", project_id=project_id)
         await db.commit()
 
     # --- delete --------------------------------------------------------------------------------
@@ -512,6 +542,44 @@ class SessionService:
             await db.commit()
             return SessionView.of(row)
 
+    async def _resume_delete(self, db: AsyncSession, row: AgentSession, recovery: Recovery) -> None:
+        """A delete a crash cut off is finished: the project deleted, the session recorded
+        as deleted (`record_deleted`, the delete's own last step)."""
+        await self._delete_project(row.project_id)
+        await record_deleted(db, row, self._clock())
+        recovery.session(db, row, "reconcile.session", "delete_finished")
+        await db.commit()
+
+    # --- crash recovery ------------------------------------------------------------------------
+
+    @staticmethod
+    def unfinished(cutoff: datetime) -> builtins.list[sa.Select[tuple[uuid.UUID]]]:
+        """The sessions whose create or delete a crash may have cut off: in a workflow's state
+        since before `cutoff`, or failed with a project an undo could not delete."""
+        return [
+            sa.select(col(AgentSession.id)).where(
+                col(AgentSession.status).in_(UNFINISHED), col(AgentSession.updated_at) <= cutoff
+            ),
+            sa.select(col(AgentSession.id)).where(
+                col(AgentSession.status) == SessionStatus.FAILED,
+                col(AgentSession.project_id).is_not(None),
+                col(AgentSession.live_branch_id).is_(None),
+            ),
+        ]
+
+    async def resume(self, db: AsyncSession, row: AgentSession, recovery: Recovery) -> None:
+        """Undoes an interrupted create, finishes an interrupted delete, and deletes the
+        project a failed create's undo left behind. The caller holds the session's lock."""
+        if row.status == SessionStatus.PROVISIONING:
+            await self._resume_create(db, row, recovery)
+        elif row.status == SessionStatus.DELETING:
+            await self._resume_delete(db, row, recovery)
+        elif row.status == SessionStatus.FAILED and row.project_id and not row.live_branch_id:
+            await self._delete_project(row.project_id)
+            row.project_id = None
+            recovery.session(db, row, "reconcile.session", "failed_project_deleted")
+            await db.commit()
+
     def _event(
         self,
         actor: Actor,
@@ -537,7 +605,7 @@ class SessionService:
 async def record_deleted(db: AsyncSession, row: AgentSession, now: datetime) -> None:
     """Records a session whose project is gone: deleted, without its secret, and its branches
     with it (the project took them). The delete's last step, and the reconciler's when it
-    finishes one a crash cut off."""
+    finishes one a crash cut off (`_resume_delete`)."""
     row.status = SessionStatus.DELETED
     row.deleted_at = row.updated_at = now
     row.encrypted_connection_secret = None
