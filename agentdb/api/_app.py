@@ -13,6 +13,7 @@ from agentdb.runtime import Runtime
 from agentdb.services import Principal
 
 from ._auth import AuthMiddleware, AuthThrottle, RequestIdMiddleware
+from ._deps import DEPENDENCIES
 from ._idempotency import IdempotencyMiddleware
 from ._limits import TokenLimits, TokenLimitsMiddleware
 from ._openapi import declare_problems
@@ -28,6 +29,7 @@ def create_app(runtime: Runtime, *, trusted: Principal | None = None) -> Litesta
     is reached in-process and never served on a socket (the SDK's embedded mode)."""
     app = Litestar(
         route_handlers=ROUTES,
+        dependencies=DEPENDENCIES,
         # Outermost first: the request id covers everything, auth runs before the token's
         # limits and idempotency (both are per token).
         middleware=[

@@ -23,6 +23,8 @@ from limits import RateLimitItem, parse_many
 from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
 from litestar import Request
+from litestar.connection import ASGIConnection
+from litestar.handlers import BaseRouteHandler
 from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -185,31 +187,15 @@ def actor_of(request: AnyRequest) -> Actor:
     )
 
 
-def require_admin(request: AnyRequest) -> Principal:
-    principal = principal_of(request)
-    if principal.scope != TokenScope.ADMIN:
-        raise Forbidden("this route needs the admin token")
-    return principal
-
-
-def require_user(request: AnyRequest, user_id: uuid.UUID) -> Principal:
+def require_user(request: AnyRequest, user_id: uuid.UUID) -> None:
     """The caller must be the admin or that user; anyone else is told the user does not
     exist."""
-    principal = principal_of(request)
-    if principal.scope == TokenScope.SESSION or not principal.can_reach_user(user_id):
-        raise UserNotFound(user_id)
-    return principal
+    _reach_user(principal_of(request), user_id)
 
 
 async def reachable_session(request: AnyRequest, session_id: uuid.UUID) -> SessionView:
     """The session, if the caller's token reaches it; SessionNotFound otherwise."""
-    principal = principal_of(request)
-    if principal.scope == TokenScope.SESSION and principal.session_id != session_id:
-        raise SessionNotFound(session_id)  # decided without a lookup
-    view = await runtime_of(request.scope).sessions.get(session_id)
-    if not principal.can_reach_session(view.user_id, view.id):
-        raise SessionNotFound(session_id)
-    return view
+    return await _reach_session(request.scope, principal_of(request), session_id)
 
 
 def sees_secrets(request: AnyRequest) -> bool:
@@ -218,11 +204,67 @@ def sees_secrets(request: AnyRequest) -> bool:
     return principal_of(request).scope != TokenScope.SESSION
 
 
-def require_owner(request: AnyRequest) -> Principal:
+def require_owner(request: AnyRequest) -> None:
     """Routes that mint credentials or destroy what an agent cannot get back (its session,
     checkpoints, its app's users) are for the platform, not for an agent: a session token gets
     403, saying which token can."""
-    principal = principal_of(request)
+    _owner(principal_of(request))
+
+
+def _reach_user(principal: Principal, user_id: uuid.UUID) -> None:
+    if principal.scope == TokenScope.SESSION or not principal.can_reach_user(user_id):
+        raise UserNotFound(user_id)
+
+
+async def _reach_session(scope: Scope, principal: Principal, session_id: uuid.UUID) -> SessionView:
+    if principal.scope == TokenScope.SESSION and principal.session_id != session_id:
+        raise SessionNotFound(session_id)  # decided without a lookup
+    view = await runtime_of(scope).sessions.get(session_id)
+    if not principal.can_reach_session(view.user_id, view.id):
+        raise SessionNotFound(session_id)
+    return view
+
+
+def _owner(principal: Principal) -> None:
     if principal.scope == TokenScope.SESSION:
         raise Forbidden(NEEDS_OWNER)
-    return principal
+
+
+# --- guards: who may reach a route, decided before its handler runs ----------------------------
+
+AnyConnection = ASGIConnection[Any, Any, Any, Any]
+
+
+def _path_id(connection: AnyConnection, name: str) -> uuid.UUID:
+    value = connection.path_params[name]
+    return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+
+
+async def session_guard(connection: AnyConnection, _: BaseRouteHandler) -> None:
+    """The path's session must be one the token reaches (404 otherwise, as for no session);
+    its view is kept for the handler (`session_of`)."""
+    session_id = _path_id(connection, "session_id")
+    view = await _reach_session(connection.scope, connection.scope["user"], session_id)
+    connection.scope.setdefault("state", {})["session"] = view
+
+
+def session_of(request: AnyRequest) -> SessionView:
+    """The session `session_guard` let through."""
+    view: SessionView = request.scope["state"]["session"]
+    return view
+
+
+def user_guard(connection: AnyConnection, _: BaseRouteHandler) -> None:
+    """The path's user must be the token's own (or any, for the admin token)."""
+    _reach_user(connection.scope["user"], _path_id(connection, "user_id"))
+
+
+def admin_guard(connection: AnyConnection, _: BaseRouteHandler) -> None:
+    principal: Principal = connection.scope["user"]
+    if principal.scope != TokenScope.ADMIN:
+        raise Forbidden("this route needs the admin token")
+
+
+def owner_guard(connection: AnyConnection, _: BaseRouteHandler) -> None:
+    """See `require_owner`: after `session_guard`, so a session not reached is still 404."""
+    _owner(connection.scope["user"])

@@ -1,5 +1,6 @@
-"""The `/v1` routes. Each handler parses, authorizes, calls one service and renders: no logic
-of its own beyond who may see what."""
+"""The `/v1` routes. Guards decide who reaches a route (`_auth.py`); each handler receives the
+services it calls through Litestar's dependency injection (`_deps.py`), makes one service call
+and renders the answer: no logic of its own beyond who may see what."""
 
 from __future__ import annotations
 
@@ -9,27 +10,32 @@ from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 from litestar import Controller, Request, Response, delete, get, post
+from litestar.di import NamedDependency
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import FromPath, HeaderParameter, JSONBody, QueryParameter
 from litestar.types import ControllerRouterHandler
 from pydantic import JsonValue
 
-from agentdb.runtime import Runtime
 from agentdb.services import (
     MAX_PAGE,
-    BranchView,
+    Actor,
+    BranchService,
+    CheckpointService,
     CheckpointView,
-    Conflict,
     DiffView,
+    EventService,
     IssuedToken,
+    JobRunner,
     Principal,
-    SessionView,
+    SessionService,
     SqlResult,
+    SqlService,
+    TokenService,
     TokenView,
     UserNotFound,
+    UserService,
     UserView,
 )
-from agentdb.services._errors import TokenNotFound
 from agentdb.wire import (
     BranchList,
     BranchOut,
@@ -53,15 +59,18 @@ from meta_schema import SessionStatus, TokenScope
 
 from ._addon_routes import ADDON_ROUTES
 from ._auth import (
-    actor_of,
+    admin_guard,
+    owner_guard,
     principal_of,
     reachable_session,
-    require_admin,
     require_owner,
     require_user,
     runtime_of,
-    sees_secrets,
+    session_guard,
+    session_of,
+    user_guard,
 )
+from ._deps import Render
 from ._problems import BadRequest
 from ._usage_routes import USAGE_ROUTES
 
@@ -86,10 +95,6 @@ IdempotencyKey = Annotated[
         description="Retries with the same key get the first answer.",
     ),
 ]
-
-
-def rt(request: AnyRequest) -> Runtime:
-    return runtime_of(request.scope)
 
 
 def _scoped(request: AnyRequest, key: str | None) -> str | None:
@@ -124,30 +129,6 @@ def _token_page(views: list[TokenView], limit: int) -> TokenList:
     return TokenList(tokens=views, next_after=views[-1].id if len(views) == limit else None)
 
 
-def _reaches_token(principal: Principal, view: TokenView) -> bool:
-    """The admin reaches every token, a user token its user's and their sessions' tokens, a
-    session token only itself (an agent may give up its own token, nothing more)."""
-    if principal.is_admin:
-        return True
-    if principal.scope == TokenScope.USER:
-        return view.scope != TokenScope.ADMIN and view.user_id == principal.user_id
-    return view.id == principal.token_id
-
-
-async def _session_out(request: AnyRequest, view: SessionView) -> SessionOut:
-    uri = None
-    if sees_secrets(request) and view.status.value in {"ready", "checkpointing", "restoring"}:
-        uri = await rt(request).sessions.connection_uri(view.id)
-    return SessionOut(**view.model_dump(), connection_uri=uri)
-
-
-async def _branch_out(request: AnyRequest, view: BranchView) -> BranchOut:
-    uri = None
-    if sees_secrets(request) and view.status.value == "ready":
-        uri = await rt(request).branches.connection_uri(view.session_id, view.id)
-    return BranchOut(**view.model_dump(), connection_uri=uri)
-
-
 # --- health ---------------------------------------------------------------------------------
 
 
@@ -157,13 +138,13 @@ async def _branch_out(request: AnyRequest, view: BranchView) -> BranchOut:
     summary="Liveness: PostgreSQL, the control plane and background jobs",
     responses={503: ResponseSpec(Health, description="PostgreSQL is unreachable (`database`).")},
 )
-async def healthz(request: AnyRequest) -> Response[Health]:
-    runtime = rt(request)
-    jobs: dict[str, JsonValue] = {}
+async def healthz(request: AnyRequest, jobs: NamedDependency[JobRunner]) -> Response[Health]:
+    runtime = runtime_of(request.scope)
+    states: dict[str, JsonValue] = {}
     degraded = False
-    for name, job in runtime.jobs.status().items():
+    for name, job in jobs.status().items():
         degraded |= job.consecutive_failures >= FAILING_JOB
-        jobs[name] = {
+        states[name] = {
             "every_seconds": job.every.total_seconds(),
             "runs": job.runs,
             "failures": job.failures,
@@ -174,7 +155,7 @@ async def healthz(request: AnyRequest) -> Response[Health]:
     database = await runtime.database_health()
     status = "down" if database is not None else "degraded" if degraded else "ok"
     health = Health(
-        status=status, control_plane=runtime.control_plane, database=database, jobs=jobs
+        status=status, control_plane=runtime.control_plane, database=database, jobs=states
     )
     return Response(health, status_code=503 if database is not None else 200)
 
@@ -190,56 +171,62 @@ class Users(Controller):
     path = "/v1/users"
     tags = ["users"]  # noqa: RUF012 - Litestar's declaration style
 
-    @post("/", summary="Create a user (admin)")
-    async def create(self, request: AnyRequest, data: JSONBody[CreateUser]) -> UserView:
-        require_admin(request)
-        return await rt(request).users.create(
-            data.email, data.name, data.tier, actor=actor_of(request)
-        )
+    @post("/", summary="Create a user (admin)", guards=[admin_guard])
+    async def create(
+        self,
+        *,
+        users: NamedDependency[UserService],
+        actor: NamedDependency[Actor],
+        data: JSONBody[CreateUser],
+    ) -> UserView:
+        return await users.create(data.email, data.name, data.tier, actor=actor)
 
-    @get("/", summary="List users (admin)")
+    @get("/", summary="List users (admin)", guards=[admin_guard])
     async def index(
         self,
-        request: AnyRequest,
+        *,
+        users: NamedDependency[UserService],
         limit: PageSize = 100,
         after: Annotated[uuid.UUID | None, QueryParameter()] = None,
     ) -> UserList:
-        require_admin(request)
-        return UserList(users=await rt(request).users.list(limit=limit, after=after))
+        return UserList(users=await users.list(limit=limit, after=after))
 
-    @get("/{user_id:uuid}", summary="Get a user")
-    async def show(self, request: AnyRequest, user_id: FromPath[uuid.UUID]) -> UserView:
-        require_user(request, user_id)
-        return await rt(request).users.get(user_id)
+    @get("/{user_id:uuid}", summary="Get a user", guards=[user_guard])
+    async def show(
+        self, *, users: NamedDependency[UserService], user_id: FromPath[uuid.UUID]
+    ) -> UserView:
+        return await users.get(user_id)
 
-    @post("/{user_id:uuid}/tokens", summary="Issue a user token")
+    @post("/{user_id:uuid}/tokens", summary="Issue a user token", guards=[user_guard])
     async def token(
         self,
-        request: AnyRequest,
+        *,
+        tokens: NamedDependency[TokenService],
+        actor: NamedDependency[Actor],
         user_id: FromPath[uuid.UUID],
         data: JSONBody[CreateToken | None] = None,
     ) -> TokenOut:
-        require_user(request, user_id)
         data = data or CreateToken()
-        issued = await rt(request).tokens.issue_user_token(
-            user_id, name=data.name, ttl=_ttl(data.ttl_seconds), actor=actor_of(request)
+        issued = await tokens.issue_user_token(
+            user_id, name=data.name, ttl=_ttl(data.ttl_seconds), actor=actor
         )
         return _token_out(issued)
 
     @get(
         "/{user_id:uuid}/tokens",
         summary="List a user's tokens and their sessions' tokens (never the secrets)",
+        guards=[user_guard],
     )
     async def tokens(
         self,
-        request: AnyRequest,
+        *,
+        tokens: NamedDependency[TokenService],
         user_id: FromPath[uuid.UUID],
         limit: PageSize = 100,
         after: AfterToken = None,
         include_inactive: IncludeInactive = False,
     ) -> TokenList:
-        require_user(request, user_id)
-        views = await rt(request).tokens.list(
+        views = await tokens.list(
             user_id=user_id, include_inactive=include_inactive, limit=limit, after=after
         )
         return _token_page(views, limit)
@@ -255,7 +242,11 @@ class Sessions(Controller):
     @post("/", summary="Open an agent session (its own Postgres)")
     async def create(
         self,
+        *,
         request: AnyRequest,
+        sessions: NamedDependency[SessionService],
+        actor: NamedDependency[Actor],
+        render: NamedDependency[Render],
         data: JSONBody[CreateSession],
         idempotency_key: IdempotencyKey = None,
     ) -> SessionOut:
@@ -266,15 +257,18 @@ class Sessions(Controller):
         if user_id is None:
             raise BadRequest("user_id", "required with the admin token")
         require_user(request, user_id)
-        view = await rt(request).sessions.create(
-            user_id, data.name, _scoped(request, idempotency_key), actor=actor_of(request)
+        view = await sessions.create(
+            user_id, data.name, _scoped(request, idempotency_key), actor=actor
         )
-        return await _session_out(request, view)
+        return await render.session(view)
 
     @get("/", summary="List sessions")
     async def index(
         self,
+        *,
         request: AnyRequest,
+        sessions: NamedDependency[SessionService],
+        render: NamedDependency[Render],
         user_id: Annotated[
             uuid.UUID | None,
             QueryParameter(description="Only this user's (the admin token's default: everyone's)."),
@@ -303,81 +297,100 @@ class Sessions(Controller):
             owner = user_id or principal.user_id
             if owner is not None:
                 require_user(request, owner)
-            views = await rt(request).sessions.list(owner, status=status, limit=limit, after=after)
+            views = await sessions.list(owner, status=status, limit=limit, after=after)
         return SessionList(
-            sessions=[await _session_out(request, v) for v in views],
+            sessions=[await render.session(v) for v in views],
             next_after=views[-1].id if len(views) == limit else None,
         )
 
-    @get("/{session_id:uuid}", summary="Get a session")
-    async def show(self, request: AnyRequest, session_id: FromPath[uuid.UUID]) -> SessionOut:
-        return await _session_out(request, await reachable_session(request, session_id))
 
-    @delete("/{session_id:uuid}", status_code=200, summary="Delete a session and its database")
-    async def remove(self, request: AnyRequest, session_id: FromPath[uuid.UUID]) -> SessionOut:
-        await reachable_session(request, session_id)
-        require_owner(request)  # an agent never deletes its own safety net
-        view = await rt(request).sessions.delete(session_id, actor=actor_of(request))
+class Session(Controller):
+    """One session's routes: `session_guard` lets through only a token that reaches it."""
+
+    path = "/v1/sessions/{session_id:uuid}"
+    tags = ["sessions"]  # noqa: RUF012
+    guards = [session_guard]  # noqa: RUF012
+
+    @get("/", summary="Get a session")
+    async def show(self, *, request: AnyRequest, render: NamedDependency[Render]) -> SessionOut:
+        return await render.session(session_of(request))
+
+    @delete(
+        "/",
+        status_code=200,
+        summary="Delete a session and its database",
+        guards=[owner_guard],  # an agent never deletes its own safety net
+    )
+    async def remove(
+        self,
+        *,
+        sessions: NamedDependency[SessionService],
+        actor: NamedDependency[Actor],
+        session_id: FromPath[uuid.UUID],
+    ) -> SessionOut:
+        view = await sessions.delete(session_id, actor=actor)
         return SessionOut(**view.model_dump())
 
-    @post("/{session_id:uuid}/tokens", summary="Issue a session token (for the agent)")
+    @post("/tokens", summary="Issue a session token (for the agent)", guards=[owner_guard])
     async def token(
         self,
-        request: AnyRequest,
+        *,
+        tokens: NamedDependency[TokenService],
+        actor: NamedDependency[Actor],
         session_id: FromPath[uuid.UUID],
         data: JSONBody[CreateToken | None] = None,
     ) -> TokenOut:
-        await reachable_session(request, session_id)
-        require_owner(request)
         data = data or CreateToken()
-        issued = await rt(request).tokens.issue_session_token(
-            session_id, name=data.name, ttl=_ttl(data.ttl_seconds), actor=actor_of(request)
+        issued = await tokens.issue_session_token(
+            session_id, name=data.name, ttl=_ttl(data.ttl_seconds), actor=actor
         )
         return _token_out(issued)
 
-    @get("/{session_id:uuid}/tokens", summary="List the session's tokens (never the secrets)")
+    @get(
+        "/tokens",
+        summary="List the session's tokens (never the secrets)",
+        guards=[owner_guard],
+    )
     async def tokens(
         self,
-        request: AnyRequest,
+        *,
+        tokens: NamedDependency[TokenService],
         session_id: FromPath[uuid.UUID],
         limit: PageSize = 100,
         after: AfterToken = None,
         include_inactive: IncludeInactive = False,
     ) -> TokenList:
-        await reachable_session(request, session_id)
-        require_owner(request)
-        views = await rt(request).tokens.list(
+        views = await tokens.list(
             session_id=session_id, include_inactive=include_inactive, limit=limit, after=after
         )
         return _token_page(views, limit)
 
-    @post("/{session_id:uuid}/sql", status_code=200, summary="Run SQL on the session's database")
+    @post("/sql", status_code=200, summary="Run SQL on the session's database")
     async def sql(
-        self, request: AnyRequest, session_id: FromPath[uuid.UUID], data: JSONBody[RunSql]
+        self,
+        *,
+        sql_service: NamedDependency[SqlService],
+        actor: NamedDependency[Actor],
+        session_id: FromPath[uuid.UUID],
+        data: JSONBody[RunSql],
     ) -> SqlResult:
-        await reachable_session(request, session_id)
         timeout = None if data.timeout_seconds is None else timedelta(seconds=data.timeout_seconds)
-        return await rt(request).sql.run(
-            session_id,
-            data.sql,
-            data.params,
-            max_rows=data.max_rows,
-            timeout=timeout,
-            actor=actor_of(request),
+        return await sql_service.run(
+            session_id, data.sql, data.params, max_rows=data.max_rows, timeout=timeout, actor=actor
         )
 
-    @get("/{session_id:uuid}/events", summary="The session's audit log, oldest first")
+    @get("/events", summary="The session's audit log, oldest first")
     async def events(
         self,
-        request: AnyRequest,
+        *,
+        events: NamedDependency[EventService],
         session_id: FromPath[uuid.UUID],
         after: Annotated[int | None, QueryParameter(ge=0, le=MAX_EVENT_ID)] = None,
         limit: PageSize = 100,
     ) -> EventList:
-        await reachable_session(request, session_id)
-        events = await rt(request).events.list(session_id, after=after, limit=limit)
-        next_after = events[-1].id if len(events) == limit else None
-        return EventList(events=events, next_after=next_after)
+        found = await events.list(session_id, after=after, limit=limit)
+        next_after = found[-1].id if len(found) == limit else None
+        return EventList(events=found, next_after=next_after)
 
 
 # --- checkpoints ----------------------------------------------------------------------------
@@ -386,54 +399,61 @@ class Sessions(Controller):
 class Checkpoints(Controller):
     path = "/v1/sessions/{session_id:uuid}/checkpoints"
     tags = ["checkpoints"]  # noqa: RUF012
+    guards = [session_guard]  # noqa: RUF012
 
     @post("/", summary="Checkpoint the session's database")
     async def create(
         self,
+        *,
         request: AnyRequest,
+        checkpoints: NamedDependency[CheckpointService],
+        actor: NamedDependency[Actor],
         session_id: FromPath[uuid.UUID],
         data: JSONBody[CreateCheckpoint | None] = None,
         idempotency_key: IdempotencyKey = None,
     ) -> CheckpointView:
-        await reachable_session(request, session_id)
         data = data or CreateCheckpoint()
-        return await rt(request).checkpoints.create(
+        return await checkpoints.create(
             session_id,
             data.label,
             data.message,
             data.metadata,
             idempotency_key=_scoped(request, idempotency_key),
-            actor=actor_of(request),
+            actor=actor,
         )
 
     @get("/", summary="The checkpoint tree and its head")
-    async def index(self, request: AnyRequest, session_id: FromPath[uuid.UUID]) -> CheckpointList:
-        await reachable_session(request, session_id)
-        tree = await rt(request).checkpoints.list(session_id)
+    async def index(
+        self, *, checkpoints: NamedDependency[CheckpointService], session_id: FromPath[uuid.UUID]
+    ) -> CheckpointList:
+        tree = await checkpoints.list(session_id)
         return CheckpointList(head_id=tree.head_id, checkpoints=tree.checkpoints)
 
     @get("/{checkpoint_id:uuid}", summary="Get a checkpoint")
     async def show(
         self,
-        request: AnyRequest,
+        *,
+        checkpoints: NamedDependency[CheckpointService],
         session_id: FromPath[uuid.UUID],
         checkpoint_id: FromPath[uuid.UUID],
     ) -> CheckpointView:
-        await reachable_session(request, session_id)
-        return await rt(request).checkpoints.get(session_id, checkpoint_id)
+        return await checkpoints.get(session_id, checkpoint_id)
 
-    @delete("/{checkpoint_id:uuid}", status_code=200, summary="Delete a checkpoint")
+    @delete(
+        "/{checkpoint_id:uuid}",
+        status_code=200,
+        summary="Delete a checkpoint",
+        guards=[owner_guard],  # checkpoints are the agent's way back; it may not drop them
+    )
     async def remove(
         self,
-        request: AnyRequest,
+        *,
+        checkpoints: NamedDependency[CheckpointService],
+        actor: NamedDependency[Actor],
         session_id: FromPath[uuid.UUID],
         checkpoint_id: FromPath[uuid.UUID],
     ) -> CheckpointView:
-        await reachable_session(request, session_id)
-        require_owner(request)  # checkpoints are the agent's way back; it may not drop them
-        return await rt(request).checkpoints.delete(
-            session_id, checkpoint_id, actor=actor_of(request)
-        )
+        return await checkpoints.delete(session_id, checkpoint_id, actor=actor)
 
     @post(
         "/{checkpoint_id:uuid}/pin",
@@ -442,14 +462,13 @@ class Checkpoints(Controller):
     )
     async def pin(
         self,
-        request: AnyRequest,
+        *,
+        checkpoints: NamedDependency[CheckpointService],
+        actor: NamedDependency[Actor],
         session_id: FromPath[uuid.UUID],
         checkpoint_id: FromPath[uuid.UUID],
     ) -> CheckpointView:
-        await reachable_session(request, session_id)
-        return await rt(request).checkpoints.pin(
-            session_id, checkpoint_id, pinned=True, actor=actor_of(request)
-        )
+        return await checkpoints.pin(session_id, checkpoint_id, pinned=True, actor=actor)
 
     @post(
         "/{checkpoint_id:uuid}/unpin",
@@ -458,14 +477,13 @@ class Checkpoints(Controller):
     )
     async def unpin(
         self,
-        request: AnyRequest,
+        *,
+        checkpoints: NamedDependency[CheckpointService],
+        actor: NamedDependency[Actor],
         session_id: FromPath[uuid.UUID],
         checkpoint_id: FromPath[uuid.UUID],
     ) -> CheckpointView:
-        await reachable_session(request, session_id)
-        return await rt(request).checkpoints.pin(
-            session_id, checkpoint_id, pinned=False, actor=actor_of(request)
-        )
+        return await checkpoints.pin(session_id, checkpoint_id, pinned=False, actor=actor)
 
     @post(
         "/{checkpoint_id:uuid}/restore",
@@ -474,52 +492,57 @@ class Checkpoints(Controller):
     )
     async def restore(
         self,
-        request: AnyRequest,
+        *,
+        checkpoints: NamedDependency[CheckpointService],
+        actor: NamedDependency[Actor],
+        render: NamedDependency[Render],
         session_id: FromPath[uuid.UUID],
         checkpoint_id: FromPath[uuid.UUID],
     ) -> SessionOut:
-        await reachable_session(request, session_id)
-        await rt(request).checkpoints.restore(session_id, checkpoint_id, actor=actor_of(request))
-        return await _session_out(request, await rt(request).sessions.get(session_id))
+        restored = await checkpoints.restore(session_id, checkpoint_id, actor=actor)
+        return await render.session(restored.session)
 
     @post("/{checkpoint_id:uuid}/preview", summary="Open a checkpoint as a separate branch")
     async def preview(
         self,
+        *,
         request: AnyRequest,
+        branches: NamedDependency[BranchService],
+        actor: NamedDependency[Actor],
+        render: NamedDependency[Render],
         session_id: FromPath[uuid.UUID],
         checkpoint_id: FromPath[uuid.UUID],
         data: JSONBody[CreatePreview | None] = None,
         idempotency_key: IdempotencyKey = None,
     ) -> BranchOut:
-        await reachable_session(request, session_id)
         data = data or CreatePreview()
-        view = await rt(request).branches.preview(
+        view = await branches.preview(
             session_id,
             checkpoint_id,
             ttl=_ttl(data.ttl_seconds),
             idempotency_key=_scoped(request, idempotency_key),
-            actor=actor_of(request),
+            actor=actor,
         )
-        return await _branch_out(request, view)
+        return await render.branch(view)
 
     @get("/{checkpoint_id:uuid}/diff", summary="Schema and row-count diff")
     async def diff(
         self,
-        request: AnyRequest,
+        *,
+        checkpoints: NamedDependency[CheckpointService],
         session_id: FromPath[uuid.UUID],
         checkpoint_id: FromPath[uuid.UUID],
         against: Annotated[
             str, QueryParameter(description="HEAD (the live database) or another checkpoint id")
         ] = "HEAD",
     ) -> DiffView:
-        await reachable_session(request, session_id)
         other: uuid.UUID | None = None
         if against.upper() != "HEAD":
             try:
                 other = uuid.UUID(against)
             except ValueError:
                 raise BadRequest("against", "must be HEAD or a checkpoint id") from None
-        return await rt(request).checkpoints.diff(session_id, checkpoint_id, other)
+        return await checkpoints.diff(session_id, checkpoint_id, other)
 
 
 # --- branches -------------------------------------------------------------------------------
@@ -528,47 +551,64 @@ class Checkpoints(Controller):
 class Branches(Controller):
     path = "/v1/sessions/{session_id:uuid}/branches"
     tags = ["branches"]  # noqa: RUF012
+    guards = [session_guard]  # noqa: RUF012
 
     @post("/", summary="Branch a dev copy, from now or from a checkpoint")
     async def create(
         self,
+        *,
         request: AnyRequest,
+        branches: NamedDependency[BranchService],
+        actor: NamedDependency[Actor],
+        render: NamedDependency[Render],
         session_id: FromPath[uuid.UUID],
         data: JSONBody[CreateBranch | None] = None,
         idempotency_key: IdempotencyKey = None,
     ) -> BranchOut:
-        await reachable_session(request, session_id)
         data = data or CreateBranch()
-        view = await rt(request).branches.create(
+        view = await branches.create(
             session_id,
             name=data.name,
             checkpoint_id=data.checkpoint_id,
             ttl=_ttl(data.ttl_seconds),
             idempotency_key=_scoped(request, idempotency_key),
-            actor=actor_of(request),
+            actor=actor,
         )
-        return await _branch_out(request, view)
+        return await render.branch(view)
 
     @get("/", summary="The session's dev and preview branches")
-    async def index(self, request: AnyRequest, session_id: FromPath[uuid.UUID]) -> BranchList:
-        await reachable_session(request, session_id)
-        views = await rt(request).branches.list(session_id)
-        return BranchList(branches=[await _branch_out(request, v) for v in views])
+    async def index(
+        self,
+        *,
+        branches: NamedDependency[BranchService],
+        render: NamedDependency[Render],
+        session_id: FromPath[uuid.UUID],
+    ) -> BranchList:
+        views = await branches.list(session_id)
+        return BranchList(branches=[await render.branch(v) for v in views])
 
     @post("/{branch_id:uuid}/reset", status_code=200, summary="Reset a branch to where it began")
     async def reset(
-        self, request: AnyRequest, session_id: FromPath[uuid.UUID], branch_id: FromPath[uuid.UUID]
+        self,
+        *,
+        branches: NamedDependency[BranchService],
+        actor: NamedDependency[Actor],
+        render: NamedDependency[Render],
+        session_id: FromPath[uuid.UUID],
+        branch_id: FromPath[uuid.UUID],
     ) -> BranchOut:
-        await reachable_session(request, session_id)
-        view = await rt(request).branches.reset(session_id, branch_id, actor=actor_of(request))
-        return await _branch_out(request, view)
+        return await render.branch(await branches.reset(session_id, branch_id, actor=actor))
 
     @delete("/{branch_id:uuid}", status_code=200, summary="Delete a branch")
     async def remove(
-        self, request: AnyRequest, session_id: FromPath[uuid.UUID], branch_id: FromPath[uuid.UUID]
+        self,
+        *,
+        branches: NamedDependency[BranchService],
+        actor: NamedDependency[Actor],
+        session_id: FromPath[uuid.UUID],
+        branch_id: FromPath[uuid.UUID],
     ) -> BranchOut:
-        await reachable_session(request, session_id)
-        view = await rt(request).branches.delete(session_id, branch_id, actor=actor_of(request))
+        view = await branches.delete(session_id, branch_id, actor=actor)
         return BranchOut(**view.model_dump())
 
 
@@ -580,8 +620,14 @@ class Tokens(Controller):
     tags = ["tokens"]  # noqa: RUF012
 
     @get("/{token_id:uuid}", summary="Get a token (never its secret)")
-    async def show(self, request: AnyRequest, token_id: FromPath[uuid.UUID]) -> TokenView:
-        return await _reachable_token(request, token_id)
+    async def show(
+        self,
+        *,
+        tokens: NamedDependency[TokenService],
+        principal: NamedDependency[Principal],
+        token_id: FromPath[uuid.UUID],
+    ) -> TokenView:
+        return await tokens.get(token_id, by=principal)
 
     @delete(
         "/{token_id:uuid}",
@@ -592,20 +638,17 @@ class Tokens(Controller):
         "twice changes nothing. Admin tokens are not revoked here: change "
         "AGENTDB_ADMIN_TOKEN.",
     )
-    async def revoke(self, request: AnyRequest, token_id: FromPath[uuid.UUID]) -> TokenView:
-        view = await _reachable_token(request, token_id)
-        if view.scope == TokenScope.ADMIN:
-            raise Conflict("an admin token is replaced by changing AGENTDB_ADMIN_TOKEN")
-        return await rt(request).tokens.revoke(token_id, actor=actor_of(request))
-
-
-async def _reachable_token(request: AnyRequest, token_id: uuid.UUID) -> TokenView:
-    view = await rt(request).tokens.get(token_id)
-    if not _reaches_token(principal_of(request), view):
-        raise TokenNotFound(token_id)
-    return view
+    async def revoke(
+        self,
+        *,
+        tokens: NamedDependency[TokenService],
+        principal: NamedDependency[Principal],
+        actor: NamedDependency[Actor],
+        token_id: FromPath[uuid.UUID],
+    ) -> TokenView:
+        return await tokens.revoke(token_id, actor=actor, by=principal)
 
 
 ROUTES: list[ControllerRouterHandler] = [
-    healthz, Users, Sessions, Checkpoints, Branches, Tokens, *ADDON_ROUTES, *USAGE_ROUTES
+    healthz, Users, Sessions, Session, Checkpoints, Branches, Tokens, *ADDON_ROUTES, *USAGE_ROUTES
 ]  # fmt: skip

@@ -4,22 +4,31 @@ move, and the usage of a session or a user per billing period and metric."""
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any
+from typing import Annotated
 
-from litestar import Controller, Request, Response, get, post
+from litestar import Controller, Response, get, post
+from litestar.di import NamedDependency
 from litestar.params import FromPath, JSONBody, QueryParameter
 from litestar.types import ControllerRouterHandler
 
-from agentdb.services import TierChangeView, UsageReport
+from agentdb.services import (
+    Actor,
+    JobRunner,
+    TierChangeService,
+    TierChangeView,
+    UsageReport,
+    UsageService,
+)
 from agentdb.services.usage import MAX_PERIODS
 from agentdb.wire import ChangeTier, TierChangeList
 
-from ._auth import actor_of, reachable_session, require_admin, require_user, runtime_of
+from ._auth import admin_guard, session_guard, user_guard
 
-AnyRequest = Request[Any, Any, Any]
 Periods = Annotated[
     int, QueryParameter(ge=1, le=MAX_PERIODS, description="How many billing periods, newest first.")
 ]
+TierChanges = NamedDependency[TierChangeService]
+Usage = NamedDependency[UsageService]
 
 
 class UserTiers(Controller):
@@ -33,51 +42,66 @@ class UserTiers(Controller):
         description="Sets the user's tier at once (new sessions start in it) and moves their "
         "sessions' projects to the tier's organization, in batches of at most 400, then "
         "applies its limits. The work runs in the background: follow it at the Location.",
+        guards=[admin_guard],
     )
     async def change(
-        self, request: AnyRequest, user_id: FromPath[uuid.UUID], data: JSONBody[ChangeTier]
+        self,
+        *,
+        tier_changes: TierChanges,
+        jobs: NamedDependency[JobRunner],
+        actor: NamedDependency[Actor],
+        user_id: FromPath[uuid.UUID],
+        data: JSONBody[ChangeTier],
     ) -> Response[TierChangeView]:
-        require_admin(request)
-        runtime = runtime_of(request.scope)
-        view = await runtime.tier_changes.request(user_id, data.tier, actor=actor_of(request))
-        runtime.jobs.kick("tier_changes")
+        view = await tier_changes.request(user_id, data.tier, actor=actor)
+        jobs.kick("tier_changes")
         return Response(
             view,
             status_code=202,
             headers={"Location": f"/v1/users/{user_id}/tier-changes/{view.id}"},
         )
 
-    @get("/tier-changes", summary="The user's tier changes, newest first")
-    async def changes(self, request: AnyRequest, user_id: FromPath[uuid.UUID]) -> TierChangeList:
-        require_user(request, user_id)
-        changes = await runtime_of(request.scope).tier_changes.list(user_id)
-        return TierChangeList(tier_changes=changes)
+    @get("/tier-changes", summary="The user's tier changes, newest first", guards=[user_guard])
+    async def changes(
+        self, *, tier_changes: TierChanges, user_id: FromPath[uuid.UUID]
+    ) -> TierChangeList:
+        return TierChangeList(tier_changes=await tier_changes.list(user_id))
 
-    @get("/tier-changes/{change_id:uuid}", summary="One tier change and how far it got")
+    @get(
+        "/tier-changes/{change_id:uuid}",
+        summary="One tier change and how far it got",
+        guards=[user_guard],
+    )
     async def change_status(
-        self, request: AnyRequest, user_id: FromPath[uuid.UUID], change_id: FromPath[uuid.UUID]
+        self,
+        *,
+        tier_changes: TierChanges,
+        user_id: FromPath[uuid.UUID],
+        change_id: FromPath[uuid.UUID],
     ) -> TierChangeView:
-        require_user(request, user_id)
-        return await runtime_of(request.scope).tier_changes.get(user_id, change_id)
+        return await tier_changes.get(user_id, change_id)
 
-    @get("/usage", summary="The user's usage over all their sessions, per period and metric")
+    @get(
+        "/usage",
+        summary="The user's usage over all their sessions, per period and metric",
+        guards=[user_guard],
+    )
     async def usage(
-        self, request: AnyRequest, user_id: FromPath[uuid.UUID], periods: Periods = 3
+        self, *, usage: Usage, user_id: FromPath[uuid.UUID], periods: Periods = 3
     ) -> UsageReport:
-        require_user(request, user_id)
-        return await runtime_of(request.scope).usage.user_usage(user_id, periods=periods)
+        return await usage.user_usage(user_id, periods=periods)
 
 
 @get(
     "/v1/sessions/{session_id:uuid}/usage",
     tags=["usage"],
     summary="The session's usage and its tier's quotas, per period and metric",
+    guards=[session_guard],
 )
 async def session_usage(
-    request: AnyRequest, session_id: FromPath[uuid.UUID], periods: Periods = 3
+    *, usage: Usage, session_id: FromPath[uuid.UUID], periods: Periods = 3
 ) -> UsageReport:
-    await reachable_session(request, session_id)
-    return await runtime_of(request.scope).usage.session_usage(session_id, periods=periods)
+    return await usage.session_usage(session_id, periods=periods)
 
 
 USAGE_ROUTES: list[ControllerRouterHandler] = [UserTiers, session_usage]

@@ -8,6 +8,7 @@ import builtins
 import contextlib
 import json
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import psycopg
@@ -26,7 +27,7 @@ from agentdb.neon import (
     SnapshotCreated,
 )
 from agentdb.tiers import Tiers
-from agentdb.wire import CheckpointTree, CheckpointView, DiffView
+from agentdb.wire import CheckpointTree, CheckpointView, DiffView, SessionView
 from meta_schema import (
     AgentSession,
     Branch,
@@ -78,6 +79,14 @@ log = structlog.get_logger(__name__)
 MAX_METADATA_BYTES = 64 * 1024
 #: Session states in which a pending checkpoint is still that workflow's to finish.
 _CHECKPOINT_OWNERS = (SessionStatus.PROVISIONING, SessionStatus.CHECKPOINTING)
+
+
+@dataclass(frozen=True, slots=True)
+class Restored:
+    """What a restore answers: the restored checkpoint, now the head, and the session."""
+
+    checkpoint: CheckpointView
+    session: SessionView
 
 
 async def load_ready_session(db: AsyncSession, session_id: uuid.UUID) -> AgentSession:
@@ -331,10 +340,11 @@ class CheckpointService:
 
     async def restore(
         self, session_id: uuid.UUID, checkpoint_id: uuid.UUID, *, actor: Actor = SYSTEM
-    ) -> CheckpointView:
+    ) -> Restored:
         """Puts the session's database back to `checkpoint_id`, in place: the connection URI
         stays, open connections are ended. Later checkpoints are kept; the next checkpoint is
-        a child of this one. Returns the restored checkpoint (the new head).
+        a child of this one. Returns the restored checkpoint (the new head) and the session as
+        the restore left it.
 
         The replaced live branch is recorded as a `replaced` branch and deleted at once unless
         a retained checkpoint was taken from it (then `cleanup_replaced` deletes it later)."""
@@ -398,7 +408,8 @@ class CheckpointService:
                 )
             )
             await db.commit()
-            return CheckpointView.of(checkpoint, parent_id=await _visible_parent(db, checkpoint))
+            parent_id = await _visible_parent(db, checkpoint)
+            return Restored(CheckpointView.of(checkpoint, parent_id=parent_id), SessionView.of(row))
 
     async def _lost_restore(self, project_id: str, replaced: str, error: NeonError) -> str | None:
         """After a restore call that failed in a way that may have run it anyway (a 5xx, a lost
@@ -961,4 +972,4 @@ def _checked_metadata(metadata: dict[str, JsonValue] | None) -> dict[str, JsonVa
     return loaded
 
 
-__all__ = ["MAX_METADATA_BYTES", "REPLACED_BRANCH_NAME", "CheckpointService"]
+__all__ = ["MAX_METADATA_BYTES", "REPLACED_BRANCH_NAME", "CheckpointService", "Restored"]

@@ -98,6 +98,15 @@ class Principal:
             return self.user_id == session_user_id
         return self.session_id == session_id and self.user_id == session_user_id
 
+    def can_reach_token(self, token: TokenView) -> bool:
+        """The admin reaches every token, a user token its user's and their sessions' tokens,
+        a session token only itself (an agent may give up its own token, nothing more)."""
+        if self.scope == TokenScope.ADMIN:
+            return True
+        if self.scope == TokenScope.USER:
+            return token.scope != TokenScope.ADMIN and token.user_id == self.user_id
+        return token.id == self.token_id
+
     def actor(self, request_id: str | None = None) -> Actor:
         """This token as the audit log records it."""
         return Actor(str(self.token_id), ActorScope(self.scope.value), request_id)
@@ -400,13 +409,19 @@ class TokenService:
 
     # --- revoking ------------------------------------------------------------------------------
 
-    async def revoke(self, token_id: uuid.UUID, *, actor: Actor = SYSTEM) -> TokenView:
+    async def revoke(
+        self, token_id: uuid.UUID, *, actor: Actor = SYSTEM, by: Principal | None = None
+    ) -> TokenView:
         """Revokes a token for good, from its next request on; revoking it again changes
-        nothing. Returns the token as it is now. Raises `TokenNotFound`."""
+        nothing. Returns the token as it is now. Raises `TokenNotFound`, also when `by` (the
+        caller's token) does not reach it; `Conflict` when `by` asks for an admin token's
+        (those are replaced in the settings)."""
         async with self._db() as db:
             row = await db.get(ApiToken, token_id, with_for_update=True)
-            if row is None:
+            if row is None or (by is not None and not by.can_reach_token(TokenView.of(row))):
                 raise TokenNotFound(token_id)
+            if by is not None and row.scope == TokenScope.ADMIN:
+                raise Conflict("an admin token is replaced by changing AGENTDB_ADMIN_TOKEN")
             if row.revoked_at is None:
                 row.revoked_at = self._clock()
                 db.add(self._event(actor, "token.revoke", row))
@@ -415,13 +430,15 @@ class TokenService:
 
     # --- looking up ----------------------------------------------------------------------------
 
-    async def get(self, token_id: uuid.UUID) -> TokenView:
-        """One token, without its secret or hash. Raises `TokenNotFound`."""
+    async def get(self, token_id: uuid.UUID, *, by: Principal | None = None) -> TokenView:
+        """One token, without its secret or hash. Raises `TokenNotFound`, also when `by` (the
+        caller's token) does not reach it."""
         async with self._db() as db:
             row = await db.get(ApiToken, token_id)
-            if row is None:
+            view = None if row is None else TokenView.of(row)
+            if view is None or (by is not None and not by.can_reach_token(view)):
                 raise TokenNotFound(token_id)
-            return TokenView.of(row)
+            return view
 
     async def list(
         self,

@@ -88,7 +88,8 @@ async def test_restore_rewinds_in_place_and_keeps_the_tree(
     branch_before = await live_branch(meta_sessions, session.id)
 
     restored = await checkpoint_service.restore(session.id, one.id)
-    assert restored.id == one.id
+    assert restored.checkpoint.id == one.id
+    assert restored.session.head_checkpoint_id == one.id
     assert await fetch(uri, ROWS) == [(1,)]
     assert await live_branch(meta_sessions, session.id) != branch_before
     assert (await session_service.get(session.id)).head_checkpoint_id == one.id
