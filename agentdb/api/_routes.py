@@ -111,18 +111,7 @@ def _ttl(seconds: int | None) -> timedelta | None:
 
 
 def _token_out(issued: IssuedToken) -> TokenOut:
-    view = issued.view
-    return TokenOut(
-        id=view.id,
-        token=issued.token.get_secret_value(),
-        scope=view.scope,
-        user_id=view.user_id,
-        session_id=view.session_id,
-        name=view.name,
-        prefix=view.prefix,
-        created_at=view.created_at,
-        expires_at=view.expires_at,
-    )
+    return TokenOut(**issued.view.model_dump(), token=issued.token.get_secret_value())
 
 
 def _token_page(views: list[TokenView], limit: int) -> TokenList:

@@ -7,12 +7,10 @@ hold NUL characters (PostgreSQL's text and jsonb cannot store them) and JSON nes
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, JsonValue
 
-from ._enums import TokenScope
 from ._limits import MAX_SQL_ROWS, MAX_SQL_TIMEOUT_SECONDS
 from ._views import (
     AuthUserView,
@@ -157,18 +155,10 @@ class CreatePreview(Body):
     ttl_seconds: WholeNumber | None = Field(default=None, gt=0, le=MAX_BRANCH_TTL_SECONDS)
 
 
-class TokenOut(BaseModel):
-    """A new bearer token: `token` is shown this once."""
+class TokenOut(TokenView):
+    """A new bearer token: the token's view and, this once, the token itself."""
 
-    id: uuid.UUID
-    token: str
-    scope: TokenScope
-    user_id: uuid.UUID | None
-    session_id: uuid.UUID | None
-    name: str | None
-    prefix: str
-    created_at: datetime
-    expires_at: datetime | None
+    token: str = Field(description="The bearer token; shown this once and stored nowhere.")
 
 
 class TokenList(BaseModel):
