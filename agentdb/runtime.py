@@ -40,6 +40,7 @@ from agentdb.services import (
     CredentialService,
     EventService,
     IdempotencyService,
+    IdleConnections,
     JobRunner,
     ReadPace,
     Reconciler,
@@ -137,6 +138,8 @@ async def open_runtime(
             plane=plane,
             database_health=database_health,
         )
+        # Closed before PostgreSQL stops (the stack unwinds last in, first out).
+        stack.push_async_callback(runtime.sql.close)
         runtime = replace(
             runtime, new_admin_token=await runtime.tokens.ensure_admin_token(settings.admin_token)
         )
@@ -240,6 +243,7 @@ def _runtime(  # noqa: PLR0917 - the parts open_runtime opened, in the order it 
             # A password an agent changed from SQL is reset through the control plane.
             recover_credentials=CredentialService(meta, neon, secrets).recover,
             read_pace=ReadPace(settings.sql_user_read_rate),
+            idle=IdleConnections(settings.sql_idle_connections),
         ),
         addons=addons,
         events=EventService(meta),
@@ -297,6 +301,8 @@ def _schedule_jobs(runtime: Runtime) -> None:
         runtime.idempotency.delete_expired,
         every=seconds(settings.expiry_interval_s),
     )
+    # A session nobody calls any more gives its kept SQL connections (and backends) back.
+    jobs.add("close_idle_sql_connections", runtime.sql.close_idle, every=seconds(10))
 
 
 async def _open_meta(

@@ -275,6 +275,13 @@ class Settings(BaseSettings):
         "their sessions; a burst of as much passes at once. A user streaming huge results again "
         "and again waits, so it cannot take agentdb's CPU from other users.",
     )
+    sql_idle_connections: int = Field(
+        default=64,
+        ge=0,
+        description="Connections of finished SQL calls kept open for their session's next call "
+        "(at most 2 per session, each for 30 s): a call on a kept connection skips connecting "
+        "and authenticating. Each holds a backend of the session's role; 0 keeps none.",
+    )
     branch_ttl_s: int = Field(
         default=86_400,
         gt=0,

@@ -9,8 +9,12 @@ import itertools
 import logging
 import os
 import platform
+import queue
 import re
+import signal
 import statistics
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -30,6 +34,10 @@ from agentdb.pg import ServerInfo, open_server
 from agentdb.settings import Settings
 
 JSON = dict[str, Any]
+#: The admin token the benchmarks' `agentdb serve` runs with.
+ADMIN = "adb_admin_" + "benchmark-token-0123456789abcdefghij"
+API_LINE = re.compile(r"^agentdb API: (http://127\.0\.0\.1:\d+)/v1 ")
+AGENTDB = Path(sys.executable).with_name("agentdb")
 TERMINAL_OK = {"finished", "skipped"}
 
 
@@ -320,3 +328,67 @@ def machine_facts() -> JSON:
         "os": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
     }
+
+
+# --- agentdb serve, as a child process -----------------------------------------------------
+
+
+@dataclass
+class Served:
+    url: str
+    process: psutil.Process
+    superuser_dsn: str
+
+
+@asynccontextmanager
+async def served(data_dir: Path) -> AsyncIterator[Served]:
+    """The embedded PostgreSQL in `data_dir/pg`, and `agentdb serve` on it, for the block."""
+    async with open_server(Settings(data_dir=data_dir)) as server:
+        env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("AGENTDB_")},
+            "AGENTDB_ADMIN_TOKEN": ADMIN,
+            "AGENTDB_DATABASE_URL": server.dsn(),
+            "AGENTDB_LOG_LEVEL": "warning",
+        }
+        log = (data_dir / "serve.log").open("wb")
+        proc = subprocess.Popen(  # noqa: ASYNC220 - started once, before anything is measured
+            [str(AGENTDB), "serve", "--port", "0", "--data-dir", str(data_dir)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            env=env,
+            text=True,
+            # Its own session, as a service runs: Linux's autogroup scheduling then shares the
+            # CPU between agentdb, PostgreSQL and this benchmark's clients as it would be shared
+            # between a service and remote callers.
+            start_new_session=True,
+        )
+        lines: queue.Queue[str | None] = queue.Queue()
+
+        def drain() -> None:
+            assert proc.stdout is not None  # noqa: S101
+            for line in proc.stdout:
+                lines.put(line)
+            lines.put(None)
+
+        threading.Thread(target=drain, daemon=True).start()
+        try:
+            url = None
+            while url is None:
+                line = await asyncio.to_thread(lines.get, timeout=120)
+                if line is None:
+                    raise RuntimeError(f"agentdb serve exited: {proc.wait()}")
+                if match := API_LINE.match(line):
+                    url = match.group(1)
+            yield Served(url, psutil.Process(proc.pid), server.dsn())
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            log.close()
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}

@@ -43,18 +43,13 @@ import concurrent.futures
 import contextlib
 import json
 import os
-import queue
 import re
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Self
@@ -63,22 +58,19 @@ import httpx
 import psutil
 import psycopg
 from _common import (
+    ADMIN,
     JSON,
     Stats,
+    bearer,
     expect,
     machine_facts,
     markdown_table,
     mebibytes,
     quiet_logs,
     seconds,
+    served,
 )
 
-from agentdb.pg import open_server
-from agentdb.settings import Settings
-
-ADMIN = "adb_admin_" + "neighbours-benchmark-token-0123456789"
-API_LINE = re.compile(r"^agentdb API: (http://127\.0\.0\.1:\d+)/v1 ")
-AGENTDB = Path(sys.executable).with_name("agentdb")
 QUOTA = 512 * 2**20
 ORPHAN = (
     "do $$ declare x bigint; begin loop begin select count(*) into x from "
@@ -91,71 +83,7 @@ WRITER = (
 )
 
 
-# --- agentdb serve, as a child process -----------------------------------------------------
-
-
-@dataclass
-class Served:
-    url: str
-    process: psutil.Process
-    superuser_dsn: str
-
-
-@asynccontextmanager
-async def served(data_dir: Path) -> AsyncIterator[Served]:
-    """The embedded PostgreSQL in `data_dir/pg`, and `agentdb serve` on it, for the block."""
-    async with open_server(Settings(data_dir=data_dir)) as server:
-        env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("AGENTDB_")},
-            "AGENTDB_ADMIN_TOKEN": ADMIN,
-            "AGENTDB_DATABASE_URL": server.dsn(),
-            "AGENTDB_LOG_LEVEL": "warning",
-        }
-        log = (data_dir / "serve.log").open("wb")
-        proc = subprocess.Popen(  # noqa: ASYNC220 - started once, before anything is measured
-            [str(AGENTDB), "serve", "--port", "0", "--data-dir", str(data_dir)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=log,
-            env=env,
-            text=True,
-            # Its own session, as a service runs: Linux's autogroup scheduling then shares the
-            # CPU between agentdb, PostgreSQL and this benchmark's clients as it would be shared
-            # between a service and remote callers.
-            start_new_session=True,
-        )
-        lines: queue.Queue[str | None] = queue.Queue()
-
-        def drain() -> None:
-            assert proc.stdout is not None  # noqa: S101
-            for line in proc.stdout:
-                lines.put(line)
-            lines.put(None)
-
-        threading.Thread(target=drain, daemon=True).start()
-        try:
-            url = None
-            while url is None:
-                line = await asyncio.to_thread(lines.get, timeout=120)
-                if line is None:
-                    raise RuntimeError(f"agentdb serve exited: {proc.wait()}")
-                if match := API_LINE.match(line):
-                    url = match.group(1)
-            yield Served(url, psutil.Process(proc.pid), server.dsn())
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-            log.close()
-
-
 # --- users, sessions, tokens -----------------------------------------------------------------
-
-
-def bearer(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
 
 
 @dataclass

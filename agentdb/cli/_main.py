@@ -202,6 +202,10 @@ def _listen(host: str, port: int) -> Iterator[socket.socket]:
     try:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         listener = socket.create_server((host, port), family=family)
+        # Answers go out at once, not after the client's delayed ACK (about 40 ms a request on
+        # a kept-open connection). asyncio sets TCP_NODELAY only on sockets created with
+        # IPPROTO_TCP, which `create_server`'s are not; accepted sockets inherit it from here.
+        listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     except OSError as exc:
         raise CommandError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     with listener:

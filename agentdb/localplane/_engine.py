@@ -228,18 +228,28 @@ class Engine:
         # New databases copy template1's catalog; the ones made before get the same here.
         for name in databases:
             await self.hide_other_tenants(name)
-        self.clone_supported = await self._probe_clone()
-        log.info("localplane.cluster_ready", clone=self.clone_supported)
+        filesystem, self.clone_supported = await self._probe_clone()
+        # What an operator needs to know about checkpoint cost, at every start.
+        log.info(
+            "localplane.cluster_ready",
+            clone=self.clone_supported,
+            filesystem=filesystem or "unknown",
+            copy_method="clone (reflink): O(1) checkpoints"
+            if self.clone_supported
+            else "WAL_LOG up to 64 MiB, FILE_COPY above: each checkpoint copies the database; "
+            "a data directory on XFS (reflink=1) or Btrfs makes them O(1)",
+        )
 
-    async def _probe_clone(self) -> bool:
-        """Whether `file_copy_method = clone` makes copies O(1): the cluster must be on a
-        reflink filesystem (checked where the data directory is local) and accept the setting."""
+    async def _probe_clone(self) -> tuple[str | None, bool]:
+        """The data directory's filesystem (where it is local), and whether
+        `file_copy_method = clone` makes copies O(1) there: the filesystem must support
+        reflinks and the cluster accept the setting."""
         async with self._conn() as conn:
             cur = await conn.execute("SELECT current_setting('data_directory')")
             row = await cur.fetchone()
             filesystem = await asyncio.to_thread(_filesystem_of, str(row[0]) if row else "")
             if filesystem not in _REFLINK_FILESYSTEMS:
-                return False
+                return filesystem, False
             probe = "lp_clone_probe"
             await conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(_ident(probe)))
             try:
@@ -250,11 +260,11 @@ class Engine:
                     )
                 )
             except psycopg.Error:
-                return False
+                return filesystem, False
             finally:
                 await conn.execute("RESET file_copy_method")
             await conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(_ident(probe)))
-            return True
+            return filesystem, True
 
     # --- roles ---------------------------------------------------------------------------
 

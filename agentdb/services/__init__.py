@@ -43,7 +43,7 @@ from .idempotency import IdempotencyService
 from .jobs import JobRunner, JobStatus
 from .reconcile import Reconciler, ReconcileReport
 from .sessions import SessionService
-from .sql import ReadPace, SqlColumn, SqlResult, SqlService
+from .sql import IdleConnections, ReadPace, SqlColumn, SqlResult, SqlService
 from .tier_changes import TierChangeNotFound, TierChangeService, TierChangeView
 from .tokens import IssuedToken, Principal, TokenService, TokenView
 from .usage import MetricUsage, PeriodUsage, PollResult, UsageReport, UsageService
@@ -72,6 +72,7 @@ __all__ = [
     "EventService",
     "EventView",
     "IdempotencyService",
+    "IdleConnections",
     "InvalidInput",
     "IssuedToken",
     "JobRunner",

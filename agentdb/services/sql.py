@@ -10,6 +10,12 @@ that the call fails (54000) and the server's statement is cancelled. Rows libpq 
 taken without a round through the event loop (a wait per row would cost four times as much),
 and the loop is handed back every `_YIELD_EVERY` rows.
 
+A call's connection, once the call finished cleanly, is reset (`DISCARD ALL`: temp tables,
+prepared statements, advisory locks, settings, LISTEN) and kept idle for the session's next call
+(`IdleConnections`): a new connection costs a backend and a SCRAM authentication, milliseconds of
+CPU on both ends. Only the same session's calls reuse it, and a connection a checkpoint or a
+restore ended meanwhile is found at its first statement and replaced.
+
 The connection URI never leaves this module; nothing here can name another database, so the
 SQL reaches the session's data and nothing else (the role has no CONNECT elsewhere, and
 dblink/postgres_fdw need a superuser to install).
@@ -26,6 +32,7 @@ import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from datetime import time as time_of_day
 from typing import Any
@@ -317,6 +324,10 @@ def _bind(params: Sequence[JsonValue] | None) -> list[object] | None:
     return [_param(value, f"${index}") for index, value in enumerate(params, start=1)]
 
 
+def _milliseconds(timeout: timedelta) -> int:
+    return max(1, round(timeout.total_seconds() * 1000))
+
+
 def _seconds(timeout: timedelta) -> str:
     return f"{timeout.total_seconds():g} s"
 
@@ -345,6 +356,78 @@ def _server_reason(error: psycopg.Error) -> str:
     return reason.strip() if fatal else text.rsplit(":", 1)[-1].strip() or "connection failed"
 
 
+@dataclass(eq=False)
+class _Idle:
+    session_id: uuid.UUID
+    conn: psycopg.AsyncConnection[tuple[Any, ...]]
+    #: The statement_timeout its startup options set (what `DISCARD ALL` goes back to).
+    timeout_ms: int
+    since: float
+
+
+class IdleConnections:
+    """Connections finished calls left clean, kept for their session's next call: at most
+    `per_session` of one session, `total` in all (the longest idle are closed first), each
+    for `idle_for` seconds. Every kept connection holds a backend of its session's role, so
+    the bounds are small; `total` 0 keeps none."""
+
+    def __init__(self, total: int = 64, *, per_session: int = 2, idle_for: float = 30.0) -> None:
+        if total < 0 or per_session < 1 or idle_for <= 0:
+            raise ValueError("total must be >= 0, per_session >= 1 and idle_for positive")
+        self._total = total
+        self._per_session = per_session
+        self._idle_for = idle_for
+        self._kept: list[_Idle] = []  # longest idle first
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+    @property
+    def keeps(self) -> bool:
+        return self._total > 0
+
+    async def take(self, session_id: uuid.UUID) -> _Idle | None:
+        """The session's most recently kept connection, if any (no longer kept)."""
+        await self.close_expired()
+        for index in range(len(self._kept) - 1, -1, -1):
+            if self._kept[index].session_id == session_id:
+                return self._kept.pop(index)
+        return None
+
+    async def put(self, idle: _Idle) -> None:
+        """Keeps a clean connection; closes those it displaces past the bounds."""
+        self._kept.append(idle)
+        displaced: list[_Idle] = []
+        mine = [k for k in self._kept if k.session_id == idle.session_id]
+        displaced += mine[: len(mine) - self._per_session]
+        rest = [k for k in self._kept if all(k is not d for d in displaced)]
+        displaced += rest[: max(0, len(rest) - self._total)]
+        if displaced:
+            self._kept = [k for k in rest if all(k is not d for d in displaced)]
+            for old in displaced:
+                await _close_quietly(old.conn)
+
+    async def close_expired(self) -> int:
+        """Closes the connections idle past `idle_for`; returns how many."""
+        cutoff = time.monotonic() - self._idle_for
+        expired = [k for k in self._kept if k.since < cutoff]
+        if expired:
+            self._kept = [k for k in self._kept if k.since >= cutoff]
+            for old in expired:
+                await _close_quietly(old.conn)
+        return len(expired)
+
+    async def close(self) -> None:
+        kept, self._kept = self._kept, []
+        for old in kept:
+            await _close_quietly(old.conn)
+
+
+async def _close_quietly(conn: psycopg.AsyncConnection[tuple[Any, ...]]) -> None:
+    with contextlib.suppress(psycopg.Error, OSError):
+        await conn.close()
+
+
 class SqlService:
     """Runs SQL in agent sessions' databases."""
 
@@ -361,13 +444,16 @@ class SqlService:
         explain_quota: ExplainQuota | None = None,
         recover_credentials: RecoverCredentials | None = None,
         read_pace: ReadPace | None = None,
+        idle: IdleConnections | None = None,
     ) -> None:
         """`after_ddl` runs after SQL that may have changed the schema (the Data API's schema
         cache refresh); it must not raise. `explain_quota` looks up whether a refused
         connection or write is a used-up quota; it must not raise either.
         `recover_credentials` gives a working URI when the session's role refuses the stored
         password (an agent changed it from SQL). `read_pace` bounds how fast each user's
-        calls read result rows (none: unbounded)."""
+        calls read result rows (none: unbounded). `idle` keeps finished calls' connections for
+        their session's next call (none by default); close the service (`close`) to close
+        them."""
         if not timedelta(0) < statement_timeout <= MAX_TIMEOUT:
             raise ValueError("statement_timeout must be positive and at most an hour")
         if not 1 <= max_rows <= MAX_ROWS_LIMIT:
@@ -384,7 +470,17 @@ class SqlService:
         self._explain_quota = explain_quota
         self._recover_credentials = recover_credentials
         self._read_pace = read_pace
+        self._idle = IdleConnections(0) if idle is None else idle
         self._adapters = _result_adapters()
+
+    async def close(self) -> None:
+        """Closes the idle connections kept for sessions' next calls."""
+        await self._idle.close()
+
+    async def close_idle(self) -> int:
+        """Closes the connections idle too long; returns how many. Meant for a periodic job:
+        a session nobody calls any more does not keep its backends."""
+        return await self._idle.close_expired()
 
     def _db(self) -> AsyncSession:
         return self._sessions(expire_on_commit=False)
@@ -427,12 +523,13 @@ class SqlService:
         if self._read_pace is not None:
             pay = functools.partial(self._read_pace.pay, user_id)
         try:
-            conn = await self._connect_as_session(session_id, uri, limit)
+            conn, timeout_ms, begun = await self._checkout(session_id, uri, limit)
+            clean = False
             try:
-                result = await self._execute(conn, sql, bound, cap, limit, pay=pay)
+                result = await self._execute(conn, sql, bound, cap, limit, pay=pay, begun=begun)
+                clean = True
             finally:
-                # Closing without a commit rolls back whatever an error left open.
-                await conn.close()
+                await self._checkin(session_id, conn, timeout_ms, clean=clean)
         except SqlFailed as failed:
             if self._explain_quota is not None and failed.sqlstate in _QUOTA_STATES:
                 over = await self._explain_quota(session_id)
@@ -454,6 +551,59 @@ class SqlService:
         if self._recover_credentials is not None and _PASSWORD_WORD.search(sql):
             await self._check_credentials(session_id, uri, limit)
         return result
+
+    async def _checkout(
+        self, session_id: uuid.UUID, uri: str, limit: timedelta
+    ) -> tuple[psycopg.AsyncConnection[tuple[Any, ...]], int, bool]:
+        """A connection for one call, with the call's statement_timeout: a kept one of the
+        session's, its transaction begun (which shows it is alive: a checkpoint or restore ends
+        the session's connections), or else a new one. Returns it, the statement_timeout its
+        startup set, and whether the transaction is begun."""
+        milliseconds = _milliseconds(limit)
+        while (idle := await self._idle.take(session_id)) is not None:
+            try:
+                await idle.conn.execute("BEGIN")
+                if idle.timeout_ms != milliseconds:
+                    # For the session: `DISCARD ALL` at check-in sets it back.
+                    await idle.conn.execute(
+                        "SELECT pg_catalog.set_config('statement_timeout', $1, false)",
+                        [str(milliseconds)],
+                    )
+            except psycopg.Error:
+                await _close_quietly(idle.conn)
+                continue
+            return idle.conn, idle.timeout_ms, True
+        conn = await self._connect_as_session(session_id, uri, limit)
+        return conn, milliseconds, False
+
+    async def _checkin(
+        self,
+        session_id: uuid.UUID,
+        conn: psycopg.AsyncConnection[tuple[Any, ...]],
+        timeout_ms: int,
+        *,
+        clean: bool,
+    ) -> None:
+        """Keeps the connection of a call that finished with no transaction open, reset to how
+        it connected; closes any other (closing without a commit rolls back what an error left
+        open)."""
+        if (
+            clean
+            and self._idle.keeps
+            and not conn.closed
+            and conn.pgconn.transaction_status == pq.TransactionStatus.IDLE
+        ):
+            try:
+                # What the call wrote reaches the statistics (the plane's meter) as it would
+                # had the connection closed, not when the idle backend next reports.
+                await conn.execute("SELECT pg_catalog.pg_stat_force_next_flush()")
+                await conn.execute("DISCARD ALL")
+            except psycopg.Error:
+                pass
+            else:
+                await self._idle.put(_Idle(session_id, conn, timeout_ms, time.monotonic()))
+                return
+        await _close_quietly(conn)
 
     async def _connect_as_session(
         self, session_id: uuid.UUID, uri: str, limit: timedelta
@@ -489,7 +639,7 @@ class SqlService:
         self, uri: str, limit: timedelta
     ) -> psycopg.AsyncConnection[tuple[Any, ...]]:
         given = conninfo_to_dict(uri).get("options")
-        milliseconds = max(1, round(limit.total_seconds() * 1000))
+        milliseconds = _milliseconds(limit)
         options = f"{given} " if given else ""
         # The server notices within half a second that agentdb gave up on a call (or died) and
         # ends the statement, instead of running it for nobody (PostgreSQL 14+): a statement
@@ -532,11 +682,13 @@ class SqlService:
         limit: timedelta,
         *,
         pay: Pay | None,
+        begun: bool = False,
     ) -> SqlResult:
         committing = False
         try:
             async with asyncio.timeout(limit.total_seconds() + _CALL_GRACE_S):
-                await conn.execute("BEGIN")
+                if not begun:
+                    await conn.execute("BEGIN")
                 kept = _Kept(cap, self._max_bytes, Transformer(conn))
                 await _stream(conn, sql, params, kept, pay)
                 types = await self._type_names(conn, kept.oids, kept.modifiers)

@@ -179,4 +179,5 @@ async def test_expired_previews_are_deleted_by_the_background_job(
         "expire_idempotency_keys",
         "tier_changes",
         "poll_usage",
+        "close_idle_sql_connections",
     }

@@ -161,7 +161,7 @@ async def test_concurrent_restores_of_one_session_take_turns(
         checkpoint_service.restore(session.id, one.id),
         checkpoint_service.restore(session.id, two.id),
     )
-    assert {r.id for r in results} == {one.id, two.id}
+    assert {r.checkpoint.id for r in results} == {one.id, two.id}
     head = (await session_service.get(session.id)).head_checkpoint_id
     assert head in {one.id, two.id}
     expected = [(1,)] if head == one.id else [(1,), (2,)]
