@@ -341,14 +341,16 @@ class Served:
 
 
 @asynccontextmanager
-async def served(data_dir: Path) -> AsyncIterator[Served]:
-    """The embedded PostgreSQL in `data_dir/pg`, and `agentdb serve` on it, for the block."""
+async def served(data_dir: Path, **settings: str) -> AsyncIterator[Served]:
+    """The embedded PostgreSQL in `data_dir/pg`, and `agentdb serve` on it, for the block;
+    `settings` are more `AGENTDB_*` variables for it (`sql_idle_connections="0"`)."""
     async with open_server(Settings(data_dir=data_dir)) as server:
         env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("AGENTDB_")},
             "AGENTDB_ADMIN_TOKEN": ADMIN,
             "AGENTDB_DATABASE_URL": server.dsn(),
             "AGENTDB_LOG_LEVEL": "warning",
+            **{f"AGENTDB_{name.upper()}": value for name, value in settings.items()},
         }
         log = (data_dir / "serve.log").open("wb")
         proc = subprocess.Popen(  # noqa: ASYNC220 - started once, before anything is measured

@@ -9,7 +9,8 @@ PostgreSQL connection per call (connect, query, close) and one kept-open connect
 the session's database (no HTTP), so the table shows what the API adds and what a connection
 costs.
 
-Usage: `.venv/bin/python benchmarks/latency.py [--calls 200] [--json out.json]`
+Usage: `.venv/bin/python benchmarks/latency.py [--calls 200] [--sql-idle-connections 0]
+[--json out.json]`
 """
 
 from __future__ import annotations
@@ -113,11 +114,18 @@ async def main() -> None:
     parser.add_argument("--calls", type=int, default=200)
     parser.add_argument("--data-dir", type=Path)
     parser.add_argument("--json", type=Path)
+    parser.add_argument(
+        "--sql-idle-connections",
+        help="AGENTDB_SQL_IDLE_CONNECTIONS for the server (0: a new connection per SQL call)",
+    )
     args = parser.parse_args()
     quiet_logs()
     data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="agentdb-latency-"))
     try:
-        async with served(data_dir) as server:
+        extra = {}
+        if args.sql_idle_connections is not None:
+            extra["sql_idle_connections"] = args.sql_idle_connections
+        async with served(data_dir, **extra) as server:
             results = await measure(server.url, args.calls)
     finally:
         if args.data_dir is None:
