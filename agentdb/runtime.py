@@ -45,6 +45,7 @@ from agentdb.services import (
     ReadPace,
     Reconciler,
     Secrets,
+    SessionGate,
     SessionLocks,
     SessionService,
     SqlService,
@@ -187,6 +188,8 @@ def _runtime(  # noqa: PLR0917 - the parts open_runtime opened, in the order it 
         suspend_timeout_seconds=settings.compute_suspend_timeout_s,
     )
     locks = SessionLocks(meta)
+    # SQL calls and the workflows that copy or swap a live database take turns (per session).
+    gate = SessionGate()
     try:
         sessions = SessionService(
             meta,
@@ -221,7 +224,7 @@ def _runtime(  # noqa: PLR0917 - the parts open_runtime opened, in the order it 
             session_max_ttl=seconds(settings.session_token_max_ttl_s),
         ),
         sessions=sessions,
-        checkpoints=CheckpointService(meta, neon, locks=locks, tiers=tiers, kill=kill),
+        checkpoints=CheckpointService(meta, neon, locks=locks, tiers=tiers, kill=kill, gate=gate),
         branches=BranchService(
             meta,
             neon,
@@ -229,6 +232,7 @@ def _runtime(  # noqa: PLR0917 - the parts open_runtime opened, in the order it 
             locks=locks,
             default_ttl=timedelta(seconds=settings.branch_ttl_s),
             kill=kill,
+            gate=gate,
         ),
         sql=SqlService(
             meta,
@@ -244,6 +248,7 @@ def _runtime(  # noqa: PLR0917 - the parts open_runtime opened, in the order it 
             recover_credentials=CredentialService(meta, neon, secrets).recover,
             read_pace=ReadPace(settings.sql_user_read_rate),
             idle=IdleConnections(settings.sql_idle_connections),
+            gate=gate,
         ),
         addons=addons,
         events=EventService(meta),

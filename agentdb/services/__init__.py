@@ -15,7 +15,15 @@ from agentdb.wire import (
     SessionView,
 )
 
-from ._common import MAX_PAGE, Actor, Clock, SessionLocks, WorkflowKillSwitch, system_clock
+from ._common import (
+    MAX_PAGE,
+    Actor,
+    Clock,
+    SessionGate,
+    SessionLocks,
+    WorkflowKillSwitch,
+    system_clock,
+)
 from ._errors import (
     AlreadyExists,
     BranchNotFound,
@@ -92,6 +100,7 @@ __all__ = [
     "Secrets",
     "ServiceError",
     "SessionBusy",
+    "SessionGate",
     "SessionLocks",
     "SessionNotFound",
     "SessionService",

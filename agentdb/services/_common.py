@@ -4,6 +4,7 @@ log."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import uuid
 import weakref
@@ -125,6 +126,80 @@ class SessionLocks:
             finally:
                 # Ending the transaction releases the advisory lock.
                 await holder.rollback()
+
+
+@dataclass
+class _Gate:
+    changed: asyncio.Condition
+    users: int = 0  # calls and workflows holding or awaiting it: it is forgotten at 0
+    running: int = 0
+    closed: bool = False
+
+
+class SessionGate:
+    """In this process, SQL calls through agentdb and the workflows that copy or swap a
+    session's live database (checkpoint, restore, a branch or reset from the live database)
+    take turns, so no call agentdb runs is broken by one: a call waits while such a workflow
+    has the database (up to `wait`, then goes on and meets the closed database as before),
+    and the workflow first lets the calls already running finish, up to `drain` seconds (a
+    longer one is ended by the copy, as before). Direct connections are not agentdb's to hold:
+    they are ended and reconnect. Other agentdb processes do not see this gate."""
+
+    def __init__(self, *, drain: float = 5.0) -> None:
+        self._drain = drain
+        self._gates: dict[uuid.UUID, _Gate] = {}
+
+    @asynccontextmanager
+    async def _use(self, session_id: uuid.UUID) -> AsyncIterator[_Gate]:
+        gate = self._gates.get(session_id)
+        if gate is None:
+            gate = self._gates[session_id] = _Gate(asyncio.Condition())
+        gate.users += 1
+        try:
+            yield gate
+        finally:
+            gate.users -= 1
+            if not gate.users:
+                del self._gates[session_id]
+
+    @asynccontextmanager
+    async def query(self, session_id: uuid.UUID, *, wait: float) -> AsyncIterator[None]:
+        """Holds the session's database open for one SQL call, after waiting (at most `wait`
+        seconds) for a workflow that has it closed."""
+        async with self._use(session_id) as gate:
+            async with gate.changed:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait):
+                        await gate.changed.wait_for(lambda: not gate.closed)
+                gate.running += 1
+            try:
+                yield
+            finally:
+                async with gate.changed:
+                    gate.running -= 1
+                    gate.changed.notify_all()
+
+    @asynccontextmanager
+    async def closed(self, session_id: uuid.UUID) -> AsyncIterator[None]:
+        """Holds new SQL calls of the session back and lets the running ones finish (at most
+        `drain` seconds) before the block; lets them in again after it."""
+        async with self._use(session_id) as gate:
+            async with gate.changed:
+                await gate.changed.wait_for(lambda: not gate.closed)
+                gate.closed = True
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._drain):
+                        await gate.changed.wait_for(lambda: not gate.running)
+            try:
+                yield
+            finally:
+                async with gate.changed:
+                    gate.closed = False
+                    gate.changed.notify_all()
+
+    def __len__(self) -> int:
+        """Sessions with a call or workflow at the gate (for tests: none are kept after)."""
+        return len(self._gates)
 
 
 def event(

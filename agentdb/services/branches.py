@@ -46,6 +46,7 @@ from ._common import (
     Actor,
     Clock,
     SessionFactory,
+    SessionGate,
     SessionLocks,
     WorkflowKillSwitch,
     check_text,
@@ -80,7 +81,10 @@ class BranchService:
         default_ttl: timedelta = timedelta(hours=24),
         max_ttl: timedelta = timedelta(days=30),
         kill: WorkflowKillSwitch | None = None,
+        gate: SessionGate | None = None,
     ) -> None:
+        """`gate`: the same `SessionGate` as the SQL service's (SQL calls wait while a branch
+        is copied from the live database)."""
         if not timedelta(0) < default_ttl <= max_ttl:
             raise ValueError("default_ttl must be positive and at most max_ttl")
         self._sessions = sessions
@@ -91,6 +95,7 @@ class BranchService:
         self._default_ttl = default_ttl
         self._max_ttl = max_ttl
         self._kill = kill or WorkflowKillSwitch()
+        self._gate = SessionGate() if gate is None else gate
 
     def _db(self) -> AsyncSession:
         return self._sessions(expire_on_commit=False)
@@ -290,7 +295,7 @@ class BranchService:
         try:
             try:
                 branch, endpoints, operations = await self._make(
-                    project_id, name, session.live_branch_id, source
+                    session.id, project_id, name, session.live_branch_id, source
                 )
             except NeonError as error:
                 # A 5xx or a lost answer: the branch may exist; adopt it rather than fail.
@@ -349,17 +354,23 @@ class BranchService:
         await db.commit()
 
     async def _make(
-        self, project_id: str, name: str, live_branch_id: str, source: Checkpoint | None
+        self,
+        session_id: uuid.UUID,
+        project_id: str,
+        name: str,
+        live_branch_id: str,
+        source: Checkpoint | None,
     ) -> tuple[NeonBranch, builtins.list[Endpoint], builtins.list[str]]:
         """Creates the branch on the control plane: from the live branch as it is now, or
         restored from the checkpoint's snapshot. Returns it, its computes and operation ids."""
         if source is None:
-            created = await self._neon.create_branch(
-                project_id,
-                name=name,
-                parent_id=live_branch_id,
-                endpoints=[EndpointOptions(type="read_write")],
-            )
+            async with self._gate.closed(session_id):
+                created = await self._neon.create_branch(
+                    project_id,
+                    name=name,
+                    parent_id=live_branch_id,
+                    endpoints=[EndpointOptions(type="read_write")],
+                )
             return created.branch, created.endpoints, [op.id for op in created.operations]
         assert source.snapshot_id is not None  # noqa: S101 - checked by _source
         # Not finalized: a new branch with a compute of its own; live is untouched.
@@ -434,9 +445,10 @@ class BranchService:
                 if source is None:
                     # Neon's "reset from parent", from the live branch as it is now (after a
                     # restore the branch's parent is the replaced "(old)" one).
-                    changed = await self._neon.restore_branch(
-                        session.project_id, old_id, source_branch_id=session.live_branch_id
-                    )
+                    async with self._gate.closed(session_id):
+                        changed = await self._neon.restore_branch(
+                            session.project_id, old_id, source_branch_id=session.live_branch_id
+                        )
                     operations = [op.id for op in changed.operations]
                 else:
                     assert source.snapshot_id is not None  # noqa: S101 - checked above

@@ -51,6 +51,7 @@ from ._common import (
     Actor,
     Clock,
     SessionFactory,
+    SessionGate,
     SessionLocks,
     WorkflowKillSwitch,
     check_text,
@@ -113,15 +114,18 @@ class CheckpointService:
         tiers: Tiers | None = None,
         blocked_recheck: timedelta = timedelta(hours=1),
         kill: WorkflowKillSwitch | None = None,
+        gate: SessionGate | None = None,
     ) -> None:
         """`tiers`: each session's tier caps its checkpoints (`max_checkpoints_per_session`);
         without them, every checkpoint is kept until deleted. `blocked_recheck`: how often a
         replaced branch whose cleanup a child branch agentdb does not manage blocks is tried
-        again."""
+        again. `gate`: the same `SessionGate` as the SQL service's (SQL calls wait while a
+        checkpoint or restore has the live database)."""
         self._sessions = sessions
         self._neon = neon
         self._clock = clock
         self._locks = locks or SessionLocks(sessions)
+        self._gate = SessionGate() if gate is None else gate
         self._tiers = tiers
         self._replaced = ReplacedBranches(neon, clock, recheck=blocked_recheck)
         self._kill = kill or WorkflowKillSwitch()
@@ -239,7 +243,8 @@ class CheckpointService:
             await db.commit()
             self._kill.point("checkpoint.requested")
             try:
-                created = await self._snapshot(row.project_id, row.live_branch_id, checkpoint)
+                async with self._gate.closed(session_id):
+                    created = await self._snapshot(row.project_id, row.live_branch_id, checkpoint)
             except NeonError as error:
                 checkpoint.status = CheckpointStatus.FAILED
                 checkpoint.error = row.error = describe(error)
@@ -365,12 +370,13 @@ class CheckpointService:
             operations: builtins.list[str] = []
             try:
                 # Always name the live branch: Neon's default target can be an "(old)" one.
-                restored = await self._neon.restore_snapshot(
-                    row.project_id,
-                    checkpoint.snapshot_id,
-                    target_branch_id=replaced,
-                    finalize_restore=True,
-                )
+                async with self._gate.closed(session_id):
+                    restored = await self._neon.restore_snapshot(
+                        row.project_id,
+                        checkpoint.snapshot_id,
+                        target_branch_id=replaced,
+                        finalize_restore=True,
+                    )
                 live_id = restored.branch.id
                 operations = operation_ids(restored)
             except NeonError as error:

@@ -53,7 +53,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from agentdb.wire import MAX_SQL_ROWS, MAX_SQL_TIMEOUT_SECONDS, SqlColumn, SqlResult
 from meta_schema import SessionStatus
 
-from ._common import SYSTEM, Actor, Clock, SessionFactory, load_session, system_clock
+from ._common import (
+    SYSTEM,
+    Actor,
+    Clock,
+    SessionFactory,
+    SessionGate,
+    load_session,
+    system_clock,
+)
 from ._errors import Conflict, InvalidInput, QuotaExceeded, SessionBusy, SqlFailed
 from ._secrets import Secrets
 from .credentials import INVALID_PASSWORD
@@ -445,6 +453,7 @@ class SqlService:
         recover_credentials: RecoverCredentials | None = None,
         read_pace: ReadPace | None = None,
         idle: IdleConnections | None = None,
+        gate: SessionGate | None = None,
     ) -> None:
         """`after_ddl` runs after SQL that may have changed the schema (the Data API's schema
         cache refresh); it must not raise. `explain_quota` looks up whether a refused
@@ -453,7 +462,8 @@ class SqlService:
         password (an agent changed it from SQL). `read_pace` bounds how fast each user's
         calls read result rows (none: unbounded). `idle` keeps finished calls' connections for
         their session's next call (none by default); close the service (`close`) to close
-        them."""
+        them. `gate`: the same `SessionGate` as the checkpoint and branch services', so a
+        call waits for a checkpoint or restore of its session instead of being broken by it."""
         if not timedelta(0) < statement_timeout <= MAX_TIMEOUT:
             raise ValueError("statement_timeout must be positive and at most an hour")
         if not 1 <= max_rows <= MAX_ROWS_LIMIT:
@@ -471,6 +481,7 @@ class SqlService:
         self._recover_credentials = recover_credentials
         self._read_pace = read_pace
         self._idle = IdleConnections(0) if idle is None else idle
+        self._gate = SessionGate() if gate is None else gate
         self._adapters = _result_adapters()
 
     async def close(self) -> None:
@@ -523,13 +534,15 @@ class SqlService:
         if self._read_pace is not None:
             pay = functools.partial(self._read_pace.pay, user_id)
         try:
-            conn, timeout_ms, begun = await self._checkout(session_id, uri, limit)
-            clean = False
-            try:
-                result = await self._execute(conn, sql, bound, cap, limit, pay=pay, begun=begun)
-                clean = True
-            finally:
-                await self._checkin(session_id, conn, timeout_ms, clean=clean)
+            # A checkpoint or restore of the session in progress is waited out, not failed on.
+            async with self._gate.query(session_id, wait=limit.total_seconds()):
+                conn, timeout_ms, begun = await self._checkout(session_id, uri, limit)
+                clean = False
+                try:
+                    result = await self._execute(conn, sql, bound, cap, limit, pay=pay, begun=begun)
+                    clean = True
+                finally:
+                    await self._checkin(session_id, conn, timeout_ms, clean=clean)
         except SqlFailed as failed:
             if self._explain_quota is not None and failed.sqlstate in _QUOTA_STATES:
                 over = await self._explain_quota(session_id)
