@@ -7,7 +7,9 @@ another on one connection: `GET /healthz`, `GET /v1/sessions/{id}`, and `POST ..
 `select 1`. Beside them, the same `select 1` the naive way a service would run it: a new
 PostgreSQL connection per call (connect, query, close) and one kept-open connection, straight to
 the session's database (no HTTP), so the table shows what the API adds and what a connection
-costs.
+costs. Then the session is checkpointed 10 times while three loops insert through agentdb's
+`/sql` and three on direct connections (reconnecting after a failure): the checkpoints' and the
+inserts' times, and how many inserts failed on each path.
 
 Usage: `.venv/bin/python benchmarks/latency.py [--calls 200] [--sql-idle-connections 0]
 [--json out.json]`
@@ -22,6 +24,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -45,6 +48,12 @@ def ms(value: float) -> str:
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+TABLE = "CREATE TABLE IF NOT EXISTS log (n int)"
+INSERT = "INSERT INTO log VALUES (1)"
+#: Failed calls during the checkpoints, by path ("agentdb", "direct").
+FAILED: Counter[str] = Counter()
 
 
 async def timed(calls: int, call: Callable[[], Awaitable[object]]) -> list[float]:
@@ -106,7 +115,68 @@ async def measure(url: str, calls: int) -> dict[str, list[float]]:
             await kept.execute("select 1")
 
         results["direct: select 1 on an open connection"] = await timed(calls, on_kept)
+    results.update(await during_checkpoints(url, sid, uri, agent, owner))
     return results
+
+
+async def during_checkpoints(
+    url: str, sid: str, uri: str, agent: dict[str, str], owner: dict[str, str], *, count: int = 10
+) -> dict[str, list[float]]:
+    """Three agents' SQL loops (through agentdb) and three direct connections' loops on the
+    session while it is checkpointed `count` times: each call's time, and the failures."""
+    failures: Counter[str] = Counter()
+    took: dict[str, list[float]] = {"agentdb": [], "direct": []}
+    stop = asyncio.Event()
+    async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+        expect(await http.post(f"/v1/sessions/{sid}/sql", json={"sql": TABLE}, headers=agent), 200)
+
+        async def through_agentdb() -> None:
+            while not stop.is_set():
+                started = time.perf_counter()
+                answer = await http.post(
+                    f"/v1/sessions/{sid}/sql", json={"sql": INSERT}, headers=agent
+                )
+                took["agentdb"].append(time.perf_counter() - started)
+                if answer.status_code != 200:
+                    failures["agentdb"] += 1
+
+        async def direct() -> None:
+            conn: psycopg.AsyncConnection[tuple[object, ...]] | None = None
+            while not stop.is_set():
+                started = time.perf_counter()
+                try:
+                    if conn is None or conn.closed:
+                        conn = await psycopg.AsyncConnection.connect(uri, autocommit=True)
+                    await conn.execute(INSERT)
+                except psycopg.Error:
+                    failures["direct"] += 1
+                    conn = None
+                took["direct"].append(time.perf_counter() - started)
+            if conn is not None:
+                await conn.close()
+
+        loops = [asyncio.create_task(f()) for f in (through_agentdb, direct) for _ in range(3)]
+        checkpoint_took = []
+        try:
+            for n in range(count):
+                started = time.perf_counter()
+                expect(
+                    await http.post(
+                        f"/v1/sessions/{sid}/checkpoints", json={"label": f"c{n}"}, headers=owner
+                    ),
+                    201,
+                )
+                checkpoint_took.append(time.perf_counter() - started)
+                await asyncio.sleep(0.3)
+        finally:
+            stop.set()
+            await asyncio.gather(*loops)
+    FAILED.update(failures)
+    return {
+        f"checkpoint (x{count}) while 6 loops write": checkpoint_took,
+        "during them: /sql INSERT through agentdb": took["agentdb"],
+        "during them: INSERT on a direct connection": took["direct"],
+    }
 
 
 async def main() -> None:
@@ -135,6 +205,9 @@ async def main() -> None:
         for what, t in results.items()
     ]
     print(markdown_table(["back to back, one connection", "n", "p50", "p95", "max"], rows))
+    print()
+    failed = [[where, str(FAILED[where])] for where in ("agentdb", "direct")]
+    print(markdown_table(["calls that failed during the checkpoints", "failed"], failed))
     if args.json:
         facts = machine_facts()
         out = {
