@@ -43,7 +43,9 @@ over a time, written-data or transfer quota every endpoint is suspended (databas
 starting one answers 403; over `logical_size_bytes` a branch's databases get
 `default_transaction_read_only = on` and their sessions are ended (as Supabase does when a disk
 fills). Unlike Neon's storage-level check, a client can override that with
-`SET default_transaction_read_only = off`: it is a guard rail, not a security boundary.
+`SET default_transaction_read_only = off`; the size watch then ends its backend whenever it
+finds it writing (a statement running with a transaction id), but a client committing many
+small transactions between two looks still writes: a guard rail, not a security boundary.
 
 **The size watch** (`watch()`, every `Limits.size_watch_interval_s`, 0.1 s) does not wait for the
 meter: statistics of a statement still running reach the meter only once it ends, so one
@@ -211,7 +213,8 @@ WHERE a.backend_type = 'client backend' AND a.pid <> pg_backend_pid() AND a.datn
 _WAL = "SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint"
 _ACTIVE_TENANT_BACKENDS = r"""
 SELECT a.datname, a.pid, a.backend_start,
-       a.query_start < clock_timestamp() - make_interval(secs => %s)
+       a.query_start < clock_timestamp() - make_interval(secs => %s),
+       a.backend_xid IS NOT NULL
 FROM pg_stat_activity a
 WHERE a.backend_type = 'client backend' AND a.state = 'active'
   AND a.datname LIKE 'lpd\_%%' AND a.usename <> current_user
@@ -587,12 +590,17 @@ class UsageMixin(PlaneBase):
         if not active:
             return []
         w = self._watch
-        running_long = [(str(db), int(pid), started) for db, pid, started, long in backends if long]
+        running_long = [
+            (str(db), int(pid), started) for db, pid, started, long, _ in backends if long
+        ]
         await self._deprioritise(
             [
                 (int(pid), started, _LONG_NICE if long else _ACTIVE_NICE)
-                for _, pid, started, long in backends
+                for _, pid, started, long, _ in backends
             ]
+        )
+        await self._stop_read_only_writers(
+            [(str(db), int(pid)) for db, pid, _, _, writes in backends if writes]
         )
         await self._cap_memory([(db, pid) for db, pid, _ in running_long])
         age = time.monotonic() - w.refreshed
@@ -658,6 +666,28 @@ class UsageMixin(PlaneBase):
                 logical_size=size,
                 limit=limit,
             )
+
+    async def _stop_read_only_writers(self, writing: list[tuple[str, int]]) -> list[int]:
+        """Ends each (database, pid) backend that writes in a database made read-only (its
+        branch is past its size quota, or the disk is nearly full): a role may lift
+        `default_transaction_read_only` for its own session, and this takes the write back
+        (the statement rolls back with its connection). A backend that only writes temporary
+        tables is ended too: they take disk as well. Returns the pids ended."""
+        w = self._watch
+        ended = [
+            pid
+            for database, pid in writing
+            if database in w.places and (w.disk_low or w.places[database][1] in w.read_only)
+        ]
+        if ended:
+            conn = await self._watch_conn()
+            await conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE pid = ANY(%s) AND usename <> current_user",
+                (ended,),
+            )
+            log.warning("localplane.read_only_write_stopped", backends=len(ended))
+        return ended
 
     async def _deprioritise(self, backends: list[tuple[int, datetime, int]]) -> None:
         """Gives each (pid, backend_start, nice) tenant backend that lower CPU priority (and

@@ -111,3 +111,38 @@ async def test_a_nearly_full_disk_stops_tenant_writes_and_keeps_the_plane_writab
     await _until(plane, wanted=False)
     await execute(uri, "INSERT INTO t VALUES (2)")
     assert await fetch(uri, "SELECT n FROM t ORDER BY n") == [(1,), (2,)]
+
+
+async def test_a_role_that_lifts_read_only_for_itself_is_stopped_writing(
+    neon_http: httpx.AsyncClient, plane: LocalPlane
+) -> None:
+    """`default_transaction_read_only` is the role's to change for its own session; the watch
+    ends a backend that writes in a read-only database anyway, and the write rolls back."""
+    created = await create_project(neon_http)
+    project_id = created["project"]["id"]
+    uri = created["connection_uris"][0]["connection_uri"]
+    await execute(
+        uri,
+        "CREATE TABLE t (n int, s text)",
+        "INSERT INTO t VALUES (0, 'kept')",
+        "CREATE TABLE probe (n int)",
+    )
+    resp = await neon_http.patch(
+        f"/projects/{project_id}",
+        json={"project": {"settings": {"quota": {"logical_size_bytes": 1}}}},
+    )
+    assert resp.status_code == 200, resp.text
+    for _ in range(100):  # the meter applies the quota at its next tick
+        await plane.meter()
+        try:
+            await execute(uri, "INSERT INTO probe VALUES (1)")
+        except errors.ReadOnlySqlTransaction:
+            break
+        await asyncio.sleep(0.1)
+    else:
+        raise AssertionError("the database never turned read-only past its quota")
+
+    with pytest.raises(psycopg.OperationalError):
+        await execute(uri, "SET default_transaction_read_only = off", _WRITER)
+    # Reads go on, and nothing the lifted session wrote stayed.
+    assert await fetch(uri, "SELECT n FROM t ORDER BY n") == [(0,)]
