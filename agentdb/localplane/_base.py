@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 from typing import Any, assert_never
 
 import psycopg
+import stamina
 import structlog
 
 from agentdb.pg import ServerInfo
@@ -44,6 +45,8 @@ log = structlog.get_logger(__name__)
 # A job whose server connection broke (PostgreSQL killed and restarting) is run again, from the
 # step it was in, for this long before its operations are marked failed.
 _SERVER_LOST_RETRY_S = 120.0
+#: Deleted projects whose databases and roles are dropped at once.
+_CLEANUPS_AT_ONCE = 2
 _SERVER_LOST_PAUSE_S = (0.5, 5.0)
 
 
@@ -102,6 +105,11 @@ class PlaneBase:
         self._delay = operation_delay_s
         self._tasks: set[asyncio.Task[None]] = set()
         self._project_chain: dict[str, asyncio.Task[None]] = {}
+        # Deleted projects' databases and roles are dropped a few at a time: a thousand
+        # deletes at once must not queue a thousand drops on the engine's connections.
+        self._cleanups = asyncio.Semaphore(_CLEANUPS_AT_ONCE)
+        #: A cleanup gave up: the next sweep collects the orphans it left.
+        self.orphans_suspected = False
         self.last_swap_downtime_s: float | None = None
         # Operations carry the id of the process that runs them; a process holds an advisory lock
         # on its id while alive, so a restart only takes over jobs whose runner is gone.
@@ -352,17 +360,35 @@ class PlaneBase:
                     await tx.put(e)
 
     def _schedule_cleanup(self, project_id: str, databases: list[str], roles: list[str]) -> None:
+        """Drops a deleted project's databases and roles in the background, a few projects at
+        a time, retrying while the server is busy or restarting; what still fails is left to
+        `collect_orphans` (at start, and at the next sweep after a cleanup gave up), never
+        lost."""
         previous = self._project_chain.get(project_id)
 
-        async def cleanup() -> None:
-            if previous is not None and not previous.done():
-                await asyncio.wait([previous])
+        async def drop() -> None:
             for name in databases:
                 await self._engine.drop_database(name)
             # The project's branches and snapshots deleted before it may still be in the trash,
             # holding objects its roles own.
             await self._engine.drain_trash()
             await self._engine.drop_roles(*roles)
+
+        async def cleanup() -> None:
+            if previous is not None and not previous.done():
+                await asyncio.wait([previous])
+            try:
+                async with self._cleanups:
+                    async for attempt in stamina.retry_context(
+                        on=psycopg.OperationalError, attempts=5, wait_initial=0.5, wait_max=10
+                    ):
+                        with attempt:
+                            await drop()
+            except psycopg.Error as error:
+                self.orphans_suspected = True
+                log.warning(
+                    "localplane.cleanup_failed", project_id=project_id, error=type(error).__name__
+                )
 
         task = asyncio.create_task(cleanup())
         self._tasks.add(task)

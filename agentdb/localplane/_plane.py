@@ -129,10 +129,19 @@ class LocalPlane(
             except Exception:
                 log.exception("localplane.guard_failed")
 
+    async def sweep(self) -> None:
+        """One sweep: expired snapshots and branches are deleted, and what a cleanup that gave
+        up left is dropped now rather than at the next start (only while no job or cleanup
+        runs, which could still be about to drop it)."""
+        await self.expire()
+        if self.orphans_suspected and not self._tasks:
+            await self.collect_orphans()
+            self.orphans_suspected = False
+
     async def _sweep_expired(self) -> None:
         while True:
             await asyncio.sleep(_SWEEP_INTERVAL_S)
             try:
-                await self.expire()
+                await self.sweep()
             except Exception:
                 log.exception("localplane.sweep_failed")

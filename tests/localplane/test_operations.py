@@ -183,3 +183,21 @@ async def test_orphaned_databases_and_roles_are_collected(
         assert await cur.fetchone() == (0,)
     # Live projects are untouched: collecting again finds nothing.
     assert await plane.collect_orphans() == []
+
+
+async def test_a_sweep_collects_what_a_cleanup_that_gave_up_left(
+    pg_server: ServerInfo, plane: LocalPlane
+) -> None:
+    async with await psycopg.AsyncConnection.connect(pg_server.conninfo(), autocommit=True) as su:
+        await su.execute("CREATE DATABASE lpd_gaveup0000_leftover0")
+    await plane.drain()
+    await plane.sweep()  # nothing suspected: the fleet is not scanned
+    async with await psycopg.AsyncConnection.connect(pg_server.conninfo(), autocommit=True) as su:
+        cur = await su.execute("SELECT count(*) FROM pg_database WHERE datname LIKE 'lpd_gaveup%%'")
+        assert await cur.fetchone() == (1,)
+    plane.orphans_suspected = True  # what a cleanup that gave up sets
+    await plane.sweep()
+    assert not plane.orphans_suspected
+    async with await psycopg.AsyncConnection.connect(pg_server.conninfo(), autocommit=True) as su:
+        cur = await su.execute("SELECT count(*) FROM pg_database WHERE datname LIKE 'lpd_gaveup%%'")
+        assert await cur.fetchone() == (0,)
