@@ -269,6 +269,8 @@ def _runtime(  # noqa: PLR0917 - the parts open_runtime opened, in the order it 
             locks=locks,
             project_prefix=settings.project_prefix,
             grace=timedelta(0),
+            # Listing every project is the one part that grows with the fleet.
+            orphans_every=timedelta(minutes=10),
         ),
         idempotency=IdempotencyService(meta, secrets),
         jobs=JobRunner(meta),

@@ -6,6 +6,7 @@ lock, and a second run finds nothing."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from datetime import timedelta
 
@@ -81,13 +82,19 @@ class Reconciler:
         locks: SessionLocks | None = None,
         project_prefix: str = "agentdb-",
         grace: timedelta = timedelta(seconds=30),
+        orphans_every: timedelta = timedelta(0),
     ) -> None:
+        """`orphans_every`: how often a run also lists the control plane's projects to delete
+        orphans (a request per 400 projects on Neon); sessions' unfinished rows are repaired
+        on every run."""
         self._sessions = sessions
         self._neon = neon
         self._clock = clock
         self._locks = locks or SessionLocks(sessions)
         self._prefix = project_prefix
         self._grace = grace
+        self._orphans_every = orphans_every.total_seconds()
+        self._orphans_at: float | None = None  # monotonic time of the last orphan pass
         # The workflows whose recovery this runs, in the order a session needs them: its
         # create or delete, then its checkpoints and restores, then its branches.
         self._workflows = (
@@ -121,7 +128,10 @@ class Reconciler:
                         await workflow.resume(db, row, recovery)
             except (NeonError, ControlPlaneFailed) as error:
                 recovery.error(f"session {session_id}: {describe(error)}")
-        await self._delete_orphans(recovery)
+        moment = time.monotonic()
+        if self._orphans_at is None or moment - self._orphans_at >= self._orphans_every:
+            self._orphans_at = moment
+            await self._delete_orphans(recovery)
         report = ReconcileReport(**recovery.counts, errors=tuple(recovery.errors))
         if report.repairs or report.errors:
             log.info(
@@ -150,15 +160,33 @@ class Reconciler:
             except NeonError as error:
                 recovery.error(f"listing projects of org {org_id}: {describe(error)}")
                 continue
-            for project in projects:
-                session_id = self._session_of(project)
-                if session_id is None:
-                    continue
+            for session_id, project in await self._suspects(projects):
                 try:
                     async with self._locks.hold(session_id):
                         await self._delete_if_orphan(session_id, project, recovery)
                 except NeonError as error:
                     recovery.error(f"orphan project {project.id}: {describe(error)}")
+
+    async def _suspects(self, projects: list[Project]) -> list[tuple[uuid.UUID, Project]]:
+        """The projects named like a session's that look orphaned, read in batches: only these
+        are locked and read again one at a time (a fleet of live sessions costs a query per
+        thousand, not a lock and a query each)."""
+        named = [(sid, p) for p in projects if (sid := self._session_of(p)) is not None]
+        suspects = []
+        for start in range(0, len(named), _BATCH):
+            batch = named[start : start + _BATCH]
+            async with self._db() as db:
+                found = await db.execute(
+                    sa.select(
+                        col(AgentSession.id), col(AgentSession.status), col(AgentSession.project_id)
+                    ).where(col(AgentSession.id).in_([sid for sid, _ in batch]))
+                )
+                rows = {sid: (status, project_id) for sid, status, project_id in found}
+            for sid, project in batch:
+                status, project_id = rows.get(sid, (None, None))
+                if _orphan(status, project_id, project.id):
+                    suspects.append((sid, project))
+        return suspects
 
     def _session_of(self, project: Project) -> uuid.UUID | None:
         """The session id in a project's name, if the name is exactly prefix + a UUID."""
@@ -177,9 +205,9 @@ class Reconciler:
         async with self._db() as db:
             row = await db.get(AgentSession, session_id, populate_existing=True)
             orphan = (
-                row is None
-                or row.status == SessionStatus.DELETED
-                or (row.status == SessionStatus.FAILED and row.project_id != project.id)
+                _orphan(None, None, project.id)
+                if row is None
+                else _orphan(row.status, row.project_id, project.id)
             )
             # Gone already: another process's reconciler got there first.
             if not orphan or not await self._delete_project(project.id):
@@ -197,6 +225,20 @@ class Reconciler:
         except NeonNotFound:
             return False
         return True
+
+
+#: Sessions read in one query when looking for orphan projects.
+_BATCH = 1000
+
+
+def _orphan(status: SessionStatus | None, session_project: str | None, project_id: str) -> bool:
+    """Whether a project named after a session is nobody's: the session does not exist, was
+    deleted, or failed without owning this project."""
+    return (
+        status is None
+        or status == SessionStatus.DELETED
+        or (status == SessionStatus.FAILED and session_project != project_id)
+    )
 
 
 __all__ = ["ReconcileReport", "Reconciler"]

@@ -562,6 +562,25 @@ async def test_orphan_projects_are_deleted_and_nothing_else(
         await neon.delete_project(project.project.id)
 
 
+async def test_orphan_projects_are_looked_for_at_most_as_often_as_asked(
+    *, meta_sessions: Sessions, neon: NeonClient, box: Secrets, locks: SessionLocks, org_id: str
+) -> None:
+    """Listing every project grows with the fleet: a reconciler told to look every hour does
+    so on its first run and not on the next, while its session repairs run every time."""
+    hourly = Reconciler(
+        meta_sessions, neon, box, locks=locks, grace=timedelta(0), orphans_every=timedelta(hours=1)
+    )
+    first = await neon.create_project(name=f"agentdb-{uuid.uuid4()}", org_id=org_id)
+    assert (await hourly.run_once()).orphan_projects_deleted == 1
+    second = await neon.create_project(name=f"agentdb-{uuid.uuid4()}", org_id=org_id)
+    assert (await hourly.run_once()).orphan_projects_deleted == 0
+    assert await project_exists(neon, second.project.id)
+    assert not await project_exists(neon, first.project.id)
+    eager = Reconciler(meta_sessions, neon, box, locks=locks, grace=timedelta(0))
+    assert (await eager.run_once()).orphan_projects_deleted == 1
+    assert not await project_exists(neon, second.project.id)
+
+
 async def test_control_plane_errors_for_one_session_do_not_stop_the_others(
     *,
     localplane_app: Litestar,
