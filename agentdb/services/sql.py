@@ -606,10 +606,12 @@ class SqlService:
             and not conn.closed
             and conn.pgconn.transaction_status == pq.TransactionStatus.IDLE
         ):
-            try:
-                # What the call wrote reaches the statistics (the plane's meter) as it would
-                # had the connection closed, not when the idle backend next reports.
+            # What the call wrote reaches the statistics (the plane's meter) as it would had
+            # the connection closed, not when the idle backend next reports (PostgreSQL 15+;
+            # without it the connection is still kept).
+            with contextlib.suppress(psycopg.Error):
                 await conn.execute("SELECT pg_catalog.pg_stat_force_next_flush()")
+            try:
                 await conn.execute("DISCARD ALL")
             except psycopg.Error:
                 pass
