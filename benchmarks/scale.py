@@ -1,0 +1,245 @@
+"""Benchmark of one machine holding many sessions, through `agentdb serve` over real HTTP:
+session create one at a time and 8 at a time, the disk an idle session costs, agentdb's and
+PostgreSQL's CPU while the fleet is idle (with `GET` latency meanwhile), checkpoints of random
+sessions 8 at a time, and deleting every session until the disk is back where it started.
+
+One run on a fresh temporary data dir: the embedded PostgreSQL, then `agentdb serve` as a child
+process on it; one user of the `enterprise` tier (no session cap), driven with the admin token
+(no rate limit by default). Issue 16's full run is 5,000 sessions; `--sessions` sets the count
+(each costs about 15 MB of disk on ext4: a live database and the root checkpoint's copy).
+
+Usage: `.venv/bin/python benchmarks/scale.py [--sessions 200] [--idle 60] [--json out.json]`
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import httpx
+import psutil
+import psycopg
+from _common import ADMIN, bearer, expect, machine_facts, markdown_table, mebibytes, served
+
+AT_ONCE = 8
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+def ms(value: float) -> str:
+    return f"{value * 1000:.0f} ms" if value < 10 else f"{value:.1f} s"
+
+
+def spread(values: list[float], high: float = 95) -> str:
+    return f"p50 {ms(percentile(values, 50))}, p{high:g} {ms(percentile(values, high))}"
+
+
+def versus(after: int, before: int) -> str:
+    return f"{mebibytes(after)} vs {mebibytes(before)}"
+
+
+def disk_usage(path: Path, *, only: str | None = None) -> int:
+    """Bytes of the files under `path`; with `only`, under its directories of that name
+    (`base`: the databases, `pg_wal`: the write-ahead log)."""
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        if only is not None and only not in Path(root).parts:
+            continue
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size  # noqa: PTH118
+            except OSError:
+                continue
+    return total
+
+
+async def postmaster(superuser_dsn: str) -> psutil.Process:
+    async with await psycopg.AsyncConnection.connect(superuser_dsn) as su:
+        row = await (await su.execute("SELECT pg_backend_pid()")).fetchone()
+    assert row is not None  # noqa: S101
+    parent = psutil.Process(int(row[0])).parent()
+    assert parent is not None  # noqa: S101
+    return parent
+
+
+async def timed_each(
+    count: int, at_once: int, call: Callable[[], Awaitable[object]]
+) -> tuple[list[float], float]:
+    """Each call's time, and the whole batch's wall time, `at_once` in flight."""
+    took: list[float] = []
+    slots = asyncio.Semaphore(at_once)
+
+    async def one() -> None:
+        async with slots:
+            started = time.perf_counter()
+            await call()
+            took.append(time.perf_counter() - started)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one() for _ in range(count)))
+    return took, time.perf_counter() - started
+
+
+async def run(args: argparse.Namespace, data_dir: Path) -> list[list[str]]:  # noqa: PLR0915
+    rows: list[list[str]] = []
+    async with served(data_dir) as server:
+        limits = httpx.Limits(max_connections=AT_ONCE * 2)
+        async with httpx.AsyncClient(base_url=server.url, timeout=300, limits=limits) as http:
+            admin = bearer(ADMIN)
+            user = expect(
+                await http.post(
+                    "/v1/users", json={"email": "s@x.dev", "tier": "enterprise"}, headers=admin
+                ),
+                201,
+            )
+            ids: list[str] = []
+
+            async def create() -> None:
+                made = expect(
+                    await http.post("/v1/sessions", json={"user_id": user["id"]}, headers=admin),
+                    201,
+                )
+                ids.append(made["id"])
+
+            await create()  # warm
+            disk_before = disk_usage(data_dir / "pg", only="base")
+            wal_before = disk_usage(data_dir / "pg", only="pg_wal")
+            one, one_wall = await timed_each(20, 1, create)
+            eight, eight_wall = await timed_each(40, AT_ONCE, create)
+            gain = (len(eight) / eight_wall) / (len(one) / one_wall)
+            rows += [
+                [
+                    "create, 1 at a time",
+                    f"p50 {ms(percentile(one, 50))}, p95 {ms(percentile(one, 95))}",
+                ],
+                [
+                    f"create, {AT_ONCE} at a time",
+                    f"{spread(eight)}; throughput {gain:.2f}x of 1 at a time",
+                ],
+            ]
+            rest = max(0, args.sessions - len(ids))
+            _, fill_wall = await timed_each(rest, AT_ONCE, create)
+            disk_per = (disk_usage(data_dir / "pg", only="base") - disk_before) / max(
+                1, len(ids) - 1
+            )
+            rows += [
+                [f"create the rest ({rest})", f"{fill_wall:.1f} s"],
+                ["sessions", str(len(ids))],
+                [
+                    "databases' disk per idle session (live + root checkpoint)",
+                    mebibytes(round(disk_per)),
+                ],
+            ]
+
+            # Idle: nothing but the background work; a GET every 100 ms meanwhile.
+            await asyncio.sleep(5)
+            pg = await postmaster(server.superuser_dsn)
+            processes = [server.process, pg, *pg.children()]
+            cpu_before = {p.pid: sum(p.cpu_times()[:2]) for p in processes}
+            gets: list[float] = []
+            ends = time.monotonic() + args.idle
+            while time.monotonic() < ends:
+                sid = random.choice(ids)  # noqa: S311
+                started = time.perf_counter()
+                expect(await http.get(f"/v1/sessions/{sid}", headers=admin), 200)
+                gets.append(time.perf_counter() - started)
+                await asyncio.sleep(0.1)
+            used = 0.0
+            for p in [server.process, pg, *pg.children()]:
+                try:
+                    used += sum(p.cpu_times()[:2]) - cpu_before.get(p.pid, 0.0)
+                except psutil.NoSuchProcess:
+                    continue
+            rows += [
+                [
+                    f"idle CPU over {args.idle:g} s, agentdb + PostgreSQL",
+                    f"{100 * used / args.idle:.1f} % of a core",
+                ],
+                [
+                    "GET /v1/sessions/{id} meanwhile",
+                    spread(gets, 99),
+                ],
+            ]
+
+            chosen = random.sample(ids, min(50, len(ids)))
+            queue = list(chosen)
+
+            async def checkpoint() -> None:
+                sid = queue.pop()
+                expect(await http.post(f"/v1/sessions/{sid}/checkpoints", headers=admin), 201)
+
+            cps, cps_wall = await timed_each(len(chosen), AT_ONCE, checkpoint)
+            rows.append(
+                [
+                    f"checkpoints of {len(chosen)} random sessions, {AT_ONCE} at a time",
+                    f"{spread(cps)}, {len(cps) / cps_wall:.1f}/s",
+                ]
+            )
+
+            queue = list(ids)
+
+            async def delete() -> None:
+                sid = queue.pop()
+                expect(await http.delete(f"/v1/sessions/{sid}", headers=admin), 200)
+
+            _, delete_wall = await timed_each(len(ids), AT_ONCE, delete)
+            rows.append([f"delete all {len(ids)}", f"{delete_wall:.1f} s"])
+            # The plane drops the databases in the background: wait for it, up to 10 minutes.
+            left = -1
+            for _ in range(600):
+                async with await psycopg.AsyncConnection.connect(server.superuser_dsn) as su:
+                    cur = await su.execute(
+                        "SELECT count(*) FROM pg_database WHERE datname ~ '^lp[dsx]_'"
+                    )
+                    row = await cur.fetchone()
+                    left = int(row[0]) if row else -1
+                if left == 0:
+                    break
+                await asyncio.sleep(1)
+            rows += [
+                ["tenant databases left after the deletes", str(left)],
+                [
+                    "databases' disk after, against before the sessions",
+                    versus(disk_usage(data_dir / "pg", only="base"), disk_before),
+                ],
+                [
+                    "write-ahead log after, against before (recycled at PostgreSQL checkpoints)",
+                    versus(disk_usage(data_dir / "pg", only="pg_wal"), wal_before),
+                ],
+            ]
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sessions", type=int, default=200)
+    parser.add_argument("--idle", type=float, default=60.0)
+    parser.add_argument("--data-dir", type=Path)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="agentdb-scale-"))
+    try:
+        rows = asyncio.run(run(args, data_dir))
+    finally:
+        if args.data_dir is None:
+            shutil.rmtree(data_dir, ignore_errors=True)
+    print(markdown_table(["measure", "value"], rows))
+    if args.json:
+        args.json.write_text(json.dumps({"machine": machine_facts(), "rows": rows}, indent=2))
+    print(f"machine: {machine_facts()}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
