@@ -353,20 +353,7 @@ class EventView(BaseModel):
 
     @classmethod
     def of(cls, row: Event) -> EventView:
-        assert row.id is not None  # noqa: S101 - the database assigns it on insert
-        return cls(
-            id=row.id,
-            at=row.at,
-            actor=row.actor,
-            actor_scope=row.actor_scope,
-            request_id=row.request_id,
-            session_id=row.session_id,
-            action=row.action,
-            target_kind=row.target_kind,
-            target_id=row.target_id,
-            details=row.details,
-            neon_operation_ids=list(row.neon_operation_ids),
-        )
+        return cls.model_validate(row, from_attributes=True)
 
 
 class SqlColumn(BaseModel):
