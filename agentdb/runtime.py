@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 from functools import partial
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import psycopg
 import structlog
@@ -53,10 +53,13 @@ from agentdb.services import (
     TokenService,
     UsageService,
     UserService,
+    WarmPool,
     WorkflowKillSwitch,
+    project_name,
+    project_spec,
 )
 from agentdb.settings import Settings
-from agentdb.tiers import Tiers, TiersError, load_tiers
+from agentdb.tiers import Tier, Tiers, TiersError, load_tiers
 
 log = structlog.get_logger("agentdb.runtime")
 
@@ -91,6 +94,7 @@ class Runtime:
     reconciler: Reconciler
     idempotency: IdempotencyService
     jobs: JobRunner
+    warm: WarmPool
     #: The in-process local control plane (None on Neon cloud, or with a given client).
     plane: LocalPlane | None
     #: None while PostgreSQL answers, else why it does not (one line, no secrets).
@@ -188,8 +192,20 @@ def _runtime(  # noqa: PLR0917 - the parts open_runtime opened, in the order it 
         suspend_timeout_seconds=settings.compute_suspend_timeout_s,
     )
     locks = SessionLocks(meta)
+    jobs = JobRunner(meta)
     # SQL calls and the workflows that copy or swap a live database take turns (per session).
     gate = SessionGate()
+    warm = WarmPool(
+        meta,
+        neon,
+        secrets,
+        tiers=tiers,
+        size=partial(_warm_pool_size, tiers, settings.warm_pool_size),
+        spec=partial(_project_spec, endpoint_settings),
+        name=partial(project_name, prefix=settings.project_prefix),
+        default_org_id=settings.neon_org_id,
+        refill_soon=partial(jobs.kick, "fill_warm_pool"),
+    )
     try:
         sessions = SessionService(
             meta,
@@ -201,6 +217,7 @@ def _runtime(  # noqa: PLR0917 - the parts open_runtime opened, in the order it 
             endpoint_settings=endpoint_settings,
             tiers=tiers,
             kill=kill,
+            warm=warm,
         )
     except TiersError as error:
         raise StartupError(f"{_tiers_source(settings)}: {error}") from None
@@ -224,7 +241,16 @@ def _runtime(  # noqa: PLR0917 - the parts open_runtime opened, in the order it 
             session_max_ttl=seconds(settings.session_token_max_ttl_s),
         ),
         sessions=sessions,
-        checkpoints=CheckpointService(meta, neon, locks=locks, tiers=tiers, kill=kill, gate=gate),
+        checkpoints=CheckpointService(
+            meta,
+            neon,
+            locks=locks,
+            tiers=tiers,
+            kill=kill,
+            gate=gate,
+            # Retention's deletes run after the checkpoint has answered.
+            prune_soon=partial(jobs.kick, "prune_checkpoints"),
+        ),
         branches=BranchService(
             meta,
             neon,
@@ -273,8 +299,17 @@ def _runtime(  # noqa: PLR0917 - the parts open_runtime opened, in the order it 
             orphans_every=timedelta(minutes=10),
         ),
         idempotency=IdempotencyService(meta, secrets),
-        jobs=JobRunner(meta),
+        jobs=jobs,
+        warm=warm,
     )
+
+
+def _warm_pool_size(tiers: Tiers, default: int, tier: Tier) -> int:
+    return tiers.warm_pool_size(tier, default)
+
+
+def _project_spec(fallback: DefaultEndpointSettings, tier: Tier) -> dict[str, Any]:
+    return project_spec(tier, fallback)
 
 
 def _schedule_jobs(runtime: Runtime) -> None:
@@ -303,6 +338,13 @@ def _schedule_jobs(runtime: Runtime) -> None:
         jitter=0,
         run_at_start=False,
     )
+    jobs.add(
+        "prune_checkpoints",
+        runtime.checkpoints.prune_pending,
+        every=seconds(settings.expiry_interval_s),
+    )
+    # Ready projects for instant creates; a create that took one kicks it.
+    jobs.add("fill_warm_pool", runtime.warm.fill, every=seconds(settings.reconcile_interval_s))
     jobs.add(
         "expire_idempotency_keys",
         runtime.idempotency.delete_expired,

@@ -244,6 +244,15 @@ class Settings(BaseSettings):
         description="Idle seconds before a session's compute suspends (0: Neon's default, "
         "-1: never).",
     )
+    warm_pool_size: int = Field(
+        default=2,
+        ge=0,
+        le=100,
+        description="Ready projects kept for the default tier's session creates (the warm "
+        "pool: a create takes one instead of waiting for the control plane); 0 disables it. "
+        "Other tiers set `warm_pool_size` in the tiers file. Warm projects are real projects: "
+        "on Neon they count toward the organization's project limit.",
+    )
     tiers_file: Path | None = Field(
         default=None,
         description="TOML file of the tiers (organization, compute, quota, session and "

@@ -12,6 +12,7 @@ replaces the built-in tiers entirely; its names are the only ones users can have
     logical_size_bytes = 536870912
     max_sessions_per_user = 10
     max_checkpoints_per_session = 50
+    warm_pool_size = 2          # ready projects kept for instant creates
 
 A value left out means "the settings' default" for compute, and "no limit" for the rest.
 """
@@ -31,6 +32,7 @@ TIER_NAME = r"^[a-z][a-z0-9_-]{0,31}$"
 MIN_CU, MAX_CU = 0.25, 56
 MAX_SUSPEND_TIMEOUT_S = 604_800
 MAX_HISTORY_RETENTION_S = 2_592_000
+MAX_WARM_POOL = 100
 QUOTA_FIELDS = (
     "active_time_seconds",
     "compute_time_seconds",
@@ -66,6 +68,9 @@ class Tier(BaseModel):
     max_sessions_per_user: int | None = Field(default=None, ge=1)
     max_checkpoints_per_session: int | None = Field(default=None, ge=1)
     history_retention_seconds: int | None = Field(default=None, ge=0, le=MAX_HISTORY_RETENTION_S)
+    # Ready projects kept for this tier's session creates (the warm pool); unset: the
+    # settings' AGENTDB_WARM_POOL_SIZE for the default tier, none for the others.
+    warm_pool_size: int | None = Field(default=None, ge=0, le=MAX_WARM_POOL)
 
     @model_validator(mode="after")
     def _compute_range(self) -> Tier:
@@ -141,6 +146,13 @@ class Tiers(BaseModel):
 
     def find(self, name: str) -> Tier | None:
         return next((tier for tier in self.tiers if tier.name == name), None)
+
+    def warm_pool_size(self, tier: Tier, default: int) -> int:
+        """How many ready projects `tier` keeps: its own `warm_pool_size`, else `default` for
+        the default tier and none for the others."""
+        if tier.warm_pool_size is not None:
+            return tier.warm_pool_size
+        return default if tier.name == self.default else 0
 
 
 #: Used when no tiers file is configured. Compute is left to the AGENTDB_COMPUTE_* settings;

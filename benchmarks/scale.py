@@ -1,12 +1,16 @@
 """Benchmark of one machine holding many sessions, through `agentdb serve` over real HTTP:
-session create one at a time and 8 at a time, the disk an idle session costs, agentdb's and
+session create one at a time and 8 at a time (cold, and from a warm pool), the disk an idle
+session costs, agentdb's and
 PostgreSQL's CPU while the fleet is idle (with `GET` latency meanwhile), checkpoints of random
 sessions 8 at a time, and deleting every session until the disk is back where it started.
 
 One run on a fresh temporary data dir: the embedded PostgreSQL, then `agentdb serve` as a child
-process on it; one user of the `enterprise` tier (no session cap), driven with the admin token
-(no rate limit by default). Issue 16's full run is 5,000 sessions; `--sessions` sets the count
-(each costs about 15 MB of disk on ext4: a live database and the root checkpoint's copy).
+process on it, with a tiers file of two uncapped tiers: `cold` (no warm pool: every create makes
+its project) and `warm` (a pool of 8 ready projects); one user of each, driven with the admin
+token (no rate limit by default). Warm creates are timed with the pool full: one at a time,
+each after the pool refilled, then 8 at once. Issue 16's full run is 5,000 sessions;
+`--sessions` sets the count (each costs about 15 MB of disk on ext4: a live database and the
+root checkpoint's copy).
 
 Usage: `.venv/bin/python benchmarks/scale.py [--sessions 200] [--idle 60] [--json out.json]`
 """
@@ -28,9 +32,27 @@ from pathlib import Path
 import httpx
 import psutil
 import psycopg
-from _common import ADMIN, bearer, expect, machine_facts, markdown_table, mebibytes, served
+from _common import (
+    ADMIN,
+    Served,
+    bearer,
+    expect,
+    machine_facts,
+    markdown_table,
+    mebibytes,
+    served,
+)
+from psycopg.conninfo import make_conninfo
 
 AT_ONCE = 8
+TIERS = f"""
+default = "cold"
+
+[tiers.cold]
+
+[tiers.warm]
+warm_pool_size = {AT_ONCE}
+"""
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -92,19 +114,66 @@ async def timed_each(
     return took, time.perf_counter() - started
 
 
+async def ready_in_pool(server: Served) -> int:
+    """The warm pool's ready projects, read from agentdb's meta database."""
+    meta = make_conninfo(server.superuser_dsn, dbname="agentdb_meta")
+    async with await psycopg.AsyncConnection.connect(meta, autocommit=True) as conn:
+        row = await (
+            await conn.execute("SELECT count(*) FROM warm_projects WHERE ready")
+        ).fetchone()
+        return int(row[0]) if row is not None else 0
+
+
+async def pool_full(server: Served) -> None:
+    deadline = time.monotonic() + 300
+    while await ready_in_pool(server) < AT_ONCE:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the warm pool did not fill in 300 s")
+        await asyncio.sleep(0.1)
+
+
+async def warm_creates(http: httpx.AsyncClient, server: Served, ids: list[str]) -> list[list[str]]:
+    """Creates of a `warm`-tier user: one at a time (the pool full before each), then 8 at once."""
+    admin = bearer(ADMIN)
+    user = expect(
+        await http.post("/v1/users", json={"email": "w@x.dev", "tier": "warm"}, headers=admin), 201
+    )
+
+    async def create() -> None:
+        made = expect(
+            await http.post("/v1/sessions", json={"user_id": user["id"]}, headers=admin), 201
+        )
+        ids.append(made["id"])
+
+    one: list[float] = []
+    for _ in range(10):
+        await pool_full(server)
+        took, _ = await timed_each(1, 1, create)
+        one += took
+    await pool_full(server)
+    eight, _ = await timed_each(AT_ONCE, AT_ONCE, create)
+    return [
+        ["create, 1 at a time, from the warm pool", spread(one)],
+        [f"create, {AT_ONCE} at once, from the warm pool", spread(eight)],
+    ]
+
+
 async def run(args: argparse.Namespace, data_dir: Path) -> list[list[str]]:  # noqa: PLR0915
     rows: list[list[str]] = []
-    async with served(data_dir) as server:
+    tiers = data_dir / "tiers.toml"
+    tiers.write_text(TIERS)
+    async with served(data_dir, tiers_file=str(tiers), warm_pool_size="0") as server:
         limits = httpx.Limits(max_connections=AT_ONCE * 2)
         async with httpx.AsyncClient(base_url=server.url, timeout=300, limits=limits) as http:
             admin = bearer(ADMIN)
+            ids: list[str] = []
+            rows += await warm_creates(http, server, ids)
             user = expect(
                 await http.post(
-                    "/v1/users", json={"email": "s@x.dev", "tier": "enterprise"}, headers=admin
+                    "/v1/users", json={"email": "s@x.dev", "tier": "cold"}, headers=admin
                 ),
                 201,
             )
-            ids: list[str] = []
 
             async def create() -> None:
                 made = expect(
@@ -113,7 +182,7 @@ async def run(args: argparse.Namespace, data_dir: Path) -> list[list[str]]:  # n
                 )
                 ids.append(made["id"])
 
-            await create()  # warm
+            await create()  # the first cold create after start is not timed
             disk_before = disk_usage(data_dir / "pg", only="base")
             wal_before = disk_usage(data_dir / "pg", only="pg_wal")
             one, one_wall = await timed_each(20, 1, create)
@@ -121,11 +190,11 @@ async def run(args: argparse.Namespace, data_dir: Path) -> list[list[str]]:  # n
             gain = (len(eight) / eight_wall) / (len(one) / one_wall)
             rows += [
                 [
-                    "create, 1 at a time",
+                    "create, 1 at a time (cold: no pool)",
                     f"p50 {ms(percentile(one, 50))}, p95 {ms(percentile(one, 95))}",
                 ],
                 [
-                    f"create, {AT_ONCE} at a time",
+                    f"create, {AT_ONCE} at a time (cold)",
                     f"{spread(eight)}; throughput {gain:.2f}x of 1 at a time",
                 ],
             ]
@@ -197,6 +266,8 @@ async def run(args: argparse.Namespace, data_dir: Path) -> list[list[str]]:  # n
             _, delete_wall = await timed_each(len(ids), AT_ONCE, delete)
             rows.append([f"delete all {len(ids)}", f"{delete_wall:.1f} s"])
             # The plane drops the databases in the background: wait for it, up to 10 minutes.
+            # The warm pool's projects (a live database and a root snapshot each) stay.
+            await pool_full(server)
             left = -1
             for _ in range(600):
                 async with await psycopg.AsyncConnection.connect(server.superuser_dsn) as su:
@@ -204,12 +275,12 @@ async def run(args: argparse.Namespace, data_dir: Path) -> list[list[str]]:  # n
                         "SELECT count(*) FROM pg_database WHERE datname ~ '^lp[dsx]_'"
                     )
                     row = await cur.fetchone()
-                    left = int(row[0]) if row else -1
+                    left = (int(row[0]) if row else 0) - 2 * await ready_in_pool(server)
                 if left == 0:
                     break
                 await asyncio.sleep(1)
             rows += [
-                ["tenant databases left after the deletes", str(left)],
+                ["tenant databases left after the deletes (the warm pool's aside)", str(left)],
                 [
                     "databases' disk after, against before the sessions",
                     versus(disk_usage(data_dir / "pg", only="base"), disk_before),

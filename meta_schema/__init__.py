@@ -27,6 +27,7 @@ from meta_schema.tables import (
     TierChange,
     UsageSample,
     User,
+    WarmProject,
 )
 
 __all__ = [
@@ -53,6 +54,7 @@ __all__ = [
     "TokenScope",
     "UsageSample",
     "User",
+    "WarmProject",
     "alembic_config",
     "database_url",
     "metadata",

@@ -423,3 +423,38 @@ class TierChange(TableModel, table=True):
         default_factory=utcnow, sa_column_kwargs={**_NOW, "onupdate": utcnow}
     )
     finished_at: datetime | None = None
+
+
+class WarmProject(TableModel, table=True):
+    """A project made ahead of any session (the warm pool): its live branch, compute, role and
+    database, and the root snapshot of its empty database. A session create takes one whole,
+    in one transaction: the session gets this row's id, which the project is already named
+    after, and the root checkpoint gets `root_checkpoint_id`, which the snapshot is named after.
+
+    A row is written before its project is made (`ready` false): a fill that a crash cut short
+    is found, and its project deleted, by the next fill."""
+
+    __tablename__ = "warm_projects"
+    __table_args__ = (sa.Index(None, "pool", "fingerprint", "ready", "created_at"),)
+
+    # The id the session that takes this project gets; the project is named after it.
+    id: uuid.UUID = Field(default_factory=new_id, primary_key=True)
+    root_checkpoint_id: uuid.UUID = Field(default_factory=new_id)
+    # The tier the project was made for, and a digest of what it was made with (organization,
+    # compute, quotas, history retention): a project made before the tier changed is not used.
+    pool: str = Field(sa_type=sa.Text)
+    fingerprint: str = Field(sa_type=sa.Text)
+    org_id: str | None = Field(default=None, sa_type=sa.Text)
+    ready: bool = Field(default=False, sa_column_kwargs={"server_default": sa.false()})
+    project_id: str | None = Field(default=None, sa_type=sa.Text, unique=True)
+    live_branch_id: str | None = Field(default=None, sa_type=sa.Text)
+    endpoint_id: str | None = Field(default=None, sa_type=sa.Text)
+    # Fernet token of the connection URI, as on agent_sessions.
+    encrypted_connection_secret: bytes | None = None
+    # The root snapshot, as `checkpoints` records it.
+    snapshot_id: str | None = Field(default=None, sa_type=sa.Text)
+    source_branch_id: str | None = Field(default=None, sa_type=sa.Text)
+    lsn: str | None = Field(default=None, sa_type=sa.Text)
+    taken_at: datetime | None = None
+    size_bytes: int | None = Field(default=None, sa_type=sa.BigInteger)
+    created_at: datetime = Field(default_factory=utcnow, sa_column_kwargs=_NOW)

@@ -3,6 +3,7 @@ reached through httpx with every request and response checked against Neon's Ope
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,6 +17,11 @@ from support import client_for
 from agentdb.localplane import LocalPlane, create_app, running
 from agentdb.pg import ServerInfo, open_server
 from agentdb.settings import Settings
+
+# Runtimes started by tests (and `agentdb serve` started by them) keep no warm pool: each
+# would make projects in the background that outlive the test's meta database. The pool has
+# tests of its own (tests/services/test_warm_pool.py, tests/api/test_warm_pool.py).
+os.environ.setdefault("AGENTDB_WARM_POOL_SIZE", "0")
 
 
 @pytest.fixture(scope="session")

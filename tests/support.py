@@ -59,6 +59,8 @@ STOP_TIMEOUT = 30.0
 def clean_env(**overrides: str) -> dict[str, str]:
     """The current environment without any AGENTDB_* setting of the developer's, plus ours."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTDB_")}
+    # No warm pool unless a test asks (tests/conftest.py says why).
+    env["AGENTDB_WARM_POOL_SIZE"] = "0"
     env.update(overrides)
     return env
 

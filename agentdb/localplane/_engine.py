@@ -162,6 +162,9 @@ class Engine:
             max_size=8,
             open=False,
             kwargs={"autocommit": True},
+            # After PostgreSQL restarted every pooled connection is dead: each is checked
+            # before use, or a resumed job would fail once per stale connection.
+            check=AsyncConnectionPool.check_connection,
         ) as pool:
             engine = cls(server, pool, kill, limits)
             await engine._prepare_cluster()

@@ -166,6 +166,9 @@ class Store:
             open=False,
             kwargs={"row_factory": dict_row},
             connection_class=AsyncConnection[dict[str, object]],
+            # After PostgreSQL restarted every pooled connection is dead: each is checked
+            # before use, or a resumed job would fail once per stale connection.
+            check=AsyncConnectionPool.check_connection,
         ) as pool:
             async with pool.connection() as conn:
                 await conn.execute("SELECT pg_advisory_xact_lock(7710001)")

@@ -50,12 +50,13 @@ from .events import EventService, EventView
 from .idempotency import IdempotencyService
 from .jobs import JobRunner, JobStatus
 from .reconcile import Reconciler, ReconcileReport
-from .sessions import SessionService
+from .sessions import SessionService, project_name, project_spec
 from .sql import IdleConnections, ReadPace, SqlColumn, SqlResult, SqlService
 from .tier_changes import TierChangeNotFound, TierChangeService, TierChangeView
 from .tokens import IssuedToken, Principal, TokenService, TokenView
 from .usage import MetricUsage, PeriodUsage, PollResult, UsageReport, UsageService
 from .users import UserService, UserView
+from .warm_pool import FillReport, PoolKey, WarmPool
 
 __all__ = [
     "MAX_PAGE",
@@ -79,6 +80,7 @@ __all__ = [
     "DiffView",
     "EventService",
     "EventView",
+    "FillReport",
     "IdempotencyService",
     "IdleConnections",
     "InvalidInput",
@@ -91,6 +93,7 @@ __all__ = [
     "OAuthProviderView",
     "PeriodUsage",
     "PollResult",
+    "PoolKey",
     "Principal",
     "QuotaExceeded",
     "ReadPace",
@@ -120,6 +123,9 @@ __all__ = [
     "UserNotFound",
     "UserService",
     "UserView",
+    "WarmPool",
     "WorkflowKillSwitch",
+    "project_name",
+    "project_spec",
     "system_clock",
 ]

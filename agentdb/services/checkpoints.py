@@ -8,6 +8,7 @@ import builtins
 import contextlib
 import json
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -70,6 +71,7 @@ from ._errors import (
     InvalidInput,
     ServiceError,
     SessionBusy,
+    SessionNotFound,
 )
 from ._recovery import Recovery, pending_checkpoints
 from ._replaced import ReplacedBranches, replaced_row
@@ -115,9 +117,13 @@ class CheckpointService:
         blocked_recheck: timedelta = timedelta(hours=1),
         kill: WorkflowKillSwitch | None = None,
         gate: SessionGate | None = None,
+        prune_soon: Callable[[], None] | None = None,
     ) -> None:
         """`tiers`: each session's tier caps its checkpoints (`max_checkpoints_per_session`);
-        without them, every checkpoint is kept until deleted. `blocked_recheck`: how often a
+        without them, every checkpoint is kept until deleted. `prune_soon`: called after a
+        checkpoint to have `prune_pending` run soon (the `prune_checkpoints` job), so the
+        checkpoint answers without waiting for retention's deletes; without it, `create`
+        prunes before it answers. `blocked_recheck`: how often a
         replaced branch whose cleanup a child branch agentdb does not manage blocks is tried
         again. `gate`: the same `SessionGate` as the SQL service's (SQL calls wait while a
         checkpoint or restore has the live database)."""
@@ -129,6 +135,9 @@ class CheckpointService:
         self._tiers = tiers
         self._replaced = ReplacedBranches(neon, clock, recheck=blocked_recheck)
         self._kill = kill or WorkflowKillSwitch()
+        self._prune_soon = prune_soon
+        # Sessions whose last checkpoint may have put them past their tier's limit.
+        self._over_limit: set[uuid.UUID] = set()
 
     def _db(self) -> AsyncSession:
         return self._sessions(expire_on_commit=False)
@@ -276,7 +285,10 @@ class CheckpointService:
             view = CheckpointView.of(checkpoint)
             limited = self._checkpoint_limit(row.tier) is not None
         # After the lock is released: pruning deletes through `delete`, which takes it.
-        if limited:
+        if limited and self._prune_soon is not None:
+            self._over_limit.add(session_id)
+            self._prune_soon()
+        elif limited:
             await self.prune(session_id, actor=actor)
         return view
 
@@ -720,6 +732,20 @@ class CheckpointService:
                 )
                 break
             pruned.append(checkpoint.id)
+        return pruned
+
+    async def prune_pending(self) -> int:
+        """The `prune_checkpoints` job: prunes (`prune`) every session a checkpoint taken in
+        this process may have put past its tier's limit, and returns how many it pruned. A
+        session whose pruning failed, or that a crash forgot, is pruned after its next
+        checkpoint (`prune` deletes every checkpoint past the limit, not one)."""
+        pruned = 0
+        while self._over_limit:
+            session_id = self._over_limit.pop()
+            try:
+                pruned += len(await self.prune(session_id))
+            except SessionNotFound:
+                continue  # deleted since
         return pruned
 
     async def pin(

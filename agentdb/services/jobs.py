@@ -196,13 +196,19 @@ class JobRunner:
                 await self._round(job)
             except Exception as error:  # noqa: BLE001 - e.g. the meta DB is down: next period
                 log.warning("job.round_failed", job=job.name, error=describe(error))
+            if (task := asyncio.current_task()) is not None and task.cancelling():
+                raise asyncio.CancelledError  # a cancel some library turned into an error
             await self._pause(job)
 
     async def _pause(self, job: _Job) -> None:
         spread = self._random.uniform(-job.jitter, job.jitter)
         delay = job.every.total_seconds() * (1 + spread)
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for returns the event's result
+        # when a cancel arrives just as a kick set it, and the cancelled loop runs on (a
+        # shutdown then waited a whole period for it).
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(job.wake.wait(), timeout=delay)
+            async with asyncio.timeout(delay):
+                await job.wake.wait()
         job.wake.clear()
 
     async def _round(self, job: _Job) -> None:
@@ -267,6 +273,11 @@ async def _unlock(conn: AsyncConnection, key: int) -> None:
     the connection is discarded, which ends its database session and so the lock."""
     try:
         await conn.scalar(sa.select(sa.func.pg_advisory_unlock(key)))
+    except Exception as error:  # noqa: BLE001 - a dead connection holds no lock
+        # Not raised: in a `finally`, it would replace what is on its way out (a cancel at
+        # shutdown, which the loop would then log as a failed round and sleep on).
+        log.info("job.unlock_failed", error=describe(error))
+        await conn.invalidate()
     except BaseException:
         await conn.invalidate()
         raise

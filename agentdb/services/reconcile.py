@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from agentdb.neon import NeonClient, NeonError, NeonNotFound, Project
-from meta_schema import AgentSession, SessionStatus
+from meta_schema import AgentSession, SessionStatus, WarmProject
 
 from ._common import (
     Clock,
@@ -151,9 +151,16 @@ class Reconciler:
 
     async def _delete_orphans(self, recovery: Recovery) -> None:
         """Deletes projects named like a session's whose session does not exist, or ended
-        (failed or deleted) without owning that project. Other projects are never touched."""
+        (failed or deleted) without owning that project, and which are not in the warm pool
+        (named after the session that will take them). Other projects are never touched."""
         async with self._db() as db:
-            org_ids = list(await db.scalars(sa.select(col(AgentSession.org_id)).distinct()))
+            org_ids = list(
+                await db.scalars(
+                    sa.union(
+                        sa.select(col(AgentSession.org_id)), sa.select(col(WarmProject.org_id))
+                    )
+                )
+            )
         for org_id in org_ids or [None]:
             try:
                 projects = [p async for p in self._neon.iter_projects(org_id=org_id)]
@@ -175,16 +182,24 @@ class Reconciler:
         suspects = []
         for start in range(0, len(named), _BATCH):
             batch = named[start : start + _BATCH]
+            ids = [sid for sid, _ in batch]
             async with self._db() as db:
+                # The warm pool first: a session that takes a warm project removes its pool row
+                # as it appears, so read in this order, one of the two always shows it.
+                warm = set(
+                    await db.scalars(
+                        sa.select(col(WarmProject.id)).where(col(WarmProject.id).in_(ids))
+                    )
+                )
                 found = await db.execute(
                     sa.select(
                         col(AgentSession.id), col(AgentSession.status), col(AgentSession.project_id)
-                    ).where(col(AgentSession.id).in_([sid for sid, _ in batch]))
+                    ).where(col(AgentSession.id).in_(ids))
                 )
                 rows = {sid: (status, project_id) for sid, status, project_id in found}
             for sid, project in batch:
                 status, project_id = rows.get(sid, (None, None))
-                if _orphan(status, project_id, project.id):
+                if sid not in warm and _orphan(status, project_id, project.id):
                     suspects.append((sid, project))
         return suspects
 
@@ -203,12 +218,20 @@ class Reconciler:
         self, session_id: uuid.UUID, project: Project, recovery: Recovery
     ) -> None:
         async with self._db() as db:
+            # One statement: a warm project taken meanwhile shows as its session or its pool
+            # row, never as neither.
+            of_session = col(AgentSession.id) == session_id
+            warm, status, session_project = (
+                await db.execute(
+                    sa.select(
+                        sa.exists().where(col(WarmProject.id) == session_id),
+                        sa.select(col(AgentSession.status)).where(of_session).scalar_subquery(),
+                        sa.select(col(AgentSession.project_id)).where(of_session).scalar_subquery(),
+                    )
+                )
+            ).one()
+            orphan = not warm and _orphan(status, session_project, project.id)
             row = await db.get(AgentSession, session_id, populate_existing=True)
-            orphan = (
-                _orphan(None, None, project.id)
-                if row is None
-                else _orphan(row.status, row.project_id, project.id)
-            )
             # Gone already: another process's reconciler got there first.
             if not orphan or not await self._delete_project(project.id):
                 return

@@ -11,6 +11,7 @@ import builtins
 import contextlib
 import uuid
 from datetime import datetime
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 import sqlalchemy as sa
@@ -38,6 +39,7 @@ from meta_schema import (
     Event,
     SessionStatus,
     User,
+    WarmProject,
 )
 from meta_schema._base import new_id
 
@@ -65,6 +67,9 @@ from ._errors import Conflict, ControlPlaneFailed, LimitExceeded, UserNotFound
 from ._recovery import Recovery, pending_checkpoints
 from ._secrets import Secrets
 
+if TYPE_CHECKING:
+    from .warm_pool import WarmPool
+
 log = structlog.get_logger(__name__)
 
 #: Names inside every session's project; each project has its own roles and databases.
@@ -80,6 +85,20 @@ def project_name(session_id: uuid.UUID, prefix: str = PROJECT_PREFIX) -> str:
     """The control plane's name for a session's project: how a lost create is found again, and
     how the reconciler tells this installation's projects from anything else in the account."""
     return f"{prefix}{session_id}"
+
+
+def project_spec(tier: Tier | None, fallback: DefaultEndpointSettings | None) -> dict[str, Any]:
+    """What a session's project is made with besides its name and organization: the live
+    branch, database and role names, and the tier's compute, quotas and history retention
+    (its compute over `fallback`'s)."""
+    return {
+        "branch_name": LIVE_BRANCH_NAME,
+        "database_name": DATABASE_NAME,
+        "role_name": ROLE_NAME,
+        "default_endpoint_settings": fallback if tier is None else tier.endpoint_settings(fallback),
+        "settings": None if tier is None else tier.project_settings(),
+        "history_retention_seconds": None if tier is None else tier.history_retention_seconds,
+    }
 
 
 class SessionService:
@@ -98,8 +117,10 @@ class SessionService:
         endpoint_settings: DefaultEndpointSettings | None = None,
         tiers: Tiers | None = None,
         kill: WorkflowKillSwitch | None = None,
+        warm: WarmPool | None = None,
     ) -> None:
-        """`default_org_id`: the Neon organization for users without one of their own (or
+        """`warm`: the pool of ready projects creates take from before making one;
+        `default_org_id`: the Neon organization for users without one of their own (or
         their tier's); `project_prefix`: what this installation's project names start with;
         `endpoint_settings`: each session's compute (autoscaling limits, suspend timeout) where
         the user's tier sets none; `tiers`: what each tier gives and caps (without them, every
@@ -117,6 +138,7 @@ class SessionService:
             tier.endpoint_settings(endpoint_settings)  # checked once, before any session
         self._locks = locks or SessionLocks(sessions)
         self._kill = kill or WorkflowKillSwitch()
+        self._warm = warm
 
     def _db(self) -> AsyncSession:
         # Rows stay readable after commit: reloading them implicitly would be blocking IO.
@@ -221,6 +243,13 @@ class SessionService:
                     updated_at=now,
                 )
                 row.name = name or f"session {session_id}"
+                warm = (
+                    await self._warm.take(db, tier, row.org_id)
+                    if self._warm is not None and tier is not None
+                    else None
+                )
+                if warm is not None:
+                    return await self._take_warm(db, row, warm, actor)
                 db.add(row)
                 try:
                     db.add(self._event(actor, "session.create", row, phase="requested"))
@@ -234,6 +263,53 @@ class SessionService:
                     raise
             self._kill.point("session_create.requested")
             return await self._provision(session_id, actor)
+
+    async def _take_warm(
+        self, db: AsyncSession, row: AgentSession, warm: WarmProject, actor: Actor
+    ) -> SessionView:
+        """Makes `row` the session of a warm project (`WarmPool.take`, in `db`'s transaction):
+        it gets the project's id, ids and secret, and the root checkpoint the project's
+        snapshot was taken for; committed together with the pool row's removal, so a crash
+        leaves either a pool project or a ready session, never half of one."""
+        if row.name == f"session {row.id}":  # the default name says the session's id
+            row.name = f"session {warm.id}"
+        row.id = warm.id
+        row.status = SessionStatus.READY
+        row.project_id = warm.project_id
+        row.live_branch_id = warm.live_branch_id
+        row.endpoint_id = warm.endpoint_id
+        row.encrypted_connection_secret = warm.encrypted_connection_secret
+        root = Checkpoint(
+            id=warm.root_checkpoint_id,
+            session_id=row.id,
+            label="root",
+            message="the empty database, as the session was created",
+            status=CheckpointStatus.READY,
+            snapshot_id=warm.snapshot_id,
+            source_branch_id=warm.source_branch_id,
+            lsn=warm.lsn,
+            taken_at=warm.taken_at,
+            size_bytes=warm.size_bytes,
+            created_at=row.created_at,
+        )
+        db.add(row)
+        await db.flush()  # the session before its checkpoint, the checkpoint before the head
+        db.add(root)
+        await db.flush()
+        row.head_checkpoint_id = root.id
+        db.add(self._event(actor, "session.create", row, phase="succeeded", warm="true"))
+        try:
+            await db.commit()
+        except IntegrityError:
+            await db.rollback()  # the pool row is back: only a concurrent same-key create wins
+            if row.idempotency_key is not None and (
+                found := await self._by_key(db, row.user_id, row.idempotency_key)
+            ):
+                return SessionView.of(found)
+            raise
+        assert self._warm is not None  # noqa: S101 - it gave the project
+        self._warm.taken()
+        return SessionView.of(row)
 
     def _tier(self, name: str) -> Tier | None:
         """The tier called `name`; None without configured tiers. `Conflict` when a user's
@@ -343,14 +419,7 @@ class SessionService:
             return await self._neon.create_project(
                 name=project_name(row.id, self._project_prefix),
                 org_id=row.org_id,
-                branch_name=LIVE_BRANCH_NAME,
-                database_name=DATABASE_NAME,
-                role_name=ROLE_NAME,
-                default_endpoint_settings=self._endpoint_settings
-                if tier is None
-                else tier.endpoint_settings(self._endpoint_settings),
-                settings=None if tier is None else tier.project_settings(),
-                history_retention_seconds=None if tier is None else tier.history_retention_seconds,
+                **project_spec(tier, self._endpoint_settings),
             )
         except NeonError as error:
             if not error.maybe_applied:
@@ -627,4 +696,11 @@ def _parameters(uri: str) -> dict[str, str]:
     }
 
 
-__all__ = ["DATABASE_NAME", "PROJECT_PREFIX", "ROLE_NAME", "SessionService", "project_name"]
+__all__ = [
+    "DATABASE_NAME",
+    "PROJECT_PREFIX",
+    "ROLE_NAME",
+    "SessionService",
+    "project_name",
+    "project_spec",
+]

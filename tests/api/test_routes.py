@@ -180,4 +180,6 @@ async def test_expired_previews_are_deleted_by_the_background_job(
         "tier_changes",
         "poll_usage",
         "close_idle_sql_connections",
+        "prune_checkpoints",
+        "fill_warm_pool",
     }

@@ -4,6 +4,8 @@ checkpoints survive retention while the oldest unpinned ones are pruned."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
 
@@ -87,6 +89,19 @@ async def test_a_session_beyond_the_tier_limit_is_a_409_naming_the_limit(
     assert again.status_code == 201, again.text
 
 
+async def labels_once_pruned(
+    http: httpx.AsyncClient, base: str, token: dict[str, str], limit: int
+) -> list[str]:
+    """The session's checkpoint labels once retention has brought them down to `limit` (or
+    after 30 s, so the caller's assertion shows what was left)."""
+    deadline = time.monotonic() + 30
+    while True:
+        listed = (await http.get(base, headers=token)).json()["checkpoints"]
+        if len(listed) <= limit or time.monotonic() > deadline:
+            return [c["label"] for c in listed]
+        await asyncio.sleep(0.05)
+
+
 async def test_pinned_checkpoints_survive_retention(http: httpx.AsyncClient) -> None:
     token = await user_token(http)
     session = await http.post("/v1/sessions", json={"name": "keep"}, headers=token)
@@ -97,13 +112,13 @@ async def test_pinned_checkpoints_survive_retention(http: httpx.AsyncClient) -> 
     assert pinned.json()["pinned"] is True
     for label in ("two", "three"):
         await http.post(base, json={"label": label}, headers=token)
-    labels = [c["label"] for c in (await http.get(base, headers=token)).json()["checkpoints"]]
-    assert labels == ["root", "one", "three"]  # "two" pruned: the oldest unpinned, not root
+    # Retention runs just after the checkpoint answers (the `prune_checkpoints` job).
+    # "two" is pruned: the oldest unpinned, not root.
+    assert await labels_once_pruned(http, base, token, 3) == ["root", "one", "three"]
     unpinned = await http.post(f"{base}/{one['id']}/unpin", headers=token)
     assert unpinned.json()["pinned"] is False
     await http.post(base, json={"label": "four"}, headers=token)
-    labels = [c["label"] for c in (await http.get(base, headers=token)).json()["checkpoints"]]
-    assert labels == ["root", "three", "four"]
+    assert await labels_once_pruned(http, base, token, 3) == ["root", "three", "four"]
     gone = await http.post(f"{base}/{one['id']}/pin", headers=token)
     assert_problem(gone, 404)
 

@@ -27,7 +27,8 @@ def wait_for(check, seconds: float) -> float:
 
 def test_a_killed_postgres_is_reported_and_restarted(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
-    env = clean_env(AGENTDB_ADMIN_TOKEN=ADMIN)
+    # With the default warm pool: its fill is under way when PostgreSQL dies.
+    env = clean_env(AGENTDB_ADMIN_TOKEN=ADMIN, AGENTDB_WARM_POOL_SIZE="2")
     with serving(env, data_dir, ("serve",), API_LINE, []) as url:
         headers = {"Authorization": f"Bearer {ADMIN}"}
         with httpx.Client(base_url=url, headers=headers, timeout=60) as http:

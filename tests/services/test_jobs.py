@@ -8,6 +8,7 @@ import time
 from datetime import timedelta
 
 import pytest
+import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from agentdb.services import InvalidInput
@@ -184,3 +185,44 @@ async def test_jobs_added_while_running_start_too(meta_sessions: Sessions) -> No
         await eventually(lambda: counter.runs >= 2)
         with pytest.raises(RuntimeError):
             await runner.__aenter__()
+
+
+async def test_a_kick_as_the_runner_stops_does_not_hold_it_up(meta_sessions: Sessions) -> None:
+    """A cancel that lands just as a kick wakes a sleeping job ends it (Python 3.11's wait_for
+    returned the wake-up instead, and the job slept a whole period more)."""
+    counter = Counter()
+    runner = JobRunner(meta_sessions)
+    runner.add("refill", counter, every=NEVER, run_at_start=False)
+    await runner.__aenter__()
+    await asyncio.sleep(0.1)  # the job sleeps until kicked
+    runner.kick("refill")
+    stopping = asyncio.create_task(runner.__aexit__(None, None, None))
+    done, _ = await asyncio.wait([stopping], timeout=30)
+    assert done, "the runner did not stop"
+    assert counter.runs == 0
+
+
+async def test_a_cancel_is_not_lost_when_the_lock_connection_died(meta_sessions: Sessions) -> None:
+    """Shutdown cancels a run whose meta-DB connection died meanwhile (PostgreSQL restarted):
+    the failed unlock on the way out must not turn the cancel into a logged error after which
+    the job sleeps on."""
+    started = asyncio.Event()
+
+    async def lose_the_lock_then_wait() -> None:
+        async with meta_sessions() as db:
+            await db.execute(
+                sa.text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_locks"
+                    " WHERE locktype = 'advisory' AND pid <> pg_backend_pid()"
+                )
+            )
+        started.set()
+        await asyncio.sleep(3600)
+
+    runner = JobRunner(meta_sessions)
+    runner.add("stuck", lose_the_lock_then_wait, every=NEVER)
+    await runner.__aenter__()
+    await asyncio.wait_for(started.wait(), 30)
+    stopping = asyncio.create_task(runner.__aexit__(None, None, None))
+    done, _ = await asyncio.wait([stopping], timeout=30)
+    assert done, "the runner did not stop"
