@@ -42,6 +42,7 @@ from agentdb.services import (
     IdempotencyService,
     IdleConnections,
     JobRunner,
+    Readiness,
     ReadPace,
     Reconciler,
     Secrets,
@@ -95,6 +96,7 @@ class Runtime:
     idempotency: IdempotencyService
     jobs: JobRunner
     warm: WarmPool
+    readiness: Readiness
     #: The in-process local control plane (None on Neon cloud, or with a given client).
     plane: LocalPlane | None
     #: None while PostgreSQL answers, else why it does not (one line, no secrets).
@@ -301,6 +303,7 @@ def _runtime(  # noqa: PLR0917 - the parts open_runtime opened, in the order it 
         idempotency=IdempotencyService(meta, secrets),
         jobs=jobs,
         warm=warm,
+        readiness=Readiness(meta, neon, database_health, org_id=settings.neon_org_id),
     )
 
 

@@ -1,11 +1,11 @@
 """Who is calling, and what they may reach.
 
-Every route but `/healthz` and `/schema` needs `Authorization: Bearer <token>`. An admin token
-reaches everything, a user token that user's sessions, a session token (what an agent holds) its
-one session. Reaching for something else answers 404, exactly as for an id that does not exist,
-so a token never learns what it does not own; what a token reaches but its scope may not do
-(delete its session, mint tokens) answers 403. A client address that keeps sending wrong
-tokens is answered 429 for a while (`AuthThrottle`).
+Every route but `/healthz`, `/readyz` and `/schema` needs `Authorization: Bearer <token>`. An
+admin token reaches everything, a user token that user's sessions, a session token (what an
+agent holds) its one session. Reaching for something else answers 404, exactly as for an id that
+does not exist, so a token never learns what it does not own; what a token reaches but its scope
+may not do (delete its session, mint tokens) answers 403. A client address that keeps sending
+wrong tokens is answered 429 for a while (`AuthThrottle`).
 """
 
 from __future__ import annotations
@@ -131,7 +131,7 @@ class AuthMiddleware(ASGIMiddleware):
     @staticmethod
     def should_bypass_for_scope(scope: Scope) -> bool:
         path: str = scope["path"]
-        return path in {"/healthz", "/schema"} or path.startswith("/schema/")
+        return path in {"/healthz", "/readyz", "/schema"} or path.startswith("/schema/")
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
         header = next(

@@ -42,6 +42,7 @@ SERVICES = {
     "usage": "usage",
     "tier_changes": "tier_changes",
     "jobs": "jobs",
+    "readiness": "readiness",
 }
 
 

@@ -27,6 +27,7 @@ from agentdb.services import (
     IssuedToken,
     JobRunner,
     Principal,
+    Readiness,
     SessionService,
     SqlResult,
     SqlService,
@@ -48,6 +49,7 @@ from agentdb.wire import (
     CreateUser,
     EventList,
     Health,
+    Ready,
     RunSql,
     SessionList,
     SessionOut,
@@ -147,6 +149,22 @@ async def healthz(request: AnyRequest, jobs: NamedDependency[JobRunner]) -> Resp
         status=status, control_plane=runtime.control_plane, database=database, jobs=states
     )
     return Response(health, status_code=503 if database is not None else 200)
+
+
+@get(
+    "/readyz",
+    tags=["health"],
+    summary="Readiness: the meta database, the control plane and PostgreSQL answer",
+    responses={503: ResponseSpec(Ready, description="A check failed; `checks` says which, why.")},
+)
+async def readyz(readiness: NamedDependency[Readiness]) -> Response[Ready]:
+    """For a load balancer or an orchestrator: 200 while this agentdb can serve, else 503 with
+    the failed check's cause (each check answers within 2 s; probes within 1 s share one)."""
+    report = await readiness.check()
+    return Response(
+        Ready(status="ready" if report.ready else "not_ready", checks=report.causes),
+        status_code=200 if report.ready else 503,
+    )
 
 
 def _iso(at: datetime | None) -> str | None:
@@ -639,5 +657,6 @@ class Tokens(Controller):
 
 
 ROUTES: list[ControllerRouterHandler] = [
-    healthz, Users, Sessions, Session, Checkpoints, Branches, Tokens, *ADDON_ROUTES, *USAGE_ROUTES
+    healthz, readyz, Users, Sessions, Session, Checkpoints, Branches, Tokens,
+    *ADDON_ROUTES, *USAGE_ROUTES,
 ]  # fmt: skip

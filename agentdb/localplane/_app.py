@@ -12,9 +12,11 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
+import psycopg
 import structlog
 from litestar import Litestar, Request, Response, Router
 from litestar.exceptions import HTTPException
+from psycopg_pool import PoolTimeout
 from pydantic import ValidationError
 
 from agentdb.pg import ServerInfo, open_server
@@ -102,6 +104,16 @@ def _on_http_error(request: AnyRequest, exc: HTTPException) -> Response[JSON]:
     return _error(request, exc.status_code, code, message)
 
 
+def _on_server_lost(request: AnyRequest, exc: Exception) -> Response[JSON]:
+    """PostgreSQL went away under the request (a restart, a crash): a transient outage, not a
+    bug, so no traceback. A read answers 503, which Neon's clients retry; a change may have
+    been committed as the connection broke, so it answers 500 (Neon's "may have run")."""
+    log.warning("localplane.server_lost", path=request.url.path, error=type(exc).__name__)
+    if request.method in {"GET", "HEAD"}:
+        return _error(request, 503, "SERVICE_UNAVAILABLE", "PostgreSQL is unavailable; retry")
+    return _error(request, 500, "INTERNAL_ERROR", "PostgreSQL went away during the request")
+
+
 def _on_unexpected(request: AnyRequest, exc: Exception) -> Response[JSON]:
     log.error("localplane.unhandled", path=request.url.path, error=type(exc).__name__, exc_info=exc)
     return _error(request, 500, "INTERNAL_ERROR", "internal error in the local control plane")
@@ -163,6 +175,8 @@ def create_app(
             LocalPlaneError: _on_plane_error,
             ValidationError: _on_validation_error,
             HTTPException: _on_http_error,
+            psycopg.OperationalError: _on_server_lost,
+            PoolTimeout: _on_server_lost,
             Exception: _on_unexpected,
         },
         openapi_config=None,

@@ -49,6 +49,7 @@ from .credentials import CredentialService
 from .events import EventService, EventView
 from .idempotency import IdempotencyService
 from .jobs import JobRunner, JobStatus
+from .readiness import Readiness, ReadinessReport
 from .reconcile import Reconciler, ReconcileReport
 from .sessions import SessionService, project_name, project_spec
 from .sql import IdleConnections, ReadPace, SqlColumn, SqlResult, SqlService
@@ -97,6 +98,8 @@ __all__ = [
     "Principal",
     "QuotaExceeded",
     "ReadPace",
+    "Readiness",
+    "ReadinessReport",
     "ReconcileReport",
     "Reconciler",
     "SecretDecryptionFailed",

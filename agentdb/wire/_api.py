@@ -219,6 +219,14 @@ class Health(BaseModel):
     jobs: dict[str, JsonValue]
 
 
+class Ready(BaseModel):
+    #: "ready", or "not_ready" (with the status code 503) when a check failed.
+    status: str
+    #: Each check (`meta_database`, `control_plane`, `postgres`): null when it passed, else why
+    #: it failed (one line, no secrets).
+    checks: dict[str, str | None]
+
+
 # --- add-ons: Neon Auth and the Data API ----------------------------------------------------
 
 

@@ -72,10 +72,16 @@ async def test_session_token_reaches_its_session_without_secrets(
     assert [s["id"] for s in listed.json()["sessions"]] == [tenant.session_id]
 
 
-async def test_healthz_and_schema_need_no_token(http: httpx.AsyncClient):
+async def test_healthz_readyz_and_schema_need_no_token(http: httpx.AsyncClient):
     health = await http.get("/healthz")
     assert health.status_code == 200
     assert health.json()["control_plane"] == "local"
+    ready = await http.get("/readyz")
+    assert ready.status_code == 200, ready.text
+    assert ready.json() == {
+        "status": "ready",
+        "checks": {"meta_database": None, "control_plane": None, "postgres": None},
+    }
     schema = await http.get("/schema/openapi.json")
     assert schema.status_code == 200
     assert "/v1/sessions/{session_id}/checkpoints/{checkpoint_id}/restore" in schema.json()["paths"]

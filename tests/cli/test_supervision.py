@@ -49,6 +49,11 @@ def test_a_killed_postgres_is_reported_and_restarted(tmp_path: Path) -> None:
 
             def reported() -> bool:
                 seen.append(http.get("/healthz"))
+                ready = http.get("/readyz")
+                if ready.status_code == 503:  # readiness says so too, naming what failed
+                    body = ready.json()
+                    assert body["status"] == "not_ready"
+                    assert body["checks"]["postgres"] or body["checks"]["meta_database"]
                 return seen[-1].status_code == 503
 
             # The supervisor may restart it before a probe sees it down; either way the
@@ -62,6 +67,7 @@ def test_a_killed_postgres_is_reported_and_restarted(tmp_path: Path) -> None:
             except AssertionError:
                 assert any(r.status_code == 200 for r in seen)
             wait_for(lambda: http.get("/healthz").status_code == 200, 60)
+            wait_for(lambda: http.get("/readyz").status_code == 200, 60)
 
             assert int(pid_file.read_text().splitlines()[0]) != postmaster
             again = http.post(
