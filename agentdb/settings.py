@@ -147,6 +147,11 @@ class Settings(BaseSettings):
         description="The platform's admin bearer token (default: generated on first start, "
         "stored hashed and printed once).",
     )
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        description="A bearer token good for `/metrics` alone, for a Prometheus scraper "
+        "(32+ characters; default: none, and only the admin token reads `/metrics`).",
+    )
     session_token_ttl_s: int = Field(
         default=86_400,
         gt=0,
@@ -347,7 +352,7 @@ class Settings(BaseSettings):
                 raise ValueError("not a Fernet key (32 url-safe base64-encoded bytes)")
         return value
 
-    @field_validator("admin_token")
+    @field_validator("admin_token", "metrics_token")
     @classmethod
     def _admin_token(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None:

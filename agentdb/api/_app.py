@@ -16,6 +16,7 @@ from ._auth import AuthMiddleware, AuthThrottle, RequestIdMiddleware
 from ._deps import DEPENDENCIES
 from ._idempotency import IdempotencyMiddleware
 from ._limits import TokenLimits, TokenLimitsMiddleware
+from ._metrics import ApiMetrics, MetricsMiddleware, metrics
 from ._openapi import declare_problems
 from ._problems import EXCEPTION_HANDLERS, ApiRequest
 from ._routes import ROUTES
@@ -28,11 +29,12 @@ def create_app(runtime: Runtime, *, trusted: Principal | None = None) -> Litesta
     `trusted` is who a request without an `Authorization` header acts as: only for an app that
     is reached in-process and never served on a socket (the SDK's embedded mode)."""
     app = Litestar(
-        route_handlers=ROUTES,
+        route_handlers=[*ROUTES, metrics],
         dependencies=DEPENDENCIES,
         # Outermost first: the request id covers everything, auth runs before the token's
         # limits and idempotency (both are per token).
         middleware=[
+            MetricsMiddleware(),
             RequestIdMiddleware(),
             AuthMiddleware(),
             TokenLimitsMiddleware(),
@@ -45,6 +47,7 @@ def create_app(runtime: Runtime, *, trusted: Principal | None = None) -> Litesta
                 "trusted": trusted,
                 "auth_throttle": AuthThrottle(runtime.settings.auth_failure_limit),
                 "token_limits": TokenLimits.from_settings(runtime.settings),
+                "metrics": ApiMetrics(),
             }
         ),
         request_class=ApiRequest,

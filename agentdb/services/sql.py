@@ -491,6 +491,11 @@ class SqlService:
         """Closes the idle connections kept for sessions' next calls."""
         await self._idle.close()
 
+    @property
+    def kept_connections(self) -> int:
+        """Connections of finished calls kept open now (`IdleConnections`)."""
+        return len(self._idle)
+
     async def close_idle(self) -> int:
         """Closes the connections idle too long; returns how many. Meant for a periodic job:
         a session nobody calls any more does not keep its backends."""

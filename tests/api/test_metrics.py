@@ -1,0 +1,93 @@
+"""`/metrics`: Prometheus' text format for the admin token or the scraper's own token (which
+opens nothing else), requests counted by route template (no ids in labels), and the figures
+read at scrape time (sessions by status and tier, jobs, the warm pool, kept connections)."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+import pytest_asyncio
+from contract.openapi import NeonSpec
+from litestar import Litestar
+
+from agentdb.pg import ServerInfo
+from agentdb.runtime import Runtime
+
+from .conftest import ADMIN, assert_problem, bearer, open_test_runtime
+
+SCRAPER = "scraper-" + "s" * 40
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def runtime(
+    pg_server: ServerInfo,
+    localplane_app: Litestar,
+    neon_spec: NeonSpec,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[Runtime]:
+    """Like the suite's runtime, with a metrics token."""
+    data_dir = tmp_path_factory.mktemp("api-metrics")
+    async with open_test_runtime(
+        pg_server, localplane_app, neon_spec, data_dir, metrics_token=SCRAPER
+    ) as running:
+        yield running
+
+
+def sample(body: str, name: str, **labels: str) -> float | None:
+    """The value of one series in Prometheus' text format, or None."""
+    for line in body.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        series, _, value = line.rpartition(" ")
+        found = dict(re.findall(r'(\w+)="([^"]*)"', series))
+        if all(found.get(k) == v for k, v in labels.items()):
+            return float(value)
+    return None
+
+
+async def test_metrics_need_the_scraper_or_admin_token(http: httpx.AsyncClient) -> None:
+    assert_problem(await http.get("/metrics"), 401)
+    assert_problem(await http.get("/metrics", headers=bearer("x" * 40)), 401)
+    user = await http.post(
+        "/v1/users", json={"email": f"m-{uuid.uuid4().hex[:8]}@x.dev"}, headers=ADMIN
+    )
+    token = await http.post(f"/v1/users/{user.json()['id']}/tokens", json={}, headers=ADMIN)
+    assert_problem(await http.get("/metrics", headers=bearer(token.json()["token"])), 403)
+    for good in (ADMIN, bearer(SCRAPER)):
+        scraped = await http.get("/metrics", headers=good)
+        assert scraped.status_code == 200, scraped.text
+        assert scraped.headers["content-type"].startswith("text/plain")
+    # The scraper's token opens /metrics and nothing else.
+    assert_problem(await http.get("/v1/sessions", headers=bearer(SCRAPER)), 401)
+
+
+async def test_requests_are_counted_by_route_template_and_state_is_read_at_scrape(
+    http: httpx.AsyncClient,
+) -> None:
+    user = await http.post(
+        "/v1/users", json={"email": f"n-{uuid.uuid4().hex[:8]}@x.dev"}, headers=ADMIN
+    )
+    made = await http.post("/v1/sessions", json={"user_id": user.json()["id"]}, headers=ADMIN)
+    assert made.status_code == 201, made.text
+    session_id = made.json()["id"]
+    for _ in range(3):
+        assert (await http.get(f"/v1/sessions/{session_id}", headers=ADMIN)).status_code == 200
+    body = (await http.get("/metrics", headers=bearer(SCRAPER))).text
+    route = "/v1/sessions/{session_id}"
+    assert (
+        sample(body, "agentdb_http_requests_total", method="GET", route=route, status="200") or 0
+    ) >= 3
+    assert (
+        sample(
+            body, "agentdb_http_request_duration_seconds_count", method="POST", route="/v1/sessions"
+        )
+        is not None
+    )
+    assert session_id not in body  # ids never become labels
+    assert (sample(body, "agentdb_sessions", status="ready", tier="free") or 0) >= 1
+    assert sample(body, "agentdb_job_runs", job="reconcile") is not None
+    assert sample(body, "agentdb_sql_kept_connections") is not None
