@@ -78,13 +78,18 @@ def _drop_color_message(_: WrappedLogger, __: str, event_dict: EventDict) -> Eve
     return event_dict
 
 
-def configure_logging(level: int, stream: TextIO, *, structured: bool = True) -> None:
+def configure_logging(
+    level: int, stream: TextIO, *, structured: bool = True, json: bool = False
+) -> None:
     """Logs of agentdb and of the libraries it runs go to `stream` at `level` (libraries that
     log every request at INFO stay at WARNING), redacted, with plain tracebacks. Without
     `structured`, only the standard library's logging is set up: a client command, which
-    runs none of agentdb's structlog lines, starts without loading structlog."""
+    runs none of agentdb's structlog lines, starts without loading structlog. With `json`,
+    every line (the libraries' too) is one JSON object."""
     handler = logging.StreamHandler(stream)
     handler.setFormatter(RedactingFormatter("%(asctime)s [%(levelname)s] %(name)s: %(message)s"))
+    if json and structured:
+        handler.setFormatter(_json_formatter())
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
@@ -105,11 +110,35 @@ def configure_logging(level: int, stream: TextIO, *, structured: bool = True) ->
             # connection URIs).
             structlog.processors.format_exc_info,
             redact_secrets,
-            structlog.dev.ConsoleRenderer(colors=False),
+            structlog.processors.JSONRenderer()
+            if json
+            else structlog.dev.ConsoleRenderer(colors=False),
         ],
         logger_factory=structlog.PrintLoggerFactory(stream),
         wrapper_class=structlog.make_filtering_bound_logger(level),
         cache_logger_on_first_use=False,
+    )
+
+
+def _json_formatter() -> logging.Formatter:
+    """The libraries' lines (uvicorn, psycopg's pool) as JSON objects like agentdb's own,
+    redacted, with the request's ids when logged inside one."""
+    import structlog  # noqa: PLC0415
+
+    return structlog.stdlib.ProcessorFormatter(
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info,
+            redact_secrets,
+            structlog.processors.JSONRenderer(),
+        ],
+        foreign_pre_chain=[
+            structlog.contextvars.merge_contextvars,
+            structlog.stdlib.add_logger_name,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _drop_color_message,
+        ],
     )
 
 

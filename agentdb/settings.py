@@ -140,6 +140,12 @@ class Settings(BaseSettings):
         default="info",
         description="Least severe log lines written to stderr.",
     )
+    log_format: Literal["console", "json"] = Field(
+        default="console",
+        description="How log lines are written: `console` (key=value text) or `json` (one JSON "
+        "object per line, for a log pipeline; a request's lines carry its request_id, "
+        "token_id and session_id).",
+    )
 
     # --- agentdb serve -------------------------------------------------------------------------
     admin_token: SecretStr | None = Field(

@@ -37,6 +37,8 @@ from ._problems import Forbidden, TooManyRequests, Unauthorized
 
 AnyRequest = Request[Any, Any, Any]
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+#: A session's routes: its id goes on every log line of the request.
+_SESSION_PATH = re.compile(r"^/v1/sessions/([0-9a-fA-F-]{36})(?:/|$)")
 #: What a 403 says when a session token asks for something only its owner may do.
 NEEDS_OWNER = "needs a user or admin token: a session token cannot do this"
 log = structlog.get_logger("agentdb.api")
@@ -66,7 +68,10 @@ class RequestIdMiddleware(ASGIMiddleware):
                 message["headers"] = [*headers, (b"x-request-id", rid.encode())]
             await send(message)
 
-        with structlog.contextvars.bound_contextvars(request_id=rid):
+        ids = {"request_id": rid}
+        if match := _SESSION_PATH.match(scope["path"]):
+            ids["session_id"] = match.group(1).lower()
+        with structlog.contextvars.bound_contextvars(**ids):
             await next_app(scope, receive, send_with_id)
 
 

@@ -261,16 +261,18 @@ def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0]
 
 
-def _log_level() -> int:
+def _log_settings() -> tuple[int, bool]:
+    """The log level, and whether lines are JSON."""
     from pydantic import ValidationError  # noqa: PLC0415
 
     from agentdb.settings import Settings  # noqa: PLC0415
 
     try:
-        name = Settings().log_level
+        settings = Settings()
+        name, json = settings.log_level, settings.log_format == "json"
     except ValidationError:
-        name = "info"  # the command itself reports the bad setting
-    return logging.getLevelNamesMapping()[name.upper()]
+        name, json = "info", False  # the command itself reports the bad setting
+    return logging.getLevelNamesMapping()[name.upper()], json
 
 
 #: The commands that run agentdb's server parts (the others are clients of `agentdb serve`).
@@ -299,7 +301,8 @@ def main() -> None:
     argv = hoisted(sys.argv[1:])
     # agentdb's own (structlog) lines run only in the server commands and `mcp`.
     if argv and argv[0] in SERVER_COMMANDS:
-        configure_logging(_log_level(), sys.stderr)
+        level, json = _log_settings()
+        configure_logging(level, sys.stderr, json=json)
     else:  # a client: warnings and errors only, and no settings read before the command's
         configure_logging(logging.WARNING, sys.stderr, structured=False)
     try:

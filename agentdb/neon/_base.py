@@ -216,7 +216,8 @@ class ClientCore:
             method=method,
             path=path,
             status=response.status_code,
-            request_id=request_id,
+            # Neon's id of the call (its support asks for it); request_id is agentdb's own.
+            neon_request_id=request_id,
             attempt=attempt,
             ms=round((time.perf_counter() - started) * 1000, 1),
         )
@@ -260,7 +261,7 @@ class ClientCore:
             path=path,
             status=error.status,
             code=error.code,
-            request_id=error.request_id,
+            neon_request_id=error.request_id,
             retry_after=error.retry_after,
         )
         return error
