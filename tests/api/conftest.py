@@ -78,6 +78,26 @@ async def open_test_runtime(
         )
 
 
+def runtime_with(name: str, **options: Any) -> Any:
+    """A module's own `runtime` fixture: the suite's runtime with `options` (those of
+    `open_test_runtime`), in a data dir named `name`."""
+
+    @pytest_asyncio.fixture(scope="module", loop_scope="session", name="runtime")
+    async def runtime(
+        pg_server: ServerInfo,
+        localplane_app: Litestar,
+        neon_spec: NeonSpec,
+        tmp_path_factory: pytest.TempPathFactory,
+    ) -> AsyncIterator[Runtime]:
+        data_dir = tmp_path_factory.mktemp(name)
+        async with open_test_runtime(
+            pg_server, localplane_app, neon_spec, data_dir, **options
+        ) as running:
+            yield running
+
+    return runtime
+
+
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def runtime(
     pg_server: ServerInfo,

@@ -7,41 +7,26 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 
 import httpx
 import psycopg
 import pytest
-import pytest_asyncio
-from contract.openapi import NeonSpec
 from litestar import Litestar
 from pydantic import ValidationError
 
 from agentdb.api import create_app
 from agentdb.api._limits import TokenLimits, is_expensive
-from agentdb.pg import ServerInfo
 from agentdb.runtime import Runtime
 from agentdb.settings import Settings
 
-from .conftest import ADMIN, Tenant, assert_problem, make_tenant, open_test_runtime
+from .conftest import ADMIN, Tenant, assert_problem, make_tenant, runtime_with
 
 LOCK = 7140  # the advisory lock the "slow" calls wait on, until the test lets them go
 WAIT_FOR_LOCK = f"select pg_advisory_xact_lock({LOCK})"
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def runtime(
-    pg_server: ServerInfo,
-    localplane_app: Litestar,
-    neon_spec: NeonSpec,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> AsyncIterator[Runtime]:
-    """The suite's runtime with time for SQL calls that wait for a lock the test holds."""
-    data_dir = tmp_path_factory.mktemp("api-limits")
-    async with open_test_runtime(
-        pg_server, localplane_app, neon_spec, data_dir, sql_statement_timeout_s=120
-    ) as running:
-        yield running
+# The suite's runtime with time for SQL calls that wait for a lock the test holds.
+runtime = runtime_with("api-limits", sql_statement_timeout_s=120)
 
 
 def limited(runtime: Runtime, **limits: str | int) -> Litestar:

@@ -6,35 +6,16 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import AsyncIterator
 
 import httpx
-import pytest
-import pytest_asyncio
-from contract.openapi import NeonSpec
-from litestar import Litestar
 
-from agentdb.pg import ServerInfo
-from agentdb.runtime import Runtime
-
-from .conftest import ADMIN, assert_problem, bearer, open_test_runtime
+from .conftest import ADMIN, assert_problem, bearer, runtime_with
 
 SCRAPER = "scraper-" + "s" * 40
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def runtime(
-    pg_server: ServerInfo,
-    localplane_app: Litestar,
-    neon_spec: NeonSpec,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> AsyncIterator[Runtime]:
-    """Like the suite's runtime, with a metrics token."""
-    data_dir = tmp_path_factory.mktemp("api-metrics")
-    async with open_test_runtime(
-        pg_server, localplane_app, neon_spec, data_dir, metrics_token=SCRAPER
-    ) as running:
-        yield running
+# Like the suite's runtime, with a metrics token.
+runtime = runtime_with("api-metrics", metrics_token=SCRAPER)
 
 
 def sample(body: str, name: str, **labels: str) -> float | None:

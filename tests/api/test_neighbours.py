@@ -11,20 +11,15 @@ import asyncio
 import os
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
 import psycopg
-import pytest
-import pytest_asyncio
-from contract.openapi import NeonSpec
-from litestar import Litestar
 
 from agentdb.pg import ServerInfo
-from agentdb.runtime import Runtime
 
-from .conftest import Tenant, bearer, make_tenant, open_test_runtime
+from .conftest import Tenant, bearer, make_tenant, runtime_with
 
 MIB = 2**20
 QUOTA = 48 * MIB
@@ -44,22 +39,9 @@ RSS_BOUND = 256 * MIB
 LONGEST_TIMEOUT_S = 5.0
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def runtime(
-    pg_server: ServerInfo,
-    localplane_app: Litestar,
-    neon_spec: NeonSpec,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> AsyncIterator[Runtime]:
-    async with open_test_runtime(
-        pg_server,
-        localplane_app,
-        neon_spec,
-        tmp_path_factory.mktemp("neighbours"),
-        tiers_toml=TIERS_TOML,
-        sql_statement_timeout_s=LONGEST_TIMEOUT_S,
-    ) as running:
-        yield running  # the suite's `api_app` and `http` fixtures serve it
+runtime = runtime_with(
+    "neighbours", tiers_toml=TIERS_TOML, sql_statement_timeout_s=LONGEST_TIMEOUT_S
+)
 
 
 def _rss_bytes() -> int:

@@ -13,18 +13,15 @@ import httpx
 import pytest
 import pytest_asyncio
 import sqlalchemy as sa
-from litestar import Litestar
 
 from agentdb.api import create_app
 from agentdb.localplane import LocalPlane
 from agentdb.neon import NeonClient
-from agentdb.pg import ServerInfo
 from agentdb.runtime import Runtime
 from agentdb.services import tier_changes
 from meta_schema import AgentSession
-from tests.contract.openapi import NeonSpec
 
-from .conftest import ADMIN, assert_problem, bearer, open_test_runtime
+from .conftest import ADMIN, assert_problem, bearer, runtime_with
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -59,18 +56,7 @@ BATCH = 8
 MANY = BATCH + 1
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def runtime(
-    pg_server: ServerInfo,
-    localplane_app: Litestar,
-    neon_spec: NeonSpec,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> AsyncIterator[Runtime]:
-    data_dir = tmp_path_factory.mktemp("api-tier-changes")
-    async with open_test_runtime(
-        pg_server, localplane_app, neon_spec, data_dir, tiers_toml=TIERS_TOML, unlimited_client=True
-    ) as running:
-        yield running
+runtime = runtime_with("api-tier-changes", tiers_toml=TIERS_TOML, unlimited_client=True)
 
 
 @pytest_asyncio.fixture(loop_scope="session")

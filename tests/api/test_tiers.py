@@ -7,18 +7,10 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
 
 import httpx
-import pytest
-import pytest_asyncio
-from contract.openapi import NeonSpec
-from litestar import Litestar
 
-from agentdb.pg import ServerInfo
-from agentdb.runtime import Runtime
-
-from .conftest import ADMIN, assert_problem, bearer, open_test_runtime
+from .conftest import ADMIN, assert_problem, bearer, runtime_with
 
 TIERS_TOML = """
 default = "hobby"
@@ -32,19 +24,8 @@ compute_max_cu = 4
 """
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def runtime(
-    pg_server: ServerInfo,
-    localplane_app: Litestar,
-    neon_spec: NeonSpec,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> AsyncIterator[Runtime]:
-    """Like the suite's runtime, with a tiers file."""
-    data_dir = tmp_path_factory.mktemp("api-tiers")
-    async with open_test_runtime(
-        pg_server, localplane_app, neon_spec, data_dir, tiers_toml=TIERS_TOML
-    ) as running:
-        yield running
+# Like the suite's runtime, with a tiers file.
+runtime = runtime_with("api-tiers", tiers_toml=TIERS_TOML)
 
 
 async def user_token(http: httpx.AsyncClient, tier: str | None = None) -> dict[str, str]:

@@ -13,17 +13,14 @@ from typing import Any
 import httpx
 import pytest
 import pytest_asyncio
-from litestar import Litestar
 
 from agentdb.api import create_app
 from agentdb.localplane import LocalPlane
-from agentdb.pg import ServerInfo
 from agentdb.runtime import Runtime
 from agentdb.sdk import AgentDB
 from agentdb.tools import Toolbox
-from tests.contract.openapi import NeonSpec
 
-from .conftest import ADMIN, assert_problem, bearer, open_test_runtime
+from .conftest import ADMIN, assert_problem, bearer, runtime_with
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
@@ -51,23 +48,7 @@ logical_size_bytes = {SMALL_LOGICAL_SIZE}
 WRITE_8_MIB = "INSERT INTO blob SELECT g, repeat(md5(g::text), 32) FROM generate_series(1, 8192) g"
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def runtime(
-    pg_server: ServerInfo,
-    localplane_app: Litestar,
-    neon_spec: NeonSpec,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> AsyncIterator[Runtime]:
-    data_dir = tmp_path_factory.mktemp("api-usage")
-    async with open_test_runtime(
-        pg_server,
-        localplane_app,
-        neon_spec,
-        data_dir,
-        tiers_toml=TIERS_TOML,
-        sql_statement_timeout_s=20,
-    ) as running:
-        yield running
+runtime = runtime_with("api-usage", tiers_toml=TIERS_TOML, sql_statement_timeout_s=20)
 
 
 @pytest_asyncio.fixture(loop_scope="session")
