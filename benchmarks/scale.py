@@ -90,8 +90,9 @@ def disk_usage(path: Path, *, only: str | None = None) -> int:
 async def postmaster(superuser_dsn: str) -> psutil.Process:
     async with await psycopg.AsyncConnection.connect(superuser_dsn) as su:
         row = await (await su.execute("SELECT pg_backend_pid()")).fetchone()
-    assert row is not None  # noqa: S101
-    parent = psutil.Process(int(row[0])).parent()
+        assert row is not None  # noqa: S101
+        # While the connection is open: its backend exits with it.
+        parent = psutil.Process(int(row[0])).parent()
     assert parent is not None  # noqa: S101
     return parent
 
