@@ -118,8 +118,11 @@ async def test_usage_appears_after_a_poll_and_matches_what_was_written(
     # Written data is WAL: the rows with their tuple and page headers (1.0-1.2x what the SQL
     # wrote), then full-page images of every page (data checksums are on in PostgreSQL 18) once
     # when a reader first sets the rows' hint bits and once when autovacuum visits the new
-    # table: up to about 3.2x (25.5 MiB seen on a loaded machine).
-    assert 8 * MiB <= usage["written_data_bytes"]["value"] <= 32 * MiB, usage
+    # table: up to about 3.2x (25.5 MiB seen on a loaded machine). WAL no backend reports
+    # (autovacuum of any database, the cluster's checkpoints) is shared among the databases
+    # changing tuples at that moment, which here is this one: 33.3 MiB seen late in a full
+    # suite run, whose meta databases autovacuum meanwhile.
+    assert 8 * MiB <= usage["written_data_bytes"]["value"] <= 40 * MiB, usage
     # The logical size is the database's size: the 8 MiB, their page overhead and the
     # empty database (about 7.5 MiB on PostgreSQL 18).
     assert 8 * MiB <= usage["logical_size_bytes"]["value"] <= 24 * MiB, usage
