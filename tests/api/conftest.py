@@ -78,9 +78,14 @@ async def open_test_runtime(
         )
 
 
-def runtime_with(name: str, **options: Any) -> Any:
-    """A module's own `runtime` fixture: the suite's runtime with `options` (those of
-    `open_test_runtime`), in a data dir named `name`."""
+def runtime_with(
+    name: str,
+    *,
+    before_close: Callable[[Runtime], Awaitable[None]] | None = None,
+    **options: Any,
+) -> Any:
+    """A module's `runtime` fixture: the suite's runtime with `options` (those of
+    `open_test_runtime`), in a data dir named `name`; `before_close` runs on it last."""
 
     @pytest_asyncio.fixture(scope="module", loop_scope="session", name="runtime")
     async def runtime(
@@ -94,22 +99,13 @@ def runtime_with(name: str, **options: Any) -> Any:
             pg_server, localplane_app, neon_spec, data_dir, **options
         ) as running:
             yield running
+            if before_close is not None:
+                await before_close(running)
 
     return runtime
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def runtime(
-    pg_server: ServerInfo,
-    localplane_app: Litestar,
-    neon_spec: NeonSpec,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> AsyncIterator[Runtime]:
-    data_dir = tmp_path_factory.mktemp("api")
-    async with open_test_runtime(
-        pg_server, localplane_app, neon_spec, data_dir, sql_statement_timeout_s=5
-    ) as running:
-        yield running
+runtime = runtime_with("api", sql_statement_timeout_s=5)
 
 
 @pytest.fixture(scope="module")

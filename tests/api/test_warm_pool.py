@@ -7,38 +7,24 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
 
 import httpx
-import pytest
-import pytest_asyncio
 import sqlalchemy as sa
-from contract.openapi import NeonSpec
-from litestar import Litestar
 
-from agentdb.pg import ServerInfo
 from agentdb.runtime import Runtime
 from meta_schema import WarmProject
 
-from .conftest import ADMIN, bearer, open_test_runtime
+from .conftest import ADMIN, bearer, runtime_with
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def runtime(
-    pg_server: ServerInfo,
-    localplane_app: Litestar,
-    neon_spec: NeonSpec,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> AsyncIterator[Runtime]:
-    """Like the suite's runtime, with a warm pool of one project (drained at the end: the
-    test's meta database goes, the plane stays)."""
-    data_dir = tmp_path_factory.mktemp("api-warm")
-    async with open_test_runtime(
-        pg_server, localplane_app, neon_spec, data_dir, warm_pool_size=1
-    ) as running:
-        yield running
-        await running.jobs.__aexit__(None, None, None)  # no refill while draining
-        await running.warm.drain()
+async def drain(runtime: Runtime) -> None:
+    """The test's meta database goes, the plane stays: no project of the pool may outlive it
+    (and no refill may race the drain)."""
+    await runtime.jobs.__aexit__(None, None, None)
+    await runtime.warm.drain()
+
+
+runtime = runtime_with("api-warm", warm_pool_size=1, before_close=drain)
 
 
 async def ready_ids(runtime: Runtime) -> set[uuid.UUID]:

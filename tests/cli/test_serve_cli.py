@@ -57,6 +57,9 @@ def test_zero_config_serve_prints_the_admin_token_once_and_answers(tmp_path: Pat
         ("AGENTDB_META_DATABASE", "Bad-Name"),
         ("AGENTDB_SQL_MAX_ROWS", "0"),
         ("AGENTDB_KILL_AT", "restore.nowhere"),
+        ("AGENTDB_WARM_POOL_SIZE", "-1"),
+        ("AGENTDB_METRICS_TOKEN", "short"),
+        ("AGENTDB_LOG_FORMAT", "xml"),
     ],
 )
 def test_bad_settings_are_one_line_naming_them(tmp_path: Path, name: str, value: str) -> None:

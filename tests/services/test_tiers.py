@@ -156,6 +156,8 @@ def test_tier_values_take_precedence_over_the_settings(tiers: Tiers) -> None:
         ('[tiers.a]\ncompute_max_cu = "big"\n', "tiers.a.compute_max_cu: Input should"),
         ("[tiers.a]\ncompute_max_cu = 100\n", "tiers.a.compute_max_cu: Input should"),
         ("[tiers.a]\nsuspend_timeout_s = -5\n", "tiers.a.suspend_timeout_s: Input should"),
+        ("[tiers.a]\nwarm_pool_size = -1\n", "tiers.a.warm_pool_size: Input should"),
+        ("[tiers.a]\nwarm_pool_size = 101\n", "tiers.a.warm_pool_size: Input should"),
         (
             "[tiers.a]\ncompute_min_cu = 4\ncompute_max_cu = 1\n",
             "tiers.a: compute_min_cu must not exceed compute_max_cu",
