@@ -4,6 +4,8 @@ and the real `agentdb` command in a subprocess."""
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import functools
 import json
 import os
 import queue
@@ -193,3 +195,43 @@ async def wait_runner_gone(plane: LocalPlane, runner_id: int) -> None:
     while await plane._store.runner_alive(runner_id):
         assert time.monotonic() < deadline, "the killed plane's lock was never released"
         await asyncio.sleep(0.05)
+
+
+JS_DIR = Path(__file__).parent / "js"
+NODE_TIMEOUT = 120.0
+
+
+@functools.cache
+def js_clients() -> Path:
+    """tests/js's node_modules, installed from its lock file on first use (`.ci/run` installs it
+    first; `npm ci` is what the README's test command falls back on)."""
+    modules = JS_DIR / "node_modules"
+    with (JS_DIR / ".install.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # two pytest runs at once install once
+        if not (modules / ".package-lock.json").exists():
+            subprocess.run(
+                ["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"],  # noqa: S607
+                cwd=JS_DIR,
+                check=True,
+                timeout=600,
+            )
+    return modules
+
+
+def run_node(script: str, *, env: dict[str, str] | None = None) -> Any:
+    """Runs `script` (an ES module, cwd tests/js so it imports the pinned clients) with node and
+    returns what it printed last as JSON; fails the test with node's output otherwise."""
+    js_clients()
+    result = subprocess.run(  # noqa: S603 - the test's own script
+        ["node", "--input-type=module", "-e", script],  # noqa: S607
+        cwd=JS_DIR,
+        capture_output=True,
+        text=True,
+        timeout=NODE_TIMEOUT,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+    if result.returncode != 0:
+        pytest.fail(f"node exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+    last = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else "null"
+    return json.loads(last)
