@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import psycopg
 import structlog
+from litestar import Litestar
 from psycopg import errors as pg_errors
 from psycopg import sql
 from pydantic import SecretStr
@@ -99,6 +100,8 @@ class Runtime:
     readiness: Readiness
     #: The in-process local control plane (None on Neon cloud, or with a given client).
     plane: LocalPlane | None
+    #: Its ASGI app, which also serves the add-on URLs it hands out (`addon_paths`).
+    plane_app: Litestar | None
     #: None while PostgreSQL answers, else why it does not (one line, no secrets).
     database_health: DatabaseHealth
     #: An admin token generated at this start (none was configured or stored): show it once.
@@ -130,9 +133,9 @@ async def open_runtime(
         secrets = load_secrets(settings)
         tiers = load_configured_tiers(settings)
         control_plane: Literal["local", "neon"] = "neon" if settings.uses_neon_cloud else "local"
-        plane: LocalPlane | None = None
+        plane_app: Litestar | None = None
         if neon is None:
-            client, plane = await _control_plane(settings, server, tiers, stack)
+            client, plane_app = await _control_plane(settings, server, tiers, stack)
             neon = await stack.enter_async_context(client)
         runtime = _runtime(
             settings,
@@ -142,7 +145,7 @@ async def open_runtime(
             tiers,
             kill,
             control_plane=control_plane,
-            plane=plane,
+            plane_app=plane_app,
             database_health=database_health,
         )
         # Closed before PostgreSQL stops (the stack unwinds last in, first out).
@@ -184,7 +187,7 @@ def _runtime(  # noqa: PLR0917 - the parts open_runtime opened, in the order it 
     kill: WorkflowKillSwitch,
     *,
     control_plane: Literal["local", "neon"],
-    plane: LocalPlane | None,
+    plane_app: Litestar | None,
     database_health: DatabaseHealth,
 ) -> Runtime:
     """The services over the meta database and the control plane, wired to each other."""
@@ -234,7 +237,8 @@ def _runtime(  # noqa: PLR0917 - the parts open_runtime opened, in the order it 
         neon=neon,
         meta=meta,
         secrets=secrets,
-        plane=plane,
+        plane=None if plane_app is None else plane_app.state.plane,
+        plane_app=plane_app,
         database_health=database_health,
         users=UserService(meta, tiers=tiers),
         tokens=TokenService(
@@ -387,9 +391,9 @@ def _kill_switch(settings: Settings) -> WorkflowKillSwitch:
 
 async def _control_plane(
     settings: Settings, server: ServerInfo, tiers: Tiers, stack: AsyncExitStack
-) -> tuple[NeonClient, LocalPlane | None]:
-    """The client of the control plane the settings choose, and the in-process local plane
-    when that is the one."""
+) -> tuple[NeonClient, Litestar | None]:
+    """The client of the control plane the settings choose, and the in-process local plane's
+    app when that is the one."""
     if settings.neon_api_key is not None:
         api_key = settings.neon_api_key.get_secret_value()
         return NeonClient(settings.neon_api_url, api_key=api_key), None
@@ -411,8 +415,7 @@ async def _control_plane(
         rate_limit_per_min=LOCAL_PLANE_REQUESTS_PER_MIN,
         burst_per_s=None,
     )
-    plane: LocalPlane = app.state.plane
-    return client, plane
+    return client, app
 
 
 def seconds(value: float) -> timedelta:

@@ -56,6 +56,14 @@ class Settings(BaseSettings):
         default=None,
         description="If set, the local control plane accepts only this bearer token.",
     )
+    public_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://[^/?#\s]+(/[^?#\s]*)?$",
+        description="The URL apps reach agentdb (or `agentdb localplane serve`) at, without a "
+        "trailing path to an API: the base of the Neon Auth and Data API URLs the local control "
+        "plane hands out. Default: the listener's own address (for `agentdb serve`), else the "
+        "URL the request came in on.",
+    )
     localplane_faults: str = Field(
         default="",
         description="Local-plane fault injection, e.g. '423=0.2,429=0.1,500=0.05,latency_ms=50'.",

@@ -76,6 +76,7 @@ async def serve_api(
     """
     # Imported here, not at the top: the client commands start without the server's modules.
     from agentdb.api import create_app as create_api  # noqa: PLC0415
+    from agentdb.api import with_addons  # noqa: PLC0415
     from agentdb.pg import PostgresError  # noqa: PLC0415
     from agentdb.runtime import StartupError, open_runtime  # noqa: PLC0415
     from agentdb.tools.mcp_http import McpHttp  # noqa: PLC0415
@@ -95,6 +96,9 @@ async def serve_api(
         serve_demo = False
         print(f"agentdb: {refusal}; serving the API without it", flush=True)  # noqa: T201
     with _listen(host, port) as listener:
+        if settings.public_url is None:  # the add-on URLs the plane hands out name this listener
+            public_url = f"http://{_url_host(host)}:{listener.getsockname()[1]}"
+            settings = settings.model_copy(update={"public_url": public_url})
         try:
             async with open_runtime(settings) as runtime:
                 if runtime.new_admin_token is not None:
@@ -107,12 +111,15 @@ async def serve_api(
                     mcp.running(),
                     open_demo(runtime, api) if serve_demo else contextlib.nullcontext() as demo,
                 ):
+                    served = with_addons(api, runtime.plane_app)
+                    addons = ", Neon Auth: /neon-auth, Data API: /data-api"
                     await serve(
-                        api if demo is None else with_demo(api, create_demo_app(demo)),
+                        served if demo is None else with_demo(served, create_demo_app(demo)),
                         host,
                         listener,
                         what="agentdb API",
                         path="/v1 (OpenAPI: /schema, MCP: /mcp"
+                        + (addons if runtime.plane_app else "")
                         + (", demo: /demo/)" if demo is not None else ")"),
                     )
         except (StartupError, PostgresError) as exc:
@@ -249,6 +256,16 @@ async def serve(
                 )
         except PostgresError as exc:
             raise CommandError(str(exc)) from None
+
+
+def _url_host(host: str) -> str:
+    """`host` as a URL names it; a wildcard address becomes the loopback one, which a browser
+    on the same machine reaches."""
+    if host in {"", "0.0.0.0"}:  # noqa: S104 - compared, not bound
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
 
 
 def _first_line(exc: BaseException) -> str:

@@ -28,7 +28,9 @@ from pydantic import Field
 from ._base import PlaneBase
 from ._errors import Conflict, LocalPlaneError, NotFound
 from ._models import (
+    BranchRecord,
     DatabaseRecord,
+    EndpointRecord,
     ProjectRecord,
     Record,
     SnapshotRecord,
@@ -106,6 +108,27 @@ def addon_kinds() -> tuple[type[AddonRecord], ...]:
 
 class AddonsBase(PlaneBase):
     """Lookups, the project's service role and the plane's connections shared by the add-ons."""
+
+    # --- where an add-on is reached ----------------------------------------------------------
+
+    async def _address(self, tx: Tx, project_id: str, branch_id: str) -> str:
+        """What the add-ons' URLs name for a branch: its compute endpoint (read-write first), as
+        Neon's hostnames do, so a finalized restore (which moves the endpoint to the restored
+        branch) leaves them pointing at the live data; the branch itself when it has none."""
+        endpoints = await self._branch_endpoints(tx, project_id, branch_id)
+        endpoints.sort(key=lambda e: (e.type != "read_write", e.created_at))
+        return endpoints[0].id if endpoints else branch_id
+
+    async def locate(self, address: str) -> tuple[str, str]:
+        """The project and branch an add-on URL's address (an endpoint or branch id) names now."""
+        async with self._store.tx() as tx:
+            endpoint = await tx.get(EndpointRecord, address)
+            if endpoint is not None:
+                return endpoint.project_id, endpoint.branch_id
+            branch = await tx.get(BranchRecord, address)
+            if branch is not None:
+                return branch.project_id, branch.id
+        raise NotFound(f"no endpoint or branch {address!r}")
 
     @asynccontextmanager
     async def _catalog(self) -> AsyncIterator[AsyncConnection]:

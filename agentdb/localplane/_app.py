@@ -22,7 +22,9 @@ from pydantic import ValidationError
 from agentdb.pg import ServerInfo, open_server
 from agentdb.settings import Settings
 
-from ._addon_routes import NEON_ROUTES, SERVICES
+from ._addon_routes import NEON_ROUTES
+from ._auth_service import AUTH_SERVICE
+from ._data_api_service import DATA_API
 from ._errors import LocalPlaneError
 from ._faults import Faults, KillSwitch
 from ._governance import Limits
@@ -119,6 +121,11 @@ def _on_unexpected(request: AnyRequest, exc: Exception) -> Response[JSON]:
     return _error(request, 500, "INTERNAL_ERROR", "internal error in the local control plane")
 
 
+#: Where the app serves the add-ons it turns on (Neon Auth, the Data API): outside `/api/v2`,
+#: without the API key. `agentdb serve` forwards these to the in-process plane.
+ADDON_PATHS = ("/neon-auth/", "/data-api/")
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -161,6 +168,7 @@ def create_app(
         ):
             app.state.plane = plane
             app.state.server = info
+            app.state.public_url = settings.public_url
             yield
 
     api = Router(
@@ -169,7 +177,7 @@ def create_app(
         before_request=_gatekeeper(settings),
     )
     return Litestar(
-        route_handlers=[api, SERVICES],
+        route_handlers=[api, AUTH_SERVICE, DATA_API],
         lifespan=[lifespan],
         exception_handlers={
             LocalPlaneError: _on_plane_error,

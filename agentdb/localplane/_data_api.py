@@ -143,10 +143,10 @@ class DataApiTarget:
     count_sent: Callable[[int], None] = lambda _size: None  # bytes of response bodies
 
 
-def data_api_url(root: str, project_id: str, branch_id: str, database: str) -> str:
-    return (
-        f"{root.rstrip('/')}/data-api/{project_id}/{branch_id}/{quote(database, safe='')}/rest/v1"
-    )
+def data_api_url(root: str, address: str, database: str) -> str:
+    """Like Neon's `https://<endpoint>.apirest.<region>/<database>/rest/v1`: it names the
+    endpoint (`AddonsBase._address`), not the branch, so it follows restores."""
+    return f"{root.rstrip('/')}/data-api/{address}/{quote(database, safe='')}/rest/v1"
 
 
 class DataApiMixin(AddonsBase):
@@ -186,7 +186,8 @@ class DataApiMixin(AddonsBase):
                     settings=settings,
                 )
             )
-        return {"url": data_api_url(root, project_id, branch_id, database)}
+            address = await self._address(m.tx, project_id, branch_id)
+        return {"url": data_api_url(root, address, database)}
 
     async def get_data_api(
         self, project_id: str, branch_id: str, database: str, *, root: str
@@ -194,6 +195,7 @@ class DataApiMixin(AddonsBase):
         async with self._store.tx() as tx:
             record = await self._data_api(tx, project_id, branch_id, database)
             d = await self._database(tx, project_id, branch_id, database)
+            address = await self._address(tx, project_id, branch_id)
         async with self._service(project_id, d.physical) as conn:
             cur = await conn.execute(
                 "SELECT nspname FROM pg_catalog.pg_namespace WHERE nspname !~ '^pg_'"
@@ -201,7 +203,7 @@ class DataApiMixin(AddonsBase):
             )
             schemas = [str(row[0]) for row in await cur.fetchall()]
         return {
-            "url": data_api_url(root, project_id, branch_id, database),
+            "url": data_api_url(root, address, database),
             "status": "ready",
             "settings": {"db_schemas": ["public"], "db_anon_role": "anonymous", **record.settings},
             "available_schemas": schemas,
@@ -236,9 +238,9 @@ class DataApiMixin(AddonsBase):
             await m.tx.delete(await self._data_api(m.tx, project_id, branch_id, database))
         return {}
 
-    async def data_api_target(
-        self, project_id: str, branch_id: str, database: str
-    ) -> DataApiTarget:
+    async def data_api_target(self, address: str, database: str) -> DataApiTarget:
+        """What a Data API request at `data_api_url(..., address, database)` runs against."""
+        project_id, branch_id = await self.locate(address)
         async with self._store.tx() as tx:
             p = await self._project(tx, project_id)
             record = await self._data_api(tx, project_id, branch_id, database)

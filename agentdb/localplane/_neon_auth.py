@@ -20,6 +20,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, ClassVar, Literal
+from urllib.parse import quote
 
 import psycopg
 from joserfc import jwt
@@ -182,8 +183,11 @@ def verify_password(password: str, stored: str) -> bool:
 _DUMMY_HASH = hash_password(secrets.token_urlsafe(12))
 
 
-def auth_base_url(root: str, project_id: str, branch_id: str) -> str:
-    return f"{root.rstrip('/')}/auth/{project_id}/{branch_id}"
+def auth_base_url(root: str, address: str, database: str) -> str:
+    """Like Neon's `https://<endpoint>.neonauth.<region>/<database>/auth`: it names the
+    endpoint (`AddonsBase._address`), not the branch, so it follows restores; it is also the
+    JWTs' issuer, so tokens stay valid across them."""
+    return f"{root.rstrip('/')}/neon-auth/{address}/{quote(database, safe='')}/auth"
 
 
 class NeonAuthMixin(AddonsBase):
@@ -214,7 +218,8 @@ class NeonAuthMixin(AddonsBase):
                 secret_server_key=f"ssk_{secrets.token_urlsafe(32)}",
             )
             await m.tx.put(record)
-        base = auth_base_url(root, project_id, branch_id)
+            address = await self._address(m.tx, project_id, branch_id)
+        base = auth_base_url(root, address, record.db_name)
         return {
             "auth_provider": record.auth_provider,
             "auth_provider_project_id": record.provider_project_id,
@@ -238,7 +243,8 @@ class NeonAuthMixin(AddonsBase):
         async with self._store.tx() as tx:
             p = await self._project(tx, project_id)
             record = await self._auth(tx, project_id, branch_id)
-        base = auth_base_url(root, project_id, branch_id)
+            address = await self._address(tx, project_id, branch_id)
+        base = auth_base_url(root, address, record.db_name)
         return {
             "auth_provider": record.auth_provider,
             "auth_provider_project_id": record.provider_project_id,
@@ -320,14 +326,13 @@ class NeonAuthMixin(AddonsBase):
 
     # --- the auth service: JWKS, sign-up, sign-in ----------------------------------------
 
-    async def auth_jwks(self, project_id: str, branch_id: str) -> JSON:
-        async with self._store.tx() as tx:
-            return (await self._auth(tx, project_id, branch_id)).jwks()
+    async def auth_jwks(self, address: str, database: str) -> JSON:
+        record, _ = await self._auth_at(address, database)
+        return record.jwks()
 
-    async def sign_up(
-        self, project_id: str, branch_id: str, body: SignUpBody, *, root: str
-    ) -> JSON:
-        record, physical = await self._auth_database(project_id, branch_id)
+    async def sign_up(self, address: str, database: str, body: SignUpBody, *, root: str) -> JSON:
+        record, physical = await self._auth_at(address, database)
+        project_id = record.project_id
         password_hash = await asyncio.to_thread(hash_password, body.password)
         stamp = now()
         user = {
@@ -352,12 +357,11 @@ class NeonAuthMixin(AddonsBase):
                 )
         except psycopg.errors.UniqueViolation:
             raise UserExists(f"a user with email {user['email']!r} already exists") from None
-        return self._session(record, user, root=root)
+        return self._session(record, user, issuer=auth_base_url(root, address, record.db_name))
 
-    async def sign_in(
-        self, project_id: str, branch_id: str, body: SignInBody, *, root: str
-    ) -> JSON:
-        record, physical = await self._auth_database(project_id, branch_id)
+    async def sign_in(self, address: str, database: str, body: SignInBody, *, root: str) -> JSON:
+        record, physical = await self._auth_at(address, database)
+        project_id = record.project_id
         email = body.email.strip().lower()
         async with self._auth_service(project_id, physical) as conn:
             cur = await conn.execute(
@@ -384,11 +388,10 @@ class NeonAuthMixin(AddonsBase):
             "email_verified": row[3],
             "created_at": row[4].isoformat(),
         }
-        return self._session(record, user, root=root)
+        return self._session(record, user, issuer=auth_base_url(root, address, record.db_name))
 
-    def _session(self, record: NeonAuthRecord, user: JSON, *, root: str) -> JSON:
+    def _session(self, record: NeonAuthRecord, user: JSON, *, issuer: str) -> JSON:
         issued = int(time.time())
-        issuer = auth_base_url(root, record.project_id, record.branch_id)
         claims = {
             "iss": issuer,
             "aud": issuer,
@@ -419,6 +422,15 @@ class NeonAuthMixin(AddonsBase):
                     "disable Neon Auth, drop or rename the schema, then enable it again"
                 )
             yield conn
+
+    async def _auth_at(self, address: str, database: str) -> tuple[NeonAuthRecord, str]:
+        """Neon Auth at `auth_base_url(..., address, database)` and its database's physical
+        name: the branch `address` names now."""
+        project_id, branch_id = await self.locate(address)
+        record, physical = await self._auth_database(project_id, branch_id)
+        if record.db_name != database:
+            raise NotFound(f"Neon Auth is not enabled on database {database!r}")
+        return record, physical
 
     async def _auth_database(self, project_id: str, branch_id: str) -> tuple[NeonAuthRecord, str]:
         async with self._store.tx() as tx:

@@ -64,7 +64,8 @@ class RestRequest:
     """One Data API request as the route received it; header names in lower case."""
 
     method: str
-    table: str
+    #: What follows `/rest/v1/`: a table or view name, `rpc/<function>`, or "" for the root.
+    path: str
     query: list[tuple[str, str]]
     headers: Mapping[str, str]
     body: bytes
@@ -153,7 +154,7 @@ async def serve(target: DataApiTarget, request: RestRequest) -> Reply:
                 " set_config('statement_timeout', %s, true)",
                 (json.dumps(claims), request.method, _STATEMENT_TIMEOUT),
             )
-            table = await _table(conn, schema, request.table)
+            table = await _table(conn, schema, request.path)
             if reading:
                 reply = await _read(conn, table, target, request.query, prefer)
             else:

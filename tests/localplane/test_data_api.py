@@ -93,9 +93,10 @@ async def test_crud_filters_ordering_and_counts(
     localplane_app: Litestar, neon_http: httpx.AsyncClient, neon: NeonClient
 ) -> None:
     app = await make_app(localplane_app, neon_http, neon, schema=TODOS)
-    assert app.url == (
-        f"http://localplane/data-api/{app.project_id}/{app.branch_id}/neondb/rest/v1"
-    )
+    # Like Neon's `https://<endpoint>.apirest.<region>/<database>/rest/v1`: it names the
+    # branch's compute endpoint, which a finalized restore moves to the restored branch.
+    (endpoint,) = await neon.list_endpoints(app.project_id, branch_id=app.branch_id)
+    assert app.url == f"http://localplane/data-api/{endpoint.id}/neondb/rest/v1"
     async with app.rest(app.alice["token"]) as rest:
         one = await rest.table("todos").insert({"title": "write tests", "priority": 1}).execute()
         assert one.data == [

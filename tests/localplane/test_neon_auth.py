@@ -70,7 +70,10 @@ async def test_enable_creates_neon_auth_schema_and_serves_a_jwks(
     assert enabled.auth_provider == "better_auth"
     assert enabled.schema_name == "neon_auth"
     assert enabled.table_name == "users_sync"
-    assert enabled.base_url == f"http://localplane/auth/{project_id}/{branch_id}"
+    # Like Neon's `https://<endpoint>.neonauth.<region>/<database>/auth`: it names the compute
+    # endpoint, which a finalized restore moves to the restored branch.
+    endpoint_id = created["endpoints"][0]["id"]
+    assert enabled.base_url == f"http://localplane/neon-auth/{endpoint_id}/neondb/auth"
     assert enabled.jwks_url == f"{enabled.base_url}/.well-known/jwks.json"
 
     status = await neon.get_neon_auth(project_id, branch_id)
@@ -152,7 +155,7 @@ async def test_sign_up_and_sign_in_reject_bad_input(
     created = await create_project(neon_http)
     project_id, branch_id = created["project"]["id"], created["branch"]["id"]
     uri = created["connection_uris"][0]["connection_uri"]
-    base = f"http://localplane/auth/{project_id}/{branch_id}"
+    base = f"http://localplane/neon-auth/{created['endpoints'][0]['id']}/neondb/auth"
 
     not_enabled = await web.post(
         f"{base}/sign-up/email", json={"email": "a@b.c", "password": "long enough 1"}
@@ -269,7 +272,8 @@ async def test_a_restored_branch_keeps_its_users_and_signing_key(
 
     status = await neon.get_neon_auth(project_id, live_id)
     assert status.branch_id == live_id
-    live_base = f"http://localplane/auth/{project_id}/{live_id}"
+    live_base = status.base_url
+    assert live_base == f"http://localplane/neon-auth/{created['endpoints'][0]['id']}/neondb/auth"
     live_keys = KeySet.import_key_set((await web.get(status.jwks_url)).json())
     # A token issued before the restore still verifies: the key pair followed the data.
     assert (
