@@ -19,6 +19,7 @@ from agentdb.wire import (
     AuthUserList,
     EnableDataApi,
     OAuthProviderList,
+    UpdateDataApi,
 )
 
 from ._auth import owner_guard, sees_secrets, session_guard
@@ -135,18 +136,27 @@ class SessionDataApi(Controller):
     ) -> DataApiView:
         data = data or EnableDataApi()
         return await addons.enable_data_api(
-            session_id, add_default_grants=data.add_default_grants, actor=actor
+            session_id,
+            add_default_grants=data.add_default_grants,
+            cors_allowed_origins=data.cors_allowed_origins,
+            actor=actor,
         )
 
     @get("/", summary="The Data API's state and URL")
     async def show(self, *, addons: Addons, session_id: FromPath[uuid.UUID]) -> DataApiView:
         return await addons.get_data_api(session_id)
 
-    @patch("/", summary="Refresh the Data API's schema cache")
+    @patch("/", summary="Refresh the Data API's schema cache; change its browser origins")
     async def refresh(
-        self, *, addons: Addons, actor: ActorOf, session_id: FromPath[uuid.UUID]
+        self,
+        *,
+        addons: Addons,
+        actor: ActorOf,
+        session_id: FromPath[uuid.UUID],
+        data: JSONBody[UpdateDataApi | None] = None,
     ) -> DataApiView:
-        return await addons.refresh_data_api(session_id, actor=actor)
+        origins = data.cors_allowed_origins if data else None
+        return await addons.refresh_data_api(session_id, cors_allowed_origins=origins, actor=actor)
 
     @delete(
         "/", status_code=200, summary="Stop serving the database over REST", guards=[owner_guard]

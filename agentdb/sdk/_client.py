@@ -459,19 +459,31 @@ class AgentDB:
         return TypeAdapter(list[OAuthProvider]).validate_python(body["providers"])
 
     async def enable_data_api(
-        self, session_id: Id, *, add_default_grants: bool | None = None
+        self,
+        session_id: Id,
+        *,
+        add_default_grants: bool | None = None,
+        cors_allowed_origins: list[str] | None = None,
     ) -> DataApi:
         """Serves the session's database over REST (PostgREST) with Neon Auth's JWTs (Neon
-        Auth is turned on too); enabling twice is fine."""
-        body = _body(add_default_grants=add_default_grants)
+        Auth is turned on too); enabling twice is fine. `cors_allowed_origins`: the browser
+        origins it answers (default any)."""
+        body = _body(
+            add_default_grants=add_default_grants, cors_allowed_origins=cors_allowed_origins
+        )
         return await self._one(DataApi, "POST", f"/v1/sessions/{session_id}/data-api", json=body)
 
     async def get_data_api(self, session_id: Id) -> DataApi:
         return await self._one(DataApi, "GET", f"/v1/sessions/{session_id}/data-api")
 
-    async def refresh_data_api(self, session_id: Id) -> DataApi:
-        """Refreshes the schema cache (agentdb does it itself after DDL run through it)."""
-        return await self._one(DataApi, "PATCH", f"/v1/sessions/{session_id}/data-api")
+    async def refresh_data_api(
+        self, session_id: Id, *, cors_allowed_origins: list[str] | None = None
+    ) -> DataApi:
+        """Refreshes the schema cache (agentdb does it itself after DDL run through it) and
+        sets the browser origins it answers when `cors_allowed_origins` is given."""
+        body = _body(cors_allowed_origins=cors_allowed_origins)
+        path = f"/v1/sessions/{session_id}/data-api"
+        return await self._one(DataApi, "PATCH", path, json=body)
 
     async def disable_data_api(self, session_id: Id) -> DataApi:
         return await self._one(DataApi, "DELETE", f"/v1/sessions/{session_id}/data-api")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import builtins
 import json
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import NoReturn
@@ -24,7 +24,7 @@ from pydantic import JsonValue
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
-from agentdb.neon import NeonClient, NeonConflict, NeonError, NeonNotFound
+from agentdb.neon import DataAPISettings, NeonClient, NeonConflict, NeonError, NeonNotFound
 from agentdb.wire import AuthUserView, AuthView, DataApiView, OAuthProviderView
 from meta_schema import AddonKind, AddonStatus, AgentSession, Event, SessionAddon
 
@@ -353,13 +353,15 @@ class AddonService:
         session_id: uuid.UUID,
         *,
         add_default_grants: bool = True,
+        cors_allowed_origins: Sequence[str] | None = None,
         actor: Actor = SYSTEM,
     ) -> DataApiView:
         """Serves the session's database over REST (PostgREST), with Neon Auth's JWTs (Neon
         Auth is enabled first if it is off). `add_default_grants` lets signed-in users
         (`authenticated`) read and write the public schema's tables, now and later: RLS
-        policies are then what keeps one user's rows from another. Enabling twice returns the
-        current state."""
+        policies are then what keeps one user's rows from another. `cors_allowed_origins`:
+        the browser origins it answers (default any). Enabling twice returns the current
+        state."""
         if not isinstance(add_default_grants, bool):
             raise InvalidInput("add_default_grants", "must be true or false")
         async with self._locks.hold(session_id), self._db() as db:
@@ -367,7 +369,9 @@ class AddonService:
             addon = await self._addon(db, session_id, AddonKind.DATA_API)
             if addon is None or addon.status != AddonStatus.ENABLED:
                 await self._enable_auth(db, row, actor)
-                await self._enable_data_api(db, row, addon, add_default_grants, actor)
+                await self._enable_data_api(
+                    db, row, addon, add_default_grants, _cors(cors_allowed_origins), actor=actor
+                )
         return await self.get_data_api(session_id)
 
     async def _enable_data_api(
@@ -376,6 +380,8 @@ class AddonService:
         row: AgentSession,
         addon: SessionAddon | None,
         add_default_grants: bool,
+        cors: DataAPISettings | None,
+        *,
         actor: Actor,
     ) -> None:
         live = _live(row)
@@ -390,6 +396,7 @@ class AddonService:
                 live.database_name,
                 auth_provider="neon_auth",
                 add_default_grants=add_default_grants,
+                settings=cors,
             )
         except NeonError as error:
             if not (isinstance(error, NeonConflict) or error.maybe_applied):
@@ -433,6 +440,7 @@ class AddonService:
                 f"reading the Data API of {session_id} failed: {error}"
             ) from error
         schemas = found.settings.db_schemas if found.settings else None
+        origins = found.settings.server_cors_allowed_origins if found.settings else None
         return DataApiView(
             session_id=session_id,
             enabled=True,
@@ -443,13 +451,19 @@ class AddonService:
             schemas=schemas or ["public"],
             available_schemas=found.available_schemas or [],
             default_grants=bool(addon.settings.get("add_default_grants", False)),
+            cors_allowed_origins=origins.split(",") if origins else ["*"],
         )
 
     async def refresh_data_api(
-        self, session_id: uuid.UUID, *, actor: Actor = SYSTEM
+        self,
+        session_id: uuid.UUID,
+        *,
+        cors_allowed_origins: Sequence[str] | None = None,
+        actor: Actor = SYSTEM,
     ) -> DataApiView:
         """Refreshes the Data API's schema cache, so new tables, columns and grants are
-        served (agentdb does this itself after DDL run through it)."""
+        served (agentdb does this itself after DDL run through it), and sets the browser
+        origins it answers when `cors_allowed_origins` is given."""
         async with self._locks.hold(session_id), self._db() as db:
             row = await load_ready_session(db, session_id)
             addon = await self._addon(db, session_id, AddonKind.DATA_API)
@@ -458,11 +472,17 @@ class AddonService:
             live = _live(row)
             try:
                 await self._neon.update_data_api(
-                    live.project_id, live.branch_id, live.database_name
+                    live.project_id,
+                    live.branch_id,
+                    live.database_name,
+                    settings=_cors(cors_allowed_origins),
                 )
             except NeonError as error:
                 raise ControlPlaneFailed(f"refreshing the Data API failed: {error}") from error
-            db.add(self._event(actor, "data_api.refresh", addon, phase="succeeded"))
+            origins: dict[str, JsonValue] = (
+                {} if cors_allowed_origins is None else {"cors": list(cors_allowed_origins)}
+            )
+            db.add(self._event(actor, "data_api.refresh", addon, phase="succeeded", **origins))
             await db.commit()
         return await self.get_data_api(session_id)
 
@@ -627,3 +647,11 @@ def _check_provider(provider: str) -> None:
 
 
 __all__ = ["OAUTH_PROVIDERS", "AddonService"]
+
+
+def _cors(origins: Sequence[str] | None) -> DataAPISettings | None:
+    """The Data API setting for browser origins (Neon's `server_cors_allowed_origins`, one
+    comma-separated string; checked by `agentdb.wire`'s `Origins`); None leaves it as is."""
+    if origins is None:
+        return None
+    return DataAPISettings(server_cors_allowed_origins=",".join(dict.fromkeys(origins)))

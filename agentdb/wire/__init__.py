@@ -40,6 +40,7 @@ if TYPE_CHECKING:
         TierChangeList,
         TokenList,
         TokenOut,
+        UpdateDataApi,
         UserList,
     )
     from ._enums import (
@@ -117,6 +118,7 @@ _HOMES = {
     "DiffSummary": "_views",
     "DiffView": "_views",
     "EnableDataApi": "_api",
+    "UpdateDataApi": "_api",
     "EventList": "_api",
     "EventView": "_views",
     "FleetMigrationResultStatus": "_enums",
@@ -232,6 +234,7 @@ __all__ = [
     "TokenOut",
     "TokenScope",
     "TokenView",
+    "UpdateDataApi",
     "UsageReport",
     "UserList",
     "UserView",

@@ -6,6 +6,7 @@ hold NUL characters (PostgreSQL's text and jsonb cannot store them) and JSON nes
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Annotated
 
@@ -252,9 +253,41 @@ class OAuthProviderList(BaseModel):
     providers: list[OAuthProviderView]
 
 
+_ORIGIN = re.compile(r"https?://[A-Za-z0-9.\-]{1,253}(:[0-9]{1,5})?")
+
+
+def _origins(value: list[str]) -> list[str]:
+    """Browser origins (scheme, host, optional port; no path), or "*" alone for any."""
+    for origin in value:
+        if origin != "*" and not _ORIGIN.fullmatch(origin):
+            raise ValueError(
+                f"{origin[:80]!r} is not an origin: give scheme, host and optional port, "
+                'like "https://app.example.com" or "http://localhost:5173", or "*" for any'
+            )
+    if "*" in value and len(value) > 1:
+        raise ValueError('"*" (any origin) stands alone')
+    return list(dict.fromkeys(value))
+
+
+Origins = Annotated[list[str], Field(min_length=1, max_length=50), AfterValidator(_origins)]
+
+
 class EnableDataApi(Body):
     add_default_grants: Boolean = Field(
         default=True,
         description="Let signed-in users read and write the public schema's tables (RLS "
         "policies then separate users' rows).",
+    )
+    cors_allowed_origins: Origins | None = Field(
+        default=None,
+        description="Browser origins the Data API answers (CORS), e.g. "
+        '["http://localhost:5173"]; absent or ["*"]: any origin.',
+    )
+
+
+class UpdateDataApi(Body):
+    cors_allowed_origins: Origins | None = Field(
+        default=None,
+        description='Browser origins the Data API answers (CORS); ["*"]: any origin; absent: '
+        "unchanged.",
     )

@@ -262,6 +262,8 @@ class DataApiView(_View):
     schemas: list[str] = Field(default_factory=list)
     available_schemas: list[str] = Field(default_factory=list)
     default_grants: bool | None = None
+    #: Browser origins the Data API answers (CORS); ["*"]: any.
+    cors_allowed_origins: list[str] | None = None
     error: str | None = None
 
 

@@ -190,6 +190,16 @@ async def test_data_api_with_rls_survives_a_restore(
         ("DELETE", "/auth?delete_data=maybe", None, "delete_data"),
         ("POST", "/data-api", {"add_default_grants": "maybe"}, "add_default_grants"),
         ("POST", "/data-api", {"grants": True}, "grants"),
+        ("POST", "/data-api", {"cors_allowed_origins": ["localhost:5173"]}, "cors_allowed_origins"),
+        ("POST", "/data-api", {"cors_allowed_origins": []}, "cors_allowed_origins"),
+        ("POST", "/data-api", {"cors_allowed_origins": "*"}, "cors_allowed_origins"),
+        (
+            "POST",
+            "/data-api",
+            {"cors_allowed_origins": ["*", "http://a.example"]},
+            "cors_allowed_origins",
+        ),
+        ("PATCH", "/data-api", {"cors_allowed_origins": ["http://a/b"]}, "cors_allowed_origins"),
     ],
 )
 async def test_bad_input_is_a_400_naming_the_field(  # noqa: PLR0917
@@ -200,6 +210,37 @@ async def test_bad_input_is_a_400_naming_the_field(  # noqa: PLR0917
     assert_problem(response, 400, field)
     events = (await http.get(f"{s}/events", headers=tenant.user_token)).json()["events"]
     assert not [e for e in events if e["action"].startswith(("auth", "data_api"))]
+
+
+async def test_the_data_api_answers_the_browser_origins_it_is_given(
+    http: httpx.AsyncClient, tenant: Tenant
+) -> None:
+    s = f"/v1/sessions/{tenant.session_id}"
+    app = "http://localhost:5173"
+    enabled = await http.post(
+        f"{s}/data-api", json={"cors_allowed_origins": [app]}, headers=tenant.session_token
+    )
+    assert enabled.status_code == 200, enabled.text
+    assert enabled.json()["cors_allowed_origins"] == [app]
+    events = (await http.get(f"{s}/events", headers=tenant.user_token)).json()["events"]
+    changed = await http.patch(
+        f"{s}/data-api",
+        json={"cors_allowed_origins": [app, "https://app.example.com:8443"]},
+        headers=tenant.session_token,
+    )
+    assert changed.status_code == 200, changed.text
+    assert changed.json()["cors_allowed_origins"] == [app, "https://app.example.com:8443"]
+    after = (await http.get(f"{s}/events", headers=tenant.user_token)).json()["events"]
+    (refresh,) = [e for e in after if e not in events and e["action"] == "data_api.refresh"]
+    assert refresh["details"]["cors"] == [app, "https://app.example.com:8443"]
+    # A refresh without a body leaves them; ["*"] answers any origin again.
+    assert (await http.patch(f"{s}/data-api", headers=tenant.session_token)).json()[
+        "cors_allowed_origins"
+    ] == [app, "https://app.example.com:8443"]
+    anyone = await http.patch(
+        f"{s}/data-api", json={"cors_allowed_origins": ["*"]}, headers=tenant.session_token
+    )
+    assert anyone.json()["cors_allowed_origins"] == ["*"]
 
 
 async def test_foreign_tokens_get_404_on_every_addon_route_and_change_nothing(
