@@ -18,12 +18,15 @@ from typing import Any, Literal
 import psycopg
 import structlog
 from litestar import Litestar
+from opentelemetry import metrics, trace
+from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer
 from psycopg import errors as pg_errors
 from psycopg import sql
 from pydantic import SecretStr
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
 import meta_schema
+from agentdb._tracing import tracer_provider_from_env
 from agentdb.localplane import LocalPlane, running
 from agentdb.localplane import create_app as create_localplane
 from agentdb.neon import DefaultEndpointSettings, NeonClient
@@ -100,8 +103,10 @@ class Runtime:
     readiness: Readiness
     #: The in-process local control plane (None on Neon cloud, or with a given client).
     plane: LocalPlane | None
-    #: Its ASGI app, which also serves the add-on URLs it hands out (`addon_paths`).
+    #: Its ASGI app, which also serves the add-on URLs it hands out (`ADDON_PATHS`).
     plane_app: Litestar | None
+    #: Where spans go (`agentdb._tracing`); None: no traces.
+    tracer_provider: trace.TracerProvider | None
     #: None while PostgreSQL answers, else why it does not (one line, no secrets).
     database_health: DatabaseHealth
     #: An admin token generated at this start (none was configured or stored): show it once.
@@ -121,21 +126,28 @@ async def open_runtime(
     server: ServerInfo | None = None,
     neon: NeonClient | None = None,
     start_jobs: bool = True,
+    tracer_provider: trace.TracerProvider | None = None,
 ) -> AsyncIterator[Runtime]:
     """Starts (or attaches to) PostgreSQL, migrates the meta database, opens the control plane
     and builds the services; with `start_jobs`, the reconciler has run once before this yields
     and the periodic jobs run until it exits. `neon` replaces the control plane the settings
-    choose (the caller keeps it open)."""
+    choose (the caller keeps it open). Spans go to `tracer_provider`, else to OTLP when the
+    environment asks (`agentdb._tracing`)."""
     kill = _kill_switch(settings)
     async with AsyncExitStack() as stack:
+        if tracer_provider is None and (exporting := tracer_provider_from_env()) is not None:
+            stack.callback(exporting.shutdown)  # last out: flushes every span
+            tracer_provider = exporting
         server, database_health = await _open_postgres(settings, server, stack)
-        meta = await _open_meta(server, settings.meta_database, stack)
+        meta = await _open_meta(server, settings.meta_database, stack, tracer_provider)
         secrets = load_secrets(settings)
         tiers = load_configured_tiers(settings)
         control_plane: Literal["local", "neon"] = "neon" if settings.uses_neon_cloud else "local"
         plane_app: Litestar | None = None
         if neon is None:
-            client, plane_app = await _control_plane(settings, server, tiers, stack)
+            client, plane_app = await _control_plane(
+                settings, server, tiers, stack, tracer_provider
+            )
             neon = await stack.enter_async_context(client)
         runtime = _runtime(
             settings,
@@ -148,6 +160,7 @@ async def open_runtime(
             plane_app=plane_app,
             database_health=database_health,
         )
+        runtime = replace(runtime, tracer_provider=tracer_provider)
         # Closed before PostgreSQL stops (the stack unwinds last in, first out).
         stack.push_async_callback(runtime.sql.close)
         runtime = replace(
@@ -239,6 +252,7 @@ def _runtime(  # noqa: PLR0917 - the parts open_runtime opened, in the order it 
         secrets=secrets,
         plane=None if plane_app is None else plane_app.state.plane,
         plane_app=plane_app,
+        tracer_provider=None,
         database_health=database_health,
         users=UserService(meta, tiers=tiers),
         tokens=TokenService(
@@ -362,9 +376,13 @@ def _schedule_jobs(runtime: Runtime) -> None:
 
 
 async def _open_meta(
-    server: ServerInfo, name: str, stack: AsyncExitStack
+    server: ServerInfo,
+    name: str,
+    stack: AsyncExitStack,
+    tracer_provider: trace.TracerProvider | None = None,
 ) -> async_sessionmaker[AsyncSession]:
-    """The meta database, made and migrated if need be, behind a pool `stack` closes."""
+    """The meta database, made and migrated if need be, behind a pool `stack` closes; each
+    statement a span of `tracer_provider` when there is one."""
     meta_dsn = await ensure_database(server, name)
     await meta_schema.upgrade(meta_dsn)
     engine = create_async_engine(
@@ -379,6 +397,16 @@ async def _open_meta(
         pool_pre_ping=True,
     )
     stack.push_async_callback(engine.dispose)
+    if tracer_provider is not None:
+        # SQLAlchemy's instrumentation, for this engine only (its `instrument()` is once per
+        # process and patches every engine made after it).
+        # Its pool figures go to the process's meter (a no-op: `/metrics` has its own).
+        usage = metrics.get_meter("agentdb.meta").create_up_down_counter(
+            "db.client.connections.usage"
+        )
+        EngineTracer(  # type: ignore[no-untyped-call]
+            tracer_provider.get_tracer("agentdb.meta"), engine.sync_engine, usage
+        )
     return async_sessionmaker(engine)
 
 
@@ -390,13 +418,18 @@ def _kill_switch(settings: Settings) -> WorkflowKillSwitch:
 
 
 async def _control_plane(
-    settings: Settings, server: ServerInfo, tiers: Tiers, stack: AsyncExitStack
+    settings: Settings,
+    server: ServerInfo,
+    tiers: Tiers,
+    stack: AsyncExitStack,
+    tracer_provider: trace.TracerProvider | None,
 ) -> tuple[NeonClient, Litestar | None]:
     """The client of the control plane the settings choose, and the in-process local plane's
     app when that is the one."""
     if settings.neon_api_key is not None:
         api_key = settings.neon_api_key.get_secret_value()
-        return NeonClient(settings.neon_api_url, api_key=api_key), None
+        client = NeonClient(settings.neon_api_url, api_key=api_key, tracer_provider=tracer_provider)
+        return client, None
     # The tiers' organizations exist in the local plane from the start, so moving a user to
     # another tier has somewhere to transfer their projects to.
     organizations = [tier.org_id for tier in tiers.tiers if tier.org_id is not None]
@@ -414,6 +447,7 @@ async def _control_plane(
         api_key=key.get_secret_value() if key else "local",
         rate_limit_per_min=LOCAL_PLANE_REQUESTS_PER_MIN,
         burst_per_s=None,
+        tracer_provider=tracer_provider,
     )
     return client, app
 

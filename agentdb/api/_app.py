@@ -8,6 +8,7 @@ from litestar import Litestar
 from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme
+from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
 
 from agentdb.runtime import Runtime
 from agentdb.services import Principal
@@ -47,7 +48,7 @@ def create_app(runtime: Runtime, *, trusted: Principal | None = None) -> Litesta
                 "trusted": trusted,
                 "auth_throttle": AuthThrottle(runtime.settings.auth_failure_limit),
                 "token_limits": TokenLimits.from_settings(runtime.settings),
-                "metrics": ApiMetrics(),
+                "metrics": ApiMetrics(runtime.neon.stats),
             }
         ),
         request_class=ApiRequest,
@@ -63,6 +64,20 @@ def create_app(runtime: Runtime, *, trusted: Principal | None = None) -> Litesta
         ),
         logging_config=None,
         debug=False,
+        plugins=_tracing(runtime),
     )
     declare_problems(app)
     return app
+
+
+def _tracing(runtime: Runtime) -> list[OpenTelemetryPlugin]:
+    """A server span per request when the runtime has traces on (`agentdb._tracing`), named by
+    route template; probes and scrapes make none. No header is recorded."""
+    if runtime.tracer_provider is None:
+        return []
+    config = OpenTelemetryConfig(
+        tracer_provider=runtime.tracer_provider,
+        exclude=["^/healthz$", "^/readyz$", "^/metrics$"],
+        exclude_spans=["receive", "send"],
+    )
+    return [OpenTelemetryPlugin(config)]

@@ -27,6 +27,7 @@ from litestar.connection import ASGIConnection
 from litestar.handlers import BaseRouteHandler
 from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from opentelemetry import trace
 
 from agentdb.runtime import Runtime
 from agentdb.services import Actor, Principal, SessionNotFound, SessionView, UserNotFound
@@ -71,6 +72,13 @@ class RequestIdMiddleware(ASGIMiddleware):
         ids = {"request_id": rid}
         if match := _SESSION_PATH.match(scope["path"]):
             ids["session_id"] = match.group(1).lower()
+        # The request's server span (when traces are on: `agentdb._tracing`) carries them too,
+        # and is named by its route's template (it starts before routing, named by the path).
+        span = trace.get_current_span()
+        span.set_attributes({f"agentdb.{k}": v for k, v in ids.items()})
+        if template := scope.get("path_template"):
+            span.update_name(f"{scope.get('method', '')} {template}")
+            span.set_attribute("http.route", str(template))
         with structlog.contextvars.bound_contextvars(**ids):
             await next_app(scope, receive, send_with_id)
 

@@ -5,7 +5,8 @@ requests pass: requests by method, route template and status, with a latency his
 route (a checkpoint's, a restore's, a session create's and an SQL call's durations are their
 routes'). Read at scrape time: background jobs' runs, failures and last duration, sessions by
 status and tier, the warm pool's ready projects per tier, the meta-DB pool's connections in
-use and the kept SQL connections.
+use, the kept SQL connections, and the control-plane client's requests by path template and
+status, its retries and its rate-limit waits.
 
 The route needs the admin token, or `AGENTDB_METRICS_TOKEN` (a token for the scraper alone,
 good for `/metrics` and nothing else).
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import hmac
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import sqlalchemy as sa
@@ -22,9 +24,12 @@ from litestar import Request, Response, get
 from litestar.middleware import ASGIMiddleware
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 from sqlmodel import col
 
+from agentdb.neon import NeonStats
 from agentdb.runtime import Runtime
 from meta_schema import AgentSession
 
@@ -36,12 +41,50 @@ AnyRequest = Request[Any, Any, Any]
 _BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 
-class ApiMetrics:
-    """One app's figures."""
+class _ControlPlaneCollector(Collector):
+    """The control-plane client's own counts (`NeonStats`), read at scrape time."""
 
-    def __init__(self) -> None:
+    def __init__(self, stats: NeonStats) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._stats
+        answers = CounterMetricFamily(
+            "agentdb_control_plane_requests",
+            "Requests to the control plane (Neon or the local plane) by method, path template "
+            "and status (0: no answer).",
+            labels=["method", "path", "status"],
+        )
+        for (method, path, status), count in sorted(stats.answers.items()):
+            answers.add_metric([method, path, str(status)], count)
+        retries = CounterMetricFamily(
+            "agentdb_control_plane_retries",
+            "Control-plane requests sent again (423, 429, 503, timeouts), by method and path.",
+            labels=["method", "path"],
+        )
+        for (method, path), count in sorted(stats.retries.items()):
+            retries.add_metric([method, path], count)
+        waits = CounterMetricFamily(
+            "agentdb_control_plane_rate_limit_waits",
+            "Control-plane requests held back by the client's rate limits.",
+        )
+        waits.add_metric([], stats.rate_limit_waits)
+        waited = CounterMetricFamily(
+            "agentdb_control_plane_rate_limit_wait_seconds",
+            "Time control-plane requests spent held back by the client's rate limits.",
+        )
+        waited.add_metric([], stats.rate_limit_wait_seconds)
+        yield from (answers, retries, waits, waited)
+
+
+class ApiMetrics:
+    """One app's figures; `control_plane` is its runtime's Neon client's counts."""
+
+    def __init__(self, control_plane: NeonStats | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        if control_plane is not None:
+            r.register(_ControlPlaneCollector(control_plane))
         self.requests = Counter(
             "agentdb_http_requests",
             "HTTP requests answered, by method, route template and status.",

@@ -2,6 +2,7 @@
 limits. Pointed at Neon cloud it runs production; pointed at the local control plane (in
 process or over HTTP) it runs offline and in tests."""
 
+from ._base import NeonStats
 from ._client import NEON_API_URL, ClientOptions, NeonClient
 from ._errors import (
     NeonBadRequest,
@@ -115,6 +116,7 @@ __all__ = [
     "NeonOperationFailed",
     "NeonRateLimited",
     "NeonServerError",
+    "NeonStats",
     "NeonTimeout",
     "NeonTransportError",
     "NeonUnauthorized",

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -14,6 +16,7 @@ from urllib.parse import quote
 import httpx
 import stamina
 import structlog
+from opentelemetry import trace
 from pydantic import BaseModel, SecretStr, ValidationError
 
 from ._errors import (
@@ -37,6 +40,8 @@ Query = Mapping[str, str | int | bool | None]
 _ERROR_STATUS = 400
 _NO_CONTENT = 204
 _MAX_TEXT = 200
+# A rate limit that held a request back longer than this counts as a wait in `NeonStats`.
+_NOTICEABLE_WAIT_S = 0.001
 
 
 class _BearerAuth(httpx.Auth):
@@ -101,6 +106,36 @@ def rfc3339(value: datetime) -> str:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
+# Path segments that follow these name one resource: templates replace them with `{id}`, so a
+# figure per template stays one series however many projects there are.
+_NAMED_BY_NEXT = frozenset(
+    {
+        "projects", "branches", "endpoints", "operations", "snapshots", "databases", "roles",
+        "data-api", "oauth_providers", "organizations", "users", "domains",
+    }
+)  # fmt: skip
+
+
+def path_template(path: str) -> str:
+    """`/projects/p-1/branches/br-2` -> `/projects/{id}/branches/{id}`."""
+    parts = path.split("?", 1)[0].split("/")
+    for index in range(1, len(parts)):
+        if parts[index - 1] in _NAMED_BY_NEXT and parts[index] not in {"", "me"}:
+            parts[index] = "{id}"
+    return "/".join(parts)
+
+
+@dataclass
+class NeonStats:
+    """What the client did since it was made, for `/metrics`: answers by method, path template
+    and status (0: no answer), retried attempts, and the waits its rate limits imposed."""
+
+    answers: Counter[tuple[str, str, int]] = field(default_factory=Counter)
+    retries: Counter[tuple[str, str]] = field(default_factory=Counter)
+    rate_limit_waits: int = 0
+    rate_limit_wait_seconds: float = 0.0
+
+
 class ClientCore:
     """State and plumbing shared by all endpoint mixins (see `NeonClient` for the options)."""
 
@@ -118,6 +153,7 @@ class ClientCore:
         burst_per_s: int | None,
         retry: RetryPolicy,
         event_hooks: Mapping[str, list[Callable[..., Any]]] | None,
+        tracer_provider: trace.TracerProvider | None,
     ) -> None:
         if not api_key:
             raise ValueError("api_key: a Neon API key (or any token for the local plane) is needed")
@@ -137,6 +173,9 @@ class ClientCore:
         if burst_per_s is not None:
             self._limiters.append(SlidingWindowLimiter(burst_per_s, 1.0))
         self._consumption_limiter = SlidingWindowLimiter(consumption_rate_per_min, 60.0)
+        self.stats = NeonStats()
+        # A span per request; without a provider, the process's (a no-op unless configured).
+        self._tracer = trace.get_tracer("agentdb.neon", tracer_provider=tracer_provider)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(base_url={self.base_url!r})"
@@ -188,11 +227,42 @@ class ClientCore:
         consumption: bool,
         attempt: int,
     ) -> object:
-        for limiter in self._limiters:
+        template = path_template(path)
+        if attempt > 1:
+            self.stats.retries[method, template] += 1
+        waited = time.perf_counter()
+        for limiter in (*self._limiters, *([self._consumption_limiter] if consumption else [])):
             await limiter.acquire()
-        if consumption:
-            await self._consumption_limiter.acquire()
+        waited = time.perf_counter() - waited
+        if waited > _NOTICEABLE_WAIT_S:
+            self.stats.rate_limit_waits += 1
+            self.stats.rate_limit_wait_seconds += waited
         request_id = str(uuid.uuid4())
+        with self._tracer.start_as_current_span(
+            f"neon {method} {template}",
+            kind=trace.SpanKind.CLIENT,
+            attributes={
+                "http.request.method": method,
+                "url.template": template,
+                "neon.request_id": request_id,
+                "neon.attempt": attempt,
+            },
+        ) as span:
+            response = await self._exchange(method, path, query, body, request_id, template)
+            span.set_attribute("http.response.status_code", response.status_code)
+            if response.status_code >= _ERROR_STATUS:
+                span.set_status(trace.StatusCode.ERROR)
+        return self._answer(response, method, path, request_id, attempt)
+
+    async def _exchange(  # noqa: PLR0917 - one request's parts
+        self,
+        method: str,
+        path: str,
+        query: Mapping[str, str | int | bool],
+        body: object,
+        request_id: str,
+        template: str,
+    ) -> httpx.Response:
         started = time.perf_counter()
         try:
             response = await self._http.request(
@@ -203,14 +273,23 @@ class ClientCore:
                 headers={"X-Request-ID": request_id},
             )
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            self.stats.answers[method, template, 0] += 1
             # Nothing reached Neon: safe to retry whatever the method.
             raise NeonTransportError(
                 method=method, path=path, sent=False, reason=f"{type(exc).__name__}: {exc}"
             ) from exc
         except httpx.TransportError as exc:
+            self.stats.answers[method, template, 0] += 1
             raise NeonTransportError(
                 method=method, path=path, sent=True, reason=f"{type(exc).__name__}: {exc}"
             ) from exc
+        self.stats.answers[method, template, response.status_code] += 1
+        response.extensions["agentdb_ms"] = round((time.perf_counter() - started) * 1000, 1)
+        return response
+
+    def _answer(
+        self, response: httpx.Response, method: str, path: str, request_id: str, attempt: int
+    ) -> object:
         log.debug(
             "neon.request",
             method=method,
@@ -219,7 +298,7 @@ class ClientCore:
             # Neon's id of the call (its support asks for it); request_id is agentdb's own.
             neon_request_id=request_id,
             attempt=attempt,
-            ms=round((time.perf_counter() - started) * 1000, 1),
+            ms=response.extensions.get("agentdb_ms"),
         )
         if response.status_code >= _ERROR_STATUS:
             raise self._http_error(response, method, path, request_id)

@@ -7,6 +7,7 @@ from types import TracebackType
 from typing import Any, Self, TypedDict, Unpack
 
 import httpx
+from opentelemetry import trace
 
 from ._account import AccountMixin
 from ._auth import AuthMixin
@@ -33,6 +34,7 @@ class ClientOptions(TypedDict, total=False):
     burst_per_s: int | None
     retry: RetryPolicy
     event_hooks: Mapping[str, list[Callable[..., Any]]] | None
+    tracer_provider: trace.TracerProvider | None
 
 
 class NeonClient(
@@ -57,6 +59,8 @@ class NeonClient(
       `burst_per_s` per second (Neon: 40 per route), and `consumption_rate_per_min` on the
       consumption endpoints (Neon: 30).
     - Every request carries a fresh `X-Request-ID`; errors and logs carry it too.
+    - Each request is a client span of `tracer_provider` (default: the process's), and
+      `stats` counts answers by path template and status, retries and rate-limit waits.
     """
 
     def __init__(
@@ -73,6 +77,7 @@ class NeonClient(
         burst_per_s: int | None = 40,
         retry: RetryPolicy | None = None,
         event_hooks: Mapping[str, list[Callable[..., Any]]] | None = None,
+        tracer_provider: trace.TracerProvider | None = None,
     ) -> None:
         super().__init__(
             base_url,
@@ -86,6 +91,7 @@ class NeonClient(
             burst_per_s=burst_per_s,
             retry=retry or RetryPolicy(),
             event_hooks=event_hooks,
+            tracer_provider=tracer_provider,
         )
 
     @classmethod

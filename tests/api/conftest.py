@@ -17,6 +17,7 @@ import pytest
 import pytest_asyncio
 from contract.openapi import NeonSpec
 from litestar import Litestar
+from opentelemetry.trace import TracerProvider
 from psycopg import sql
 from pydantic import SecretStr
 
@@ -41,6 +42,7 @@ async def open_test_runtime(
     *,
     tiers_toml: str | None = None,
     unlimited_client: bool = False,
+    tracer_provider: TracerProvider | None = None,
     **settings: Any,
 ) -> AsyncIterator[Runtime]:
     """agentdb's runtime over the suite's local plane, with a meta database of its own (dropped
@@ -67,9 +69,16 @@ async def open_test_runtime(
     hooks = {"request": [neon_spec.request_hook()], "response": [neon_spec.response_hook()]}
     async with (
         NeonClient.for_app(
-            localplane_app, api_key="api-tests", retry=FAST_RETRY, event_hooks=hooks, **limits
+            localplane_app,
+            api_key="api-tests",
+            retry=FAST_RETRY,
+            event_hooks=hooks,
+            tracer_provider=tracer_provider,
+            **limits,
         ) as neon,
-        open_runtime(config, server=pg_server, neon=neon) as running,
+        open_runtime(
+            config, server=pg_server, neon=neon, tracer_provider=tracer_provider
+        ) as running,
     ):
         yield running
     async with await psycopg.AsyncConnection.connect(pg_server.conninfo(), autocommit=True) as conn:

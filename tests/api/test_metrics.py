@@ -8,6 +8,7 @@ import re
 import uuid
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from .conftest import ADMIN, assert_problem, bearer, runtime_with
 
@@ -72,3 +73,38 @@ async def test_requests_are_counted_by_route_template_and_state_is_read_at_scrap
     assert (sample(body, "agentdb_sessions", status="ready", tier="free") or 0) >= 1
     assert sample(body, "agentdb_job_runs", job="reconcile") is not None
     assert sample(body, "agentdb_sql_kept_connections") is not None
+
+
+async def test_control_plane_calls_are_counted_by_path_template_and_status(
+    http: httpx.AsyncClient,
+) -> None:
+    user = await http.post(
+        "/v1/users", json={"email": f"c-{uuid.uuid4().hex[:8]}@x.dev"}, headers=ADMIN
+    )
+    made = await http.post("/v1/sessions", json={"user_id": user.json()["id"]}, headers=ADMIN)
+    assert made.status_code == 201, made.text
+    checkpoint = await http.post(
+        f"/v1/sessions/{made.json()['id']}/checkpoints", json={}, headers=ADMIN
+    )
+    assert checkpoint.status_code == 201, checkpoint.text
+    body = (await http.get("/metrics", headers=bearer(SCRAPER))).text
+    families = {f.name: f for f in text_string_to_metric_families(body)}
+    requests = families["agentdb_control_plane_requests"]
+    assert requests.type == "counter"
+    counted = {
+        (s.labels["method"], s.labels["path"], s.labels["status"]): s.value
+        for s in requests.samples
+        if s.name.endswith("_total")
+    }
+    assert counted[("POST", "/projects/{id}/branches/{id}/snapshot", "200")] >= 1
+    assert counted[("GET", "/projects/{id}/operations/{id}", "200")] >= 1
+    # Ids never become labels: every segment naming a resource is `{id}`.
+    assert not [
+        path for _, path, _ in counted if re.search(r"/(projects|branches)/(?!\{id\})", path)
+    ]
+    for name in (
+        "agentdb_control_plane_retries",
+        "agentdb_control_plane_rate_limit_waits",
+        "agentdb_control_plane_rate_limit_wait_seconds",
+    ):
+        assert families[name].type == "counter"
