@@ -458,3 +458,22 @@ class WarmProject(TableModel, table=True):
     taken_at: datetime | None = None
     size_bytes: int | None = Field(default=None, sa_type=sa.BigInteger)
     created_at: datetime = Field(default_factory=utcnow, sa_column_kwargs=_NOW)
+
+
+class JobRun(TableModel, table=True):
+    """One run of a background job (`agentdb.services.jobs`) by one agentdb process, written as
+    it starts and completed as it ends: the record that shows two processes sharing the meta
+    database never ran a job at once, and what each run took. Rows older than a week are
+    deleted by the runner itself."""
+
+    __tablename__ = "job_runs"
+    __table_args__ = (sa.Index(None, "job", "started_at"),)
+
+    id: int | None = Field(default=None, primary_key=True, sa_type=sa.BigInteger)
+    job: str = Field(sa_type=sa.Text)
+    # The process: host, pid and a random tag (a restarted process is another runner).
+    runner: str = Field(sa_type=sa.Text)
+    started_at: datetime = Field(default_factory=utcnow, sa_column_kwargs=_NOW)
+    finished_at: datetime | None = None
+    # One line naming what failed; null when the run succeeded (or has not finished).
+    error: str | None = Field(default=None, sa_type=sa.Text)

@@ -1,14 +1,18 @@
 """The one mechanism for agentdb's background work (reconciling, branch expiry, cleanup, usage
 metering): periodic, idempotent scans of meta-DB rows whose state says what is left to do.
 The rows are the queue; asyncio tasks in the app's lifespan run the scans, and an advisory
-lock per job keeps two processes sharing one meta DB from running the same job at once."""
+lock per job keeps two processes sharing one meta DB from running the same job at once; each
+run is recorded in `job_runs` (which process, from when to when, what failed)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import hashlib
+import os
 import random
+import secrets
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -19,11 +23,18 @@ from typing import Self
 import sqlalchemy as sa
 import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlmodel import col
+
+from meta_schema import JobRun
 
 from ._common import Clock, SessionFactory, describe, system_clock
 from ._errors import InvalidInput, JobBusy, JobNotFound
 
 log = structlog.get_logger(__name__)
+
+#: How long `job_runs` keeps a run, and how often (in runs of a job) older ones are deleted.
+RUN_RETENTION = timedelta(days=7)
+_PRUNE_EVERY = 100
 
 Job = Callable[[], Awaitable[object]]
 
@@ -102,6 +113,8 @@ class JobRunner:
         self._lock_poll = lock_poll
         self._jobs: dict[str, _Job] = {}
         self._started = False
+        #: This process in `job_runs`: host, pid and a random tag.
+        self.runner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         # Jitter spreads processes' rounds; it guards nothing, so any generator will do.
         self._random = random.Random()  # noqa: S311
 
@@ -172,7 +185,7 @@ class JobRunner:
                     raise JobBusy(name)
                 await asyncio.sleep(self._lock_poll)
             try:
-                return await self._execute(job)
+                return await self._execute(job, conn)
             finally:
                 await _unlock(conn, key)
 
@@ -224,16 +237,19 @@ class JobRunner:
             try:
                 # A failing job is logged by _execute and retried next period.
                 with contextlib.suppress(Exception):
-                    await self._execute(job)
+                    await self._execute(job, conn)
             finally:
                 await _unlock(conn, key)
 
-    async def _execute(self, job: _Job) -> object:
+    async def _execute(self, job: _Job, conn: AsyncConnection) -> object:
+        """Runs `job` while `conn` holds its lock, recorded as a `job_runs` row."""
         job.running = True
         job.last_started_at = self._clock()
+        run_id = await self._record_start(conn, job)
         try:
             result = await job.run()
         except Exception as error:
+            await self._record_end(conn, run_id, describe(error))
             job.runs += 1
             job.failures += 1
             job.consecutive_failures += 1
@@ -249,12 +265,48 @@ class JobRunner:
         finally:
             job.running = False
             job.last_finished_at = self._clock()
+        await self._record_end(conn, run_id, None)
         job.runs += 1
         job.consecutive_failures = 0
         job.last_succeeded_at = job.last_finished_at
         job.last_result = result
         job.last_error = None
         return result
+
+    async def _record_start(self, conn: AsyncConnection, job: _Job) -> int | None:
+        """The run's `job_runs` row (None if it could not be written: the job runs anyway);
+        every `_PRUNE_EVERY` runs, this job's rows past `RUN_RETENTION` go."""
+        try:
+            run_id = await conn.scalar(
+                sa.insert(JobRun)
+                .values(job=job.name, runner=self.runner, started_at=job.last_started_at)
+                .returning(col(JobRun.id))
+            )
+            if (job.runs + 1) % _PRUNE_EVERY == 0:
+                await conn.execute(
+                    sa.delete(JobRun).where(
+                        col(JobRun.job) == job.name,
+                        col(JobRun.started_at) < self._clock() - RUN_RETENTION,
+                    )
+                )
+        except Exception as error:  # noqa: BLE001 - the record must not stop the job
+            log.info("job.record_failed", job=job.name, error=describe(error))
+            return None
+        return run_id
+
+    async def _record_end(
+        self, conn: AsyncConnection, run_id: int | None, error: str | None
+    ) -> None:
+        if run_id is None:
+            return
+        try:
+            await conn.execute(
+                sa.update(JobRun)
+                .where(col(JobRun.id) == run_id)
+                .values(finished_at=self._clock(), error=error and error[:500])
+            )
+        except Exception as failure:  # noqa: BLE001 - the record must not fail the job
+            log.info("job.record_failed", run_id=run_id, error=describe(failure))
 
 
 def advisory_key(name: str) -> int:

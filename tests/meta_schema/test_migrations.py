@@ -112,6 +112,7 @@ async def test_upgrade_creates_every_table(empty_dsn: str):
         "session_addons",
         "tier_changes",
         "warm_projects",
+        "job_runs",
     }
     assert await versions_of(empty_dsn) == [head_revision()]
 
@@ -251,6 +252,6 @@ async def test_new_revision_against_an_up_to_date_database_is_empty_and_formatte
 
     script = (scripts / "versions" / "9999_nothing_new.py").read_text()
     assert "down_revision: str | None = '0005'" not in script  # ruff format ran
-    assert 'down_revision: str | None = "0006"' in script
+    assert 'down_revision: str | None = "0007"' in script
     assert script.count("    pass\n") == 2, script
     compile(script, "9999_nothing_new.py", "exec")

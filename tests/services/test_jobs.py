@@ -4,6 +4,7 @@ never stop it, one run of a job at a time across runners sharing a meta DB, prom
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from datetime import timedelta
 
@@ -14,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from agentdb.services import InvalidInput
 from agentdb.services._errors import JobBusy, JobNotFound
 from agentdb.services.jobs import JobRunner
+from meta_schema import JobRun
 
 Sessions = async_sessionmaker[AsyncSession]
 FAST = timedelta(milliseconds=50)
@@ -129,6 +131,36 @@ async def test_two_runners_on_one_meta_db_never_overlap_a_job(meta_sessions: Ses
     assert most == 1
     skipped = mine.status()["meter-usage"].skipped + theirs.status()["meter-usage"].skipped
     assert skipped >= 1
+    # The record says so too: each run by one runner, from start to end, none overlapping.
+    async with meta_sessions() as db:
+        rows = (
+            await db.execute(
+                sa.select(JobRun.runner, JobRun.started_at, JobRun.finished_at, JobRun.error)
+                .where(JobRun.job == "meter-usage")
+                .order_by(JobRun.started_at)
+            )
+        ).all()
+    assert len(rows) >= 6
+    assert {row.runner for row in rows} <= {mine.runner, theirs.runner}
+    assert mine.runner != theirs.runner
+    assert all(row.finished_at is not None and row.error is None for row in rows)
+    for before, after in itertools.pairwise(rows):
+        assert after.started_at >= before.finished_at
+
+
+async def test_a_failed_run_is_recorded_with_its_error(meta_sessions: Sessions) -> None:
+    runner = JobRunner(meta_sessions)
+    runner.add("breaks-on-record", Counter(fail=True), every=NEVER, run_at_start=False)
+    with pytest.raises(RuntimeError, match="run 1 broke"):
+        await runner.run_now("breaks-on-record")
+    async with meta_sessions() as db:
+        (row,) = (
+            await db.execute(sa.select(JobRun).where(JobRun.job == "breaks-on-record"))
+        ).scalars()
+    assert row.runner == runner.runner
+    assert row.finished_at is not None
+    assert row.error is not None
+    assert "run 1 broke" in row.error
 
 
 async def test_run_now_waits_for_another_process_or_gives_up(meta_sessions: Sessions) -> None:
