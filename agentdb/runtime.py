@@ -46,6 +46,7 @@ from agentdb.services import (
     IdempotencyService,
     IdleConnections,
     JobRunner,
+    ProcessLease,
     Readiness,
     ReadPace,
     Reconciler,
@@ -107,6 +108,8 @@ class Runtime:
     plane_app: Litestar | None
     #: Where spans go (`agentdb._tracing`); None: no traces.
     tracer_provider: trace.TracerProvider | None
+    #: This process's liveness, as the others sharing the meta DB see it.
+    lease: ProcessLease
     #: None while PostgreSQL answers, else why it does not (one line, no secrets).
     database_health: DatabaseHealth
     #: An admin token generated at this start (none was configured or stored): show it once.
@@ -161,6 +164,8 @@ async def open_runtime(
             database_health=database_health,
         )
         runtime = replace(runtime, tracer_provider=tracer_provider)
+        # Alive to the other processes sharing the meta DB until the stack unwinds.
+        await stack.enter_async_context(runtime.lease)
         # Closed before PostgreSQL stops (the stack unwinds last in, first out).
         stack.push_async_callback(runtime.sql.close)
         runtime = replace(
@@ -211,6 +216,7 @@ def _runtime(  # noqa: PLR0917 - the parts open_runtime opened, in the order it 
     )
     locks = SessionLocks(meta)
     jobs = JobRunner(meta)
+    lease = ProcessLease(meta, jobs.runner)
     # SQL calls and the workflows that copy or swap a live database take turns (per session).
     gate = SessionGate()
     warm = WarmPool(
@@ -253,6 +259,7 @@ def _runtime(  # noqa: PLR0917 - the parts open_runtime opened, in the order it 
         plane=None if plane_app is None else plane_app.state.plane,
         plane_app=plane_app,
         tracer_provider=None,
+        lease=lease,
         database_health=database_health,
         users=UserService(meta, tiers=tiers),
         tokens=TokenService(
@@ -318,7 +325,7 @@ def _runtime(  # noqa: PLR0917 - the parts open_runtime opened, in the order it 
             # Listing every project is the one part that grows with the fleet.
             orphans_every=timedelta(minutes=10),
         ),
-        idempotency=IdempotencyService(meta, secrets),
+        idempotency=IdempotencyService(meta, secrets, lease=lease),
         jobs=jobs,
         warm=warm,
         readiness=Readiness(meta, neon, database_health, org_id=settings.neon_org_id),

@@ -282,6 +282,9 @@ class IdempotencyRecord(TableModel, table=True):
     encrypted_response: bytes | None = None
     created_at: datetime = Field(default_factory=utcnow, sa_column_kwargs=_NOW, index=True)
     completed_at: datetime | None = None
+    # The process running the first call (`JobRunner.runner`): once it is gone (its lease,
+    # `agentdb.services.lease`, is free), a retry takes the key over at once.
+    runner: str | None = Field(default=None, sa_type=sa.Text)
 
 
 class Event(TableModel, table=True):

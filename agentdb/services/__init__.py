@@ -49,6 +49,7 @@ from .credentials import CredentialService
 from .events import EventService, EventView
 from .idempotency import IdempotencyService
 from .jobs import JobRunner, JobStatus
+from .lease import ProcessLease
 from .readiness import Readiness, ReadinessReport
 from .reconcile import Reconciler, ReconcileReport
 from .sessions import SessionService, project_name, project_spec
@@ -96,6 +97,7 @@ __all__ = [
     "PollResult",
     "PoolKey",
     "Principal",
+    "ProcessLease",
     "QuotaExceeded",
     "ReadPace",
     "Readiness",

@@ -2,9 +2,10 @@
 first answer, encrypted (it may carry a token or a connection URI). The API's middleware
 (`agentdb/api/_idempotency.py`) claims a key before running a POST and finishes it after.
 
-A key claimed by a call that never finished (a crash) is taken over after `STALE_AFTER`: the
-workflows themselves are idempotent by the same key, so the retry finds what the interrupted
-call made instead of making it twice. Answers are kept `KEEP_FOR`, then deleted by a job.
+A key claimed by a call that never finished (a crash) is taken over as soon as the process that
+claimed it is gone (`ProcessLease`), else after `STALE_AFTER`: the workflows themselves are
+idempotent by the same key, so the retry finds what the interrupted call made instead of making
+it twice. Answers are kept `KEEP_FOR`, then deleted by a job.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from meta_schema._base import new_id
 
 from ._common import SessionFactory
 from ._secrets import Secrets
+from .lease import ProcessLease
 
 #: How long a POST's answer is kept for replay under its key.
 KEEP_FOR = timedelta(hours=24)
@@ -66,9 +68,16 @@ class Mismatch:
 
 
 class IdempotencyService:
-    def __init__(self, sessions: SessionFactory, secrets: Secrets) -> None:
+    """`lease`: this process's, which claims carry; a key whose claimer is gone (another
+    process that died mid-call) is taken over at once. Without one, after `STALE_AFTER`."""
+
+    def __init__(
+        self, sessions: SessionFactory, secrets: Secrets, *, lease: ProcessLease | None = None
+    ) -> None:
         self._sessions = sessions
         self._secrets = secrets
+        self._lease = lease
+        self._runner = lease.runner if lease is not None else None
 
     async def claim(  # noqa: PLR0911 - one return per state a key can be in
         self, principal: str, key: str, method: str, path: str, fingerprint: str
@@ -87,6 +96,7 @@ class IdempotencyService:
                     path=path,
                     fingerprint=fingerprint,
                     created_at=now,
+                    runner=self._runner,
                 )
                 .on_conflict_do_nothing(index_elements=["principal", "key"])
                 .returning(col(IdempotencyRecord.id))
@@ -115,9 +125,10 @@ class IdempotencyService:
             if found.fingerprint != fingerprint:
                 return Mismatch(found.method, found.path)
             if found.status_code is None or found.encrypted_response is None:
-                if now - found.created_at < STALE_AFTER:
+                if now - found.created_at < STALE_AFTER and not await self._claimer_gone(found):
                     return Claim.BUSY
-                found.created_at = now  # a crash left it: this call takes it over
+                # A crash left it: this call takes it over.
+                found.created_at, found.runner = now, self._runner
                 await db.commit()
                 return Claim.TAKEN
             answer: dict[str, Any] = json.loads(self._secrets.decrypt(found.encrypted_response))
@@ -126,6 +137,11 @@ class IdempotencyService:
             headers=[(str(k), str(v)) for k, v in answer["headers"]],
             body=base64.b64decode(answer["body"]),
         )
+
+    async def _claimer_gone(self, found: IdempotencyRecord) -> bool:
+        if self._lease is None or found.runner is None or found.runner == self._runner:
+            return False
+        return await self._lease.gone(found.runner)
 
     async def finish(
         self, principal: str, key: str, status: int, headers: list[tuple[str, str]], body: bytes

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlmodel import col
 
-from agentdb.services import IdempotencyService, Secrets
+from agentdb.services import IdempotencyService, ProcessLease, Secrets
 from agentdb.services.idempotency import KEEP_FOR, STALE_AFTER, Claim, Mismatch, Replay
 from meta_schema import IdempotencyRecord
 
@@ -80,6 +80,49 @@ async def test_a_call_a_crash_left_unfinished_is_taken_over_once_stale(
     assert await keys.claim("tok", key, "POST", "/v1/x", "f") is Claim.TAKEN
     # Taken over: the clock starts again for the new call.
     assert await keys.claim("tok", key, "POST", "/v1/x", "f") is Claim.BUSY
+
+
+async def test_a_call_of_a_process_that_is_gone_is_taken_over_at_once(
+    meta_sessions: SessionFactory, box: Secrets
+):
+    """Two processes sharing the meta DB, each with its lease: while the one that claimed a
+    key lives, the key is busy for the other; once it is gone (its lease's session ended, as
+    when the process is killed), the other takes the key over without waiting out the staleness."""
+    key = fresh_key()
+    async with ProcessLease(meta_sessions, "replica-b:2:bb") as theirs:
+        mine = ProcessLease(meta_sessions, "replica-a:1:aa")
+        async with mine:
+            first = IdempotencyService(meta_sessions, box, lease=mine)
+            assert await first.claim("tok", key, "POST", "/v1/x", "f") is Claim.TAKEN
+            other = IdempotencyService(meta_sessions, box, lease=theirs)
+            assert await other.claim("tok", key, "POST", "/v1/x", "f") is Claim.BUSY
+            assert not await theirs.gone(mine.runner)
+            # Its own lease is never gone to a process, even one that holds it.
+            assert not await mine.gone(mine.runner)
+        assert await theirs.gone(mine.runner)
+        assert await other.claim("tok", key, "POST", "/v1/x", "f") is Claim.TAKEN
+        # Now the key is the live process's: busy to a third, as before.
+        async with ProcessLease(meta_sessions, "replica-c:3:cc") as third:
+            late = IdempotencyService(meta_sessions, box, lease=third)
+            assert await late.claim("tok", key, "POST", "/v1/x", "f") is Claim.BUSY
+    async with meta_sessions() as db:
+        stored = await db.scalar(
+            sa.select(IdempotencyRecord.runner).where(col(IdempotencyRecord.key) == key)
+        )
+    assert stored == "replica-b:2:bb"
+
+
+async def test_a_lease_is_taken_again_after_its_connection_died(
+    meta_sessions: SessionFactory, box: Secrets
+):
+    async with ProcessLease(meta_sessions, "replica-d:4:dd") as mine:
+        assert mine.held
+        assert mine._conn is not None
+        await mine._conn.invalidate()  # as a PostgreSQL restart would
+        await mine.renew()
+        assert mine.held
+        async with ProcessLease(meta_sessions, "replica-e:5:ee") as theirs:
+            assert not await theirs.gone(mine.runner)
 
 
 async def test_expired_answers_free_their_key_and_are_deleted(

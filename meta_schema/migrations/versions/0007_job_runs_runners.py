@@ -1,4 +1,5 @@
-"""Adds `job_runs`: each background job run, by which process, from when to when.
+"""Adds `job_runs` (each background job run, by which process, from when to when) and
+`idempotency_records.runner` (the process running a key's first call).
 
 Revision ID: 0007
 Revises: 0006
@@ -32,7 +33,9 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_job_runs")),
     )
     op.create_index(op.f("ix_job_runs_job_started_at"), "job_runs", ["job", "started_at"])
+    op.add_column("idempotency_records", sa.Column("runner", sa.Text(), nullable=True))
 
 
 def downgrade() -> None:
+    op.drop_column("idempotency_records", "runner")
     op.drop_table("job_runs")
