@@ -111,10 +111,13 @@ def serving(
     command: tuple[str, ...] = ("localplane", "serve"),
     url_line: re.Pattern[str] = URL_LINE,
     printed: list[str] | None = None,
+    *,
+    process: list[subprocess.Popen[str]] | None = None,
 ) -> Iterator[str]:
     """`agentdb localplane serve --port 0` (or another serving `command`) until the block ends
     (SIGTERM, then kill); yields the URL `url_line` finds in its output, and adds the lines
-    printed before it to `printed`. Also checks that SIGTERM stops it cleanly."""
+    printed before it to `printed`. Also checks that SIGTERM stops it cleanly, unless the block
+    SIGKILLed it (the process is appended to `process` for that)."""
     stderr_path = data_dir.with_name(data_dir.name + ".stderr")
     with stderr_path.open("wb") as stderr:
         proc = subprocess.Popen(  # noqa: S603
@@ -125,6 +128,8 @@ def serving(
             env=env,
             text=True,
         )
+    if process is not None:
+        process.append(proc)
     lines: queue.Queue[str | None] = queue.Queue()
     reader = threading.Thread(target=_drain, args=(proc.stdout, lines), daemon=True)
     reader.start()
@@ -145,6 +150,7 @@ def serving(
                 printed.append(line)
         yield url
     finally:
+        killed = proc.poll() == -signal.SIGKILL
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout=STOP_TIMEOUT)
@@ -155,6 +161,8 @@ def serving(
         reader.join(timeout=STOP_TIMEOUT)
         assert proc.stdout is not None
         proc.stdout.close()
+    if killed:
+        return
     assert stopped_in_time, f"serve ignored SIGTERM for {STOP_TIMEOUT:.0f} s"
     # uvicorn re-raises the captured SIGTERM once it has shut down.
     assert proc.returncode in {0, -signal.SIGTERM}, proc.returncode
