@@ -41,7 +41,7 @@ class AppSession:
         return done.json()["rows"]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # stopped once tests/apps is done
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     data_dir = tmp_path_factory.mktemp("apps") / "data"
     env = clean_env(AGENTDB_ADMIN_TOKEN=ADMIN_TOKEN)
