@@ -11,11 +11,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 import pytest_asyncio
 
 from agentdb.api import create_app
 from agentdb.localplane import LocalPlane
+from agentdb.pg import ServerInfo
 from agentdb.runtime import Runtime
 from agentdb.sdk import AgentDB
 from agentdb.tools import Toolbox
@@ -91,9 +93,20 @@ def metrics_of(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {m["metric"]: m for m in report["periods"][0]["metrics"]}
 
 
+async def _cluster_wal(server: ServerInfo) -> int:
+    """Bytes of WAL the whole cluster has written (its insert position)."""
+    async with await psycopg.AsyncConnection.connect(server.conninfo()) as conn:
+        row = await (
+            await conn.execute("SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::bigint")
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
 async def test_usage_appears_after_a_poll_and_matches_what_was_written(
-    http: httpx.AsyncClient, runtime: Runtime, plane: LocalPlane
+    http: httpx.AsyncClient, runtime: Runtime, plane: LocalPlane, pg_server: ServerInfo
 ):
+    cluster_before = await _cluster_wal(pg_server)
     agent = await agent_on(http, "free")
     before = (await http.get(f"{agent.sessions}/usage", headers=agent.token)).json()
     assert before["periods"] == []
@@ -118,11 +131,14 @@ async def test_usage_appears_after_a_poll_and_matches_what_was_written(
     # Written data is WAL: the rows with their tuple and page headers (1.0-1.2x what the SQL
     # wrote), then full-page images of every page (data checksums are on in PostgreSQL 18) once
     # when a reader first sets the rows' hint bits and once when autovacuum visits the new
-    # table: up to about 3.2x (25.5 MiB seen on a loaded machine). WAL no backend reports
-    # (autovacuum of any database, the cluster's checkpoints) is shared among the databases
-    # changing tuples at that moment, which here is this one: 33.3 MiB seen late in a full
-    # suite run, whose meta databases autovacuum meanwhile.
-    assert 8 * MiB <= usage["written_data_bytes"]["value"] <= 40 * MiB, usage
+    # table: up to about 3.2x (25.5 MiB seen on a loaded machine). On top of that, WAL no
+    # backend reports (autovacuum of any database, checkpoints, connections that ended before
+    # the meter saw them) is shared among the project databases changing tuples at that
+    # moment, which here is this one: how much depends on what else the suite runs (33 and
+    # 45 MiB seen in full runs). So the bound above is the meter's own: it never bills more
+    # than the whole cluster wrote meanwhile.
+    written_data = usage["written_data_bytes"]["value"]
+    assert 8 * MiB <= written_data <= await _cluster_wal(pg_server) - cluster_before, usage
     # The logical size is the database's size: the 8 MiB, their page overhead and the
     # empty database (about 7.5 MiB on PostgreSQL 18).
     assert 8 * MiB <= usage["logical_size_bytes"]["value"] <= 24 * MiB, usage
