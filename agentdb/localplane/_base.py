@@ -429,7 +429,8 @@ class PlaneBase:
 
     async def _door_open(self, project_id: str, physical: str) -> bool | None:
         """Whether the records say `physical` takes clients: a database of a branch none of
-        whose computes is suspended. None when no database record names it."""
+        whose computes is suspended and whose last compute was not deleted. None when no
+        database record names it."""
         async with self._store.tx() as tx:
             return await self._door_open_in(tx, project_id, physical)
 
@@ -439,6 +440,9 @@ class PlaneBase:
         )
         if record is None:
             return None
+        branch = await tx.get(BranchRecord, record.branch_id)
+        if branch is not None and branch.computeless:
+            return False
         endpoints = await self._branch_endpoints(tx, project_id, record.branch_id)
         return not any(e.door_closed for e in endpoints)
 

@@ -279,7 +279,9 @@ class PlaneBranches(PlaneBase):
         preserved: BranchRecord | None,
     ) -> None:
         tx = m.tx
-        allow = not any(e.door_closed for e in await self._branch_endpoints(tx, p.id, target.id))
+        allow = not target.computeless and not any(
+            e.door_closed for e in await self._branch_endpoints(tx, p.id, target.id)
+        )
         current = {d.name: d for d in await self._databases(tx, p.id, target.id)}
         # Every copy before the first swap: a copy that fails leaves the branch with its old
         # content in every database, never some databases restored and others not.
@@ -332,6 +334,18 @@ class PlaneBranches(PlaneBase):
             else:
                 swaps.append(step.Drop(leftover.physical))
         m.steps.extend(swaps)
+
+    async def branch_schema(self, project_id: str, branch_id: str, *, db_name: str) -> JSON:
+        """The database's schema as `pg_dump --schema-only` prints it (run by the plane as it
+        runs it for `compare_schema`: no code of the tenant's runs), without owners, grants and
+        comments."""
+        async with self._store.tx() as tx:
+            await self._project(tx, project_id)
+            await self._branch(tx, project_id, branch_id)
+            db = {d.name: d for d in await self._databases(tx, project_id, branch_id)}.get(db_name)
+        if db is None:
+            raise NotFound(f"db_name: database {db_name!r} not found on branch {branch_id}")
+        return {"sql": await self._engine.dump_schema(db.physical)}
 
     async def compare_schema(
         self, project_id: str, branch_id: str, *, base_branch_id: str | None, db_name: str

@@ -1,12 +1,23 @@
 """Endpoints, roles, databases, connection URIs and operations of the local control plane.
 
 An endpoint is the door to its branch's databases: suspending it closes them to clients
-(`ALLOW_CONNECTIONS false` and terminated sessions), starting it opens them again.
+(`ALLOW_CONNECTIONS false` and terminated sessions), starting it opens them again, and deleting
+a branch's last endpoint closes them until an endpoint is created.
+
+A `read_only` endpoint (a read replica on Neon) has no standby of its own here: the branch's
+databases live once in the one cluster, so its connection URI reaches the same database as the
+read_write one and is read-only only by `default_transaction_read_only=on` in the URI's
+`options`. A client can turn that off (`SET default_transaction_read_only = off`,
+`BEGIN READ WRITE`): it keeps well-behaved clients from writing, it is no security boundary.
 """
 
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
+
+import psycopg
+from psycopg import sql
 
 from . import _render as render
 from . import _steps as step
@@ -17,16 +28,21 @@ from ._models import (
     BranchRecord,
     DatabaseCreateBody,
     DatabaseRecord,
+    DatabaseUpdateBody,
+    EndpointCreateBody,
     EndpointRecord,
     EndpointUpdateBody,
     OperationRecord,
     RoleCreateBody,
     RoleRecord,
+    neon_id,
     new_password,
     now,
 )
+from ._store import STATE_DATABASE
 
 JSON = dict[str, Any]
+READ_ONLY_OPTIONS = "-c default_transaction_read_only=on"
 
 
 class PlaneCompute(PlaneBase):
@@ -47,6 +63,126 @@ class PlaneCompute(PlaneBase):
             p = await self._project(tx, project_id)
             e = await self._endpoint(tx, project_id, endpoint_id)
         return {"endpoint": self._endpoint_json(e, p)}
+
+    async def create_endpoint(self, project_id: str, body: EndpointCreateBody) -> JSON:
+        spec = body.endpoint
+        check_cu(spec.model_dump(exclude_none=True), "endpoint")
+        async with self._mutation(project_id) as m:
+            p = await self._project(m.tx, project_id)
+            if spec.region_id is not None and spec.region_id != p.region_id:
+                raise BadRequest(
+                    f"endpoint.region_id: only the project's region {p.region_id!r} is permitted"
+                )
+            b = await self._branch(m.tx, project_id, spec.branch_id)
+            existing = await self._branch_endpoints(m.tx, project_id, b.id)
+            if spec.type == "read_write" and any(e.type == "read_write" for e in existing):
+                raise BadRequest(
+                    f"endpoint.type: branch {b.id} already has a read_write endpoint; "
+                    "a branch can have at most one (add read_only endpoints instead)"
+                )
+            if not spec.disabled and p.quota_exceeded:
+                raise QuotaExceeded(p.quota_exceeded)
+            defaults = p.default_endpoint_settings
+            e = EndpointRecord(
+                id=neon_id("ep"),
+                project_id=project_id,
+                branch_id=b.id,
+                type=spec.type,
+                name=spec.name,
+                autoscaling_limit_min_cu=spec.autoscaling_limit_min_cu
+                or defaults.get("autoscaling_limit_min_cu", 0.25),
+                autoscaling_limit_max_cu=spec.autoscaling_limit_max_cu
+                or defaults.get("autoscaling_limit_max_cu", 0.25),
+                suspend_timeout_seconds=spec.suspend_timeout_seconds
+                if spec.suspend_timeout_seconds is not None
+                else defaults.get("suspend_timeout_seconds", 0),
+                settings=spec.settings or {},
+                disabled=bool(spec.disabled),
+            )
+            check_cu(
+                {
+                    "autoscaling_limit_min_cu": e.autoscaling_limit_min_cu,
+                    "autoscaling_limit_max_cu": e.autoscaling_limit_max_cu,
+                },
+                "endpoint",
+            )
+            if e.disabled:
+                e.current_state, e.suspended_at = "idle", now()
+            if b.computeless:
+                b.computeless = False
+                b.updated_at = now()
+                await m.tx.put(b)
+            # The branch's databases take clients again unless a compute of it is suspended.
+            await self._door(m, e, open_=not any(x.door_closed for x in [*existing, e]))
+            await m.tx.put(e)
+            ops = [
+                OperationRecord.new(project_id, "start_compute", branch_id=b.id, endpoint_id=e.id)
+            ]
+            await m.start(ops, "steps", project_id=project_id, steps=m.steps)
+        return {
+            "endpoint": self._endpoint_json(e, p),
+            "operations": [render.operation(o) for o in ops],
+        }
+
+    async def delete_endpoint(self, project_id: str, endpoint_id: str) -> JSON:
+        """Deletes the endpoint; the branch's last endpoint takes its door with it (its
+        databases refuse clients, as a suspend does, until an endpoint is created)."""
+        async with self._mutation(project_id) as m:
+            p = await self._project(m.tx, project_id)
+            e = await self._endpoint(m.tx, project_id, endpoint_id)
+            b = await self._branch(m.tx, project_id, e.branch_id)
+            others = [
+                x for x in await self._branch_endpoints(m.tx, project_id, b.id) if x.id != e.id
+            ]
+            await m.tx.delete(e)
+            if not others:
+                b.computeless = True
+                b.updated_at = now()
+                await m.tx.put(b)
+                await self._door(m, e, open_=False)
+            elif e.door_closed and not any(x.door_closed for x in others):
+                await self._door(m, e, open_=True)
+            ops = [
+                OperationRecord.new(project_id, "suspend_compute", branch_id=b.id, endpoint_id=e.id)
+            ]
+            await m.start(ops, "steps", project_id=project_id, steps=m.steps)
+        return {
+            "endpoint": self._endpoint_json(e, p),
+            "operations": [render.operation(o) for o in ops],
+        }
+
+    async def restart_endpoint(self, project_id: str, endpoint_id: str) -> JSON:
+        """Suspends and starts the endpoint: its branch's sessions are ended and it takes
+        clients again (unless another compute of the branch is suspended)."""
+        async with self._mutation(project_id) as m:
+            p = await self._project(m.tx, project_id)
+            e = await self._endpoint(m.tx, project_id, endpoint_id)
+            if e.disabled:
+                raise BadRequest(
+                    "endpoint_id: the endpoint is disabled; enable it with PATCH first"
+                )
+            if p.quota_exceeded:
+                raise QuotaExceeded(p.quota_exceeded)
+            others = [
+                x
+                for x in await self._branch_endpoints(m.tx, project_id, e.branch_id)
+                if x.id != e.id
+            ]
+            await self._door(m, e, open_=False)
+            e.current_state, e.auto_suspended = "active", False
+            e.suspended_at = e.started_at = e.updated_at = now()
+            if not any(x.door_closed for x in others):
+                await self._door(m, e, open_=True)
+            await m.tx.put(e)
+            ops = [
+                OperationRecord.new(project_id, action, branch_id=e.branch_id, endpoint_id=e.id)
+                for action in ("suspend_compute", "start_compute")
+            ]
+            await m.start(ops, "steps", project_id=project_id, steps=m.steps)
+        return {
+            "endpoint": self._endpoint_json(e, p),
+            "operations": [render.operation(o) for o in ops],
+        }
 
     async def update_endpoint(
         self, project_id: str, endpoint_id: str, body: EndpointUpdateBody
@@ -189,6 +325,64 @@ class PlaneCompute(PlaneBase):
             "operations": [render.operation(o) for o in ops],
         }
 
+    async def delete_role(self, project_id: str, branch_id: str, role_name: str) -> JSON | None:
+        """Drops the role, from every branch: roles are cluster-wide, so a project's role is
+        shared by its branches here. None (Neon's 204) when there is no such role. Refused
+        while the role owns a database or holds objects or privileges in one, as PostgreSQL
+        refuses `DROP ROLE` then; reassign or drop them first."""
+        async with self._mutation(project_id) as m:
+            await self._project(m.tx, project_id)
+            await self._branch(m.tx, project_id, branch_id)
+            r = await m.tx.get(RoleRecord, f"{project_id}/{role_name}")
+            if r is None:
+                return None
+            if r.protected:
+                raise BadRequest(f"role_name: role {role_name!r} is protected")
+            owned = sorted(
+                {
+                    f"{d.name} (branch {d.branch_id})"
+                    for d in await m.tx.list(DatabaseRecord, project_id)
+                    if d.owner_name == role_name
+                }
+            )
+            if owned:
+                raise BadRequest(
+                    f"role_name: role {role_name!r} owns databases {', '.join(owned)}; "
+                    "delete them or give them another owner first"
+                )
+            if await self._role_has_dependents(r.physical):
+                raise BadRequest(
+                    f"role_name: role {role_name!r} owns objects or holds privileges in the "
+                    "project's databases; drop or reassign them first"
+                )
+            await m.tx.delete(r)
+            ops = [OperationRecord.new(project_id, "apply_config", branch_id=branch_id)]
+            await m.start(ops, "drop_role", project_id=project_id, physical=r.physical)
+        return {
+            "role": render.role(r, branch_id=branch_id),
+            "operations": [render.operation(o) for o in ops],
+        }
+
+    async def _role_has_dependents(self, physical: str) -> bool:
+        """Whether `physical` owns or has been granted anything in any database (the shared
+        catalog `pg_shdepend` records both for every database of the cluster)."""
+        async with await psycopg.AsyncConnection.connect(
+            self._server.conninfo(STATE_DATABASE), autocommit=True
+        ) as conn:
+            cur = await conn.execute(
+                "SELECT EXISTS (SELECT 1 FROM pg_shdepend d JOIN pg_roles r"
+                " ON d.refclassid = 'pg_authid'::regclass AND d.refobjid = r.oid"
+                " WHERE r.rolname = %s AND d.deptype IN ('o', 'a', 'r', 'i'))",
+                (physical,),
+            )
+            row = await cur.fetchone()
+        return bool(row and row[0])
+
+    async def _job_drop_role(self, args: JSON) -> None:
+        # Idempotent: dropping a role that is gone does nothing. A tenant who gave the role
+        # objects between the check and this drop makes it fail; the operation reports that.
+        await self._engine.drop_roles(str(args["physical"]))
+
     # --- databases -----------------------------------------------------------------------------
 
     async def list_databases(self, project_id: str, branch_id: str) -> JSON:
@@ -247,6 +441,59 @@ class PlaneCompute(PlaneBase):
             await m.start(ops, "steps", project_id=project_id, steps=[step.Drop(d.physical)])
         return {"database": render.database(d), "operations": [render.operation(o) for o in ops]}
 
+    async def update_database(
+        self, project_id: str, branch_id: str, name: str, body: DatabaseUpdateBody
+    ) -> JSON:
+        """Renames the database (its physical name, and so its data, stays) and gives it
+        another owner (`ALTER DATABASE ... OWNER TO`, which runs no code of the tenant's)."""
+        spec = body.database
+        async with self._mutation(project_id) as m:
+            await self._project(m.tx, project_id)
+            await self._branch(m.tx, project_id, branch_id)
+            d = await m.tx.get(DatabaseRecord, f"{branch_id}/{name}")
+            if d is None:
+                raise NotFound(f"database {name!r} not found on branch {branch_id}")
+            owner = None
+            if spec.owner_name is not None and spec.owner_name != d.owner_name:
+                owner = await m.tx.get(RoleRecord, f"{project_id}/{spec.owner_name}")
+                if owner is None:
+                    raise BadRequest(
+                        f"database.owner_name: role {spec.owner_name!r} does not exist"
+                    )
+            if spec.name is not None and spec.name != d.name:
+                if await m.tx.get(DatabaseRecord, f"{branch_id}/{spec.name}") is not None:
+                    raise Conflict(
+                        f"database.name: database {spec.name!r} already exists on this branch"
+                    )
+                await m.tx.delete(d)
+                d = d.model_copy(update={"id": f"{branch_id}/{spec.name}", "name": spec.name})
+            if owner is not None:
+                d.owner_name = owner.name
+            d.updated_at = now()
+            await m.tx.put(d)
+            ops = [OperationRecord.new(project_id, "apply_config", branch_id=branch_id)]
+            await m.start(
+                ops,
+                "database_owner",
+                project_id=project_id,
+                physical=d.physical,
+                owner=None if owner is None else owner.physical,
+            )
+        return {"database": render.database(d), "operations": [render.operation(o) for o in ops]}
+
+    async def _job_database_owner(self, args: JSON) -> None:
+        owner = args.get("owner")
+        if owner is not None:
+            async with await psycopg.AsyncConnection.connect(
+                self._server.conninfo(STATE_DATABASE), autocommit=True
+            ) as conn:
+                await conn.execute(
+                    sql.SQL("ALTER DATABASE {} OWNER TO {}").format(
+                        sql.Identifier(str(args["physical"])), sql.Identifier(str(owner))
+                    )
+                )
+        await self._mark_ready(str(args["project_id"]), branch_ids=set())
+
     # --- connection URI ------------------------------------------------------------------------
 
     async def connection_uri(
@@ -266,11 +513,14 @@ class PlaneCompute(PlaneBase):
             else:
                 branch = await self._branch(tx, project_id, branch_id)
             endpoints = await self._branch_endpoints(tx, project_id, branch.id)
+            read_only = False
             if endpoint_id is not None:
-                if not any(e.id == endpoint_id for e in endpoints):
+                chosen = next((e for e in endpoints if e.id == endpoint_id), None)
+                if chosen is None:
                     raise NotFound(
                         f"endpoint_id: endpoint {endpoint_id} not found on branch {branch.id}"
                     )
+                read_only = chosen.type == "read_only"
             elif not any(e.type == "read_write" for e in endpoints):
                 raise BadRequest(f"branch_id: branch {branch.id} has no read_write endpoint")
             role = await self._role(tx, project_id, role_name)
@@ -281,7 +531,11 @@ class PlaneCompute(PlaneBase):
             )
         if role.password is None:
             raise BadRequest(f"role_name: role {role_name!r} cannot log in")
-        return {"uri": self._details(role, db)["connection_uri"]}
+        uri: str = self._details(role, db)["connection_uri"]
+        if read_only:
+            # Not enforced: see the module's docstring.
+            uri += "?options=" + quote(READ_ONLY_OPTIONS, safe="")
+        return {"uri": uri}
 
     # --- operations ----------------------------------------------------------------------------
 

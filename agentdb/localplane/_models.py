@@ -171,6 +171,8 @@ class BranchRecord(Record):
     # True while the branch is over the project's `logical_size_bytes` quota: its databases
     # default to read-only transactions (re-applied by the meter after swaps and restarts).
     read_only: bool = False
+    # Its last endpoint was deleted: its databases refuse clients until an endpoint is created.
+    computeless: bool = False
 
 
 class EndpointRecord(Record):
@@ -433,6 +435,23 @@ class EndpointUpdateBody(_Body):
     endpoint: EndpointUpdateSpec
 
 
+class EndpointCreateSpec(_Body):
+    branch_id: str = Field(pattern=r"^[a-z0-9-]{1,60}$")
+    type: Literal["read_write", "read_only"]
+    region_id: str | None = None
+    autoscaling_limit_min_cu: float | None = Field(default=None, ge=0.25)
+    autoscaling_limit_max_cu: float | None = Field(default=None, ge=0.25)
+    suspend_timeout_seconds: int | None = Field(default=None, ge=-1, le=604800)
+    disabled: bool | None = None
+    name: str | None = Field(default=None, min_length=1, max_length=64)
+    settings: JSON | None = None
+    provisioner: str | None = None
+
+
+class EndpointCreateBody(_Body):
+    endpoint: EndpointCreateSpec
+
+
 class RoleSpec(_Body):
     name: str = Field(min_length=1, max_length=53)
     no_login: bool = False
@@ -456,6 +475,15 @@ class DatabaseSpec(_Body):
 
 class DatabaseCreateBody(_Body):
     database: DatabaseSpec
+
+
+class DatabaseUpdateSpec(_Body):
+    name: str | None = Field(default=None, min_length=1, max_length=63)
+    owner_name: str | None = Field(default=None, min_length=1, max_length=53)
+
+
+class DatabaseUpdateBody(_Body):
+    database: DatabaseUpdateSpec
 
 
 class SnapshotRenameSpec(_Body):

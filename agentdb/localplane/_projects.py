@@ -161,6 +161,11 @@ class PlaneProjects(UsageMixin):
             result["pagination"] = {"cursor": next_cursor}
         return result
 
+    async def list_shared_projects(self) -> JSON:
+        """Projects other accounts shared with this one: the local plane has one account, so
+        none (Neon's answer for an account nobody shared a project with)."""
+        return {"projects": []}
+
     async def get_project(self, project_id: str) -> JSON:
         async with self._store.tx() as tx:
             p = await self._project(tx, project_id)

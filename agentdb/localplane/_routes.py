@@ -8,7 +8,7 @@ import re
 from datetime import datetime
 from typing import Any, TypeVar
 
-from litestar import Request, delete, get, patch, post
+from litestar import Request, Response, delete, get, patch, post
 from litestar.params import FromPath
 from pydantic import BaseModel
 
@@ -27,6 +27,8 @@ from ._models import (
     BranchRestoreBody,
     BranchUpdateBody,
     DatabaseCreateBody,
+    DatabaseUpdateBody,
+    EndpointCreateBody,
     EndpointUpdateBody,
     FinalizeRestoreBody,
     ProjectCreateBody,
@@ -123,6 +125,13 @@ async def list_projects(request: AnyRequest) -> JSON:
         cursor=request.query_params.get("cursor"),
         search=request.query_params.get("search"),
     )
+
+
+@get("/projects/shared")
+async def list_shared_projects(request: AnyRequest) -> JSON:
+    _query_int(request, "limit", 10, 1, 400)
+    _query_int(request, "timeout", 100, 100, 30000)
+    return await _plane(request).list_shared_projects()
 
 
 @get("/projects/{project_id:str}")
@@ -268,6 +277,22 @@ async def compare_schema(
     )
 
 
+@get("/projects/{project_id:str}/branches/{branch_id:str}/schema")
+async def branch_schema(
+    request: AnyRequest, project_id: FromPath[str], branch_id: FromPath[str]
+) -> JSON:
+    for unsupported in ("lsn", "timestamp"):
+        if request.query_params.get(unsupported):
+            raise BadRequest(
+                f"{unsupported}: a past schema is not available on the local control plane, "
+                "whose branches keep no history; take a snapshot to keep a schema"
+            )
+    _query_choice(request, "format", "sql", {"sql"})
+    return await _plane(request).branch_schema(
+        project_id, branch_id, db_name=_query_required(request, "db_name")
+    )
+
+
 @get("/projects/{project_id:str}/branches/{branch_id:str}/endpoints")
 async def list_branch_endpoints(
     request: AnyRequest, project_id: FromPath[str], branch_id: FromPath[str]
@@ -301,6 +326,20 @@ async def get_role(
     role_name: FromPath[str],
 ) -> JSON:
     return await _plane(request).get_role(project_id, branch_id, role_name)
+
+
+@delete(
+    "/projects/{project_id:str}/branches/{branch_id:str}/roles/{role_name:str}", status_code=200
+)
+async def delete_role(
+    request: AnyRequest,
+    project_id: FromPath[str],
+    branch_id: FromPath[str],
+    role_name: FromPath[str],
+) -> Response[JSON | None]:
+    deleted = await _plane(request).delete_role(project_id, branch_id, role_name)
+    # Neon answers 204 for a role that is not there.
+    return Response(deleted, status_code=204) if deleted is None else Response(deleted)
 
 
 @get("/projects/{project_id:str}/branches/{branch_id:str}/roles/{role_name:str}/reveal_password")
@@ -351,6 +390,17 @@ async def get_database(
     return await _plane(request).get_database(project_id, branch_id, database_name)
 
 
+@patch("/projects/{project_id:str}/branches/{branch_id:str}/databases/{database_name:str}")
+async def update_database(
+    request: AnyRequest,
+    project_id: FromPath[str],
+    branch_id: FromPath[str],
+    database_name: FromPath[str],
+) -> JSON:
+    body = await _body(request, DatabaseUpdateBody)
+    return await _plane(request).update_database(project_id, branch_id, database_name, body)
+
+
 @delete(
     "/projects/{project_id:str}/branches/{branch_id:str}/databases/{database_name:str}",
     status_code=200,
@@ -370,6 +420,27 @@ async def delete_database(
 @get("/projects/{project_id:str}/endpoints")
 async def list_endpoints(request: AnyRequest, project_id: FromPath[str]) -> JSON:
     return await _plane(request).list_endpoints(project_id)
+
+
+@post("/projects/{project_id:str}/endpoints", status_code=201)
+async def create_endpoint(request: AnyRequest, project_id: FromPath[str]) -> JSON:
+    return await _plane(request).create_endpoint(
+        project_id, await _body(request, EndpointCreateBody)
+    )
+
+
+@delete("/projects/{project_id:str}/endpoints/{endpoint_id:str}", status_code=200)
+async def delete_endpoint(
+    request: AnyRequest, project_id: FromPath[str], endpoint_id: FromPath[str]
+) -> JSON:
+    return await _plane(request).delete_endpoint(project_id, endpoint_id)
+
+
+@post("/projects/{project_id:str}/endpoints/{endpoint_id:str}/restart", status_code=200)
+async def restart_endpoint(
+    request: AnyRequest, project_id: FromPath[str], endpoint_id: FromPath[str]
+) -> JSON:
+    return await _plane(request).restart_endpoint(project_id, endpoint_id)
 
 
 @get("/projects/{project_id:str}/endpoints/{endpoint_id:str}")
@@ -557,4 +628,6 @@ ROUTES = [
     update_endpoint, start_endpoint, suspend_endpoint, create_snapshot, list_snapshots,
     update_snapshot, delete_snapshot, restore_snapshot, finalize_restore, list_organizations,
     get_organization, transfer_projects, legacy_consumption_history, consumption_history,
+    list_shared_projects, branch_schema, delete_role, update_database, create_endpoint,
+    delete_endpoint, restart_endpoint,
 ]  # fmt: skip
