@@ -23,6 +23,7 @@ from . import _render as render
 from . import _steps as step
 from ._base import Mutation, PlaneBase, check_cu
 from ._branches import new_physical
+from ._data_api import DataApiRecord
 from ._errors import BadRequest, Conflict, NotFound, PreconditionFailed, QuotaExceeded
 from ._models import (
     BranchRecord,
@@ -39,10 +40,12 @@ from ._models import (
     new_password,
     now,
 )
+from ._neon_auth import NeonAuthRecord
 from ._store import STATE_DATABASE
 
 JSON = dict[str, Any]
 READ_ONLY_OPTIONS = "-c default_transaction_read_only=on"
+SAFE_OPTIONS = "-c search_path=pg_catalog,pg_temp -c default_transaction_read_only=off"
 
 
 class PlaneCompute(PlaneBase):
@@ -444,12 +447,12 @@ class PlaneCompute(PlaneBase):
     async def update_database(
         self, project_id: str, branch_id: str, name: str, body: DatabaseUpdateBody
     ) -> JSON:
-        """Renames the database (its physical name, and so its data, stays) and gives it
-        another owner (`ALTER DATABASE ... OWNER TO`, which runs no code of the tenant's)."""
+        """Renames the database (its physical name, and so its data and connections, stay) and
+        gives it another owner: the owner of its `public` schema (see `_job_database_owner`)."""
         spec = body.database
         async with self._mutation(project_id) as m:
             await self._project(m.tx, project_id)
-            await self._branch(m.tx, project_id, branch_id)
+            b = await self._branch(m.tx, project_id, branch_id)
             d = await m.tx.get(DatabaseRecord, f"{branch_id}/{name}")
             if d is None:
                 raise NotFound(f"database {name!r} not found on branch {branch_id}")
@@ -460,7 +463,15 @@ class PlaneCompute(PlaneBase):
                     raise BadRequest(
                         f"database.owner_name: role {spec.owner_name!r} does not exist"
                     )
+                if b.computeless or any(
+                    e.door_closed for e in await self._branch_endpoints(m.tx, project_id, b.id)
+                ):
+                    raise BadRequest(
+                        "database.owner_name: the branch has no running compute to apply the "
+                        "change; start or create its endpoint first"
+                    )
             if spec.name is not None and spec.name != d.name:
+                await self._check_no_addons(m, branch_id, name)
                 if await m.tx.get(DatabaseRecord, f"{branch_id}/{spec.name}") is not None:
                     raise Conflict(
                         f"database.name: database {spec.name!r} already exists on this branch"
@@ -481,17 +492,37 @@ class PlaneCompute(PlaneBase):
             )
         return {"database": render.database(d), "operations": [render.operation(o) for o in ops]}
 
+    @staticmethod
+    async def _check_no_addons(m: Mutation, branch_id: str, name: str) -> None:
+        # Neon Auth and the Data API keep the database's name in their records (and their
+        # URLs carry it): a rename under them would leave them serving no database.
+        auth = await m.tx.get(NeonAuthRecord, branch_id)
+        if await m.tx.get(DataApiRecord, f"{branch_id}/{name}") is not None or (
+            auth is not None and auth.db_name == name
+        ):
+            raise BadRequest(
+                f"database.name: database {name!r} serves Neon Auth or the Data API on this "
+                "branch; disable them before renaming it"
+            )
+
     async def _job_database_owner(self, args: JSON) -> None:
+        # The database itself stays the superuser's (its owner could GRANT CONNECT to PUBLIC,
+        # see `Engine.create_database`): the owner a tenant sees is the owner of `public`.
+        # ALTER SCHEMA ... OWNER is catalog DDL, no code of the tenant's runs.
         owner = args.get("owner")
         if owner is not None:
             async with await psycopg.AsyncConnection.connect(
-                self._server.conninfo(STATE_DATABASE), autocommit=True
+                self._server.conninfo(str(args["physical"])),
+                autocommit=True,
+                options=SAFE_OPTIONS,
             ) as conn:
-                await conn.execute(
-                    sql.SQL("ALTER DATABASE {} OWNER TO {}").format(
-                        sql.Identifier(str(args["physical"])), sql.Identifier(str(owner))
+                cur = await conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = 'public'")
+                if await cur.fetchone() is not None:
+                    await conn.execute(
+                        sql.SQL("ALTER SCHEMA public OWNER TO {}").format(
+                            sql.Identifier(str(owner))
+                        )
                     )
-                )
         await self._mark_ready(str(args["project_id"]), branch_ids=set())
 
     # --- connection URI ------------------------------------------------------------------------

@@ -256,11 +256,15 @@ async def test_database_rename_and_owner(
     assert names == {"renamed", "other"}
     # Same data, now owned by the app role in PostgreSQL too.
     assert await fetch(uri, "SELECT x FROM kept") == [(7,)]
+    # The owner a tenant sees owns `public`; the database stays the superuser's, so its owner
+    # cannot open it to other tenants (GRANT CONNECT ... TO PUBLIC).
     owner = await fetch(
         uri,
-        "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = current_database()",
+        "SELECT pg_get_userbyid(n.nspowner), pg_get_userbyid(d.datdba) FROM pg_namespace n,"
+        " pg_database d WHERE n.nspname = 'public' AND d.datname = current_database()",
     )
     assert owner[0][0].startswith("app_")
+    assert not owner[0][1].startswith(("app_", "neondb_owner_"))
     missing = await neon_http.patch(f"{base}/databases/nope", json={"database": {"name": "x"}})
     assert missing.status_code == 404
 
