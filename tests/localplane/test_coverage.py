@@ -267,6 +267,20 @@ async def test_database_rename_and_owner(
     assert not owner[0][1].startswith(("app_", "neondb_owner_"))
     missing = await neon_http.patch(f"{base}/databases/nope", json={"database": {"name": "x"}})
     assert missing.status_code == 404
+    # A suspended branch cannot take the owner change; nothing is half written.
+    endpoint_id = created["endpoints"][0]["id"]
+    await _ok(
+        await neon_http.post(f"/projects/{project_id}/endpoints/{endpoint_id}/suspend"),
+        neon_http,
+        project_id,
+    )
+    closed = await neon_http.patch(
+        f"{base}/databases/renamed", json={"database": {"owner_name": "neondb_owner"}}
+    )
+    assert closed.status_code == 400
+    assert "owner_name" in closed.json()["message"]
+    kept = (await neon_http.get(f"{base}/databases/renamed")).json()["database"]
+    assert kept["owner_name"] == "app"
 
 
 async def test_branch_schema_is_the_schema_dump(
