@@ -74,7 +74,7 @@ def test_projects_branches_computes_and_connection_strings(neonctl: Neonctl) -> 
     listed = neonctl.run("projects", "list")
     # neonctl lists the account's projects and the ones shared with it (none here).
     assert project_id in {p["id"] for p in listed["projects"]}
-    assert listed.get("shared_with_me", []) == []
+    assert listed["shared_with_you"] == []
 
     neonctl.run("branches", "create", "--project-id", project_id, "--name", "dev")
     branches = neonctl.run("branches", "list", "--project-id", project_id)
