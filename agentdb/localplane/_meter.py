@@ -292,6 +292,12 @@ class UsageMixin(PlaneBase):
             except Exception:
                 log.exception("localplane.meter_failed")
 
+    @property
+    def unattributed_wal_bytes(self) -> int:
+        """WAL the cluster wrote that no database has been billed for yet: waiting for a
+        backend to report it or for a database changing tuples to share it (`_written`)."""
+        return round(sum(size for _moment, size in self._usage.pending_wal))
+
     async def meter(self) -> None:
         """Takes one measurement: activity, written bytes, sizes, transfer; then quotas."""
         async with self._usage.lock:
