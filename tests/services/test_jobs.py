@@ -143,7 +143,9 @@ async def test_two_runners_on_one_meta_db_never_overlap_a_job(meta_sessions: Ses
     assert len(rows) >= 6
     assert {row.runner for row in rows} <= {mine.runner, theirs.runner}
     assert mine.runner != theirs.runner
-    assert all(row.finished_at is not None and row.error is None for row in rows)
+    assert all(row.error is None for row in rows)
+    # Leaving `async with` cancels a run in flight: only the last run can be unfinished.
+    assert all(row.finished_at is not None for row in rows[:-1])
     for before, after in itertools.pairwise(rows):
         assert after.started_at >= before.finished_at
 
