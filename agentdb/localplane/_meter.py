@@ -115,6 +115,8 @@ _PROJECT_DATABASES = "lpd_"
 # How long WAL nobody has reported yet waits for a database to claim it: PostgreSQL's idle
 # statistics flush interval (10 s) plus a margin.
 _PENDING_WAL_S = 15.0
+# The meter reads every project at least this often (else only those something happened to).
+_READ_ALL_S = 600.0
 # Projects whose tick one meter transaction writes (projects are locked in id order, as a
 # mutation locks only its own project, so this cannot deadlock with one).
 _RECORD_BATCH = 50
@@ -150,6 +152,10 @@ class _MeterState:
     # database -> WAL bytes given to it from the unreported pool while it had live backends,
     # which they will report later (and must not be counted twice)
     prepaid: dict[str, float] = field(default_factory=dict)
+    # The store's change watermark (`Tx.changed_since`) and when every project was last read.
+    watermark: int | None = None
+    read_all_at: float = -math.inf
+    places: dict[str, str] = field(default_factory=dict)  # physical database -> project
 
 
 @dataclass
@@ -298,11 +304,18 @@ class UsageMixin(PlaneBase):
         backend to report it or for a database changing tuples to share it (`_written`)."""
         return round(sum(size for _moment, size in self._usage.pending_wal))
 
-    async def meter(self) -> None:
-        """Takes one measurement: activity, written bytes, sizes, transfer; then quotas."""
+    async def meter(self) -> frozenset[str] | None:
+        """Takes one measurement: activity, written bytes, sizes, transfer; then quotas.
+        Returns the projects it read: those something happened to since the last tick (None
+        when it read every project, as it does at the first tick and every `_READ_ALL_S`)."""
         async with self._usage.lock:
-            await self._measure()
-            await self._enforce(None)
+            read = await self._measure()
+            if read is not None:
+                # A new billing period, if any, is met by the next tick that reads all.
+                async with self._store.tx() as tx:
+                    read |= await tx.blocked_projects()
+            await self._enforce(read)
+        return None if read is None else frozenset(read)
 
     # --- measuring -----------------------------------------------------------------------------
 
@@ -393,7 +406,8 @@ class UsageMixin(PlaneBase):
                 del st.prepaid[name]
         return exact
 
-    async def _measure(self) -> None:  # noqa: C901, PLR0912, PLR0915 - one pass over the cluster
+    async def _measure(self) -> set[str] | None:  # noqa: C901, PLR0912, PLR0915 - one pass
+        """Bills the tick; returns the projects it read (None: every project)."""
         st = self._usage
         mono = time.monotonic()
         elapsed = 0.0 if st.last_mono is None else mono - st.last_mono
@@ -429,21 +443,49 @@ class UsageMixin(PlaneBase):
         st.sizes = {n: s for n, s in st.sizes.items() if n in sample.databases}
         st.last, st.last_mono = sample, mono
 
+        # Each tick reads only the projects something happened to (a database active or
+        # changed, a record changed, an endpoint running, transfer); every project, at the
+        # first tick and then every _READ_ALL_S as a safety net (e.g. a new billing period).
+        read_all = st.latest is None or mono - st.read_all_at >= _READ_ALL_S
+        sent, self._transfer = self._transfer, defaultdict(int)
         async with self._store.tx() as tx:
-            projects = {p.id: p for p in await tx.list(ProjectRecord)}
-            databases = await tx.list(DatabaseRecord)
-            branches = await tx.list(BranchRecord)
-            endpoints = await tx.list(EndpointRecord)
-            snapshots = await tx.list(SnapshotRecord)
+            marked, st.watermark = await tx.changed_since(st.watermark)
             if st.latest is None:
                 st.latest = {b.project_id: b for b in await tx.latest(UsageHourRecord, None)}
+            if read_all:
+                projects = {p.id: p for p in await tx.list(ProjectRecord)}
+                databases = await tx.list(DatabaseRecord)
+                branches = await tx.list(BranchRecord)
+                endpoints = await tx.list(EndpointRecord)
+                snapshots = await tx.list(SnapshotRecord)
+                st.places = {d.physical: d.project_id for d in databases}
+                st.read_all_at = mono
+                gone = set(st.latest) - set(projects)
+                wanted = set(projects)
+            else:
+                touched = active_dbs | changed_dbs
+                touched |= {n for n in written if n.startswith(_PROJECT_DATABASES)}
+                if unknown := [n for n in touched if n not in st.places]:
+                    st.places.update(await tx.projects_of_databases(unknown))
+                wanted = marked | set(sent) | await tx.active_projects()
+                wanted |= {st.places[n] for n in touched if n in st.places}
+                ids = sorted(wanted)
+                projects = {p.id: p for p in await tx.ids(ProjectRecord, ids)}
+                databases = await tx.list_in(DatabaseRecord, ids)
+                branches = await tx.list_in(BranchRecord, ids)
+                endpoints = await tx.list_in(EndpointRecord, ids)
+                snapshots = await tx.list_in(SnapshotRecord, ids)
+                gone = wanted - set(projects)
+            if gone:
+                await tx.forget_changes(sorted(gone))
+        for project_id in gone:
+            st.latest.pop(project_id, None)
         ticks: dict[str, _ProjectTick] = defaultdict(_ProjectTick)
         branch_dbs: dict[str, list[str]] = defaultdict(list)
         for d in databases:
             branch_dbs[d.branch_id].append(d.physical)
             if d.physical in written:
                 ticks[d.project_id].written += round(written[d.physical])
-        sent, self._transfer = self._transfer, defaultdict(int)
         for project_id, size in sent.items():
             ticks[project_id].transfer += size
         for b in branches:
@@ -493,8 +535,7 @@ class UsageMixin(PlaneBase):
                 for project, tick in due[first : first + _RECORD_BATCH]:
                     await tx.lock(project.id)
                     await self._record_tick(tx, project, tick, current)
-        for project_id in set(st.latest) - set(projects):
-            del st.latest[project_id]
+        return None if read_all else wanted
 
     async def _record_tick(
         self, tx: Tx, p: ProjectRecord, tick: _ProjectTick, current: datetime
@@ -819,10 +860,10 @@ class UsageMixin(PlaneBase):
                 branches = await tx.list(BranchRecord)
                 endpoints = await tx.list(EndpointRecord)
             else:
-                found = [await tx.get(ProjectRecord, project_id) for project_id in sorted(only)]
-                projects = [p for p in found if p is not None]
-                branches = [b for p in projects for b in await tx.list(BranchRecord, p.id)]
-                endpoints = [e for p in projects for e in await tx.list(EndpointRecord, p.id)]
+                ids = sorted(only)
+                projects = await tx.ids(ProjectRecord, ids)
+                branches = await tx.list_in(BranchRecord, ids)
+                endpoints = await tx.list_in(EndpointRecord, ids)
             watched = [p for p in projects if p.quota or p.quota_exceeded]
             totals = await exact_totals(tx, [p.id for p in watched])
             blocked = {p.id for p in watched if p.quota_exceeded}
@@ -889,8 +930,8 @@ class UsageMixin(PlaneBase):
                 branches = await tx.list(BranchRecord)
                 databases = await tx.list(DatabaseRecord)
             else:
-                branches = [b for i in project_ids for b in await tx.list(BranchRecord, i)]
-                databases = [d for i in project_ids for d in await tx.list(DatabaseRecord, i)]
+                branches = await tx.list_in(BranchRecord, project_ids)
+                databases = await tx.list_in(DatabaseRecord, project_ids)
         read_only = {b.id for b in branches if b.read_only}
         wanted = {d.physical for d in databases if d.branch_id in read_only or self._watch.disk_low}
         conn = await self._conn()

@@ -37,7 +37,20 @@ CREATE TABLE IF NOT EXISTS lp_resources (
     PRIMARY KEY (kind, id)
 );
 CREATE INDEX IF NOT EXISTS lp_resources_by_project ON lp_resources (project_id, kind, seq);
+CREATE INDEX IF NOT EXISTS lp_resources_active_endpoints ON lp_resources (project_id)
+    WHERE kind = 'endpoint' AND data->>'current_state' = 'active';
+CREATE INDEX IF NOT EXISTS lp_resources_blocked_projects ON lp_resources (project_id)
+    WHERE kind = 'project' AND data->>'quota_exceeded' IS NOT NULL;
+-- The transaction that last changed what the meter reads of each project (see `changed_since`).
+CREATE TABLE IF NOT EXISTS lp_changes (
+    project_id text PRIMARY KEY,
+    xid xid8 NOT NULL
+);
+CREATE INDEX IF NOT EXISTS lp_changes_by_xid ON lp_changes (xid);
 """
+# The kinds whose changes the meter must see: a project's shape and sizes (not its usage
+# buckets, which the meter writes, nor operations, roles or organizations).
+_METERED_KINDS = frozenset({"project", "branch", "endpoint", "database", "snapshot"})
 
 
 class Tx:
@@ -45,6 +58,7 @@ class Tx:
 
     def __init__(self, conn: AsyncConnection[dict[str, object]]) -> None:
         self._conn = conn
+        self._touched: set[str] = set()
 
     async def get(self, cls: type[R], record_id: str) -> R | None:
         cur = await self._conn.execute(
@@ -106,6 +120,8 @@ class Tx:
 
     async def put(self, *records: Record) -> None:
         for record in records:
+            if record.kind in _METERED_KINDS:
+                self._touched.add(record.project_id)
             await self._conn.execute(
                 """INSERT INTO lp_resources (kind, id, project_id, data, created_at)
                    VALUES (%s, %s, %s, %s, %s)
@@ -121,12 +137,84 @@ class Tx:
 
     async def delete(self, *records: Record) -> None:
         for record in records:
+            if record.kind in _METERED_KINDS:
+                self._touched.add(record.project_id)
             await self._conn.execute(
                 "DELETE FROM lp_resources WHERE kind = %s AND id = %s", (record.kind, record.id)
             )
 
     async def delete_project(self, project_id: str) -> None:
+        self._touched.add(project_id)
         await self._conn.execute("DELETE FROM lp_resources WHERE project_id = %s", (project_id,))
+
+    async def ids(self, cls: type[R], ids: Sequence[str]) -> builtins.list[R]:
+        """The records of `cls` with these ids (those that exist)."""
+        cur = await self._conn.execute(
+            "SELECT data FROM lp_resources WHERE kind = %s AND id = ANY(%s) ORDER BY seq",
+            (cls.kind, list(ids)),
+        )
+        return [cls.model_validate(row["data"]) async for row in cur]
+
+    async def changed_since(self, since: int | None) -> tuple[set[str], int]:
+        """The projects whose metered records changed in a transaction that had not
+        committed, or had not begun, when the watermark `since` was taken; and the new
+        watermark. A transaction still running now has an id at or above the new one, so it
+        is seen by the next call, whatever order transactions commit in."""
+        cur = await self._conn.execute(
+            "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS xmin"
+        )
+        row = await cur.fetchone()
+        watermark = int(row["xmin"]) if row else 0  # type: ignore[call-overload]
+        if since is None:
+            return set(), watermark
+        cur = await self._conn.execute(
+            "SELECT project_id FROM lp_changes WHERE xid >= %s::text::xid8", (str(since),)
+        )
+        return {str(r["project_id"]) async for r in cur}, watermark
+
+    async def active_projects(self) -> set[str]:
+        """Projects with an endpoint running (read through a partial index)."""
+        cur = await self._conn.execute(
+            """SELECT DISTINCT project_id FROM lp_resources
+               WHERE kind = 'endpoint' AND data->>'current_state' = 'active'"""
+        )
+        return {str(r["project_id"]) async for r in cur}
+
+    async def blocked_projects(self) -> set[str]:
+        """Projects over a compute quota (read through a partial index)."""
+        cur = await self._conn.execute(
+            """SELECT project_id FROM lp_resources
+               WHERE kind = 'project' AND data->>'quota_exceeded' IS NOT NULL"""
+        )
+        return {str(r["project_id"]) async for r in cur}
+
+    async def projects_of_databases(self, physical: Sequence[str]) -> dict[str, str]:
+        """The project of each of these physical databases (those the store knows)."""
+        cur = await self._conn.execute(
+            """SELECT project_id, data->>'physical' AS physical FROM lp_resources
+               WHERE kind = 'database' AND data->>'physical' = ANY(%s)""",
+            (list(physical),),
+        )
+        return {str(r["physical"]): str(r["project_id"]) async for r in cur}
+
+    async def forget_changes(self, project_ids: Sequence[str]) -> None:
+        """Drops the change marks of projects that are gone."""
+        await self._conn.execute(
+            "DELETE FROM lp_changes WHERE project_id = ANY(%s)", (list(project_ids),)
+        )
+
+    async def record_changes(self) -> None:
+        """Marks the projects this transaction changed (at its end: the marks' row locks are
+        the last it takes, in id order, so two transactions never wait on each other's)."""
+        if not self._touched:
+            return
+        await self._conn.execute(
+            """INSERT INTO lp_changes (project_id, xid)
+               SELECT id, pg_current_xact_id() FROM unnest(%s::text[]) AS id
+               ON CONFLICT (project_id) DO UPDATE SET xid = EXCLUDED.xid""",
+            (sorted(self._touched),),
+        )
+        self._touched.clear()
 
     async def lock(self, project_id: str) -> None:
         """Serializes the rest of the transaction against other mutations of the project."""
@@ -220,4 +308,6 @@ class Store:
                 await conn.execute(
                     "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (lock_project,)
                 )
-            yield Tx(conn)
+            tx = Tx(conn)
+            yield tx
+            await tx.record_changes()

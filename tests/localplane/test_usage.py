@@ -18,7 +18,10 @@ from litestar import Litestar
 from support import client_for
 
 from agentdb.localplane import LocalPlane
+from agentdb.localplane._models import ProjectRecord
+from agentdb.localplane._store import STATE_DATABASE, Store
 from agentdb.neon import NeonClient
+from agentdb.pg import ServerInfo
 
 from .helpers import create_project, execute, wait_ops
 
@@ -272,3 +275,76 @@ async def test_consumption_history_rejects_bad_parameters(
             resp = await client.get(path, params=params)
             assert resp.status_code == status, (params, resp.text)
             assert named in resp.json()["message"], resp.text
+
+
+async def test_a_tick_reads_only_the_projects_something_happened_to(
+    neon_http: httpx.AsyncClient, plane: LocalPlane
+) -> None:
+    """Background work grows with what changed, not with the number of projects: an idle
+    project (endpoint suspended, nobody connected, no record changed) is not read."""
+    idle, busy = await create_project(neon_http), await create_project(neon_http)
+    idle_id, busy_id = idle["project"]["id"], busy["project"]["id"]
+    endpoint_id = idle["endpoints"][0]["id"]
+    resp = await neon_http.post(f"/projects/{idle_id}/endpoints/{endpoint_id}/suspend")
+    assert resp.status_code == 200, resp.text
+    await wait_ops(neon_http, idle_id, resp.json()["operations"])
+
+    async def tick_until(wanted: Callable[[frozenset[str]], bool]) -> frozenset[str]:
+        """Ticks until a tick that read only some projects reads as `wanted` (the first
+        ticks after a change still read the projects it touched, e.g. the suspend's)."""
+        for _ in range(20):
+            read = await plane.meter()
+            if read is not None and wanted(read):
+                return read
+            await asyncio.sleep(0.2)
+        raise AssertionError(f"no tick read as wanted; the last read {read}")
+
+    await tick_until(lambda read: idle_id not in read)
+
+    await execute(busy["connection_uris"][0]["connection_uri"], *WRITE_8_MIB)
+    read = await tick_until(lambda read: busy_id in read)
+    assert idle_id not in read
+
+    # A record changed through the API marks its project for the next tick.
+    renamed = await neon_http.patch(f"/projects/{idle_id}", json={"project": {"name": "renamed"}})
+    assert renamed.status_code == 200, renamed.text
+    read = await plane.meter()
+    assert read is None or idle_id in read
+    busy_bytes = (await _project(neon_http, busy_id))["written_data_bytes"]
+    assert busy_bytes >= 8 * MIB
+
+
+async def test_a_change_committed_after_a_later_one_is_still_seen(
+    pg_server: ServerInfo, localplane_app: Litestar
+) -> None:
+    """The meter's change marks are ordered by transaction id, which commits need not follow:
+    a transaction that began before the watermark and commits after it is seen next time."""
+    async with Store.open(pg_server.conninfo(STATE_DATABASE)) as store:
+        record = ProjectRecord(id="marks-early", project_id="marks-early", name="a", key="zz1")
+        early_began, late_done = asyncio.Event(), asyncio.Event()
+
+        async def early() -> None:
+            async with store.tx() as tx:
+                await tx.put(record)  # takes its transaction id now, commits later
+                early_began.set()
+                await late_done.wait()
+            async with store.tx() as tx:
+                await tx.delete_project(record.id)
+
+        async with store.tx() as tx:
+            _, watermark = await tx.changed_since(None)
+        writer = asyncio.create_task(early())
+        await early_began.wait()
+        async with store.tx() as tx:
+            await tx.put(record.model_copy(update={"id": "marks-late", "project_id": "marks-late"}))
+        async with store.tx() as tx:
+            seen, watermark = await tx.changed_since(watermark)
+        assert "marks-late" in seen
+        assert "marks-early" not in seen  # not committed yet
+        late_done.set()
+        await writer
+        async with store.tx() as tx:
+            seen, _ = await tx.changed_since(watermark)
+            await tx.delete_project("marks-late")
+            await tx.forget_changes(["marks-early", "marks-late"])
+        assert "marks-early" in seen
