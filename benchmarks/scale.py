@@ -1,16 +1,17 @@
 """Benchmark of one machine holding many sessions, through `agentdb serve` over real HTTP:
 session create one at a time and 8 at a time (cold, and from a warm pool), the disk an idle
-session costs, agentdb's and
-PostgreSQL's CPU while the fleet is idle (with `GET` latency meanwhile), checkpoints of random
-sessions 8 at a time, and deleting every session until the disk is back where it started.
+session costs, agentdb's and PostgreSQL's CPU while the fleet is idle (with `GET` latency
+meanwhile), checkpoints of random sessions 8 at a time, and deleting every session until the
+disk is back where it started.
 
 One run on a fresh temporary data dir: the embedded PostgreSQL, then `agentdb serve` as a child
 process on it, with a tiers file of two uncapped tiers: `cold` (no warm pool: every create makes
 its project) and `warm` (a pool of 8 ready projects); one user of each, driven with the admin
-token (no rate limit by default). Warm creates are timed with the pool full: one at a time,
-each after the pool refilled, then 8 at once. Issue 16's full run is 5,000 sessions;
-`--sessions` sets the count (each costs about 15 MB of disk on ext4: a live database and the
-root checkpoint's copy).
+token (no rate limit by default); computes suspend after 60 s idle. Idle CPU is measured twice:
+right after the creates (computes up) and once every compute has suspended. Warm creates are
+timed with the pool full: one at a time, each after the pool refilled, then 8 at once.
+Issue 16's full run is 5,000 sessions; `--sessions` sets the count (each costs about 15 MB of
+disk on ext4: a live database and the root checkpoint's copy).
 
 Usage: `.venv/bin/python benchmarks/scale.py [--sessions 200] [--idle 60] [--json out.json]`
 """
@@ -45,13 +46,18 @@ from _common import (
 from psycopg.conninfo import make_conninfo
 
 AT_ONCE = 8
+# Computes suspend after a minute idle (Neon's default is 5), so that the idle fleet's figure
+# comes without a 5-minute wait.
+SUSPEND_S = 60
 TIERS = f"""
 default = "cold"
 
 [tiers.cold]
+suspend_timeout_s = {SUSPEND_S}
 
 [tiers.warm]
 warm_pool_size = {AT_ONCE}
+suspend_timeout_s = {SUSPEND_S}
 """
 
 
@@ -131,6 +137,49 @@ async def pool_full(server: Served) -> None:
         if time.monotonic() > deadline:
             raise RuntimeError("the warm pool did not fill in 300 s")
         await asyncio.sleep(0.1)
+
+
+async def idle_phase(
+    http: httpx.AsyncClient, server: Served, ids: list[str], seconds: float
+) -> tuple[float, list[float]]:
+    """CPU seconds agentdb and PostgreSQL used over `seconds` while only a `GET` of a random
+    session ran every 100 ms, and those GETs' times."""
+    admin = bearer(ADMIN)
+    pg = await postmaster(server.superuser_dsn)
+    processes = [server.process, pg, *pg.children()]
+    cpu_before = {p.pid: sum(p.cpu_times()[:2]) for p in processes}
+    gets: list[float] = []
+    ends = time.monotonic() + seconds
+    while time.monotonic() < ends:
+        sid = random.choice(ids)  # noqa: S311
+        started = time.perf_counter()
+        expect(await http.get(f"/v1/sessions/{sid}", headers=admin), 200)
+        gets.append(time.perf_counter() - started)
+        await asyncio.sleep(0.1)
+    used = 0.0
+    for p in [server.process, pg, *pg.children()]:
+        try:
+            used += sum(p.cpu_times()[:2]) - cpu_before.get(p.pid, 0.0)
+        except psutil.NoSuchProcess:
+            continue
+    return used, gets
+
+
+async def computes_suspended(server: Served) -> float:
+    """Waits until the local plane has suspended every compute; returns the seconds waited."""
+    state = make_conninfo(server.superuser_dsn, dbname="agentdb_localplane")
+    started = time.monotonic()
+    while time.monotonic() - started < 600:
+        async with await psycopg.AsyncConnection.connect(state, autocommit=True) as conn:
+            cur = await conn.execute(
+                "SELECT count(*) FROM lp_resources"
+                " WHERE kind = 'endpoint' AND data->>'current_state' = 'active'"
+            )
+            row = await cur.fetchone()
+        if row is not None and row[0] == 0:
+            return time.monotonic() - started
+        await asyncio.sleep(2)
+    raise RuntimeError("the computes did not suspend in 600 s")
 
 
 async def warm_creates(http: httpx.AsyncClient, server: Served, ids: list[str]) -> list[list[str]]:
@@ -213,34 +262,29 @@ async def run(args: argparse.Namespace, data_dir: Path) -> list[list[str]]:  # n
                 ],
             ]
 
-            # Idle: nothing but the background work; a GET every 100 ms meanwhile.
+            # Idle: nothing but the background work; a GET every 100 ms meanwhile. First with
+            # the computes still up (they bill active time until they suspend), then once every
+            # compute has suspended, as an idle fleet is.
             await asyncio.sleep(5)
-            pg = await postmaster(server.superuser_dsn)
-            processes = [server.process, pg, *pg.children()]
-            cpu_before = {p.pid: sum(p.cpu_times()[:2]) for p in processes}
-            gets: list[float] = []
-            ends = time.monotonic() + args.idle
-            while time.monotonic() < ends:
-                sid = random.choice(ids)  # noqa: S311
-                started = time.perf_counter()
-                expect(await http.get(f"/v1/sessions/{sid}", headers=admin), 200)
-                gets.append(time.perf_counter() - started)
-                await asyncio.sleep(0.1)
-            used = 0.0
-            for p in [server.process, pg, *pg.children()]:
-                try:
-                    used += sum(p.cpu_times()[:2]) - cpu_before.get(p.pid, 0.0)
-                except psutil.NoSuchProcess:
-                    continue
+            used, gets = await idle_phase(http, server, ids, args.idle)
             rows += [
                 [
-                    f"idle CPU over {args.idle:g} s, agentdb + PostgreSQL",
+                    f"idle CPU over {args.idle:g} s, computes up, agentdb + PostgreSQL",
                     f"{100 * used / args.idle:.1f} % of a core",
                 ],
+                ["GET /v1/sessions/{id} meanwhile", spread(gets, 99)],
+            ]
+            waited = await computes_suspended(server)
+            used, gets = await idle_phase(http, server, ids, args.idle)
+            rows += [
                 [
-                    "GET /v1/sessions/{id} meanwhile",
-                    spread(gets, 99),
+                    (
+                        f"idle CPU over {args.idle:g} s, computes suspended"
+                        f" ({waited:.0f} s later), agentdb + PostgreSQL"
+                    ),
+                    f"{100 * used / args.idle:.1f} % of a core",
                 ],
+                ["GET /v1/sessions/{id} meanwhile", spread(gets, 99)],
             ]
 
             chosen = random.sample(ids, min(50, len(ids)))

@@ -476,7 +476,7 @@ class PlaneBase:
             log.warning("localplane.databases_reopened", databases=reopened)
         return reopened
 
-    async def _step(self, project_id: str, job_step: step.Step) -> None:  # noqa: C901
+    async def _step(self, project_id: str, job_step: step.Step) -> None:  # noqa: C901, PLR0912
         # one case per step kind; a table of handlers would only scatter them
         engine = self._engine
         match job_step:
@@ -497,8 +497,10 @@ class PlaneBase:
                 await engine.copy_schema(
                     source, target, owner, await self._role_password(project_id, owner)
                 )
-            case step.Create(target, owner, group):
-                await engine.create_database(target, owner, group)
+            case step.Snapshot():
+                await self._snapshot_database(project_id, job_step)
+            case step.Create():
+                await self._create_database(project_id, job_step)
             case step.Swap(live, replacement, parked, allow):
                 self.last_swap_downtime_s = await engine.swap(
                     live, replacement, parked, allow_connections=allow
@@ -537,12 +539,57 @@ class PlaneBase:
             case _:
                 assert_never(job_step)
 
+    async def _create_database(self, project_id: str, job_step: step.Create) -> None:
+        """Makes the empty database and records from when it is empty (for `Snapshot`)."""
+        empty_since = await self._engine.create_database(
+            job_step.target, job_step.owner, job_step.group
+        )
+        if empty_since is None:
+            return
+        async with self._store.tx(project_id) as tx:
+            for d in await tx.list(DatabaseRecord, project_id):
+                # A restore's database may already bear the live one's name (`made_as`).
+                if job_step.target in {d.physical, d.made_as}:
+                    d.empty_since = empty_since
+                    await tx.put(d)
+
+    async def _snapshot_database(self, project_id: str, job_step: step.Snapshot) -> None:
+        """Copies the database into the snapshot, unless its content is still a new
+        database's (then the snapshot records it as `empty`: no copy, no disk)."""
+        async with self._store.tx() as tx:
+            snap = await tx.get(SnapshotRecord, job_step.snapshot_id)
+        if snap is None or job_step.name in snap.empty:
+            return
+        engine = self._engine
+        if not await engine.exists(job_step.target) and await engine.unchanged_since(
+            job_step.source, job_step.empty_since, job_step.upto
+        ):
+            async with self._store.tx(project_id) as tx:
+                current = await tx.get(SnapshotRecord, job_step.snapshot_id)
+                if current is not None and job_step.name not in current.empty:
+                    current.empty.append(job_step.name)
+                    await tx.put(current)
+            return
+        await engine.copy_database(
+            job_step.source,
+            job_step.target,
+            job_step.group,
+            source_is_live=True,
+            allow_connections=False,
+            source_open=await self._door_open(project_id, job_step.source),
+        )
+
     async def _measure_snapshot(self, snapshot_id: str) -> None:
         async with self._store.tx() as tx:
             snap = await tx.get(SnapshotRecord, snapshot_id)
         if snap is None:
             return
-        sizes = [await self._engine.size(phys) for _owner, phys in snap.databases.values()]
+        # A database kept as `empty` has the size a new database has (its logical size, as
+        # Neon reports it, though no copy takes disk).
+        sizes = [
+            await self._engine.size("template1" if name in snap.empty else phys)
+            for name, (_owner, phys) in snap.databases.items()
+        ]
         lsn = await self._engine.current_lsn()
         async with self._store.tx(snap.project_id) as tx:
             current = await tx.get(SnapshotRecord, snapshot_id)

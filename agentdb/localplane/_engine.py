@@ -49,6 +49,8 @@ _IN_USE_PAUSE_S = 0.02
 _TERMINATE_DEADLINE_S = 10.0
 # Sources up to this size are copied with STRATEGY WAL_LOG (module docstring).
 _WAL_LOG_MAX_BYTES = 64 * 2**20
+# A snapshot reads at most this much WAL to learn that its source is unchanged (else it copies).
+_WAL_INSPECT_MAX_BYTES = 64 * 2**20
 # Databases renamed here wait for the background drop.
 TRASH_PREFIX = "lpx_"
 _TERMINATE_POLL_S = 0.002
@@ -141,6 +143,9 @@ class Engine:
         self.server = server
         self._pool = pool
         self.clone_supported = False
+        #: Whether pg_walinspect can tell that a database is unchanged since it was made
+        #: (`unchanged_since`): then a snapshot of it is not copied.
+        self.walinspect = False
         # Named kill points for crash tests; unarmed, each is a no-op.
         self.kill = kill or KillSwitch()
         self.limits = limits or Limits()
@@ -232,6 +237,12 @@ class Engine:
         for name in databases:
             await self.hide_other_tenants(name)
         filesystem, self.clone_supported = await self._probe_clone()
+        async with self._conn() as conn:
+            try:
+                await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_walinspect")
+                self.walinspect = True
+            except psycopg.Error as error:  # a server without it: every snapshot is a copy
+                log.info("localplane.walinspect_unavailable", error=type(error).__name__)
         # What an operator needs to know about checkpoint cost, at every start.
         log.info(
             "localplane.cluster_ready",
@@ -348,17 +359,63 @@ class Engine:
         cur = await conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
         return await cur.fetchone() is not None
 
-    async def create_database(self, physical: str, owner: str, group: str) -> None:
-        """An empty database whose `public` schema belongs to the project's role."""
+    async def create_database(self, physical: str, owner: str, group: str) -> str | None:
+        """An empty database whose `public` schema belongs to the project's role. Returns the
+        WAL position from which its content is that of any database made so (for
+        `unchanged_since`), or None if it existed already (made by a run a crash cut short,
+        and maybe used since)."""
         async with self._conn() as conn:
-            if not await self._db_exists(conn, physical):
+            made = not await self._db_exists(conn, physical)
+            if made:
+                # Open to superusers only while it is set up (see `_create_from_template`):
+                # nothing but the plane can write before `empty_since`.
                 await self._create_from_template(conn, physical, "template1")
-            await self._grant(conn, physical, group)
+                await conn.execute(
+                    sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(_ident(physical))
+                )
+                await self._set_allow(conn, physical, allowed=True)
         # The database itself stays owned by the superuser, so an agent's role cannot GRANT
         # CONNECT on it to PUBLIC; inside it the role owns `public` and everything it creates.
         async with self._inside(physical) as conn:
             await conn.execute(sql.SQL("ALTER SCHEMA public OWNER TO {}").format(_ident(owner)))
         await self.hide_other_tenants(physical)
+        empty_since = await self.insert_lsn() if made else None
+        async with self._conn() as conn:
+            await self._grant(conn, physical, group)
+        return empty_since
+
+    async def unchanged_since(self, physical: str, since: str, upto: str) -> bool:
+        """Whether no WAL record between `since` and `upto` touched a block of `physical`:
+        then every transaction committed by `upto` left it as it was at `since`. Every change
+        to a database's content (rows, catalog, sequences, large objects) writes a WAL record
+        naming one of its blocks; what writes none (hint bits, statistics) changes no
+        content. False when it cannot tell: no pg_walinspect, WAL already recycled, or more
+        than `_WAL_INSPECT_MAX_BYTES` to read."""
+        if not self.walinspect:
+            return False
+        async with self._conn() as conn:
+            try:
+                cur = await conn.execute(
+                    """SELECT d.oid IS NOT NULL AND %(upto)s::pg_lsn >= %(since)s::pg_lsn
+                              AND %(upto)s::pg_lsn - %(since)s::pg_lsn <= %(most)s
+                              AND NOT EXISTS (
+                                  SELECT 1 FROM pg_get_wal_block_info(
+                                      %(since)s::pg_lsn, %(upto)s::pg_lsn, false) w
+                                  WHERE w.reldatabase = d.oid)
+                       FROM (SELECT (SELECT oid FROM pg_database WHERE datname = %(name)s)
+                             AS oid) d""",
+                    {
+                        "since": since,
+                        "upto": upto,
+                        "most": _WAL_INSPECT_MAX_BYTES,
+                        "name": physical,
+                    },
+                )
+            except psycopg.Error as error:
+                log.info("localplane.walinspect_failed", error=type(error).__name__)
+                return False
+            row = await cur.fetchone()
+            return bool(row and row[0])
 
     async def copy_database(
         self,
@@ -663,14 +720,16 @@ class Engine:
 
     async def _create_from_template(self, conn: AsyncConnection, target: str, source: str) -> None:
         """`CREATE DATABASE target TEMPLATE source` with the strategy the module docstring
-        explains."""
+        explains. The copy takes no connections until `_grant` opened it to its project's
+        group only: a new database's ACL lets PUBLIC connect, so until then any tenant's role
+        could reach a copy of another's data."""
         cur = await conn.execute("SELECT pg_database_size(%s)", (source,))
         row = await cur.fetchone()
         small = row is not None and int(row[0]) <= _WAL_LOG_MAX_BYTES
         if small:
-            statement = sql.SQL("CREATE DATABASE {} TEMPLATE {} STRATEGY WAL_LOG").format(
-                _ident(target), _ident(source)
-            )
+            statement = sql.SQL(
+                "CREATE DATABASE {} TEMPLATE {} STRATEGY WAL_LOG ALLOW_CONNECTIONS false"
+            ).format(_ident(target), _ident(source))
             self.copies_started += 1
             try:
                 await self._retry_in_use(conn, statement, terminate=source)
@@ -687,9 +746,9 @@ class Engine:
         try:
             await self._retry_in_use(
                 conn,
-                sql.SQL("CREATE DATABASE {} TEMPLATE {} STRATEGY FILE_COPY").format(
-                    _ident(target), _ident(source)
-                ),
+                sql.SQL(
+                    "CREATE DATABASE {} TEMPLATE {} STRATEGY FILE_COPY ALLOW_CONNECTIONS false"
+                ).format(_ident(target), _ident(source)),
                 terminate=source,
             )
         finally:
@@ -749,6 +808,13 @@ class Engine:
                 await asyncio.sleep(_IN_USE_PAUSE_S)
             else:
                 return
+
+    async def insert_lsn(self) -> str:
+        """The WAL insert position: every record of a transaction committed so far is before it."""
+        async with self._conn() as conn:
+            cur = await conn.execute("SELECT pg_current_wal_insert_lsn()::text")
+            row = await cur.fetchone()
+            return str(row[0]) if row else "0/0"
 
     async def current_lsn(self) -> str:
         async with self._conn() as conn:

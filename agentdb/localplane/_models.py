@@ -264,6 +264,11 @@ class DatabaseRecord(Record):
     owner_name: str
     physical: str
     number: int = Field(default_factory=lambda: secrets.randbelow(2**31 - 1) + 1)
+    # The WAL position from which the database's content was that of a new, empty database
+    # (set when the plane made it so; a snapshot checks nothing changed since: `Snapshot`).
+    empty_since: str | None = None
+    # The physical name it is made under, when a swap renames it before it is made (a restore).
+    made_as: str | None = None
 
 
 class SnapshotRecord(Record):
@@ -278,6 +283,9 @@ class SnapshotRecord(Record):
     full_size: int | None = None
     # logical database name -> (owner role name, physical snapshot database)
     databases: dict[str, tuple[str, str]] = Field(default_factory=dict)
+    # Databases whose content was a new, empty database's when the snapshot was taken: their
+    # physical copy was never made (a restore makes a new database instead).
+    empty: list[str] = Field(default_factory=list)
 
 
 class OperationRecord(Record):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import _render as render
+from . import _steps as step
 from ._base import check_cu
 from ._consumption import period_usage
 from ._errors import BadRequest
@@ -130,7 +131,7 @@ class PlaneProjects(UsageMixin):
             )
         for d in dbs:
             owner = next(r.physical for r in roles if r.name == d.owner_name)
-            await self._engine.create_database(d.physical, owner, p.group_role)
+            await self._create_database(project_id, step.Create(d.physical, owner, p.group_role))
         await self._mark_ready(project_id)
 
     async def list_projects(

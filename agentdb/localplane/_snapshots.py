@@ -21,6 +21,7 @@ from ._models import (
     FinalizeRestoreBody,
     OperationRecord,
     ProjectRecord,
+    RoleRecord,
     SnapshotRecord,
     SnapshotRestoreBody,
     SnapshotUpdateBody,
@@ -65,9 +66,21 @@ class PlaneSnapshots(PlaneBase):
                 expires_at=expires_at,
                 timestamp=taken,
             )
-            for d in await self._databases(tx, project_id, b.id):
+            databases = await self._databases(tx, project_id, b.id)
+            # Every transaction committed before this call wrote its WAL before this position.
+            upto = await self._engine.insert_lsn() if any(d.empty_since for d in databases) else ""
+            for d in databases:
                 phys = f"lps_{p.key}_{physical_key()}"
                 s.databases[d.name] = (d.owner_name, phys)
+                if d.empty_since:
+                    # A database nothing wrote to since it was made is not copied (issue 16:
+                    # a session's root checkpoint costs no disk).
+                    m.steps.append(
+                        step.Snapshot(
+                            d.physical, phys, p.group_role, s.id, d.name, d.empty_since, upto
+                        )
+                    )
+                    continue
                 m.steps.append(
                     step.Copy(
                         d.physical, phys, p.group_role, source_is_live=True, allow_connections=False
@@ -129,6 +142,7 @@ class PlaneSnapshots(PlaneBase):
                 restore_target_id=target.id,
             )
             dbs = []
+            roles = {r.name: r.physical for r in await tx.list(RoleRecord, project_id)}
             for db_name, (owner, phys) in s.databases.items():
                 d = DatabaseRecord(
                     id=f"{b.id}/{db_name}",
@@ -139,6 +153,11 @@ class PlaneSnapshots(PlaneBase):
                     physical=new_physical(p),
                 )
                 dbs.append(d)
+                if db_name in s.empty and owner in roles:
+                    # Never copied: its content was a new database's, so a new one is made.
+                    d.made_as = d.physical
+                    m.steps.append(step.Create(d.physical, roles[owner], p.group_role))
+                    continue
                 m.steps.append(
                     step.Copy(
                         phys, d.physical, p.group_role, source_is_live=False, allow_connections=True

@@ -30,6 +30,23 @@ class Copy:
 
 
 @dataclass(frozen=True)
+class Snapshot:
+    """The snapshot `snapshot_id`'s copy of `source`'s database `name`, into `target`; not
+    made if `source` is unchanged since `empty_since` (its content a new database's) up to
+    `upto`, the WAL position when the snapshot was taken (the snapshot then records the
+    database as `empty`). Run again after a crash, it decides the same."""
+
+    kind: ClassVar[str] = "snapshot"
+    source: str
+    target: str
+    group: str
+    snapshot_id: str
+    name: str
+    empty_since: str
+    upto: str
+
+
+@dataclass(frozen=True)
 class Schema:
     """`target` made anew with `source`'s schema and no rows, restored by `owner` (the
     tenant's role: the dump may run the tenant's code)."""
@@ -106,9 +123,23 @@ class SnapshotSize:
     snapshot_id: str
 
 
-Step = Copy | Schema | Create | Swap | Drop | Connections | Role | Password | SnapshotSize
+Step = (
+    Copy | Snapshot | Schema | Create | Swap | Drop | Connections | Role | Password | SnapshotSize
+)
 _TYPES: dict[str, type[Step]] = {
-    t.kind: t for t in (Copy, Schema, Create, Swap, Drop, Connections, Role, Password, SnapshotSize)
+    t.kind: t
+    for t in (
+        Copy,
+        Snapshot,
+        Schema,
+        Create,
+        Swap,
+        Drop,
+        Connections,
+        Role,
+        Password,
+        SnapshotSize,
+    )
 }
 
 
@@ -140,6 +171,7 @@ __all__ = [
     "Password",
     "Role",
     "Schema",
+    "Snapshot",
     "SnapshotSize",
     "Step",
     "Swap",

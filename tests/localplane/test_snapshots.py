@@ -6,6 +6,8 @@ import httpx
 import pytest
 from support import client_for
 
+from agentdb.pg import ServerInfo
+
 from .helpers import create_project, execute, fetch, wait_ops
 
 
@@ -134,3 +136,83 @@ async def test_bad_snapshot_parameters(
         resp = await raw.post(f"/projects/{project_id}/branches/{main_id}/snapshot", params=params)
     assert resp.status_code == 400
     assert next(iter(params)) in resp.json()["message"]
+
+
+async def _snapshot_databases(pg_server: ServerInfo) -> set[str]:
+    rows = await fetch(
+        pg_server.conninfo("postgres"), "SELECT datname FROM pg_database WHERE datname ~ '^lps_'"
+    )
+    return {str(name) for (name,) in rows}
+
+
+async def _restore(
+    neon_http: httpx.AsyncClient, project_id: str, snapshot_id: str, target_id: str
+) -> str:
+    """Restores the snapshot over the branch `target_id`; returns the live branch's new id."""
+    resp = await neon_http.post(
+        f"/projects/{project_id}/snapshots/{snapshot_id}/restore",
+        json={"finalize_restore": True, "target_branch_id": target_id},
+    )
+    assert resp.status_code == 200, resp.text
+    await wait_ops(neon_http, project_id, resp.json()["operations"])
+    return str(resp.json()["branch"]["id"])
+
+
+async def test_a_snapshot_of_a_database_nothing_wrote_to_is_not_copied(
+    neon_http: httpx.AsyncClient, pg_server: ServerInfo
+) -> None:
+    """Issue 16: a session's root checkpoint costs no disk. The plane reads the WAL written
+    since the database was made; if no record touched it, the snapshot keeps no copy and a
+    restore makes a new empty database. One write anywhere in it, and the snapshot copies."""
+    created = await create_project(neon_http)
+    project_id, main_id = created["project"]["id"], created["branch"]["id"]
+    uri = created["connection_uris"][0]["connection_uri"]
+    # Reading writes nothing that matters: still empty.
+    assert await fetch(
+        uri, "SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace"
+    ) == [(0,)]
+    before = await _snapshot_databases(pg_server)
+    empty = await _snapshot(neon_http, project_id, main_id, name="empty")
+    assert await _snapshot_databases(pg_server) == before  # nothing copied
+
+    await execute(uri, "CREATE TABLE t (n int)", "INSERT INTO t VALUES (1)")
+    one_row = await _snapshot(neon_http, project_id, main_id, name="one row")
+    made = await _snapshot_databases(pg_server) - before
+    assert len(made) == 1  # copied
+    # Both report their logical size, as Neon does, though only one takes disk.
+    listed = (await neon_http.get(f"/projects/{project_id}/snapshots")).json()["snapshots"]
+    sizes = {s["id"]: s["full_size"] for s in listed}
+    assert sizes[empty["id"]] > 1_000_000
+    assert sizes[one_row["id"]] > 1_000_000
+
+    # Back to the empty state: the same connection string, an empty database the project's
+    # role owns the public schema of, usable at once.
+    live_id = await _restore(neon_http, project_id, empty["id"], main_id)
+    assert await fetch(uri, "SELECT to_regclass('public.t') IS NULL") == [(True,)]
+    await execute(uri, "CREATE TABLE u (n int)", "INSERT INTO u VALUES (7)")
+    assert await fetch(uri, "SELECT n FROM u") == [(7,)]
+    # And forward again to the copied one.
+    await _restore(neon_http, project_id, one_row["id"], live_id)
+    assert await fetch(uri, "SELECT n FROM t") == [(1,)]
+    assert await fetch(uri, "SELECT to_regclass('public.u') IS NULL") == [(True,)]
+
+
+async def test_a_database_restored_empty_is_again_snapshotted_without_a_copy(
+    neon_http: httpx.AsyncClient, pg_server: ServerInfo
+) -> None:
+    created = await create_project(neon_http)
+    project_id, main_id = created["project"]["id"], created["branch"]["id"]
+    uri = created["connection_uris"][0]["connection_uri"]
+    root = await _snapshot(neon_http, project_id, main_id, name="root")
+    await execute(uri, "CREATE TABLE t (n int)")
+    live_id = await _restore(neon_http, project_id, root["id"], main_id)
+    before = await _snapshot_databases(pg_server)
+    again = await _snapshot(neon_http, project_id, live_id, name="again")
+    assert await _snapshot_databases(pg_server) == before
+    # A rolled-back write changes nothing, but it touched the database: a copy, to be safe.
+    await execute(uri, "BEGIN", "CREATE TABLE gone (n int)", "ROLLBACK")
+    await _snapshot(neon_http, project_id, live_id, name="after a rollback")
+    assert len(await _snapshot_databases(pg_server) - before) == 1
+    resp = await neon_http.delete(f"/projects/{project_id}/snapshots/{again['id']}")
+    assert resp.status_code == 202, resp.text
+    await wait_ops(neon_http, project_id, resp.json()["operations"])
