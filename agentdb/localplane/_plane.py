@@ -94,12 +94,8 @@ class LocalPlane(
         returns how many it deleted. Ones that are busy are left for the next sweep."""
         current = now()
         async with self._store.tx() as tx:
-            snapshots = [
-                s for s in await tx.list(SnapshotRecord) if s.expires_at and s.expires_at <= current
-            ]
-            branches = [
-                b for b in await tx.list(BranchRecord) if b.expires_at and b.expires_at <= current
-            ]
+            snapshots = await tx.expired(SnapshotRecord, current)
+            branches = await tx.expired(BranchRecord, current)
         deleted = 0
         for snap in snapshots:
             with contextlib.suppress(LocalPlaneError):

@@ -39,6 +39,8 @@ CREATE TABLE IF NOT EXISTS lp_resources (
 CREATE INDEX IF NOT EXISTS lp_resources_by_project ON lp_resources (project_id, kind, seq);
 CREATE INDEX IF NOT EXISTS lp_resources_active_endpoints ON lp_resources (project_id)
     WHERE kind = 'endpoint' AND data->>'current_state' = 'active';
+CREATE INDEX IF NOT EXISTS lp_resources_expiring ON lp_resources (kind)
+    WHERE data->>'expires_at' IS NOT NULL;
 CREATE INDEX IF NOT EXISTS lp_resources_blocked_projects ON lp_resources (project_id)
     WHERE kind = 'project' AND data->>'quota_exceeded' IS NOT NULL;
 -- The transaction that last changed what the meter reads of each project (see `changed_since`).
@@ -171,6 +173,18 @@ class Tx:
             "SELECT project_id FROM lp_changes WHERE xid >= %s::text::xid8", (str(since),)
         )
         return {str(r["project_id"]) async for r in cur}, watermark
+
+    async def expired(self, cls: type[R], current: datetime) -> builtins.list[R]:
+        """The records of `cls` whose `expires_at` is at or before `current` (read through a
+        partial index on the few that expire, whatever the number of records)."""
+        cur = await self._conn.execute(
+            """SELECT data FROM lp_resources
+               WHERE kind = %s AND data->>'expires_at' IS NOT NULL
+                 AND (data->>'expires_at')::timestamptz <= %s
+               ORDER BY seq""",
+            (cls.kind, current),
+        )
+        return [cls.model_validate(row["data"]) async for row in cur]
 
     async def active_projects(self) -> set[str]:
         """Projects with an endpoint running (read through a partial index)."""
