@@ -405,3 +405,32 @@ async def test_a_neon_auth_schema_an_earlier_version_made_as_superuser_is_handed
     assert refused.status_code == 409, refused.text
     assert "schema neon_auth is owned by" in refused.text
     assert not await _is_superuser(pg_server, role)
+
+
+async def test_a_new_copy_takes_no_connection_until_opened_to_its_project(
+    neon_http: httpx.AsyncClient, plane: Any, pg_server: ServerInfo
+) -> None:
+    """`CREATE DATABASE` gives PUBLIC CONNECT: until the plane revoked it, any tenant's role
+    could reach a copy of another's data. Every copy is made closed and opened by the grant."""
+    victim = await create_project(neon_http)
+    victim_uri = victim["connection_uris"][0]["connection_uri"]
+    await execute(victim_uri, "CREATE TABLE secret (s text)", "INSERT INTO secret VALUES ('x')")
+    victim_db = psycopg.conninfo.conninfo_to_dict(victim_uri)["dbname"]
+    other = await create_project(neon_http)
+    other_uri = other["connection_uris"][0]["connection_uri"]
+    target = f"lps_probe_{uuid.uuid4().hex[:10]}"
+    engine = plane._engine  # the copy's first instant, before any grant
+    async with engine._conn() as conn:
+        await engine._create_from_template(conn, target, victim_db)
+    try:
+        rows = await fetch(
+            pg_server.conninfo("postgres"),
+            "SELECT datallowconn FROM pg_database WHERE datname = %s",
+            (target,),
+        )
+        assert rows == [(False,)]
+        other_dsn = psycopg.conninfo.make_conninfo(other_uri, dbname=target)
+        with pytest.raises(psycopg.OperationalError, match="not currently accepting connections"):
+            await fetch(other_dsn, "SELECT 1")
+    finally:
+        await engine.discard_database(target)
