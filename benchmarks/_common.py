@@ -338,6 +338,7 @@ class Served:
     url: str
     process: psutil.Process
     superuser_dsn: str
+    server: ServerInfo
 
 
 @asynccontextmanager
@@ -382,7 +383,7 @@ async def served(data_dir: Path, **settings: str) -> AsyncIterator[Served]:
                     raise RuntimeError(f"agentdb serve exited: {proc.wait()}")
                 if match := API_LINE.match(line):
                     url = match.group(1)
-            yield Served(url, psutil.Process(proc.pid), server.dsn())
+            yield Served(url, psutil.Process(proc.pid), server.dsn(), server)
         finally:
             proc.send_signal(signal.SIGTERM)
             try:

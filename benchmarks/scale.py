@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import random
@@ -29,6 +30,7 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Self
 
 import httpx
 import psutil
@@ -43,7 +45,8 @@ from _common import (
     mebibytes,
     served,
 )
-from psycopg.conninfo import make_conninfo
+from localplane import dump_and_restore
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 AT_ONCE = 8
 # Computes suspend after a minute idle (Neon's default is 5), so that the idle fleet's figure
@@ -182,6 +185,159 @@ async def computes_suspended(server: Served) -> float:
     raise RuntimeError("the computes did not suspend in 600 s")
 
 
+class Watch:
+    """Loops that keep calling a session while a checkpoint or restore runs: `/sql` through
+    agentdb and a query on a direct connection (reconnecting after a failure), each keeping
+    its calls' (end time, ok) to report the longest gap between two answers and the failures."""
+
+    def __init__(self, http: httpx.AsyncClient, sid: str, uri: str, agent: dict[str, str]) -> None:
+        self._http, self._sid, self._uri, self._agent = http, sid, uri, agent
+        self.calls: dict[str, list[tuple[float, bool]]] = {"agentdb": [], "direct": []}
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def __aenter__(self) -> Self:
+        self._tasks = [
+            asyncio.create_task(loop()) for loop in (self._through_agentdb, self._direct)
+        ]
+        await asyncio.sleep(0.2)
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        await asyncio.sleep(0.2)
+        self._stop.set()
+        await asyncio.gather(*self._tasks)
+
+    async def _through_agentdb(self) -> None:
+        while not self._stop.is_set():
+            answer = await self._http.post(
+                f"/v1/sessions/{self._sid}/sql", json={"sql": "SELECT 1"}, headers=self._agent
+            )
+            self.calls["agentdb"].append((time.perf_counter(), answer.status_code == 200))
+            await asyncio.sleep(0.005)
+
+    async def _direct(self) -> None:
+        conn: psycopg.AsyncConnection[tuple[object, ...]] | None = None
+        while not self._stop.is_set():
+            ok = True
+            try:
+                if conn is None or conn.closed:
+                    conn = await psycopg.AsyncConnection.connect(
+                        self._uri, autocommit=True, connect_timeout=10
+                    )
+                await conn.execute("SELECT 1")
+            except psycopg.Error:
+                ok, conn = False, None
+            self.calls["direct"].append((time.perf_counter(), ok))
+            await asyncio.sleep(0.005)
+        if conn is not None:
+            await conn.close()
+
+    def outage(self, path: str) -> tuple[float, int]:
+        """The longest gap between two answers on `path`, and its failed calls."""
+        calls = self.calls[path]
+        ends = [end for end, ok in calls if ok]
+        gaps = [b - a for a, b in itertools.pairwise(ends)]
+        return max(gaps, default=0.0), sum(not ok for _, ok in calls)
+
+
+async def fill(uri: str, mebibytes_wanted: int) -> int:
+    """Rows of about 1 KiB until the database holds about `mebibytes_wanted`; its size."""
+    async with await psycopg.AsyncConnection.connect(uri, autocommit=True) as conn:
+        await conn.execute("CREATE TABLE fill (id int, body text)")
+        rows = mebibytes_wanted * 900
+        for first in range(0, rows, 100_000):
+            await conn.execute(
+                "INSERT INTO fill SELECT g, repeat(md5(g::text), 30)"
+                " FROM generate_series(%s::int, %s::int) g",
+                (first + 1, min(rows, first + 100_000)),
+            )
+        row = await (await conn.execute("SELECT pg_database_size(current_database())")).fetchone()
+        return int(row[0]) if row else 0
+
+
+async def sizes_phase(
+    http: httpx.AsyncClient, server: Served, data_dir: Path, sizes: list[int]
+) -> list[list[str]]:
+    """At each size: checkpoints and a restore through the API while a session's clients keep
+    calling (longest gap and failed calls, through agentdb and direct), beside `pg_dump -Fc`
+    and `CREATE DATABASE` + `pg_restore` of the same database."""
+    admin = bearer(ADMIN)
+    user = expect(
+        await http.post("/v1/users", json={"email": "z@x.dev", "tier": "cold"}, headers=admin), 201
+    )
+    owner = bearer(
+        expect(await http.post(f"/v1/users/{user['id']}/tokens", json={}, headers=admin), 201)[
+            "token"
+        ]
+    )
+    rows: list[list[str]] = []
+    for size in sizes:
+        made = expect(await http.post("/v1/sessions", json={}, headers=owner), 201)
+        sid, uri = made["id"], made["connection_uri"]
+        agent = bearer(
+            expect(await http.post(f"/v1/sessions/{sid}/tokens", json={}, headers=owner), 201)[
+                "token"
+            ]
+        )
+        actual = await fill(uri, size)
+        runs = 3 if size < 1024 else 2
+        took: list[float] = []
+        first = ""
+        async with Watch(http, sid, uri, agent) as cp_watch:
+            for n in range(runs):
+                started = time.perf_counter()
+                done = expect(
+                    await http.post(
+                        f"/v1/sessions/{sid}/checkpoints", json={"label": f"s{n}"}, headers=owner
+                    ),
+                    201,
+                )
+                took.append(time.perf_counter() - started)
+                first = first or done["id"]
+                await asyncio.sleep(0.5)
+        async with Watch(http, sid, uri, agent) as rs_watch:
+            started = time.perf_counter()
+            expect(
+                await http.post(
+                    f"/v1/sessions/{sid}/checkpoints/{first}/restore", json={}, headers=owner
+                ),
+                200,
+            )
+            restore_s = time.perf_counter() - started
+        database = conninfo_to_dict(uri)["dbname"]
+        (data_dir / "dumps").mkdir(exist_ok=True)
+        dump_s, pg_restore_s, dump_bytes = await dump_and_restore(
+            server.server, str(database), data_dir / "dumps", 0
+        )
+        label = mebibytes(actual)
+        cp_gap, cp_failed = zip(*(cp_watch.outage(p) for p in ("agentdb", "direct")), strict=True)
+        rs_gap, rs_failed = zip(*(rs_watch.outage(p) for p in ("agentdb", "direct")), strict=True)
+        rows += [
+            [
+                f"{label}: checkpoint through the API (x{runs}) vs pg_dump -Fc",
+                (
+                    f"p50 {ms(percentile(took, 50))} vs {ms(dump_s)}"
+                    f" ({dump_s / percentile(took, 50):.1f}x; dump {mebibytes(dump_bytes)})"
+                ),
+            ],
+            [
+                f"{label}: during them, longest gap / failed calls, through agentdb | direct",
+                f"{ms(cp_gap[0])} / {cp_failed[0]} | {ms(cp_gap[1])} / {cp_failed[1]}",
+            ],
+            [
+                f"{label}: restore through the API vs CREATE DATABASE + pg_restore",
+                f"{ms(restore_s)} vs {ms(pg_restore_s)} ({pg_restore_s / restore_s:.1f}x)",
+            ],
+            [
+                f"{label}: during it, longest gap / failed calls, through agentdb | direct",
+                f"{ms(rs_gap[0])} / {rs_failed[0]} | {ms(rs_gap[1])} / {rs_failed[1]}",
+            ],
+        ]
+        expect(await http.delete(f"/v1/sessions/{sid}", headers=owner), 200)
+    return rows
+
+
 async def warm_creates(http: httpx.AsyncClient, server: Served, ids: list[str]) -> list[list[str]]:
     """Creates of a `warm`-tier user: one at a time (the pool full before each), then 8 at once."""
     admin = bearer(ADMIN)
@@ -217,6 +373,10 @@ async def run(args: argparse.Namespace, data_dir: Path) -> list[list[str]]:  # n
         async with httpx.AsyncClient(base_url=server.url, timeout=300, limits=limits) as http:
             admin = bearer(ADMIN)
             ids: list[str] = []
+            if args.sizes:
+                rows += await sizes_phase(
+                    http, server, data_dir, [int(x) for x in args.sizes.split(",")]
+                )
             rows += await warm_creates(http, server, ids)
             user = expect(
                 await http.post(
@@ -342,6 +502,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sessions", type=int, default=200)
     parser.add_argument("--idle", type=float, default=60.0)
+    parser.add_argument(
+        "--sizes",
+        default="10,100,1024",
+        help="database sizes in MiB to checkpoint and restore beside pg_dump ('' to skip)",
+    )
     parser.add_argument("--data-dir", type=Path)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
