@@ -134,6 +134,14 @@ async def ready_in_pool(server: Served) -> int:
         return int(row[0]) if row is not None else 0
 
 
+async def tenant_databases(server: Served) -> int:
+    """The cluster's project databases: live, snapshot and trash (`lp[dsx]_`)."""
+    async with await psycopg.AsyncConnection.connect(server.superuser_dsn) as su:
+        cur = await su.execute("SELECT count(*) FROM pg_database WHERE datname ~ '^lp[dsx]_'")
+        row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+
 async def pool_full(server: Served) -> None:
     deadline = time.monotonic() + 300
     while await ready_in_pool(server) < AT_ONCE:
@@ -193,6 +201,7 @@ class Watch:
     def __init__(self, http: httpx.AsyncClient, sid: str, uri: str, agent: dict[str, str]) -> None:
         self._http, self._sid, self._uri, self._agent = http, sid, uri, agent
         self.calls: dict[str, list[tuple[float, bool]]] = {"agentdb": [], "direct": []}
+        self.errors: dict[str, set[str]] = {"agentdb": set(), "direct": set()}
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -214,6 +223,8 @@ class Watch:
                 f"/v1/sessions/{self._sid}/sql", json={"sql": "SELECT 1"}, headers=self._agent
             )
             self.calls["agentdb"].append((time.perf_counter(), answer.status_code == 200))
+            if answer.status_code != 200:
+                self.errors["agentdb"].add(f"{answer.status_code} {answer.text[:200]}")
             await asyncio.sleep(0.005)
 
     async def _direct(self) -> None:
@@ -226,8 +237,9 @@ class Watch:
                         self._uri, autocommit=True, connect_timeout=10
                     )
                 await conn.execute("SELECT 1")
-            except psycopg.Error:
+            except psycopg.Error as error:
                 ok, conn = False, None
+                self.errors["direct"].add(str(error).splitlines()[0][:200])
             self.calls["direct"].append((time.perf_counter(), ok))
             await asyncio.sleep(0.005)
         if conn is not None:
@@ -305,6 +317,10 @@ async def sizes_phase(
                 200,
             )
             restore_s = time.perf_counter() - started
+        for watch in (cp_watch, rs_watch):
+            for path, seen in watch.errors.items():
+                for error in sorted(seen):
+                    print(f"{mebibytes(actual)} {path}: {error}", file=sys.stderr)
         database = conninfo_to_dict(uri)["dbname"]
         (data_dir / "dumps").mkdir(exist_ok=True)
         dump_s, pg_restore_s, dump_bytes = await dump_and_restore(
@@ -373,6 +389,9 @@ async def run(args: argparse.Namespace, data_dir: Path) -> list[list[str]]:  # n
         async with httpx.AsyncClient(base_url=server.url, timeout=300, limits=limits) as http:
             admin = bearer(ADMIN)
             ids: list[str] = []
+            # The warm pool's projects, full, before any session: what is left at the end.
+            await pool_full(server)
+            pool_databases = await tenant_databases(server)
             if args.sizes:
                 rows += await sizes_phase(
                     http, server, data_dir, [int(x) for x in args.sizes.split(",")]
@@ -475,12 +494,7 @@ async def run(args: argparse.Namespace, data_dir: Path) -> list[list[str]]:  # n
             await pool_full(server)
             left = -1
             for _ in range(600):
-                async with await psycopg.AsyncConnection.connect(server.superuser_dsn) as su:
-                    cur = await su.execute(
-                        "SELECT count(*) FROM pg_database WHERE datname ~ '^lp[dsx]_'"
-                    )
-                    row = await cur.fetchone()
-                    left = (int(row[0]) if row else 0) - 2 * await ready_in_pool(server)
+                left = await tenant_databases(server) - pool_databases
                 if left == 0:
                     break
                 await asyncio.sleep(1)

@@ -131,6 +131,8 @@ _CONNECT_ATTEMPTS = 7
 _CALL_GRACE_S = 1.0
 #: Sessions in these states have a database to run SQL on; a checkpoint only closes it briefly.
 _RUNNABLE = frozenset({SessionStatus.READY, SessionStatus.CHECKPOINTING})
+#: How often a SQL call waiting for a restore reads the session's status again.
+_RESTORE_POLL_S = 0.05
 _BUSY = frozenset({SessionStatus.PROVISIONING, SessionStatus.RESTORING, SessionStatus.DELETING})
 #: Types whose psycopg value maps to JSON as is; every other type comes back as PostgreSQL's
 #: text for it (numeric keeps its precision, interval its months, ranges their bounds).
@@ -536,7 +538,7 @@ class SqlService:
         limit = self._timeout if timeout is None else timeout
         if not timedelta(milliseconds=1) <= limit <= MAX_TIMEOUT:
             raise InvalidInput("timeout", "must be between 1 ms and 1 hour")
-        uri, user_id = await self._uri(session_id)
+        uri, user_id = await self._uri_after_restore(session_id, limit)
         started = time.perf_counter()
         pay = None
         if self._read_pace is not None:
@@ -647,6 +649,26 @@ class SqlService:
         except SqlFailed:
             return  # unreachable for another reason: the next call reports it
         await conn.close()
+
+    async def _uri_after_restore(
+        self, session_id: uuid.UUID, limit: timedelta
+    ) -> tuple[str, uuid.UUID]:
+        """`_uri`, once a restore of the session under way has ended (waited for up to
+        `limit`, as a checkpoint is by the gate): a client's query is held, not failed. The
+        status is read again each time, so a restore run by another process is waited out
+        too; one a crash left unfinished answers `SessionBusy` after `limit`."""
+        deadline = time.monotonic() + limit.total_seconds()
+        while True:
+            try:
+                return await self._uri(session_id)
+            except SessionBusy as busy:
+                left = deadline - time.monotonic()
+                if busy.status != SessionStatus.RESTORING.value or left <= 0:
+                    raise
+            # In this process the restore holds the gate closed: pass once it opens.
+            async with self._gate.query(session_id, wait=left):
+                pass
+            await asyncio.sleep(min(_RESTORE_POLL_S, max(0.0, deadline - time.monotonic())))
 
     async def _uri(self, session_id: uuid.UUID) -> tuple[str, uuid.UUID]:
         """The session's connection URI and its user."""

@@ -113,3 +113,32 @@ async def test_a_call_longer_than_the_drain_is_ended_as_before(
         await running
     assert caught.value.sqlstate == "57P01"
     assert await count(sql, session.id) == 0
+
+
+async def test_calls_during_restores_wait_and_see_the_restored_data(
+    sql: SqlService, checkpoints: CheckpointService, session: SessionView, gate: SessionGate
+) -> None:
+    """A call that arrives while the session is restoring waits for the restore to end
+    instead of answering "session is restoring", and then reads the restored database."""
+    await sql.run(session.id, "CREATE TABLE log (n int)")
+    empty = await checkpoints.create(session.id, label="empty table")
+    await sql.run(session.id, "INSERT INTO log VALUES (1)")
+    stop = asyncio.Event()
+    seen: list[object] = []
+
+    async def agent() -> None:
+        while not stop.is_set():
+            seen.append(await count(sql, session.id))
+
+    agents = [asyncio.create_task(agent()) for _ in range(3)]
+    try:
+        await asyncio.sleep(0.1)
+        for _ in range(2):
+            await checkpoints.restore(session.id, empty.id)
+            await sql.run(session.id, "INSERT INTO log VALUES (1)")
+    finally:
+        stop.set()
+        await asyncio.gather(*agents)  # every call answered: a SessionBusy would surface here
+    assert set(seen) <= {0, 1}
+    assert 0 in seen  # calls ran between the restores and saw the restored (empty) table
+    assert len(gate) == 0
