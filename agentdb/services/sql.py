@@ -524,7 +524,8 @@ class SqlService:
         statement and, with a second's grace, the whole call. BEGIN/COMMIT inside `sql` are
         the caller's own: a COMMIT makes what ran before it permanent.
 
-        Raises `SessionNotFound`, `SessionBusy` (provisioning, restoring, deleting),
+        Raises `SessionNotFound`, `SessionBusy` (provisioning, deleting, or a restore that
+        has not ended within `timeout`: one under way is waited for),
         `Conflict` (deleted or failed), `InvalidInput` (sql, params, max_rows, timeout) and
         `SqlFailed` (PostgreSQL's error; SQLSTATE class 08 when the database is unreachable),
         `QuotaExceeded` (the session used up a quota: its compute is suspended, or its
