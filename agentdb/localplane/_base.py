@@ -13,7 +13,7 @@ import secrets
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import Any, assert_never
 
 import psycopg
@@ -48,6 +48,10 @@ _SERVER_LOST_RETRY_S = 120.0
 #: Deleted projects whose databases and roles are dropped at once.
 _CLEANUPS_AT_ONCE = 2
 _SERVER_LOST_PAUSE_S = (0.5, 5.0)
+
+
+class _LeftForRestartError(Exception):
+    """A job the plane stopped while its server was away: the next process resumes it."""
 
 
 class Mutation:
@@ -104,6 +108,8 @@ class PlaneBase:
         self._server = server
         self._delay = operation_delay_s
         self._tasks: set[asyncio.Task[None]] = set()
+        #: Set when the plane shuts down: jobs waiting for their server give up at once.
+        self._stopping = asyncio.Event()
         self._project_chain: dict[str, asyncio.Task[None]] = {}
         # Deleted projects' databases and roles are dropped a few at a time: a thousand
         # deletes at once must not queue a thousand drops on the engine's connections.
@@ -142,7 +148,9 @@ class PlaneBase:
         started = time.perf_counter()
         status, error = "finished", None
         try:
-            await self._run_job_retrying(batch, job)
+            await self._while_server_lost(job["kind"], lambda: self._run_job_once(batch, job))
+        except _LeftForRestartError:
+            return
         except Exception as exc:
             log.exception("localplane.job_failed", kind=job["kind"], project_id=project_id)
             status, error = "error", f"{type(exc).__name__}: {exc}"[:1000]
@@ -150,12 +158,14 @@ class PlaneBase:
             await asyncio.sleep(self._delay)
         self._engine.kill.point("job.before_finish")
         elapsed_ms = int((time.perf_counter() - started) * 1000)
-        async with self._store.tx(project_id) as tx:
-            for op in await tx.list(OperationRecord, project_id):
-                if op.batch == batch and op.status == "running":
-                    op.status, op.error, op.updated_at = status, error, now()
-                    op.total_duration_ms = elapsed_ms
-                    await tx.put(op)
+        try:
+            # An operation left running would lock its project (423) until a restart.
+            await self._while_server_lost(
+                "finish",
+                lambda: self._finish_operations(project_id, batch, status, error, elapsed_ms),
+            )
+        except _LeftForRestartError:
+            return
         if status == "error":
             # A failed step may have left a database closed (its server went away mid-copy);
             # if the server is still gone, the plane's guard reopens it later.
@@ -164,25 +174,48 @@ class PlaneBase:
             except Exception:
                 log.exception("localplane.reopen_after_failure_failed", project_id=project_id)
 
-    async def _run_job_retrying(self, batch: str, job: JSON) -> None:
+    async def _finish_operations(
+        self, project_id: str, batch: str, status: str, error: str | None, elapsed_ms: int
+    ) -> None:
+        async with self._store.tx(project_id) as tx:
+            for op in await tx.list(OperationRecord, project_id):
+                if op.batch == batch and op.status == "running":
+                    op.status, op.error, op.updated_at = status, error, now()
+                    op.total_duration_ms = elapsed_ms
+                    await tx.put(op)
+
+    async def _run_job_once(self, batch: str, job: JSON) -> None:
+        if job["kind"] == "steps":
+            await self._job_steps(job["args"], batch=batch)
+        else:
+            handler: Callable[[JSON], Awaitable[None]] = getattr(self, f"_job_{job['kind']}")
+            await handler(job["args"])
+
+    async def _while_server_lost(self, what: str, run: Callable[[], Awaitable[None]]) -> None:
+        """Runs `run` again while its server connection breaks (PostgreSQL killed and
+        restarting), for up to `_SERVER_LOST_RETRY_S`. Every step of a job is idempotent and
+        finished steps are recorded, so running it again resumes it. Once the plane stops,
+        raises `_LeftForRestartError` instead of waiting: the operation stays running under this
+        process's runner id, and the next process resumes it (`recover`)."""
         deadline = time.monotonic() + _SERVER_LOST_RETRY_S
         pause, max_pause = _SERVER_LOST_PAUSE_S
         while True:
             try:
-                if job["kind"] == "steps":
-                    await self._job_steps(job["args"], batch=batch)
-                else:
-                    handler: Callable[[JSON], Awaitable[None]] = getattr(
-                        self, f"_job_{job['kind']}"
-                    )
-                    await handler(job["args"])
-            except psycopg.OperationalError:
-                # Every step is idempotent and finished steps are recorded: running the job
-                # again once the server is back resumes it.
+                await run()
+            except psycopg.OperationalError as exc:
+                if self._stopping.is_set():
+                    log.info("localplane.job_left_for_restart", kind=what)
+                    raise _LeftForRestartError from exc
                 if time.monotonic() + pause > deadline:
                     raise
-                log.warning("localplane.job_server_lost", kind=job["kind"], retry_in_s=pause)
-                await asyncio.sleep(pause)
+                log.warning(
+                    "localplane.job_server_lost",
+                    kind=what,
+                    retry_in_s=pause,
+                    error=f"{type(exc).__name__}: {exc}"[:300],
+                )
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), pause)
                 pause = min(pause * 2, max_pause)
             else:
                 return
@@ -277,9 +310,12 @@ class PlaneBase:
             log.info("localplane.orphans_dropped", count=len(dropped))
         return dropped
 
-    async def drain(self) -> None:
+    async def drain(self, *, stopping: bool = False) -> None:
         """Waits for every background job, and for the trash to be emptied (used at shutdown
-        and by tests)."""
+        and by tests). `stopping`: jobs waiting for a lost server stop waiting and are left for
+        the next process, so a shutdown is not held up for minutes."""
+        if stopping:
+            self._stopping.set()
         while self._tasks:
             await asyncio.wait(list(self._tasks))
         await self._engine.drain_trash()

@@ -367,13 +367,15 @@ class Engine:
         async with self._conn() as conn:
             made = not await self._db_exists(conn, physical)
             if made:
-                # Open to superusers only while it is set up (see `_create_from_template`):
-                # nothing but the plane can write before `empty_since`.
                 await self._create_from_template(conn, physical, "template1")
-                await conn.execute(
-                    sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(_ident(physical))
-                )
-                await self._set_allow(conn, physical, allowed=True)
+                self.kill.point("create.made")
+            # Open to superusers only while it is set up (see `_create_from_template`): nothing
+            # but the plane can write before `empty_since`. Also when a run a crash cut short
+            # made it: that run may have died before opening it, and setting up needs a way in.
+            await conn.execute(
+                sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(_ident(physical))
+            )
+            await self._set_allow(conn, physical, allowed=True)
         # The database itself stays owned by the superuser, so an agent's role cannot GRANT
         # CONNECT on it to PUBLIC; inside it the role owns `public` and everything it creates.
         async with self._inside(physical) as conn:

@@ -69,10 +69,12 @@ class Faults:
         return None
 
 
-# Where a crash test may kill the process running the plane: inside the engine's copy and swap
-# steps, after each job step and before a job's operations are marked finished.
+# Where a crash test may kill the process running the plane: between making a new database and
+# opening it, inside the engine's copy and swap steps, after each job step and before a job's
+# operations are marked finished.
 KILL_POINTS = frozenset(
     {
+        "create.made",
         "copy.source_closed",
         "copy.created",
         "swap.live_closed",

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import structlog
-from psycopg import AsyncConnection, sql
+from psycopg import AsyncConnection, errors, sql
 
 log = structlog.get_logger(__name__)
 
@@ -114,11 +114,15 @@ async def govern_roles(
                 )
             )
         for key, value in missing.items():
-            await conn.execute(
-                sql.SQL("ALTER ROLE {} SET {} = {}").format(
-                    role, sql.Identifier(key), sql.Literal(value)
-                )
+            statement = sql.SQL("ALTER ROLE {} SET {} = {}").format(
+                role, sql.Identifier(key), sql.Literal(value)
             )
+            try:
+                await conn.execute(statement)
+            except errors.UniqueViolation:
+                # Another process set the role's first default at the same moment (both
+                # inserted its pg_db_role_setting row); now the row is there to update.
+                await conn.execute(statement)
         if missing or connlimit != limits.role_connections:
             changed.append(str(name))
     if changed:

@@ -86,7 +86,7 @@ class LocalPlane(
                         for task in background:
                             task.cancel()
                         await asyncio.gather(*background, return_exceptions=True)
-                        await plane.drain()
+                        await plane.drain(stopping=True)
                         await plane.close_meter()
 
     async def expire(self) -> int:

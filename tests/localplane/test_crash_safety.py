@@ -28,7 +28,7 @@ _CHILD = textwrap.dedent(
     from pathlib import Path
     from agentdb.localplane import LocalPlane
     from agentdb.localplane._models import (
-        BranchCreateBody, BranchRestoreBody, SnapshotRestoreBody)
+        BranchCreateBody, BranchRestoreBody, ProjectCreateBody, SnapshotRestoreBody)
     from agentdb.pg import ServerInfo
 
     async def main():
@@ -39,8 +39,11 @@ _CHILD = textwrap.dedent(
         async with LocalPlane.open(server, meter_interval_s=3600) as plane:
             print("runner-id", plane.runner_id, flush=True)
             plane._engine.kill.arm(cfg["kill_at"])
-            pid, action = cfg["project_id"], cfg["action"]
-            if action == "snapshot":
+            pid, action = cfg.get("project_id"), cfg["action"]
+            if action == "create_project":
+                await plane.create_project(ProjectCreateBody.model_validate(
+                    {"project": {"name": cfg["name"]}}))
+            elif action == "snapshot":
                 await plane.create_snapshot(pid, cfg["branch_id"], name="cp", expires_at=None,
                                             lsn=None, timestamp=None)
             elif action == "branch":
@@ -110,6 +113,27 @@ async def test_snapshot_cut_off_mid_copy_reopens_the_live_database(
     await _all_finished(neon_http, project_id)
     snapshots = (await neon_http.get(f"/projects/{project_id}/snapshots")).json()["snapshots"]
     assert len(snapshots) == 1
+
+
+async def test_a_project_cut_off_after_its_database_was_made_is_finished_on_restart(
+    neon_http: httpx.AsyncClient, plane: LocalPlane, pg_server: ServerInfo
+) -> None:
+    # Killed between CREATE DATABASE and opening it for setup: the database exists, closed.
+    runner = await _run_until_killed(
+        pg_server, kill_at="create.made", action="create_project", name="cut-off-create"
+    )
+    await _resume(pg_server, plane, runner)
+    projects = (await neon_http.get("/projects", params={"search": "cut-off-create"})).json()
+    (project,) = projects["projects"]
+    await _all_finished(neon_http, project["id"])
+    uri = (
+        await neon_http.get(
+            f"/projects/{project['id']}/connection_uri",
+            params={"database_name": "neondb", "role_name": "neondb_owner"},
+        )
+    ).json()["uri"]
+    await execute(uri, "CREATE TABLE t (n int)", "INSERT INTO t VALUES (1)")
+    assert await fetch(uri, "SELECT n FROM t") == [(1,)]
 
 
 @pytest.mark.parametrize("kill_at", ["copy.source_closed", "copy.created"])

@@ -103,6 +103,9 @@ async def test_sessions_never_share_a_connection(
 async def test_a_connection_a_checkpoint_ended_is_replaced(
     sql_service, session, checkpoint_service: CheckpointService
 ) -> None:
+    # Something written, so the checkpoint copies the database (an untouched one is not copied
+    # and its connections live on).
+    await sql_service.run(session.id, "CREATE TABLE written (x int)")
     first = await pid(sql_service, session.id)
     await checkpoint_service.create(session.id, label="ends the session's connections")
     second = await pid(sql_service, session.id)
