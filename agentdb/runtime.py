@@ -40,6 +40,7 @@ from agentdb.pg import (
 from agentdb.services import (
     AddonService,
     BranchService,
+    CatalogService,
     CheckpointService,
     CredentialService,
     EventService,
@@ -92,6 +93,7 @@ class Runtime:
     sessions: SessionService
     checkpoints: CheckpointService
     branches: BranchService
+    catalog: CatalogService
     sql: SqlService
     addons: AddonService
     events: EventService
@@ -249,6 +251,22 @@ def _runtime(  # noqa: PLR0917 - the parts open_runtime opened, in the order it 
     usage = UsageService(
         meta, neon, tiers=tiers, min_interval=seconds(settings.usage_poll_interval_s)
     )
+    sql = SqlService(
+        meta,
+        secrets,
+        statement_timeout=seconds(settings.sql_statement_timeout_s),
+        max_rows=settings.sql_max_rows,
+        max_result_bytes=settings.sql_max_result_bytes,
+        # DDL run through agentdb keeps the Data API's schema cache fresh.
+        after_ddl=addons.refresh_after_ddl,
+        # A refused connection or write says which quota is used up, if one is.
+        explain_quota=usage.quota_problem,
+        # A password an agent changed from SQL is reset through the control plane.
+        recover_credentials=CredentialService(meta, neon, secrets).recover,
+        read_pace=ReadPace(settings.sql_user_read_rate),
+        idle=IdleConnections(settings.sql_idle_connections),
+        gate=gate,
+    )
     return Runtime(
         settings=settings,
         tiers=tiers,
@@ -287,22 +305,8 @@ def _runtime(  # noqa: PLR0917 - the parts open_runtime opened, in the order it 
             kill=kill,
             gate=gate,
         ),
-        sql=SqlService(
-            meta,
-            secrets,
-            statement_timeout=seconds(settings.sql_statement_timeout_s),
-            max_rows=settings.sql_max_rows,
-            max_result_bytes=settings.sql_max_result_bytes,
-            # DDL run through agentdb keeps the Data API's schema cache fresh.
-            after_ddl=addons.refresh_after_ddl,
-            # A refused connection or write says which quota is used up, if one is.
-            explain_quota=usage.quota_problem,
-            # A password an agent changed from SQL is reset through the control plane.
-            recover_credentials=CredentialService(meta, neon, secrets).recover,
-            read_pace=ReadPace(settings.sql_user_read_rate),
-            idle=IdleConnections(settings.sql_idle_connections),
-            gate=gate,
-        ),
+        sql=sql,
+        catalog=CatalogService(meta, neon, secrets, sql, locks=locks),
         addons=addons,
         events=EventService(meta),
         usage=usage,

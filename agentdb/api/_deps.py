@@ -36,6 +36,7 @@ SERVICES = {
     "sessions": "sessions",
     "checkpoints": "checkpoints",
     "branches": "branches",
+    "catalog": "catalog",
     "sql_service": "sql",
     "addons": "addons",
     "events": "events",

@@ -182,6 +182,7 @@ def _service_error(request: AnyRequest, exc: ServiceError) -> Response[dict[str,
             kind="sql-failed",
             sqlstate=exc.sqlstate,
             position=exc.position,
+            hint=exc.hint,
         )
     if isinstance(exc, ControlPlaneFailed):
         return problem(request, HTTP_502_BAD_GATEWAY, str(exc), kind="control-plane-failed")

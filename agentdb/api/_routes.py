@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from datetime import datetime, timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from litestar import Controller, Request, Response, delete, get, post
 from litestar.di import NamedDependency
@@ -20,6 +20,7 @@ from agentdb.services import (
     MAX_PAGE,
     Actor,
     BranchService,
+    CatalogService,
     CheckpointService,
     CheckpointView,
     DiffView,
@@ -44,12 +45,16 @@ from agentdb.wire import (
     CreateBranch,
     CreateCheckpoint,
     CreatePreview,
+    CreateRole,
     CreateSession,
     CreateToken,
     CreateUser,
     EventList,
+    ExtensionList,
     Health,
     Ready,
+    RoleList,
+    RoleOut,
     RunSql,
     SessionList,
     SessionOut,
@@ -68,6 +73,7 @@ from ._auth import (
     require_owner,
     require_user,
     runtime_of,
+    sees_secrets,
     session_guard,
     session_of,
     user_guard,
@@ -319,8 +325,23 @@ class Session(Controller):
     guards = [session_guard]  # noqa: RUF012
 
     @get("/", summary="Get a session")
-    async def show(self, *, request: AnyRequest, render: NamedDependency[Render]) -> SessionOut:
-        return await render.session(session_of(request))
+    async def show(
+        self,
+        *,
+        request: AnyRequest,
+        render: NamedDependency[Render],
+        catalog: NamedDependency[CatalogService],
+        include: Annotated[
+            Literal["extensions"] | None,
+            QueryParameter(description="'extensions': also list them (wakes the compute)."),
+        ] = None,
+    ) -> SessionOut:
+        view = session_of(request)
+        out = await render.session(view)
+        if include == "extensions":
+            # Only on request: a plain GET, which agents poll, never wakes a suspended compute.
+            out = out.model_copy(update={"extensions": await catalog.extensions(view.id)})
+        return out
 
     @delete(
         "/",
@@ -398,6 +419,44 @@ class Session(Controller):
         found = await events.list(session_id, after=after, limit=limit)
         next_after = found[-1].id if len(found) == limit else None
         return EventList(events=found, next_after=next_after)
+
+
+# --- roles and extensions ----------------------------------------------------------------------
+
+
+class Catalog(Controller):
+    """What the session's database holds beyond tables: roles (made here, not by CREATE ROLE,
+    which a tenant of a shared cluster may not run) and the extensions its server offers."""
+
+    path = "/v1/sessions/{session_id:uuid}"
+    tags = ["database"]  # noqa: RUF012
+    guards = [session_guard]  # noqa: RUF012
+
+    @post("/roles", summary="Create a login role in the session's database")
+    async def create_role(
+        self,
+        *,
+        request: AnyRequest,
+        catalog: NamedDependency[CatalogService],
+        actor: NamedDependency[Actor],
+        session_id: FromPath[uuid.UUID],
+        data: JSONBody[CreateRole],
+    ) -> RoleOut:
+        view, uri = await catalog.create_role(session_id, data.name, actor=actor)
+        # The password goes to the platform only; an agent GRANTs to the role by `sql_name`.
+        return RoleOut(**view.model_dump(), connection_uri=uri if sees_secrets(request) else None)
+
+    @get("/roles", summary="The roles of the session's database, its own first")
+    async def roles(
+        self, *, catalog: NamedDependency[CatalogService], session_id: FromPath[uuid.UUID]
+    ) -> RoleList:
+        return RoleList(roles=await catalog.roles(session_id))
+
+    @get("/extensions", summary="The extensions the session's server offers, and installed")
+    async def extensions(
+        self, *, catalog: NamedDependency[CatalogService], session_id: FromPath[uuid.UUID]
+    ) -> ExtensionList:
+        return ExtensionList(extensions=await catalog.extensions(session_id))
 
 
 # --- checkpoints ----------------------------------------------------------------------------
@@ -657,6 +716,6 @@ class Tokens(Controller):
 
 
 ROUTES: list[ControllerRouterHandler] = [
-    healthz, readyz, Users, Sessions, Session, Checkpoints, Branches, Tokens,
+    healthz, readyz, Users, Sessions, Session, Catalog, Checkpoints, Branches, Tokens,
     *ADDON_ROUTES, *USAGE_ROUTES,
 ]  # fmt: skip

@@ -28,7 +28,9 @@ from ._models import (
     DataApi,
     Diff,
     Event,
+    Extension,
     OAuthProvider,
+    Role,
     Session,
     SqlResult,
     TierChange,
@@ -415,6 +417,22 @@ class AgentDB:
 
     async def delete_branch(self, session_id: Id, branch_id: Id) -> Branch:
         return await self._one(Branch, "DELETE", f"/v1/sessions/{session_id}/branches/{branch_id}")
+
+    # --- roles and extensions -----------------------------------------------------------------
+
+    async def create_role(self, session_id: Id, name: str) -> Role:
+        """A login role in the session's database (`CREATE ROLE` is the control plane's to
+        run). GRANT to its `sql_name`; `connection_uri` only for user and admin tokens."""
+        path = f"/v1/sessions/{session_id}/roles"
+        return await self._one(Role, "POST", path, json={"name": name})
+
+    async def list_roles(self, session_id: Id) -> list[Role]:
+        return await self._many(Role, "roles", f"/v1/sessions/{session_id}/roles")
+
+    async def list_extensions(self, session_id: Id) -> list[Extension]:
+        """What the session's server offers, whether installed and whether its role may."""
+        path = f"/v1/sessions/{session_id}/extensions"
+        return await self._many(Extension, "extensions", path)
 
     # --- Neon Auth and the Data API ------------------------------------------------------------
 

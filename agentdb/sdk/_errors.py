@@ -64,6 +64,12 @@ class SqlError(AgentDBError):
         value = self.body.get("position")
         return None if value is None else int(value)
 
+    @property
+    def hint(self) -> str | None:
+        """PostgreSQL's hint, or agentdb's for a statement a session runs another way."""
+        value = self.body.get("hint")
+        return None if value is None else str(value)
+
 
 class QuotaExceededError(AuthError):
     """403 `quota-exceeded`: the session used up a quota of its tier (its compute is suspended,

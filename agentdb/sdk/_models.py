@@ -8,7 +8,9 @@ from agentdb.wire import CheckpointView as Checkpoint
 from agentdb.wire import DataApiView as DataApi
 from agentdb.wire import DiffView as Diff
 from agentdb.wire import EventView as Event
+from agentdb.wire import ExtensionView as Extension
 from agentdb.wire import OAuthProviderView as OAuthProvider
+from agentdb.wire import RoleOut as Role
 from agentdb.wire import SessionOut as Session
 from agentdb.wire import SqlResult
 from agentdb.wire import TierChangeView as TierChange
@@ -26,7 +28,9 @@ __all__ = [
     "DataApi",
     "Diff",
     "Event",
+    "Extension",
     "OAuthProvider",
+    "Role",
     "Session",
     "SqlResult",
     "TierChange",

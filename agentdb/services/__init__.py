@@ -44,6 +44,7 @@ from ._errors import (
 from ._secrets import SecretDecryptionFailed, Secrets
 from .addons import AddonService
 from .branches import BranchService
+from .catalog import CatalogService
 from .checkpoints import CheckpointService
 from .credentials import CredentialService
 from .events import EventService, EventView
@@ -70,6 +71,7 @@ __all__ = [
     "BranchNotFound",
     "BranchService",
     "BranchView",
+    "CatalogService",
     "CheckpointNotFound",
     "CheckpointService",
     "CheckpointTree",

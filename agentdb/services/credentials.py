@@ -42,8 +42,12 @@ INVALID_PASSWORD = "28P01"  # noqa: S105 - an error code, not a password
 
 def with_password(uri: str, password: str) -> str:
     """`uri` with its password replaced; host, database and parameters stay as they are."""
+    return with_login(uri, urlsplit(uri).username or "", password)
+
+
+def with_login(uri: str, user: str, password: str) -> str:
+    """`uri` logging in as `user` with `password`; host, database and parameters stay."""
     parts = urlsplit(uri)
-    user = parts.username or ""
     host = parts.netloc.rpartition("@")[2]
     netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{host}"
     return urlunsplit(parts._replace(netloc=netloc))

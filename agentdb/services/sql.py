@@ -989,13 +989,68 @@ def _failed(
         message = f"{message} (the connection closed, e.g. for a checkpoint or restore; {outcome})"
         sqlstate = sqlstate or "08006"
     position = diag.statement_position
+    hints = [h for h in (diag.message_hint, _instead(sqlstate, message)) if h]
     return SqlFailed(
         sqlstate,
         message,
         detail=diag.message_detail,
-        hint=diag.message_hint,
+        hint=" ".join(hints) or None,
         position=int(position) if position else None,
     )
+
+
+#: What to do instead, for statements generated code writes for a database of its own that a
+#: session's role may not run on a shared cluster: (SQLSTATE, start of the message, hint).
+_INSTEAD = (
+    (
+        "42501",
+        "permission denied to create role",
+        (
+            "A session's roles are made through agentdb: POST /v1/sessions/{id}/roles (agent tool "
+            "create_role), then GRANT to the role's sql_name."
+        ),
+    ),
+    (
+        "42501",
+        "permission denied to create database",
+        (
+            "A session has one database; for a separate copy create a branch: POST "
+            "/v1/sessions/{id}/branches (agent tool create_branch)."
+        ),
+    ),
+    (
+        "3D000",
+        "database ",
+        (
+            "On agentdb's local plane the session's database has a cluster-wide name: see SELECT "
+            "current_database(), or write ON DATABASE with that name. Its schema already belongs "
+            "to the session's role, so GRANTs on the database itself are rarely needed."
+        ),
+    ),
+    (
+        "0A000",
+        "extension ",
+        (
+            "GET /v1/sessions/{id}/extensions (agent tool list_extensions) lists the extensions "
+            "this server offers."
+        ),
+    ),
+    (
+        "42501",
+        "permission denied to create extension",
+        (
+            "Only trusted extensions can be installed by the session's role: GET "
+            "/v1/sessions/{id}/extensions (agent tool list_extensions) lists them."
+        ),
+    ),
+)
+
+
+def _instead(sqlstate: str | None, message: str) -> str | None:
+    for state, start, hint in _INSTEAD:
+        if sqlstate == state and message.startswith(start):
+            return hint
+    return None
 
 
 __all__ = [

@@ -23,11 +23,13 @@ from agentdb.sdk import (
     Checkpoint,
     DataApi,
     Diff,
+    Extension,
+    Role,
     Session,
     SqlResult,
     Usage,
 )
-from agentdb.wire import MAX_SQL_ROWS, MAX_SQL_TIMEOUT_SECONDS
+from agentdb.wire import MAX_ROLE_NAME, MAX_SQL_ROWS, MAX_SQL_TIMEOUT_SECONDS, ROLE_NAME_PATTERN
 
 #: Most rows and longest timeout one SQL call may ask for (the API's own limits).
 MAX_ROWS = MAX_SQL_ROWS
@@ -117,6 +119,15 @@ class OneBranch(ToolInput):
     branch_id: uuid.UUID = Field(description="The branch's id (from create_branch).")
 
 
+class CreateRole(ToolInput):
+    name: str = Field(
+        min_length=1,
+        max_length=MAX_ROLE_NAME,
+        pattern=ROLE_NAME_PATTERN,
+        description="The role's name: lowercase letters, digits and '_', e.g. 'app_user'.",
+    )
+
+
 class EnableDataApi(ToolInput):
     add_default_grants: bool = Field(
         default=True,
@@ -193,6 +204,19 @@ def branch_result(branch: Branch) -> dict[str, JsonValue]:
     if branch.error:
         out["error"] = branch.error
     return out
+
+
+def role_result(role: Role) -> dict[str, JsonValue]:
+    # Never the connection URI: the app's platform fetches that with its own token.
+    return {"name": role.name, "sql_name": role.sql_name, "owner": role.owner}
+
+
+def extension_result(extension: Extension) -> dict[str, JsonValue]:
+    return {
+        "name": extension.name,
+        "installed_version": extension.installed_version,
+        "installable": extension.installable,
+    }
 
 
 def sql_result(result: SqlResult) -> dict[str, JsonValue]:
@@ -358,18 +382,35 @@ async def enable_data_api(db: AgentDB, session_id: uuid.UUID, args: EnableDataAp
     )
 
 
+async def create_role(db: AgentDB, session_id: uuid.UUID, args: CreateRole) -> JsonValue:
+    return role_result(await db.create_role(session_id, args.name))
+
+
+async def list_roles(db: AgentDB, session_id: uuid.UUID, _: NoArguments) -> JsonValue:
+    return {"roles": [role_result(r) for r in await db.list_roles(session_id)]}
+
+
+async def list_extensions(db: AgentDB, session_id: uuid.UUID, _: NoArguments) -> JsonValue:
+    return {"extensions": [extension_result(e) for e in await db.list_extensions(session_id)]}
+
+
 # --- the tools, as the agent reads them -------------------------------------------------------
 
 TOOLS: tuple[Tool[Any], ...] = (
     Tool(
         "run_sql",
-        "Run SQL on the session's own PostgreSQL database (PostgreSQL 18 with pgvector) and "
-        "get the result: DDL, inserts, updates, queries. It runs as the session's own role "
-        "(not a superuser), in one transaction per call: if any statement fails, nothing of "
-        "the call is kept. Pass values as parameters $1, $2, ... in `params` rather than "
-        "pasting them into the SQL. At most `max_rows` rows come back (`truncated` says when "
-        "more existed) and every statement has a timeout. After each meaningful change "
-        "(a migration, a data load, a fix), call create_checkpoint so you can go back to it.",
+        "Run SQL on the session's own PostgreSQL database (PostgreSQL 18) and get the "
+        "result: DDL, inserts, updates, queries. It runs as the session's own role, which "
+        "owns the database's schema but is not a superuser: CREATE EXTENSION works for the "
+        "common ones (vector, pg_trgm, citext, hstore, btree_gist, unaccent, uuid-ossp, "
+        "pgcrypto, ...; list_extensions shows them all), CREATE ROLE does not (use "
+        "create_role, then GRANT to its sql_name), and a session has one database (for a "
+        "copy use create_branch). Each call is one transaction: if any statement fails, "
+        "nothing of the call is kept. Pass values as parameters $1, $2, ... in `params` "
+        "rather than pasting them into the SQL. At most `max_rows` rows come back "
+        "(`truncated` says when more existed) and every statement has a timeout. After each "
+        "meaningful change (a migration, a data load, a fix), call create_checkpoint so you "
+        "can go back to it.",
         RunSql,
         run_sql,
         destructive=True,
@@ -452,6 +493,33 @@ TOOLS: tuple[Tool[Any], ...] = (
         delete_branch,
         destructive=True,
         idempotent=True,
+    ),
+    Tool(
+        "list_extensions",
+        "List the PostgreSQL extensions the session's server offers: for each, whether it is "
+        "installed in the session's database and whether you may install it with "
+        "CREATE EXTENSION (run_sql).",
+        NoArguments,
+        list_extensions,
+        read_only=True,
+    ),
+    Tool(
+        "create_role",
+        "Create a login role in the session's database, e.g. a separate user for the app "
+        "(CREATE ROLE in SQL is refused: roles are made here). It may connect and create "
+        "objects; GRANT it what it should read or write with run_sql, naming it by the "
+        "`sql_name` this returns (the same as `name` on Neon). Its password is not shown to "
+        "you: the platform gets the role's connection string.",
+        CreateRole,
+        create_role,
+    ),
+    Tool(
+        "list_roles",
+        "List the roles of the session's database, the session's own first, each with the "
+        "`sql_name` to use in GRANT statements.",
+        NoArguments,
+        list_roles,
+        read_only=True,
     ),
     Tool(
         "get_session",

@@ -34,8 +34,10 @@ INSTRUCTIONS = (
     "create_checkpoint after every meaningful step; restore_checkpoint puts the database back "
     "to any checkpoint in place (same connection string, later checkpoints kept). "
     "diff_checkpoints shows what changed. Dev and preview branches are separate databases "
-    "that expire on their own. Deleting the session or its checkpoints and turning Neon Auth "
-    "or the Data API off need a user or admin token: no tool here does them."
+    "that expire on their own. list_extensions shows the extensions CREATE EXTENSION can "
+    "install; roles are made with create_role, not CREATE ROLE. Deleting the session or its "
+    "checkpoints and turning Neon Auth or the Data API off need a user or admin token: no "
+    "tool here does them."
 )
 SESSION_TOKEN_PREFIX = SCOPE_PREFIXES[TokenScope.SESSION]
 

@@ -18,7 +18,7 @@ from pydantic import JsonValue, ValidationError
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import core_schema
 
-from agentdb.sdk import AgentDB, AgentDBError, ConflictError, ControlPlaneError
+from agentdb.sdk import AgentDB, AgentDBError, ConflictError, ControlPlaneError, SqlError
 
 from ._definitions import TOOLS, Tool
 
@@ -209,6 +209,8 @@ def _describe(error: ValidationError, tool: Tool[Any]) -> str:
 
 def _explain(error: AgentDBError) -> str:
     message = str(error)
+    if isinstance(error, SqlError) and error.hint:
+        message += f" (hint: {error.hint})"
     if isinstance(error, ControlPlaneError) or (
         isinstance(error, ConflictError) and error.type.endswith("/session-busy")
     ):

@@ -19,7 +19,9 @@ from ._views import (
     BranchView,
     CheckpointView,
     EventView,
+    ExtensionView,
     OAuthProviderView,
+    RoleView,
     SessionView,
     TierChangeView,
     TokenView,
@@ -152,6 +154,22 @@ class CreateBranch(Body):
     ttl_seconds: WholeNumber | None = Field(default=None, gt=0, le=MAX_BRANCH_TTL_SECONDS)
 
 
+#: A role name agentdb creates: lowercase, so SQL needs no quotes; short enough for the local
+#: plane's suffix to keep it within PostgreSQL's 63 bytes.
+ROLE_NAME_PATTERN = r"^[a-z_][a-z0-9_]*$"
+MAX_ROLE_NAME = 40
+
+
+class CreateRole(Body):
+    name: str = Field(
+        min_length=1,
+        max_length=MAX_ROLE_NAME,
+        pattern=ROLE_NAME_PATTERN,
+        description="The role's name: lowercase letters, digits and '_', not starting with a "
+        "digit, e.g. 'app_user'.",
+    )
+
+
 class CreatePreview(Body):
     ttl_seconds: WholeNumber | None = Field(default=None, gt=0, le=MAX_BRANCH_TTL_SECONDS)
 
@@ -175,12 +193,35 @@ class SessionOut(SessionView):
     connection_uri: str | None = Field(
         default=None, description="Only for admin and user tokens, never for session tokens."
     )
+    extensions: list[ExtensionView] | None = Field(
+        default=None,
+        description="With `?include=extensions`: the extensions the server offers, installed "
+        "or installable (reads the database, so it wakes a suspended compute).",
+    )
 
 
 class BranchOut(BranchView):
     connection_uri: str | None = Field(
         default=None, description="Only for admin and user tokens, never for session tokens."
     )
+
+
+class RoleOut(RoleView):
+    """A role; to the session's owner (a user or admin token) also its connection URI."""
+
+    connection_uri: str | None = Field(
+        default=None,
+        description="postgresql:// URI that logs in as this role (password included); only "
+        "when a role is created, and only for user and admin tokens.",
+    )
+
+
+class RoleList(BaseModel):
+    roles: list[RoleView]
+
+
+class ExtensionList(BaseModel):
+    extensions: list[ExtensionView]
 
 
 class UserList(BaseModel):

@@ -366,6 +366,29 @@ class SqlColumn(BaseModel):
     type: str
 
 
+class RoleView(BaseModel):
+    """A PostgreSQL role of the session's database. `name` is the control plane's name for it;
+    `sql_name` is the name to write in SQL (`GRANT ... TO`): the same on Neon, the name with
+    the project's suffix on the local plane, where one cluster holds every session's roles."""
+
+    name: str
+    sql_name: str
+    owner: bool = Field(description="The session's own role, which owns its database's schema.")
+    created_at: datetime | None
+
+
+class ExtensionView(BaseModel):
+    """An extension the session's server offers. `installable`: the session's owner may
+    `CREATE EXTENSION` it (trusted, or allowed as on Neon); `installed_version` is set when it is
+    installed in the session's database."""
+
+    name: str
+    default_version: str | None
+    installed_version: str | None
+    installable: bool
+    comment: str | None
+
+
 class SqlResult(BaseModel):
     """The last statement's result.
 

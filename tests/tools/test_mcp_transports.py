@@ -34,6 +34,9 @@ TOOL_NAMES = {
     "delete_branch",
     "get_session",
     "get_usage",
+    "list_extensions",
+    "create_role",
+    "list_roles",
     "enable_auth",
     "enable_data_api",
 }

@@ -32,6 +32,9 @@ NAMES = {
     "delete_branch",
     "get_session",
     "get_usage",
+    "list_extensions",
+    "create_role",
+    "list_roles",
     "enable_auth",
     "enable_data_api",
 }
@@ -181,6 +184,20 @@ async def test_every_tool_round_trips_through_the_dispatcher(api_app: Litestar, 
         session = await call("get_session")
         assert session["id"] == str(tenant.session_id)
         assert session["status"] == "ready"
+
+        values["name"] = "app_user"
+        role = await call("create_role")
+        assert (role["name"], role["owner"]) == ("app_user", False)
+        assert role["sql_name"].startswith("app_user")
+        assert "connection_uri" not in role
+        roles = (await call("list_roles"))["roles"]
+        assert [(r["name"], r["owner"]) for r in roles][1:] == [("app_user", False)]
+        assert roles[0]["owner"] is True
+        extensions = {e["name"]: e for e in (await call("list_extensions"))["extensions"]}
+        assert extensions["vector"]["installable"] is True
+        assert extensions["dblink"]["installable"] is False
+        with pytest.raises(ToolError, match=r"hint: .*create_role"):
+            await box.call("run_sql", {"sql": "CREATE ROLE app_user"})
 
         auth = await call("enable_auth")
         assert auth["enabled"] is True
