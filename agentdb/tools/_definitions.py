@@ -21,20 +21,30 @@ from agentdb.sdk import (
     Auth,
     Branch,
     Checkpoint,
+    ConflictError,
     DataApi,
     Diff,
     Extension,
+    InvalidRequestError,
     Role,
     Session,
     SqlResult,
     Usage,
 )
-from agentdb.wire import MAX_ROLE_NAME, MAX_SQL_ROWS, MAX_SQL_TIMEOUT_SECONDS, ROLE_NAME_PATTERN
+from agentdb.wire import (
+    MAX_ROLE_NAME,
+    MAX_SQL_ROWS,
+    MAX_SQL_TIMEOUT_SECONDS,
+    ROLE_NAME_PATTERN,
+    SessionStatus,
+)
 
 #: Most rows and longest timeout one SQL call may ask for (the API's own limits).
 MAX_ROWS = MAX_SQL_ROWS
 MAX_TIMEOUT_SECONDS = MAX_SQL_TIMEOUT_SECONDS
 SESSION_ID_DESCRIPTION = "The agent session whose database to work on."
+#: Who owns the sessions the admin token's `create_session` opens when it names no user.
+LOCAL_USER = "mcp@agentdb.local"
 
 
 class ToolInput(BaseModel):
@@ -137,8 +147,31 @@ class EnableDataApi(ToolInput):
     )
 
 
+class PlatformInput(BaseModel):
+    """Input of a platform tool: it works on no one session, so it takes no `session_id`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class CreateSession(PlatformInput):
+    name: str | None = Field(default=None, description="A name for the session.")
+    user_id: uuid.UUID | None = Field(
+        default=None,
+        description="The user who owns it. With a user token, leave it out (yours). With "
+        f"the admin token (embedded `agentdb mcp`), leave it out to use the user {LOCAL_USER}.",
+    )
+
+
+class ListSessions(PlatformInput):
+    status: SessionStatus | None = Field(
+        default=None, description="Only sessions in this status (default: all but deleted)."
+    )
+
+
 InputT = TypeVar("InputT", bound=ToolInput)
 Handler = Callable[[AgentDB, uuid.UUID, InputT], Awaitable[JsonValue]]
+PlatformInputT = TypeVar("PlatformInputT", bound=PlatformInput)
+PlatformHandler = Callable[[AgentDB, PlatformInputT], Awaitable[JsonValue]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +186,20 @@ class Tool(Generic[InputT]):
     description: str
     input_model: type[InputT]
     handler: Handler[InputT]
+    read_only: bool = False
+    destructive: bool = False
+    idempotent: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class PlatformTool(Generic[PlatformInputT]):
+    """A tool for the platform's tokens (admin or user), which work on no one session: opening
+    and listing sessions. A toolbox bound to a session (a session token) never offers them."""
+
+    name: str
+    description: str
+    input_model: type[PlatformInputT]
+    handler: PlatformHandler[PlatformInputT]
     read_only: bool = False
     destructive: bool = False
     idempotent: bool = False
@@ -394,6 +441,35 @@ async def list_extensions(db: AgentDB, session_id: uuid.UUID, _: NoArguments) ->
     return {"extensions": [extension_result(e) for e in await db.list_extensions(session_id)]}
 
 
+async def create_session(db: AgentDB, args: CreateSession) -> JsonValue:
+    try:
+        session = await db.create_session(user_id=args.user_id, name=args.name)
+    except InvalidRequestError as exc:
+        if args.user_id is not None or "user_id" not in exc.fields:
+            raise
+        # The admin token must name an owner: embedded, that is agentdb's local user.
+        session = await db.create_session(user_id=await _local_user(db), name=args.name)
+    return session_result(session)
+
+
+async def _local_user(db: AgentDB) -> uuid.UUID:
+    try:
+        return (await db.create_user(LOCAL_USER, name="agentdb mcp")).id
+    except ConflictError:
+        after = None
+        while page := await db.list_users(after=after):
+            for user in page:
+                if user.email == LOCAL_USER:
+                    return user.id
+            after = page[-1].id
+        raise
+
+
+async def list_sessions(db: AgentDB, args: ListSessions) -> JsonValue:
+    found = await db.list_sessions(status=None if args.status is None else args.status.value)
+    return {"sessions": [session_result(s) for s in found]}
+
+
 # --- the tools, as the agent reads them -------------------------------------------------------
 
 TOOLS: tuple[Tool[Any], ...] = (
@@ -572,5 +648,23 @@ TOOLS: tuple[Tool[Any], ...] = (
         EnableDataApi,
         enable_data_api,
         idempotent=True,
+    ),
+)
+
+PLATFORM_TOOLS: tuple[PlatformTool[Any], ...] = (
+    PlatformTool(
+        "create_session",
+        "Open a new agent session: its own PostgreSQL database, with a root checkpoint. "
+        "Returns its id: pass it as `session_id` to the other tools.",
+        CreateSession,
+        create_session,
+    ),
+    PlatformTool(
+        "list_sessions",
+        "List the agent sessions this token reaches, oldest first, each with its id, name and "
+        "status: pass an id as `session_id` to the other tools.",
+        ListSessions,
+        list_sessions,
+        read_only=True,
     ),
 )

@@ -25,8 +25,7 @@ from mcp.shared.exceptions import MCPError
 from agentdb.sdk import AgentDB, AgentDBError
 from agentdb.wire import SCOPE_PREFIXES, TokenScope
 
-from ._definitions import Tool
-from ._toolbox import Toolbox, ToolError
+from ._toolbox import AnyTool, Toolbox, ToolError
 
 #: Tells an agent (and its client) how the tools fit together, once per connection.
 INSTRUCTIONS = (
@@ -99,7 +98,7 @@ def build_mcp_server(toolbox: Toolbox | ToolboxSource, *, name: str = "agentdb")
     )
 
 
-def _mcp_tool(box: Toolbox, tool: Tool[Any]) -> types.Tool:
+def _mcp_tool(box: Toolbox, tool: AnyTool) -> types.Tool:
     return types.Tool(
         name=tool.name,
         description=tool.description,

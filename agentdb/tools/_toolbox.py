@@ -20,7 +20,10 @@ from pydantic_core import core_schema
 
 from agentdb.sdk import AgentDB, AgentDBError, ConflictError, ControlPlaneError, SqlError
 
-from ._definitions import TOOLS, Tool
+from ._definitions import PLATFORM_TOOLS, TOOLS, PlatformTool, Tool
+
+#: A tool of either kind.
+AnyTool = Tool[Any] | PlatformTool[Any]
 
 JsonSchema = dict[str, Any]
 
@@ -63,12 +66,14 @@ def _inline(node: Any, defs: Mapping[str, Any]) -> Any:  # noqa: ANN401 - any JS
     return node
 
 
-def input_schema(tool: Tool[Any], *, bound: bool) -> JsonSchema:
+def input_schema(tool: AnyTool, *, bound: bool) -> JsonSchema:
     """The tool's input as JSON Schema: without `session_id` for a bound toolbox, with it
-    required otherwise."""
+    required otherwise (a platform tool takes none)."""
     raw = tool.input_model.model_json_schema(schema_generator=_AgentSchema)
     schema: JsonSchema = _inline(raw, raw.get("$defs", {}))
     properties: dict[str, Any] = schema.setdefault("properties", {})
+    if isinstance(tool, PlatformTool):
+        return schema
     required = [name for name in schema.get("required", []) if name != "session_id"]
     if bound:
         properties.pop("session_id", None)
@@ -87,17 +92,19 @@ class Toolbox:
     """agentdb's tools over an SDK client (embedded or remote; the caller keeps it open).
 
     `session_id` binds every call to that session and hides `session_id` from the schemas;
-    without it, every tool takes a required `session_id`."""
+    without it, every session tool takes a required `session_id`, and the platform tools
+    (`create_session`, `list_sessions`) are offered too."""
 
     def __init__(self, client: AgentDB, *, session_id: uuid.UUID | str | None = None) -> None:
         self.client = client
         self.session_id = None if session_id is None else uuid.UUID(str(session_id))
-        self._tools = {tool.name: tool for tool in TOOLS}
         bound = self.session_id is not None
-        self._schemas = {tool.name: input_schema(tool, bound=bound) for tool in TOOLS}
+        offered: tuple[AnyTool, ...] = TOOLS if bound else (*PLATFORM_TOOLS, *TOOLS)
+        self._tools = {tool.name: tool for tool in offered}
+        self._schemas = {tool.name: input_schema(tool, bound=bound) for tool in offered}
 
     @property
-    def tools(self) -> list[Tool[Any]]:
+    def tools(self) -> list[AnyTool]:
         return list(self._tools.values())
 
     @property
@@ -151,17 +158,19 @@ class Toolbox:
             parsed = tool.input_model.model_validate(args)
         except ValidationError as exc:
             raise ToolError(_describe(exc, tool)) from None
-        session_id = self.session_id or parsed.session_id
-        if session_id is None:
-            raise ToolError("session_id: required (the id of the agent session to work on)")
         try:
+            if isinstance(tool, PlatformTool):
+                return await tool.handler(self.client, parsed)
+            session_id = self.session_id or parsed.session_id
+            if session_id is None:
+                raise ToolError("session_id: required (the id of the agent session to work on)")
             return await tool.handler(self.client, session_id, parsed)
         except AgentDBError as exc:
             raise ToolError(_explain(exc), status=exc.status) from exc
         except httpx.HTTPError as exc:
             raise ToolError(f"agentdb could not be reached ({exc!r}); try again later") from exc
 
-    def _tool(self, name: str) -> Tool[Any]:
+    def _tool(self, name: str) -> AnyTool:
         tool = self._tools.get(name)
         if tool is None:
             raise ToolError(f"unknown tool {name!r}; the tools are: {', '.join(self._tools)}")
@@ -190,7 +199,7 @@ def _same_id(value: object, expected: uuid.UUID) -> bool:
         return False
 
 
-def _describe(error: ValidationError, tool: Tool[Any]) -> str:
+def _describe(error: ValidationError, tool: AnyTool) -> str:
     """One clause per bad argument, e.g. "checkpoint_id: required; max_rows: Input should be
     less than or equal to 10000"."""
     allowed = [n for n in tool.input_model.model_fields if n != "session_id"]

@@ -41,6 +41,8 @@ TOOL_NAMES = {
     "enable_data_api",
 }
 
+PLATFORM_TOOL_NAMES = {"create_session", "list_sessions"}
+
 
 @dataclass(frozen=True)
 class Agent:
@@ -164,6 +166,10 @@ async def test_http_tools_act_with_each_requests_own_token(served: Served):
         assert "connection_uri" not in json.dumps(own)
         foreign = await failure(mcp, "get_session", session_id=served.bob.session_id)
         assert foreign == f"no session {served.bob.session_id}"  # as for an unknown id
+        # A user token lists only its own sessions.
+        listed = {s["id"] for s in (await call(mcp, "list_sessions"))["sessions"]}
+        assert served.alice.session_id in listed
+        assert served.bob.session_id not in listed
 
     # No token, or a wrong one: the API's own 401, before any MCP is spoken.
     async with httpx.AsyncClient(base_url=served.url, timeout=60) as http:
@@ -174,15 +180,32 @@ async def test_http_tools_act_with_each_requests_own_token(served: Served):
             assert response.headers["content-type"].startswith("application/problem+json")
 
 
-async def test_agentdb_mcp_embedded_takes_session_ids(tmp_path: Path):
+async def test_agentdb_mcp_embedded_opens_sessions_and_takes_their_ids(tmp_path: Path):
     env = clean_env()
     async with over_stdio(env, tmp_path / "mcp.stderr", "--data-dir", str(tmp_path / "d")) as mcp:
         tools = {t.name: t.input_schema for t in (await mcp.list_tools()).tools}
-        assert set(tools) == TOOL_NAMES
-        assert all(schema["required"][0] == "session_id" for schema in tools.values())
+        assert set(tools) == TOOL_NAMES | PLATFORM_TOOL_NAMES
+        for name, schema in tools.items():
+            if name in PLATFORM_TOOL_NAMES:
+                assert "session_id" not in schema["properties"], name
+            else:
+                assert schema["required"][0] == "session_id", name
         missing = str(uuid.uuid4())
         assert await failure(mcp, "get_session", session_id=missing) == f"no session {missing}"
         assert (await failure(mcp, "get_session")).startswith("session_id: required")
+        # The admin token opens a session (for agentdb's local user) and works on it.
+        named = await mcp.call_tool("create_session", {"name": "from mcp"})
+        assert not named.is_error, named.content
+        opened: Any = named.structured_content
+        assert (opened["name"], opened["status"]) == ("from mcp", "ready")
+        listed = await call(mcp, "list_sessions")
+        assert [s["id"] for s in listed["sessions"]] == [opened["id"]]
+        rows = await call(mcp, "run_sql", session_id=opened["id"], sql="SELECT 1 AS one")
+        assert rows["rows"] == [[1]]
+        again = await call(mcp, "create_session")
+        assert len((await call(mcp, "list_sessions"))["sessions"]) == 2
+        assert again["id"] != opened["id"]
+        assert (await failure(mcp, "list_sessions", status="nope")).startswith("status:")
 
 
 def test_agentdb_mcp_refuses_to_start_without_a_working_token(served: Served):

@@ -15,7 +15,14 @@ from litestar import Litestar
 from mcp import Client
 
 from agentdb.sdk import AgentDB
-from agentdb.tools import TOOLS, Toolbox, ToolError, build_mcp_server, scoped_toolbox
+from agentdb.tools import (
+    PLATFORM_TOOLS,
+    TOOLS,
+    Toolbox,
+    ToolError,
+    build_mcp_server,
+    scoped_toolbox,
+)
 from agentdb.tools._mcp import INSTRUCTIONS
 
 from .conftest import Tenant, client_of, make_tenant
@@ -63,14 +70,17 @@ def exported(box: Toolbox) -> dict[str, tuple[str, dict[str, Any]]]:
 def test_exports_are_valid_json_schema(bound: bool, meta: type[jsonschema.Validator]):
     box = Toolbox(_NoClient(), session_id=uuid.uuid4() if bound else None)  # type: ignore[arg-type]
     tools = exported(box)
-    assert set(tools) == NAMES == {t.name for t in TOOLS}
+    platform = {t.name for t in PLATFORM_TOOLS}
+    assert {t.name for t in TOOLS} == NAMES
+    # Opening and listing sessions is for the platform's tokens, never a session's.
+    assert set(tools) == (NAMES if bound else NAMES | platform)
     for name, (description, schema) in tools.items():
         meta.check_schema(schema)
         assert schema["type"] == "object", name
         assert schema["additionalProperties"] is False, name
         assert len(description) > 80, name  # written for an LLM, not a label
         assert "$ref" not in json.dumps(schema), name  # self-contained, for every client
-        if bound:
+        if bound or name in platform:
             assert "session_id" not in schema["properties"], name
         else:
             assert schema["required"][0] == "session_id", name
