@@ -52,7 +52,12 @@ async def run_demo(
             async with open_runtime(settings) as runtime:
                 if runtime.new_admin_token is not None:
                     token = runtime.new_admin_token.get_secret_value()
-                    print(f"agentdb admin token (shown once, keep it): {token}", flush=True)  # noqa: T201
+                    # The demo serves no API: this token is what its sign-in page asks for.
+                    print(  # noqa: T201
+                        f"agentdb admin token (shown once, keep it; sign in to the demo with it): "
+                        f"{token}",
+                        flush=True,
+                    )
                 # The API app is reached in-process by the demo only; nothing else is served.
                 async with open_demo(runtime, create_api(runtime)) as demo:
                     await serve(

@@ -94,24 +94,43 @@ _log = structlog.get_logger(__name__)
 TRUSTED_TOO = ("vector",)
 
 
+#: agentdb's SQL stand-ins for extensions the wheel lacks (no libuuid, no OpenSSL) that
+#: generated code creates first thing: name -> version. Their files are in `extensions/`;
+#: each script starts with a SHA-1 of its own (core PostgreSQL has none), so both can share a
+#: schema.
+STAND_INS = {"uuid-ossp": "1.1", "pgcrypto": "1.3"}
+_STAND_IN_SOURCES = Path(__file__).with_name("extensions")
+
+
 def _trust_overlay(root: Path, install: Path) -> Path:
     """A directory of control files, searched before the installation's own
     (`extension_control_path`), that mark `TRUSTED_TOO` trusted and point at the wheel's own
-    scripts: the wheel's files stay untouched."""
+    scripts, and that hold the `STAND_INS`: the wheel's files stay untouched."""
     shipped = install / "share" / "extension"
     overlay = root / "extension-overlay"
     folder = overlay / "extension"
     folder.mkdir(parents=True, exist_ok=True)
+    files: dict[str, str] = {}
     for name in TRUSTED_TOO:
         lines = [
             line
             for line in (shipped / f"{name}.control").read_text().splitlines()
             if not line.strip().startswith(("trusted", "directory"))
         ]
-        text = "\n".join([*lines, "trusted = true", f"directory = '{shipped}'", ""])
-        control = folder / f"{name}.control"
-        if not control.is_file() or control.read_text() != text:
-            control.write_text(text)
+        files[f"{name}.control"] = "\n".join(
+            [*lines, "trusted = true", f"directory = '{shipped}'", ""]
+        )
+    sha1 = (_STAND_IN_SOURCES / "_sha1.sql").read_text()
+    for name, version in STAND_INS.items():
+        control = (_STAND_IN_SOURCES / f"{name}.control").read_text()
+        files[f"{name}.control"] = f"{control}directory = '{folder}'\n"
+        helper = "_" + name.replace("-", "_") + "_sha1"
+        script = sha1 + "\n" + (_STAND_IN_SOURCES / f"{name}--{version}.sql").read_text()
+        files[f"{name}--{version}.sql"] = script.replace("@sha1@", helper)
+    for file_name, text in files.items():
+        path = folder / file_name
+        if not path.is_file() or path.read_text() != text:
+            path.write_text(text)
     # Readable by the server's own user (it runs as another user when agentdb is root).
     for path in (overlay, folder, *folder.iterdir()):
         path.chmod(path.stat().st_mode | (0o044 if path.is_file() else 0o055))

@@ -1019,6 +1019,22 @@ _INSTEAD = (
         ),
     ),
     (
+        "25001",
+        "CREATE DATABASE",
+        (
+            "A session has one database; for a separate copy create a branch: POST "
+            "/v1/sessions/{id}/branches (agent tool create_branch)."
+        ),
+    ),
+    (
+        "25001",
+        "",
+        (
+            "agentdb runs each call in one transaction; a statement that cannot run in one "
+            "(VACUUM, CREATE INDEX CONCURRENTLY, ...) runs through the connection string."
+        ),
+    ),
+    (
         "3D000",
         "database ",
         (
