@@ -96,3 +96,19 @@ async def test_owner_installs_the_extensions_generated_code_uses(
         "SELECT id FROM docs WHERE title = 'CHECKPOINTS' ORDER BY embedding <-> '[1,0.1]' LIMIT 1"
     )
     assert nearest == [[1]]
+
+    # A dev branch and a preview are copies of the database: the extensions come along.
+    branch = await http.post(
+        f"/v1/sessions/{tenant.session_id}/branches", json={}, headers=tenant.user_token
+    )
+    assert branch.status_code == 201, branch.text
+    preview = await http.post(
+        f"/v1/sessions/{tenant.session_id}/checkpoints/{made.json()['id']}/preview",
+        json={},
+        headers=tenant.user_token,
+    )
+    assert preview.status_code == 201, preview.text
+    for copy in (branch.json(), preview.json()):
+        async with await psycopg.AsyncConnection.connect(copy["connection_uri"]) as conn:
+            cur = await conn.execute(SMOKE)
+            assert list(await cur.fetchone() or ()) == expected, copy["kind"]
