@@ -176,21 +176,35 @@ async def idle_phase(
     return used, gets
 
 
-async def computes_suspended(server: Served) -> float:
-    """Waits until the local plane has suspended every compute; returns the seconds waited."""
+async def computes_suspended(server: Served, within: float = 600) -> tuple[float, int]:
+    """Waits until the local plane has suspended every compute, for up to `within` seconds;
+    returns the seconds waited and how many are still active (with the client backends of
+    their databases printed to stderr, to tell why)."""
     state = make_conninfo(server.superuser_dsn, dbname="agentdb_localplane")
     started = time.monotonic()
-    while time.monotonic() - started < 600:
+    active = -1
+    while active != 0 and time.monotonic() - started < within:
+        if active > 0:
+            await asyncio.sleep(2)
         async with await psycopg.AsyncConnection.connect(state, autocommit=True) as conn:
             cur = await conn.execute(
                 "SELECT count(*) FROM lp_resources"
                 " WHERE kind = 'endpoint' AND data->>'current_state' = 'active'"
             )
             row = await cur.fetchone()
-        if row is not None and row[0] == 0:
-            return time.monotonic() - started
-        await asyncio.sleep(2)
-    raise RuntimeError("the computes did not suspend in 600 s")
+        active = 0 if row is None else int(row[0])
+    if active:
+        async with await psycopg.AsyncConnection.connect(
+            server.superuser_dsn, autocommit=True
+        ) as conn:
+            cur = await conn.execute(
+                "SELECT datname, usename, application_name, state, count(*)"
+                " FROM pg_stat_activity WHERE backend_type = 'client backend'"
+                " AND datname LIKE 'lpd%' GROUP BY 1, 2, 3, 4 ORDER BY 5 DESC LIMIT 20"
+            )
+            for found in await cur.fetchall():
+                print("still connected:", *found, file=sys.stderr)
+    return time.monotonic() - started, active
 
 
 class Watch:
@@ -453,12 +467,17 @@ async def run(args: argparse.Namespace, data_dir: Path) -> list[list[str]]:  # n
                 ],
                 ["GET /v1/sessions/{id} meanwhile", spread(gets, 99)],
             ]
-            waited = await computes_suspended(server)
+            waited, still_active = await computes_suspended(server)
+            suspended = (
+                "computes suspended"
+                if not still_active
+                else f"{still_active} computes still active"
+            )
             used, gets = await idle_phase(http, server, ids, args.idle)
             rows += [
                 [
                     (
-                        f"idle CPU over {args.idle:g} s, computes suspended"
+                        f"idle CPU over {args.idle:g} s, {suspended}"
                         f" ({waited:.0f} s later), agentdb + PostgreSQL"
                     ),
                     f"{100 * used / args.idle:.1f} % of a core",
