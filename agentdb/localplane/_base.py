@@ -502,8 +502,10 @@ class PlaneBase:
             async with self._store.tx(project_id) as tx:
                 if await tx.running_operations(project_id):
                     continue
+                # A job that finished since `closed` was read has reopened its databases.
+                still = set(await self._engine.closed_databases("lpd_")) & closed
                 for d in await tx.list(DatabaseRecord, project_id):
-                    if d.physical not in closed:
+                    if d.physical not in still:
                         continue
                     if await self._door_open_in(tx, project_id, d.physical):
                         await self._engine.set_connections(d.physical, allowed=True)

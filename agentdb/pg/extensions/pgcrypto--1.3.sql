@@ -97,14 +97,97 @@ LANGUAGE plpgsql VOLATILE STRICT PARALLEL SAFE AS $fn$
 BEGIN PERFORM @extschema@._pgcrypto_unavailable('gen_salt()'); RETURN NULL; END
 $fn$;
 
+-- Every PGP and raw cipher entry point of upstream's 1.3, with its volatility. armor(),
+-- dearmor(), pgp_armor_headers() and pgp_key_id() are left out: they need no OpenSSL
+-- upstream, so a stub saying they do would mislead.
 CREATE FUNCTION @extschema@.pgp_sym_encrypt(text, text) RETURNS bytea
 LANGUAGE plpgsql VOLATILE STRICT PARALLEL SAFE AS $fn$
 BEGIN PERFORM @extschema@._pgcrypto_unavailable('pgp_sym_encrypt()'); RETURN NULL; END
 $fn$;
 
+CREATE FUNCTION @extschema@.pgp_sym_encrypt(text, text, text) RETURNS bytea
+LANGUAGE plpgsql VOLATILE STRICT PARALLEL SAFE AS $fn$
+BEGIN PERFORM @extschema@._pgcrypto_unavailable('pgp_sym_encrypt()'); RETURN NULL; END
+$fn$;
+
+CREATE FUNCTION @extschema@.pgp_sym_encrypt_bytea(bytea, text) RETURNS bytea
+LANGUAGE plpgsql VOLATILE STRICT PARALLEL SAFE AS $fn$
+BEGIN PERFORM @extschema@._pgcrypto_unavailable('pgp_sym_encrypt_bytea()'); RETURN NULL; END
+$fn$;
+
+CREATE FUNCTION @extschema@.pgp_sym_encrypt_bytea(bytea, text, text) RETURNS bytea
+LANGUAGE plpgsql VOLATILE STRICT PARALLEL SAFE AS $fn$
+BEGIN PERFORM @extschema@._pgcrypto_unavailable('pgp_sym_encrypt_bytea()'); RETURN NULL; END
+$fn$;
+
 CREATE FUNCTION @extschema@.pgp_sym_decrypt(bytea, text) RETURNS text
 LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE AS $fn$
 BEGIN PERFORM @extschema@._pgcrypto_unavailable('pgp_sym_decrypt()'); RETURN NULL; END
+$fn$;
+
+CREATE FUNCTION @extschema@.pgp_sym_decrypt(bytea, text, text) RETURNS text
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE AS $fn$
+BEGIN PERFORM @extschema@._pgcrypto_unavailable('pgp_sym_decrypt()'); RETURN NULL; END
+$fn$;
+
+CREATE FUNCTION @extschema@.pgp_sym_decrypt_bytea(bytea, text) RETURNS bytea
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE AS $fn$
+BEGIN PERFORM @extschema@._pgcrypto_unavailable('pgp_sym_decrypt_bytea()'); RETURN NULL; END
+$fn$;
+
+CREATE FUNCTION @extschema@.pgp_sym_decrypt_bytea(bytea, text, text) RETURNS bytea
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE AS $fn$
+BEGIN PERFORM @extschema@._pgcrypto_unavailable('pgp_sym_decrypt_bytea()'); RETURN NULL; END
+$fn$;
+
+CREATE FUNCTION @extschema@.pgp_pub_encrypt(text, bytea) RETURNS bytea
+LANGUAGE plpgsql VOLATILE STRICT PARALLEL SAFE AS $fn$
+BEGIN PERFORM @extschema@._pgcrypto_unavailable('pgp_pub_encrypt()'); RETURN NULL; END
+$fn$;
+
+CREATE FUNCTION @extschema@.pgp_pub_encrypt(text, bytea, text) RETURNS bytea
+LANGUAGE plpgsql VOLATILE STRICT PARALLEL SAFE AS $fn$
+BEGIN PERFORM @extschema@._pgcrypto_unavailable('pgp_pub_encrypt()'); RETURN NULL; END
+$fn$;
+
+CREATE FUNCTION @extschema@.pgp_pub_encrypt_bytea(bytea, bytea) RETURNS bytea
+LANGUAGE plpgsql VOLATILE STRICT PARALLEL SAFE AS $fn$
+BEGIN PERFORM @extschema@._pgcrypto_unavailable('pgp_pub_encrypt_bytea()'); RETURN NULL; END
+$fn$;
+
+CREATE FUNCTION @extschema@.pgp_pub_encrypt_bytea(bytea, bytea, text) RETURNS bytea
+LANGUAGE plpgsql VOLATILE STRICT PARALLEL SAFE AS $fn$
+BEGIN PERFORM @extschema@._pgcrypto_unavailable('pgp_pub_encrypt_bytea()'); RETURN NULL; END
+$fn$;
+
+CREATE FUNCTION @extschema@.pgp_pub_decrypt(bytea, bytea) RETURNS text
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE AS $fn$
+BEGIN PERFORM @extschema@._pgcrypto_unavailable('pgp_pub_decrypt()'); RETURN NULL; END
+$fn$;
+
+CREATE FUNCTION @extschema@.pgp_pub_decrypt(bytea, bytea, text) RETURNS text
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE AS $fn$
+BEGIN PERFORM @extschema@._pgcrypto_unavailable('pgp_pub_decrypt()'); RETURN NULL; END
+$fn$;
+
+CREATE FUNCTION @extschema@.pgp_pub_decrypt(bytea, bytea, text, text) RETURNS text
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE AS $fn$
+BEGIN PERFORM @extschema@._pgcrypto_unavailable('pgp_pub_decrypt()'); RETURN NULL; END
+$fn$;
+
+CREATE FUNCTION @extschema@.pgp_pub_decrypt_bytea(bytea, bytea) RETURNS bytea
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE AS $fn$
+BEGIN PERFORM @extschema@._pgcrypto_unavailable('pgp_pub_decrypt_bytea()'); RETURN NULL; END
+$fn$;
+
+CREATE FUNCTION @extschema@.pgp_pub_decrypt_bytea(bytea, bytea, text) RETURNS bytea
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE AS $fn$
+BEGIN PERFORM @extschema@._pgcrypto_unavailable('pgp_pub_decrypt_bytea()'); RETURN NULL; END
+$fn$;
+
+CREATE FUNCTION @extschema@.pgp_pub_decrypt_bytea(bytea, bytea, text, text) RETURNS bytea
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE AS $fn$
+BEGIN PERFORM @extschema@._pgcrypto_unavailable('pgp_pub_decrypt_bytea()'); RETURN NULL; END
 $fn$;
 
 CREATE FUNCTION @extschema@.encrypt(bytea, bytea, text) RETURNS bytea
@@ -115,4 +198,14 @@ $fn$;
 CREATE FUNCTION @extschema@.decrypt(bytea, bytea, text) RETURNS bytea
 LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE AS $fn$
 BEGIN PERFORM @extschema@._pgcrypto_unavailable('decrypt()'); RETURN NULL; END
+$fn$;
+
+CREATE FUNCTION @extschema@.encrypt_iv(bytea, bytea, bytea, text) RETURNS bytea
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE AS $fn$
+BEGIN PERFORM @extschema@._pgcrypto_unavailable('encrypt_iv()'); RETURN NULL; END
+$fn$;
+
+CREATE FUNCTION @extschema@.decrypt_iv(bytea, bytea, bytea, text) RETURNS bytea
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE AS $fn$
+BEGIN PERFORM @extschema@._pgcrypto_unavailable('decrypt_iv()'); RETURN NULL; END
 $fn$;
