@@ -64,6 +64,23 @@ class Settings(BaseSettings):
         "plane hands out. Default: the listener's own address (for `agentdb serve`), else the "
         "URL the request came in on.",
     )
+    localplane_proxy: bool = Field(
+        default=True,
+        description="Run the local plane's connection proxy: connection URIs then carry Neon's "
+        "role and database names, TLS (sslmode=require, channel_binding=require) and the "
+        "endpoint (options=endpoint%3D<id>), and new connections are held through a "
+        "checkpoint's or restore's switch instead of refused.",
+    )
+    localplane_proxy_host: str = Field(
+        default="127.0.0.1", description="Interface the connection proxy listens on."
+    )
+    localplane_proxy_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="The connection proxy's TCP port (0: the one it had last time, else a free "
+        "one).",
+    )
     localplane_faults: str = Field(
         default="",
         description="Local-plane fault injection, e.g. '423=0.2,429=0.1,500=0.05,latency_ms=50'.",

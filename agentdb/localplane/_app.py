@@ -28,7 +28,7 @@ from ._data_api_service import DATA_API
 from ._errors import LocalPlaneError
 from ._faults import Faults, KillSwitch
 from ._governance import Limits
-from ._plane import LocalPlane
+from ._plane import LocalPlane, ProxyOptions
 from ._routes import ROUTES
 
 JSON = dict[str, Any]
@@ -164,6 +164,13 @@ def create_app(
                 meter_interval_s=settings.localplane_meter_interval_s,
                 limits=limits,
                 kill_at=settings.localplane_kill_at,
+                proxy=ProxyOptions(
+                    host=settings.localplane_proxy_host,
+                    port=settings.localplane_proxy_port,
+                    tls_dir=settings.data_dir / "tls",
+                )
+                if settings.localplane_proxy
+                else None,
             ) as plane,
         ):
             app.state.plane = plane

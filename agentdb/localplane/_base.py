@@ -38,6 +38,7 @@ from ._models import (
     now,
 )
 from ._store import Store, Tx
+from ._tls import TlsFiles
 
 JSON = dict[str, Any]
 log = structlog.get_logger(__name__)
@@ -117,6 +118,10 @@ class PlaneBase:
         #: A cleanup gave up: the next sweep collects the orphans it left.
         self.orphans_suspected = False
         self.last_swap_downtime_s: float | None = None
+        #: Where the connection proxy listens, when it runs (`LocalPlane.open(proxy=...)`).
+        self.proxy_address: tuple[str, int] | None = None
+        #: The proxy's CA and certificate, when it runs.
+        self.tls_files: TlsFiles | None = None
         # Operations carry the id of the process that runs them; a process holds an advisory lock
         # on its id while alive, so a restart only takes over jobs whose runner is gone.
         self.runner_id = secrets.randbelow(2**31 - 1) + 1
@@ -368,7 +373,19 @@ class PlaneBase:
     def _endpoint_json(self, e: EndpointRecord, p: ProjectRecord) -> JSON:
         return render.endpoint(e, host=self.host, region_id=p.region_id)
 
-    def _details(self, r: RoleRecord, d: DatabaseRecord) -> JSON:
+    def _details(self, r: RoleRecord, d: DatabaseRecord, endpoint_id: str | None = None) -> JSON:
+        """Connection details for `r` on `d`: through the proxy with Neon's names when it
+        runs (and `endpoint_id` is known), else straight to PostgreSQL with physical names."""
+        if self.proxy_address is not None and endpoint_id is not None:
+            host, port = self.proxy_address
+            return render.proxy_connection_details(
+                role=r.name,
+                password=r.password or "",
+                host=host,
+                port=port,
+                dbname=d.name,
+                endpoint_id=endpoint_id,
+            )
         return render.connection_details(
             role_physical=r.physical,
             password=r.password or "",

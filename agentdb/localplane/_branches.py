@@ -125,7 +125,13 @@ class PlaneBranches(PlaneBase):
         }
         # As on Neon: connection URIs only when the branch has a compute and one role and database.
         if endpoints and len(roles) == 1 and len(dbs) == 1:
-            result["connection_uris"] = [self._details(next(iter(roles.values())), dbs[0])]
+            result["connection_uris"] = [
+                self._details(
+                    next(iter(roles.values())),
+                    dbs[0],
+                    next((e.id for e in endpoints if e.type == "read_write"), endpoints[0].id),
+                )
+            ]
         return result
 
     @staticmethod

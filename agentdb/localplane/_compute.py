@@ -13,6 +13,7 @@ read_write one and is read-only only by `default_transaction_read_only=on` in th
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
@@ -46,6 +47,17 @@ from ._store import STATE_DATABASE
 JSON = dict[str, Any]
 READ_ONLY_OPTIONS = "-c default_transaction_read_only=on"
 SAFE_OPTIONS = "-c search_path=pg_catalog,pg_temp -c default_transaction_read_only=off"
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """A proxy connection's target: the physical role and database behind Neon's names."""
+
+    project_id: str
+    role: str | None
+    password: str | None = field(repr=False)
+    database: str | None
+    read_only: bool
 
 
 class PlaneCompute(PlaneBase):
@@ -562,11 +574,43 @@ class PlaneCompute(PlaneBase):
             )
         if role.password is None:
             raise BadRequest(f"role_name: role {role_name!r} cannot log in")
+        if self.proxy_address is not None:
+            # The endpoint is in the URI: a read_only one is read-only at the proxy.
+            chosen_id = endpoint_id or next(e.id for e in endpoints if e.type == "read_write")
+            return {"uri": self._details(role, db, chosen_id)["connection_uri"]}
         uri: str = self._details(role, db)["connection_uri"]
         if read_only:
             # Not enforced: see the module's docstring.
             uri += "?options=" + quote(READ_ONLY_OPTIONS, safe="")
         return {"uri": uri}
+
+    # --- the connection proxy's routes ----------------------------------------------------------
+
+    async def route(self, endpoint_id: str, role_name: str, database_name: str) -> Route:
+        """Where a proxy connection for `role_name` and `database_name` through `endpoint_id`
+        goes. An endpoint suspended by the API is started, as a connection wakes one on Neon;
+        one the meter suspended wakes by itself. A role that cannot log in and a database that
+        does not exist are `None`: the proxy says so only after authentication, as PostgreSQL
+        does. Raises `NotFound` (no such endpoint), `Conflict` (disabled), `QuotaExceeded`."""
+        async with self._store.tx() as tx:
+            endpoint = await tx.get(EndpointRecord, endpoint_id)
+            if endpoint is None:
+                raise NotFound(f"endpoint {endpoint_id} not found")
+            project_id = endpoint.project_id
+            role = await tx.get(RoleRecord, f"{project_id}/{role_name}")
+            db = await tx.get(DatabaseRecord, f"{endpoint.branch_id}/{database_name}")
+        if endpoint.disabled:
+            raise Conflict(f"endpoint {endpoint_id} is disabled")
+        if endpoint.current_state == "idle" and not endpoint.auto_suspended:
+            await self.start_endpoint(project_id, endpoint_id)
+        can_log_in = role is not None and role.password is not None and not role.no_login
+        return Route(
+            project_id=project_id,
+            role=role.physical if role is not None and can_log_in else None,
+            password=role.password if role is not None and can_log_in else None,
+            database=db.physical if db is not None else None,
+            read_only=endpoint.type == "read_only",
+        )
 
     # --- operations ----------------------------------------------------------------------------
 

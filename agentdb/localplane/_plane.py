@@ -6,12 +6,15 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
 
 import psycopg
 import structlog
 
 from agentdb.pg import ServerInfo
 
+from . import _tls as tls
 from ._addons import AddonLineage
 from ._branches import PlaneBranches
 from ._compute import PlaneCompute
@@ -24,12 +27,53 @@ from ._models import BranchRecord, SnapshotRecord, now
 from ._neon_auth import NeonAuthMixin
 from ._organizations import OrganizationsMixin
 from ._projects import PlaneProjects
+from ._proxy import Proxy
 from ._snapshots import PlaneSnapshots
 from ._store import STATE_DATABASE, Store
 
 log = structlog.get_logger(__name__)
 # Neon deletes expired snapshots and branches "by a background job, not exactly on time".
 _SWEEP_INTERVAL_S = 15
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyOptions:
+    """Where the connection proxy listens (port 0: the one it had last time, else a free one)
+    and where its CA and certificate are kept."""
+
+    host: str
+    port: int
+    tls_dir: Path
+
+
+@asynccontextmanager
+async def _proxying(
+    plane: LocalPlane, server: ServerInfo, options: ProxyOptions | None
+) -> AsyncIterator[None]:
+    if options is None:
+        yield
+        return
+    files = tls.ensure(options.tls_dir, [options.host])
+    proxy = Proxy(plane, server, files.server_context(), files.end_point_hash())
+    remembered = options.tls_dir / "proxy.port"
+    port = options.port
+    if port == 0 and remembered.exists():
+        port = int(remembered.read_text())
+    try:
+        bound = await proxy.start(options.host, port)
+    except OSError:
+        if port == options.port:
+            raise
+        bound = await proxy.start(options.host, 0)  # the remembered port is taken now
+    remembered.write_text(str(bound))
+    plane.proxy_address = (options.host, bound)
+    plane.tls_files = files
+    log.info("localplane.proxy", host=options.host, port=bound, ca_cert=str(files.ca_cert))
+    try:
+        yield
+    finally:
+        plane.proxy_address = None
+        await proxy.close()
 
 
 class LocalPlane(
@@ -55,10 +99,12 @@ class LocalPlane(
         meter_interval_s: float = 30.0,
         limits: Limits | None = None,
         kill_at: str = "",
+        proxy: ProxyOptions | None = None,
     ) -> AsyncIterator[LocalPlane]:
         """The plane over `server`, with the default organization and `organizations`; it
         measures consumption and enforces quotas every `meter_interval_s` seconds, and holds
-        tenants to `limits` (see `_governance`). `kill_at` arms a kill point (crash tests)."""
+        tenants to `limits` (see `_governance`). `kill_at` arms a kill point (crash tests).
+        With `proxy`, the connection proxy runs too and connection URIs go through it."""
         limits = limits or Limits()
         async with Engine.open(server, KillSwitch(kill_at), limits) as engine:
             await engine.ensure_state_database(STATE_DATABASE)
@@ -81,7 +127,8 @@ class LocalPlane(
                         asyncio.create_task(plane.watch(limits.size_watch_interval_s)),
                     ]
                     try:
-                        yield plane
+                        async with _proxying(plane, server, proxy):
+                            yield plane
                     finally:
                         for task in background:
                             task.cancel()

@@ -110,7 +110,7 @@ class PlaneProjects(UsageMixin):
             await m.start(ops, "create_project", project_id=project_id)
         return {
             "project": render.project(p, host=self.host),
-            "connection_uris": [self._details(r, d)],
+            "connection_uris": [self._details(r, d, e.id)],
             "roles": [render.role(r, branch_id=b.id, with_password=True)],
             "databases": [render.database(d)],
             "operations": [render.operation(o) for o in ops],

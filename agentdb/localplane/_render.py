@@ -238,6 +238,26 @@ def connection_uri(*, user: str, password: str, host: str, port: int, dbname: st
     return f"postgresql://{credentials}@{host}:{port}/{quote(dbname, safe='')}"
 
 
+def proxy_connection_details(
+    *, role: str, password: str, host: str, port: int, dbname: str, endpoint_id: str
+) -> JSON:
+    """Through the plane's proxy: Neon's names, TLS with channel binding, and the endpoint in
+    `options` (Neon's way for clients without SNI; a host name `ep-....localhost` works too)."""
+    uri = connection_uri(user=role, password=password, host=host, port=port, dbname=dbname)
+    options = quote(f"endpoint={endpoint_id}", safe="")
+    return {
+        "connection_uri": f"{uri}?sslmode=require&channel_binding=require&options={options}",
+        "connection_parameters": {
+            "database": dbname,
+            "password": password,
+            "role": role,
+            "host": host,
+            "pooler_host": host,
+            "port": port,
+        },
+    }
+
+
 def connection_details(
     *, role_physical: str, password: str, host: str, port: int, db_physical: str
 ) -> JSON:
