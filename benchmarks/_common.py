@@ -86,6 +86,16 @@ async def local_plane(data_dir: Path) -> AsyncIterator[Plane]:
             yield Plane(app=app, server=server, http=http)
 
 
+async def physical_names(uri: str) -> tuple[str, str]:
+    """The role and database behind `uri` inside the cluster (the local plane's connection
+    strings carry Neon's names; its proxy maps them to these)."""
+    async with await psycopg.AsyncConnection.connect(uri) as conn:
+        row = await (await conn.execute("SELECT current_user, current_database()")).fetchone()
+    if row is None:
+        raise BenchmarkError("SELECT current_user returned no row")
+    return str(row[0]), str(row[1])
+
+
 def expect(resp: httpx.Response, *statuses: int) -> JSON:
     """The response's JSON body, if its status is one of `statuses`."""
     if resp.status_code not in statuses:

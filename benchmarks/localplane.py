@@ -56,6 +56,7 @@ from _common import (
     machine_facts,
     markdown_table,
     mebibytes,
+    physical_names,
     quiet_logs,
     seconds,
     server_version,
@@ -140,11 +141,12 @@ async def create_project(lp: Plane, name: str) -> tuple[Project, float]:
     await wait_ops(lp.http, body["project"]["id"], body["operations"])
     elapsed = time.perf_counter() - started
     details = body["connection_uris"][0]
+    _, database = await physical_names(details["connection_uri"])
     project = Project(
         id=body["project"]["id"],
         branch_id=body["branch"]["id"],
         uri=details["connection_uri"],
-        database=details["connection_parameters"]["database"],
+        database=database,
     )
     return project, elapsed
 

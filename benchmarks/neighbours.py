@@ -66,6 +66,7 @@ from _common import (
     machine_facts,
     markdown_table,
     mebibytes,
+    physical_names,
     quiet_logs,
     seconds,
     served,
@@ -109,8 +110,8 @@ async def make_user(http: httpx.AsyncClient, email: str, sessions: int) -> list[
         uri = expect(await http.get(f"/v1/sessions/{s['id']}", headers=owner), 200)[
             "connection_uri"
         ]
-        parts = psycopg.conninfo.conninfo_to_dict(uri)
-        out.append(Session(s["id"], t["token"], str(parts["user"]), str(parts["dbname"])))
+        role, database = await physical_names(uri)
+        out.append(Session(s["id"], t["token"], role, database))
     return out
 
 

@@ -43,10 +43,11 @@ from _common import (
     machine_facts,
     markdown_table,
     mebibytes,
+    physical_names,
     served,
 )
 from localplane import dump_and_restore
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.conninfo import make_conninfo
 
 AT_ONCE = 8
 # Computes suspend after a minute idle (Neon's default is 5), so that the idle fleet's figure
@@ -335,7 +336,7 @@ async def sizes_phase(
             for path, seen in watch.errors.items():
                 for error in sorted(seen):
                     print(f"{mebibytes(actual)} {path}: {error}", file=sys.stderr)
-        database = conninfo_to_dict(uri)["dbname"]
+        _, database = await physical_names(uri)
         (data_dir / "dumps").mkdir(exist_ok=True)
         dump_s, pg_restore_s, dump_bytes = await dump_and_restore(
             server.server, str(database), data_dir / "dumps", 0

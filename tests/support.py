@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 from contract.openapi import NeonSpec
 from litestar import Litestar
@@ -243,3 +244,29 @@ def run_node(script: str, *, env: dict[str, str] | None = None) -> Any:
         pytest.fail(f"node exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
     last = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else "null"
     return json.loads(last)
+
+
+async def physical_names(uri: str) -> tuple[str, str]:
+    """The role and database behind a session's connection string inside the cluster: the
+    local plane's strings carry Neon's names (`neondb_owner`, `neondb`), which its proxy maps."""
+    async with await psycopg.AsyncConnection.connect(uri) as conn:
+        row = await (await conn.execute("SELECT current_user, current_database()")).fetchone()
+    assert row is not None
+    return str(row[0]), str(row[1])
+
+
+def physical_names_sync(uri: str) -> tuple[str, str]:
+    """`physical_names`, for tests without an event loop."""
+    with psycopg.connect(uri, connect_timeout=30) as conn:
+        row = conn.execute("SELECT current_user, current_database()").fetchone()
+    assert row is not None
+    return str(row[0]), str(row[1])
+
+
+async def direct_uri(uri: str, server: ServerInfo) -> str:
+    """The same login as `uri`, straight to PostgreSQL with the cluster's names (no proxy)."""
+    role, database = await physical_names(uri)
+    password = psycopg.conninfo.conninfo_to_dict(uri).get("password") or ""
+    return psycopg.conninfo.make_conninfo(
+        host=server.host, port=server.port, user=role, password=str(password), dbname=database
+    )

@@ -13,6 +13,7 @@ read_write one and is read-only only by `default_transaction_read_only=on` in th
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -25,7 +26,14 @@ from . import _steps as step
 from ._base import Mutation, PlaneBase, check_cu
 from ._branches import new_physical
 from ._data_api import DataApiRecord
-from ._errors import BadRequest, Conflict, NotFound, PreconditionFailed, QuotaExceeded
+from ._errors import (
+    BadRequest,
+    Conflict,
+    Locked,
+    NotFound,
+    PreconditionFailed,
+    QuotaExceeded,
+)
 from ._models import (
     BranchRecord,
     DatabaseCreateBody,
@@ -602,7 +610,9 @@ class PlaneCompute(PlaneBase):
         if endpoint.disabled:
             raise Conflict(f"endpoint {endpoint_id} is disabled")
         if endpoint.current_state == "idle" and not endpoint.auto_suspended:
-            await self.start_endpoint(project_id, endpoint_id)
+            # Another operation holds the project: the proxy holds the client and asks again.
+            with contextlib.suppress(Locked):
+                await self.start_endpoint(project_id, endpoint_id)
         can_log_in = role is not None and role.password is not None and not role.no_login
         return Route(
             project_id=project_id,

@@ -124,6 +124,9 @@ class Proxy:
     _clients: set[asyncio.Task[None]] = field(default_factory=set)
     _listener: socket.socket | None = None
     _accepting: asyncio.Task[None] | None = None
+    _unknown: scram.Verifier = field(
+        default_factory=lambda: scram.Verifier.from_password(secrets.token_urlsafe(24))
+    )
 
     def __post_init__(self) -> None:
         self.tls.sni_callback = _remember_sni
@@ -344,7 +347,9 @@ class Proxy:
     def _verifier(self, role: str, password: str | None) -> scram.Verifier:
         """The role's SCRAM secret, made once per password (PBKDF2 is slow on purpose)."""
         if not role or password is None:
-            return scram.Verifier.from_password(secrets.token_urlsafe(24))
+            # One made-up secret for every unknown role, made once: an unknown role costs what
+            # a known one does, so timing does not tell which roles exist.
+            return self._unknown
         key = (role, password)
         found = self._verifiers.get(key)
         if found is None:

@@ -42,6 +42,7 @@ from ._common import (
 from ._errors import Conflict, ControlPlaneFailed, InvalidInput, SqlFailed
 from ._secrets import Secrets
 from .checkpoints import load_ready_session
+from .credentials import merged_options
 
 log = structlog.get_logger("agentdb.services.addons")
 
@@ -231,7 +232,7 @@ class AddonService:
             async with await psycopg.AsyncConnection.connect(
                 uri,
                 connect_timeout=10,
-                options=f"-c statement_timeout={milliseconds}",
+                options=merged_options(uri, f"-c statement_timeout={milliseconds}"),
                 application_name="agentdb-auth-users",
             ) as conn:
                 found = await conn.execute("SELECT to_regclass('neon_auth.users_sync') IS NOT NULL")

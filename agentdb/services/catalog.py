@@ -82,6 +82,7 @@ class CatalogService:
         self._clock = clock
         self._locks = locks or SessionLocks(sessions)
         self._max_roles = max_roles
+        self._suffixes: dict[uuid.UUID, str] = {}
 
     def _db(self) -> AsyncSession:
         return self._sessions(expire_on_commit=False)
@@ -91,7 +92,7 @@ class CatalogService:
         async with self._db() as db:
             row = await load_ready_session(db, session_id)
         project_id, branch_id, own_role = _placed(row)
-        suffix = self._suffix(own_role, row.encrypted_connection_secret)
+        suffix, _ = await self._suffix(session_id, own_role, row.encrypted_connection_secret)
         try:
             found = await self._neon.list_roles(project_id, branch_id)
         except NeonError as error:
@@ -123,6 +124,10 @@ class CatalogService:
                 f"{name!r} is reserved (PostgreSQL's, Neon's or agentdb's own roles); "
                 "choose another, e.g. 'app_user'",
             )
+        async with self._db() as db:
+            row = await load_ready_session(db, session_id)
+        _, _, own_role = _placed(row)
+        suffix, by_name = await self._suffix(session_id, own_role, row.encrypted_connection_secret)
         async with self._locks.hold(session_id):
             async with self._db() as db:
                 row = await load_ready_session(db, session_id)
@@ -147,7 +152,6 @@ class CatalogService:
             password = made.role.password
             assert password is not None  # noqa: S101 - a create answer carries it
             uri = self._secrets.decrypt(row.encrypted_connection_secret)
-            suffix = self._suffix(own_role, row.encrypted_connection_secret)
             view = RoleView(
                 name=name, sql_name=name + suffix, owner=False, created_at=made.role.created_at
             )
@@ -164,7 +168,8 @@ class CatalogService:
                     )
                 )
                 await db.commit()
-        return view, with_login(uri, view.sql_name, password.get_secret_value())
+        login = name if by_name else view.sql_name
+        return view, with_login(uri, login, password.get_secret_value())
 
     async def extensions(self, session_id: uuid.UUID) -> builtins.list[ExtensionView]:
         """Every extension the session's server offers, whether installed and whether the
@@ -182,13 +187,26 @@ class CatalogService:
             for name, default, installed, installable, comment in result.rows
         ]
 
-    def _suffix(self, role_name: str, encrypted_uri: bytes | None) -> str:
-        """What the control plane appends to a role's name in the cluster: nothing on Neon;
-        on the local plane the project's suffix, read off the session role's login name."""
+    async def _suffix(
+        self, session_id: uuid.UUID, role_name: str, encrypted_uri: bytes | None
+    ) -> tuple[str, bool]:
+        """What the control plane appends to a role's name in the cluster (nothing on Neon;
+        the project's suffix on the local plane, whose roles are cluster-wide), and whether a
+        connection string logs in by the API's name (Neon, and the local plane's proxy) rather
+        than by the name in SQL. When the login name says nothing, the session's database is
+        asked once (`current_user`) and the answer kept: it never changes for a session."""
         if encrypted_uri is None:
-            return ""
+            return "", True
         user = unquote(urlsplit(self._secrets.decrypt(encrypted_uri)).username or "")
-        return user[len(role_name) :] if user.startswith(role_name) else ""
+        if user != role_name:
+            return (user[len(role_name) :] if user.startswith(role_name) else ""), False
+        known = self._suffixes.get(session_id)
+        if known is None:
+            result = await self._sql.run(session_id, "SELECT current_user", max_rows=1)
+            current = str(result.rows[0][0])
+            known = current[len(role_name) :] if current.startswith(role_name) else ""
+            self._suffixes[session_id] = known
+        return known, True
 
 
 def _placed(row: AgentSession) -> tuple[str, str, str]:

@@ -14,6 +14,7 @@ import uuid
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import structlog
+from psycopg.conninfo import conninfo_to_dict
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from agentdb.neon import NeonClient, NeonError
@@ -38,6 +39,14 @@ log = structlog.get_logger(__name__)
 
 #: SQLSTATE of "password authentication failed".
 INVALID_PASSWORD = "28P01"  # noqa: S105 - an error code, not a password
+
+
+def merged_options(uri: str, extra: str) -> str:
+    """The `options` startup parameter for a connection to `uri` with `extra` settings: the
+    URI's own options (the local plane's proxy reads the endpoint from them, as Neon's does
+    for clients without SNI) come first, since an `options=` argument replaces them."""
+    given = conninfo_to_dict(uri).get("options")
+    return f"{given} {extra}" if given else extra
 
 
 def with_password(uri: str, password: str) -> str:

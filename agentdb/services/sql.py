@@ -44,7 +44,6 @@ from aiolimiter import AsyncLimiter
 from psycopg import abc, errors, generators, pq
 from psycopg.abc import AdaptContext, Buffer
 from psycopg.adapt import AdaptersMap, Loader, PyFormat, Transformer
-from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.json import Jsonb
 from psycopg.types.string import TextLoader
 from pydantic import JsonValue
@@ -64,7 +63,7 @@ from ._common import (
 )
 from ._errors import Conflict, InvalidInput, QuotaExceeded, SessionBusy, SqlFailed
 from ._secrets import Secrets
-from .credentials import INVALID_PASSWORD
+from .credentials import INVALID_PASSWORD, merged_options
 
 log = structlog.get_logger(__name__)
 
@@ -684,13 +683,13 @@ class SqlService:
     async def _connect(
         self, uri: str, limit: timedelta
     ) -> psycopg.AsyncConnection[tuple[Any, ...]]:
-        given = conninfo_to_dict(uri).get("options")
         milliseconds = _milliseconds(limit)
-        options = f"{given} " if given else ""
         # The server notices within half a second that agentdb gave up on a call (or died) and
         # ends the statement, instead of running it for nobody (PostgreSQL 14+): a statement
         # that swallows its cancel is ended this way.
-        options += f"-c statement_timeout={milliseconds} -c client_connection_check_interval=500"
+        options = merged_options(
+            uri, f"-c statement_timeout={milliseconds} -c client_connection_check_interval=500"
+        )
         try:
             # Only connecting is retried: a statement once sent is never sent again.
             async for attempt in stamina.retry_context(

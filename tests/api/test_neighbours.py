@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import psycopg
+from support import physical_names
 
 from agentdb.pg import ServerInfo
 
@@ -66,7 +67,8 @@ async def _second_session(http: httpx.AsyncClient, owner: Tenant) -> tuple[str, 
 
 async def _role(http: httpx.AsyncClient, owner: Tenant, sid: str) -> str:
     uri = (await http.get(f"/v1/sessions/{sid}", headers=owner.user_token)).json()["connection_uri"]
-    return str(psycopg.conninfo.conninfo_to_dict(uri)["user"])
+    role, _ = await physical_names(uri)
+    return role
 
 
 async def test_one_users_attack_leaves_another_users_session_working(

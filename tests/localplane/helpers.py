@@ -8,6 +8,9 @@ from typing import Any
 
 import httpx
 import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from agentdb.pg import ServerInfo
 
 TERMINAL_OK = {"finished", "skipped"}
 
@@ -42,6 +45,22 @@ async def create_project(client: httpx.AsyncClient, **spec: Any) -> dict[str, An
     body: dict[str, Any] = resp.json()
     await wait_ops(client, body["project"]["id"], body["operations"])
     return body
+
+
+async def physical(uri: str) -> tuple[str, str]:
+    """The role and database behind a connection string inside the cluster: the strings carry
+    Neon's names (`neondb_owner`, `neondb`), which the plane's proxy maps to these."""
+    ((role, database),) = await fetch(uri, "SELECT current_user, current_database()")
+    return str(role), str(database)
+
+
+async def direct(uri: str, server: ServerInfo) -> str:
+    """The same login as `uri`, straight to PostgreSQL with the cluster's names (no proxy)."""
+    role, database = await physical(uri)
+    password = conninfo_to_dict(uri).get("password") or ""
+    return make_conninfo(
+        host=server.host, port=server.port, user=role, password=password, dbname=database
+    )
 
 
 async def fetch(uri: str, query: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:

@@ -6,14 +6,28 @@ import httpx
 import psycopg
 import pytest
 
+from agentdb.pg import ServerInfo
+
 from .helpers import create_project, execute, fetch, wait_ops
 
 
-async def test_suspend_refuses_connections_until_started(neon_http: httpx.AsyncClient) -> None:
+async def test_suspend_ends_sessions_and_a_new_connection_wakes_the_endpoint(
+    neon_http: httpx.AsyncClient, pg_server: ServerInfo
+) -> None:
+    """As on Neon: suspending ends the compute's sessions; the next connection through the
+    connection string starts it again. Straight to PostgreSQL, the database stays closed."""
     created = await create_project(neon_http)
     project_id = created["project"]["id"]
     endpoint_id = created["endpoints"][0]["id"]
     uri = created["connection_uris"][0]["connection_uri"]
+    role, database = (await fetch(uri, "SELECT current_user, current_database()"))[0]
+    password = created["roles"][0]["password"]
+    direct = f"postgresql://{role}:{password}@{pg_server.host}:{pg_server.port}/{database}"
+
+    async def state() -> str:
+        answer = await neon_http.get(f"/projects/{project_id}/endpoints/{endpoint_id}")
+        return str(answer.json()["endpoint"]["current_state"])
+
     async with await psycopg.AsyncConnection.connect(uri, autocommit=True) as open_session:
         suspended = await neon_http.post(f"/projects/{project_id}/endpoints/{endpoint_id}/suspend")
         assert suspended.status_code == 200
@@ -21,14 +35,11 @@ async def test_suspend_refuses_connections_until_started(neon_http: httpx.AsyncC
         with pytest.raises(psycopg.OperationalError):
             await open_session.execute("SELECT 1")
     with pytest.raises(psycopg.OperationalError):
-        await psycopg.AsyncConnection.connect(uri)
-    state = (await neon_http.get(f"/projects/{project_id}/endpoints/{endpoint_id}")).json()[
-        "endpoint"
-    ]
-    assert state["current_state"] == "idle"
-    started = await neon_http.post(f"/projects/{project_id}/endpoints/{endpoint_id}/start")
-    await wait_ops(neon_http, project_id, started.json()["operations"])
+        await psycopg.AsyncConnection.connect(direct)
+    assert await state() == "idle"
     assert await fetch(uri, "SELECT 1") == [(1,)]
+    assert await state() == "active"
+    assert await fetch(direct, "SELECT 1") == [(1,)]
 
 
 async def test_patch_endpoint_limits_are_reported(neon_http: httpx.AsyncClient) -> None:

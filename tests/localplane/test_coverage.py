@@ -113,7 +113,16 @@ async def test_deleting_the_last_endpoint_closes_the_door(
         json={"endpoint": {"branch_id": branch_id, "type": "read_write"}},
     )
     await _ok(made, neon_http, project_id)
-    assert await fetch(uri, "SELECT 1") == [(1,)]
+    # As on Neon, the new endpoint has a connection string of its own; the old one is gone.
+    asked = await neon_http.get(
+        f"/projects/{project_id}/connection_uri",
+        params={"database_name": "neondb", "role_name": "neondb_owner"},
+    )
+    fresh = asked.json()["uri"]
+    assert made.json()["endpoint"]["id"] in fresh
+    assert await fetch(fresh, "SELECT 1") == [(1,)]
+    with pytest.raises(psycopg.OperationalError, match="could not be found"):
+        await psycopg.AsyncConnection.connect(uri)
 
 
 async def test_guard_keeps_a_computeless_branch_closed(
@@ -191,9 +200,11 @@ async def test_role_delete_and_its_refusals(neon_http: httpx.AsyncClient) -> Non
     made = await _ok(
         await neon_http.post(roles, json={"role": {"name": "temp"}}), neon_http, project_id
     )
-    owner = created["connection_uris"][0]["connection_parameters"]["role"]
+    # Connection strings log in by the API's name; SQL knows the role by its name in the
+    # cluster, which carries the project's suffix.
+    ((owner,),) = await fetch(owner_uri, "SELECT current_user")
     temp = "temp_" + owner.removeprefix("neondb_owner_")
-    temp_uri = make_conninfo(owner_uri, user=temp, password=made["role"]["password"])
+    temp_uri = make_conninfo(owner_uri, user="temp", password=made["role"]["password"])
     assert await fetch(temp_uri, "SELECT starts_with(current_user, 'temp_')") == [(True,)]
     # Owning a database is refused, naming the database.
     owned = await neon_http.delete(f"{roles}/neondb_owner")
@@ -254,7 +265,11 @@ async def test_database_rename_and_owner(
     assert (await neon_http.get(f"{base}/databases/neondb")).status_code == 404
     names = {d["name"] for d in (await neon_http.get(f"{base}/databases")).json()["databases"]}
     assert names == {"renamed", "other"}
-    # Same data, now owned by the app role in PostgreSQL too.
+    # Same data under the new name (connection strings name it, as on Neon), now owned by the
+    # app role in PostgreSQL too.
+    with pytest.raises(psycopg.OperationalError, match='database "neondb" does not exist'):
+        await fetch(uri, "SELECT 1")
+    uri = uri.replace("/neondb?", "/renamed?")
     assert await fetch(uri, "SELECT x FROM kept") == [(7,)]
     # The owner a tenant sees owns `public`; the database stays the superuser's, so its owner
     # cannot open it to other tenants (GRANT CONNECT ... TO PUBLIC).

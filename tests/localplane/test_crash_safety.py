@@ -19,7 +19,7 @@ from agentdb.localplane import LocalPlane
 from agentdb.localplane._models import ProjectCreateBody, SnapshotRestoreBody
 from agentdb.pg import EmbeddedPostgres, PostgresSupervisor, ServerInfo
 
-from .helpers import create_project, execute, fetch, wait_ops
+from .helpers import create_project, direct, execute, fetch, physical, wait_ops
 
 # The doomed plane: runs one operation with a kill point armed and is SIGKILLed there.
 _CHILD = textwrap.dedent(
@@ -71,6 +71,8 @@ async def _run_until_killed(server: ServerInfo, **cfg: Any) -> int:
 
 
 async def _accepts(uri: str) -> bool:
+    """Whether PostgreSQL lets a client in: `uri` goes straight to it (`direct`), since the
+    plane's proxy would hold a client at a closed database, and wake a suspended endpoint."""
     try:
         await fetch(uri, "SELECT 1")
     except psycopg.OperationalError:
@@ -102,12 +104,13 @@ async def test_snapshot_cut_off_mid_copy_reopens_the_live_database(
     neon_http: httpx.AsyncClient, plane: LocalPlane, pg_server: ServerInfo, kill_at: str
 ) -> None:
     project_id, branch_id, uri = await _project_with_rows(neon_http)
+    straight = await direct(uri, pg_server)
     runner = await _run_until_killed(
         pg_server, kill_at=kill_at, action="snapshot", project_id=project_id, branch_id=branch_id
     )
     if kill_at == "copy.source_closed":
         # What the crash leaves: the live database refuses every client.
-        assert not await _accepts(uri)
+        assert not await _accepts(straight)
     await _resume(pg_server, plane, runner)
     assert await fetch(uri, "SELECT n FROM t") == [(1,)]
     await _all_finished(neon_http, project_id)
@@ -220,25 +223,27 @@ async def test_a_database_left_closed_with_no_operation_in_flight_is_reopened(
     neon_http: httpx.AsyncClient, plane: LocalPlane, pg_server: ServerInfo
 ) -> None:
     _project_id, _branch_id, uri = await _project_with_rows(neon_http)
+    straight = await direct(uri, pg_server)
+    _, physical_name = await physical(uri)
     other = await _project_with_rows(neon_http)
+    other_straight = await direct(other[2], pg_server)
     endpoints = (await neon_http.get(f"/projects/{other[0]}/endpoints")).json()["endpoints"]
     suspended = await neon_http.post(f"/projects/{other[0]}/endpoints/{endpoints[0]['id']}/suspend")
     await wait_ops(neon_http, other[0], suspended.json()["operations"])
-    assert not await _accepts(other[2])
+    assert not await _accepts(other_straight)
     # What a copy step does before a kill: the live database closed to clients.
-    physical = uri.rsplit("/", 1)[-1].split("?")[0]
     async with await psycopg.AsyncConnection.connect(pg_server.conninfo(), autocommit=True) as su:
         await su.execute(
             psycopg.sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(
-                psycopg.sql.Identifier(physical)
+                psycopg.sql.Identifier(physical_name)
             )
         )
-    assert not await _accepts(uri)
+    assert not await _accepts(straight)
     reopened = await plane.reopen_doors()
-    assert physical in reopened
+    assert physical_name in reopened
     assert await fetch(uri, "SELECT n FROM t") == [(1,)]
     # A suspended compute's database stays closed: its records say so.
-    assert not await _accepts(other[2])
+    assert not await _accepts(other_straight)
 
 
 @pytest.mark.parametrize("operation", ["snapshot", "restore"])

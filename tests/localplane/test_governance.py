@@ -13,13 +13,12 @@ import psutil
 import psycopg
 import pytest
 from psycopg import errors, sql
-from psycopg.conninfo import conninfo_to_dict
 
 from agentdb.localplane import LocalPlane
 from agentdb.localplane._governance import Limits, reap
 from agentdb.pg import ServerInfo
 
-from .helpers import create_project
+from .helpers import create_project, physical
 
 _DEFAULTS = Limits()
 
@@ -28,7 +27,8 @@ async def _tenant(neon_http: httpx.AsyncClient) -> tuple[str, str]:
     """A new project's connection URI and its login role."""
     created = await create_project(neon_http)
     uri: str = created["connection_uris"][0]["connection_uri"]
-    return uri, str(conninfo_to_dict(uri)["user"])
+    role, _ = await physical(uri)
+    return uri, role
 
 
 async def _role_state(server: ServerInfo, role: str) -> tuple[int, set[str]]:

@@ -216,7 +216,11 @@ async def test_new_connections_ride_through_checkpoints_and_restores(
         assert await fetch(uri, "SELECT count(*) FROM t") == [(rows,)]
     stop.set()
     await running_client
-    assert failures == []
+    # No connection was refused: each waited out the switch. A query already running on a
+    # connection when a switch began ends as PostgreSQL ends it (unpooled, as the issue says);
+    # at most one per switch.
+    assert all(f.startswith("AdminShutdown") for f in failures), failures
+    assert len(failures) <= 9  # 3 snapshots and 6 restores
     assert len(seen) > 20  # the client was connecting all along
 
 

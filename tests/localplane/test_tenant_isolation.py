@@ -20,7 +20,7 @@ from support import client_for
 
 from agentdb.pg import ServerInfo
 
-from .helpers import create_project, execute, fetch, wait_ops
+from .helpers import create_project, direct, execute, fetch, physical, wait_ops
 
 # The issue's reproducer: a users_sync whose trigger makes the inserting session superuser.
 PWN_USERS_SYNC = """
@@ -81,7 +81,7 @@ async def web(localplane_app: Litestar) -> AsyncIterator[httpx.AsyncClient]:
 async def _project(neon_http: httpx.AsyncClient) -> tuple[str, str, str, str]:
     created = await create_project(neon_http)
     uri = created["connection_uris"][0]["connection_uri"]
-    role = created["connection_uris"][0]["connection_parameters"]["role"]
+    role, _ = await physical(uri)
     return created["project"]["id"], created["branch"]["id"], uri, role
 
 
@@ -127,7 +127,7 @@ async def test_a_pre_created_users_sync_with_a_superuser_trigger_is_refused(
     await _sign_up(web, enabled.json()["base_url"])
     assert not await _is_superuser(pg_server, role)
     owners = await fetch(
-        pg_server.dsn(role_db(uri)),
+        pg_server.dsn(await role_db(uri)),
         "SELECT n.nspowner::regrole::text, c.relowner::regrole::text FROM pg_class c"
         " JOIN pg_namespace n ON n.oid = c.relnamespace"
         " WHERE n.nspname = 'neon_auth' AND c.relname = 'users_sync'",
@@ -154,8 +154,10 @@ async def test_a_pre_created_users_sync_with_a_superuser_trigger_is_refused(
         assert await cur.fetchone() == (1,)
 
 
-def role_db(uri: str) -> str:
-    return uri.rsplit("/", 1)[1].split("?", 1)[0]
+async def role_db(uri: str) -> str:
+    """The database behind `uri` inside the cluster."""
+    _, database = await physical(uri)
+    return database
 
 
 async def test_a_schema_or_object_the_tenant_took_first_is_refused_for_every_add_on(
@@ -260,7 +262,7 @@ async def test_a_tenant_sees_no_other_tenants_activity(
 ) -> None:
     _, _, uri_a, _ = await _project(neon_http)
     project_b, branch_b, uri_b, _ = await _project(neon_http)
-    db_b = role_db(uri_b)
+    db_b = await role_db(uri_b)
     async with (
         await psycopg.AsyncConnection.connect(uri_b, autocommit=True) as busy_b,
         await psycopg.AsyncConnection.connect(uri_a, autocommit=True) as a,
@@ -308,7 +310,7 @@ async def test_hygiene_is_restored_in_a_database_that_lost_it(
 ) -> None:
     """What the plane does at start for databases made before catalog hygiene existed."""
     _, _, uri, _ = await _project(neon_http)
-    db = role_db(uri)
+    db = await role_db(uri)
     await execute(
         pg_server.dsn(db),
         "grant select on pg_catalog.pg_stat_activity to public",
@@ -380,7 +382,7 @@ async def test_a_neon_auth_schema_an_earlier_version_made_as_superuser_is_handed
     assert enabled.status_code == 201, enabled.text
     superuser = pg_server.superuser
     await execute(
-        pg_server.dsn(role_db(uri)),
+        pg_server.dsn(await role_db(uri)),
         f'ALTER SCHEMA neon_auth OWNER TO "{superuser}"',
         f'ALTER TABLE neon_auth.users_sync OWNER TO "{superuser}"',
         f'ALTER TABLE neon_auth.account OWNER TO "{superuser}"',
@@ -388,7 +390,7 @@ async def test_a_neon_auth_schema_an_earlier_version_made_as_superuser_is_handed
     await _sign_up(web, enabled.json()["base_url"])
     service = f"lpa_{role.rsplit('_', 1)[-1]}_service"
     owners = await fetch(
-        pg_server.dsn(role_db(uri)),
+        pg_server.dsn(await role_db(uri)),
         "SELECT DISTINCT relowner::regrole::text FROM pg_class"
         " WHERE relnamespace = 'neon_auth'::regnamespace"
         " UNION SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = 'neon_auth'",
@@ -397,7 +399,7 @@ async def test_a_neon_auth_schema_an_earlier_version_made_as_superuser_is_handed
     assert await fetch(uri, "select count(*) from neon_auth.users_sync") == [(1,)]
 
     # A schema holding anything of the tenant's is never handed over: sign-up is refused.
-    await execute(pg_server.dsn(role_db(uri)), f'ALTER SCHEMA neon_auth OWNER TO "{role}"')
+    await execute(pg_server.dsn(await role_db(uri)), f'ALTER SCHEMA neon_auth OWNER TO "{role}"')
     refused = await web.post(
         f"{enabled.json()['base_url']}/sign-up/email",
         json={"email": "late@example.com", "password": "correct horse 1"},
@@ -415,7 +417,7 @@ async def test_a_new_copy_takes_no_connection_until_opened_to_its_project(
     victim = await create_project(neon_http)
     victim_uri = victim["connection_uris"][0]["connection_uri"]
     await execute(victim_uri, "CREATE TABLE secret (s text)", "INSERT INTO secret VALUES ('x')")
-    victim_db = psycopg.conninfo.conninfo_to_dict(victim_uri)["dbname"]
+    _, victim_db = await physical(victim_uri)
     other = await create_project(neon_http)
     other_uri = other["connection_uris"][0]["connection_uri"]
     target = f"lps_probe_{uuid.uuid4().hex[:10]}"
@@ -429,7 +431,9 @@ async def test_a_new_copy_takes_no_connection_until_opened_to_its_project(
             (target,),
         )
         assert rows == [(False,)]
-        other_dsn = psycopg.conninfo.make_conninfo(other_uri, dbname=target)
+        other_dsn = psycopg.conninfo.make_conninfo(
+            await direct(other_uri, pg_server), dbname=target
+        )
         with pytest.raises(psycopg.OperationalError, match="not currently accepting connections"):
             await fetch(other_dsn, "SELECT 1")
     finally:

@@ -15,6 +15,7 @@ import pytest
 import sqlalchemy as sa
 from psycopg import sql as pgsql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from support import direct_uri, physical_names
 
 import meta_schema
 from agentdb.pg import ServerInfo
@@ -520,14 +521,14 @@ async def test_sql_runs_as_the_sessions_role_in_its_database(
     sql_service, session_service, session
 ) -> None:
     uri = await session_service.connection_uri(session.id)
-    expected = conninfo_to_dict(uri)
+    role, database = await physical_names(uri)
     who = await sql_service.run(
         session.id,
         "SELECT current_user, current_database(),"
         " (SELECT rolsuper OR rolcreatedb OR rolcreaterole FROM pg_roles"
         "  WHERE rolname = current_user)",
     )
-    assert who.rows == [[expected["user"], expected["dbname"], False]]
+    assert who.rows == [[role, database, False]]
 
 
 @pytest.mark.parametrize(
@@ -551,14 +552,16 @@ async def test_the_sessions_credentials_open_no_other_database(
     session_service, user_id, session, meta_dsn, pg_server: ServerInfo
 ) -> None:
     other = await session_service.create(user_id)
-    other_db = conninfo_to_dict(await session_service.connection_uri(other.id))["dbname"]
+    _, other_db = await physical_names(await session_service.connection_uri(other.id))
     meta_db = conninfo_to_dict(meta_dsn)["dbname"]
     # What `agentdb serve` does to its meta database (the test fixture does not).
     async with await psycopg.AsyncConnection.connect(pg_server.conninfo(), autocommit=True) as su:
         await su.execute(
             pgsql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(pgsql.Identifier(meta_db))
         )
-    uri = await session_service.connection_uri(session.id)
+    # Straight to PostgreSQL with the role's own login (through the connection string, other
+    # databases are not even there to name).
+    uri = await direct_uri(await session_service.connection_uri(session.id), pg_server)
     for database in (other_db, meta_db, "postgres", "template1"):
         with pytest.raises(psycopg.OperationalError, match="permission denied for database"):
             await psycopg.AsyncConnection.connect(make_conninfo(uri, dbname=database))
@@ -567,9 +570,8 @@ async def test_the_sessions_credentials_open_no_other_database(
 # --- checkpoints and restores closing the database -------------------------------------------
 
 
-def _database_of(uri: str) -> str:
-    name = conninfo_to_dict(uri)["dbname"]
-    assert isinstance(name, str)
+async def _database_of(uri: str) -> str:
+    _, name = await physical_names(uri)
     return name
 
 
@@ -585,7 +587,7 @@ async def _allow_connections(pg_server: ServerInfo, database: str, *, allowed: b
 async def test_connecting_waits_out_a_briefly_closed_database(
     sql_service, session_service, session, pg_server
 ) -> None:
-    database = _database_of(await session_service.connection_uri(session.id))
+    database = await _database_of(await session_service.connection_uri(session.id))
     await _allow_connections(pg_server, database, allowed=False)
 
     async def reopen() -> None:
@@ -604,7 +606,7 @@ async def test_a_database_that_refuses_connections_fails_without_secrets(
     # A connection limit of 0, not ALLOW_CONNECTIONS false: the plane reopens a database that
     # is closed with nothing in flight (what a crash leaves), within seconds.
     uri = await session_service.connection_uri(session.id)
-    database = pgsql.Identifier(_database_of(uri))
+    database = pgsql.Identifier(await _database_of(uri))
     async with await psycopg.AsyncConnection.connect(pg_server.conninfo(), autocommit=True) as su:
         await su.execute(pgsql.SQL("ALTER DATABASE {} CONNECTION LIMIT 0").format(database))
         try:
