@@ -96,6 +96,21 @@ async def physical_names(uri: str) -> tuple[str, str]:
     return str(row[0]), str(row[1])
 
 
+async def fill_mebibytes(uri: str, mebibytes_wanted: int) -> int:
+    """Rows of about 1 KiB until the database holds about `mebibytes_wanted`; its size."""
+    async with await psycopg.AsyncConnection.connect(uri, autocommit=True) as conn:
+        await conn.execute("CREATE TABLE fill (id int, body text)")
+        rows = mebibytes_wanted * 900
+        for first in range(0, rows, 100_000):
+            await conn.execute(
+                "INSERT INTO fill SELECT g, repeat(md5(g::text), 30)"
+                " FROM generate_series(%s::int, %s::int) g",
+                (first + 1, min(rows, first + 100_000)),
+            )
+        row = await (await conn.execute("SELECT pg_database_size(current_database())")).fetchone()
+        return int(row[0]) if row else 0
+
+
 def expect(resp: httpx.Response, *statuses: int) -> JSON:
     """The response's JSON body, if its status is one of `statuses`."""
     if resp.status_code not in statuses:

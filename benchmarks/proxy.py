@@ -31,6 +31,7 @@ from _common import (
     bearer,
     expect,
     filesystem_of,
+    fill_mebibytes,
     machine_facts,
     markdown_table,
     mebibytes,
@@ -91,22 +92,6 @@ async def physical_uri(uri: str, server: ServerInfo) -> tuple[str, str]:
     role, database = str(row[0]), str(row[1])
     password = quote(psycopg.conninfo.conninfo_to_dict(uri)["password"] or "", safe="")
     return f"postgresql://{role}:{password}@{server.host}:{server.port}/{database}", database
-
-
-async def fill(uri: str, mebibytes_wanted: int) -> int:
-    async with await psycopg.AsyncConnection.connect(uri, autocommit=True) as conn:
-        await conn.execute("CREATE TABLE IF NOT EXISTS fill (id int, body text)")
-        await conn.execute("CREATE TABLE IF NOT EXISTS probe (n int)")
-        await conn.execute("INSERT INTO probe VALUES (1)")
-        rows = mebibytes_wanted * 900
-        for first in range(0, rows, 100_000):
-            await conn.execute(
-                "INSERT INTO fill SELECT g, repeat(md5(g::text), 30)"
-                " FROM generate_series(%s::int, %s::int) g",
-                (first + 1, min(rows, first + 100_000)),
-            )
-        row = await (await conn.execute("SELECT pg_database_size(current_database())")).fetchone()
-        return int(row[0]) if row else 0
 
 
 def _seen(outages: tuple[Outage, Outage]) -> str:
@@ -182,7 +167,10 @@ async def main() -> None:  # noqa: PLR0915 - one linear script
                 made = expect(await http.post("/v1/sessions", json={}, headers=owner), 201)
                 sid, uri = made["id"], made["connection_uri"]
                 direct, database = await physical_uri(uri, server.server)
-                actual = await fill(uri, size)
+                actual = await fill_mebibytes(uri, size)
+                async with await psycopg.AsyncConnection.connect(uri, autocommit=True) as conn:
+                    await conn.execute("CREATE TABLE probe (n int)")
+                    await conn.execute("INSERT INTO probe VALUES (1)")
                 label = mebibytes(actual)
                 checkpoint_ids = []
                 took = []

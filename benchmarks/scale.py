@@ -40,6 +40,7 @@ from _common import (
     Served,
     bearer,
     expect,
+    fill_mebibytes,
     machine_facts,
     markdown_table,
     mebibytes,
@@ -268,21 +269,6 @@ class Watch:
         return max(gaps, default=0.0), sum(not ok for _, ok in calls)
 
 
-async def fill(uri: str, mebibytes_wanted: int) -> int:
-    """Rows of about 1 KiB until the database holds about `mebibytes_wanted`; its size."""
-    async with await psycopg.AsyncConnection.connect(uri, autocommit=True) as conn:
-        await conn.execute("CREATE TABLE fill (id int, body text)")
-        rows = mebibytes_wanted * 900
-        for first in range(0, rows, 100_000):
-            await conn.execute(
-                "INSERT INTO fill SELECT g, repeat(md5(g::text), 30)"
-                " FROM generate_series(%s::int, %s::int) g",
-                (first + 1, min(rows, first + 100_000)),
-            )
-        row = await (await conn.execute("SELECT pg_database_size(current_database())")).fetchone()
-        return int(row[0]) if row else 0
-
-
 async def sizes_phase(
     http: httpx.AsyncClient, server: Served, data_dir: Path, sizes: list[int]
 ) -> list[list[str]]:
@@ -307,7 +293,7 @@ async def sizes_phase(
                 "token"
             ]
         )
-        actual = await fill(uri, size)
+        actual = await fill_mebibytes(uri, size)
         runs = 3 if size < 1024 else 2
         took: list[float] = []
         first = ""

@@ -258,6 +258,27 @@ async def serve(
             raise CommandError(str(exc)) from None
 
 
+@localplane.command
+def ca(*, data_dir: Path | None = None) -> None:
+    """Print the path of the certificate authority that signs the connection proxy's
+    certificate (made on first use), for `sslmode=verify-full&sslrootcert=PATH` or
+    `NODE_EXTRA_CA_CERTS=PATH`.
+
+    Parameters
+    ----------
+    data_dir
+        The local plane's data directory (default: AGENTDB_DATA_DIR or a per-user folder).
+    """
+    from agentdb.localplane import tls_files  # noqa: PLC0415
+
+    settings = _settings(data_dir)
+    try:
+        files = tls_files(settings)
+    except OSError as exc:
+        raise CommandError(f"cannot make the CA under {settings.data_dir}: {exc}") from None
+    print(files.ca_cert)  # noqa: T201 - the command's answer
+
+
 def _url_host(host: str) -> str:
     """`host` as a URL names it; a wildcard address becomes the loopback one, which a browser
     on the same machine reaches."""

@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from agentdb.pg import ServerInfo, open_server
 from agentdb.settings import Settings
 
+from . import _tls as tls
 from ._addon_routes import NEON_ROUTES
 from ._auth_service import AUTH_SERVICE
 from ._data_api_service import DATA_API
@@ -30,6 +31,7 @@ from ._faults import Faults, KillSwitch
 from ._governance import Limits
 from ._plane import LocalPlane, ProxyOptions
 from ._routes import ROUTES
+from ._tls import TlsFiles
 
 JSON = dict[str, Any]
 AnyRequest = Request[Any, Any, Any]
@@ -200,6 +202,11 @@ def create_app(
         logging_config=None,
         debug=False,
     )
+
+
+def tls_files(settings: Settings) -> TlsFiles:
+    """The connection proxy's CA and certificate under the data directory, made on first use."""
+    return tls.ensure(settings.data_dir / "tls", [settings.localplane_proxy_host])
 
 
 @asynccontextmanager

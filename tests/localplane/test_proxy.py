@@ -9,7 +9,10 @@ from __future__ import annotations
 import asyncio
 import shutil
 import ssl
+import subprocess
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
@@ -382,3 +385,36 @@ async def test_sql_over_http_answers_bad_input_with_400(
         preflight = await http.options("/sql")
         assert preflight.status_code == 200
         assert "Neon-Connection-String" in preflight.headers["access-control-allow-headers"]
+
+
+async def test_the_cli_prints_the_ca_that_verifies_the_proxy(
+    proxied: Litestar, tmp_path: Path
+) -> None:
+    plane = _plane(proxied)
+    assert plane.tls_files is not None
+    data_dir = plane.tls_files.ca_cert.parent.parent
+    agentdb = Path(sys.executable).with_name("agentdb")
+    shown = await asyncio.to_thread(
+        subprocess.run,
+        [str(agentdb), "localplane", "ca", "--data-dir", str(data_dir)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.strip() == str(plane.tls_files.ca_cert)
+    # A data directory that cannot hold one: one line, non-zero.
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    refused = await asyncio.to_thread(
+        subprocess.run,
+        [str(agentdb), "localplane", "ca", "--data-dir", str(blocker)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert refused.returncode != 0
+    assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert "a-file" in refused.stderr
