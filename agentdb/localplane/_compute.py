@@ -555,6 +555,7 @@ class PlaneCompute(PlaneBase):
         role_name: str,
         branch_id: str | None,
         endpoint_id: str | None,
+        pooled: bool = False,
     ) -> JSON:
         async with self._store.tx() as tx:
             await self._project(tx, project_id)
@@ -585,6 +586,8 @@ class PlaneCompute(PlaneBase):
         if self.proxy_address is not None:
             # The endpoint is in the URI: a read_only one is read-only at the proxy.
             chosen_id = endpoint_id or next(e.id for e in endpoints if e.type == "read_write")
+            if pooled:
+                chosen_id += "-pooler"  # Neon's pooled host name: transaction pooling
             return {"uri": self._details(role, db, chosen_id)["connection_uri"]}
         uri: str = self._details(role, db)["connection_uri"]
         if read_only:

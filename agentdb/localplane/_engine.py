@@ -27,7 +27,7 @@ import asyncio
 import contextlib
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import psycopg
@@ -142,6 +142,11 @@ class Engine:
     ) -> None:
         self.server = server
         self._pool = pool
+        #: Called with a database's name before it is closed to clients and its sessions are
+        #: ended, and once that is done (the connection proxy lets pooled transactions finish
+        #: first, and holds new ones until the database opens again).
+        self.before_block: Callable[[str], Awaitable[None]] | None = None
+        self.after_block: Callable[[str], None] | None = None
         self.clone_supported = False
         #: Whether pg_walinspect can tell that a database is unchanged since it was made
         #: (`unchanged_since`): then a snapshot of it is not copied.
@@ -759,6 +764,15 @@ class Engine:
 
     async def _block(self, conn: AsyncConnection, physical: str) -> None:
         """Closes `physical` to new clients and ends the sessions it has."""
+        if self.before_block is not None:
+            await self.before_block(physical)
+        try:
+            await self._close_and_end(conn, physical)
+        finally:
+            if self.after_block is not None:
+                self.after_block(physical)
+
+    async def _close_and_end(self, conn: AsyncConnection, physical: str) -> None:
         await self._set_allow(conn, physical, allowed=False)
         # pg_terminate_backend(pid, timeout) waits in 100 ms steps; signalling and polling
         # pg_stat_activity every 2 ms keeps a restore's downtime near 10 ms (benchmark).

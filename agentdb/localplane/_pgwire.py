@@ -83,8 +83,8 @@ def split_options(options: str) -> tuple[str, str | None]:
 
 
 def endpoint_from_host(host: str | None) -> str | None:
-    """`ep-cool-name-123456` from `ep-cool-name-123456(-pooler).<anything>`."""
+    """`ep-cool-name-123456` (or `...-pooler`) from `ep-cool-name-123456(-pooler).<anything>`."""
     if not host:
         return None
-    label = host.split(".", 1)[0].removesuffix("-pooler")
+    label = host.split(".", 1)[0]
     return label if label.startswith("ep-") else None

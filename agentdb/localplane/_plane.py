@@ -48,7 +48,7 @@ class ProxyOptions:
 
 @asynccontextmanager
 async def _proxying(
-    plane: LocalPlane, server: ServerInfo, options: ProxyOptions | None
+    plane: LocalPlane, engine: Engine, server: ServerInfo, options: ProxyOptions | None
 ) -> AsyncIterator[None]:
     if options is None:
         yield
@@ -68,11 +68,15 @@ async def _proxying(
     remembered.write_text(str(bound))
     plane.proxy_address = (options.host, bound)
     plane.tls_files = files
+    # Pooled transactions finish before a checkpoint or restore closes their database.
+    engine.before_block = proxy.pooler.drain
+    engine.after_block = proxy.pooler.undrain
     log.info("localplane.proxy", host=options.host, port=bound, ca_cert=str(files.ca_cert))
     try:
         yield
     finally:
         plane.proxy_address = None
+        engine.before_block = engine.after_block = None
         await proxy.close()
 
 
@@ -127,7 +131,7 @@ class LocalPlane(
                         asyncio.create_task(plane.watch(limits.size_watch_interval_s)),
                     ]
                     try:
-                        async with _proxying(plane, server, proxy):
+                        async with _proxying(plane, engine, server, proxy):
                             yield plane
                     finally:
                         for task in background:

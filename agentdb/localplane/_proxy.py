@@ -48,6 +48,7 @@ from ._pgwire import (
     read_message,
     split_options,
 )
+from ._pooler import Pooler
 from ._proxy_http import serve_http
 
 log = structlog.get_logger(__name__)
@@ -70,6 +71,7 @@ _HOLD_CODES = frozenset({"55000", "57P03", "3D000"})
 _CHUNK = 1 << 16
 _MECHANISMS = f"{scram.PLUS}\0{scram.PLAIN}\0\0".encode()
 _MAX_VERIFIERS = 10_000
+POOLER_SUFFIX = "-pooler"  # a pooled endpoint's name: ep-...-pooler, as Neon's host names
 _TLS_HANDSHAKE = b"\x16"  # the first byte of a TLS ClientHello record
 _FIRST_BYTE_S = 30.0  # a connection that says nothing for this long is closed
 _NO_ENDPOINT = (
@@ -107,6 +109,7 @@ class Backend:
     writer: asyncio.StreamWriter
     greeting: bytes  # the backend's messages up to its first ReadyForQuery, for the client
     key: bytes | None = None
+    database: str = ""  # the physical database it is connected to
 
 
 @dataclass
@@ -124,6 +127,7 @@ class Proxy:
     _clients: set[asyncio.Task[None]] = field(default_factory=set)
     _listener: socket.socket | None = None
     _accepting: asyncio.Task[None] | None = None
+    pooler: Pooler = field(default_factory=Pooler)
     _unknown: scram.Verifier = field(
         default_factory=lambda: scram.Verifier.from_password(secrets.token_urlsafe(24))
     )
@@ -220,6 +224,8 @@ class Proxy:
         endpoint = endpoint or endpoint_from_host(sni)
         if endpoint is None:
             raise Refused("08004", _NO_ENDPOINT)
+        pooled = endpoint.endswith(POOLER_SUFFIX)
+        endpoint = endpoint.removesuffix(POOLER_SUFFIX)
         route = await self.route(endpoint, user, database)
         if websocket:
             await self._check_cleartext(reader, writer, route, user)
@@ -236,6 +242,11 @@ class Proxy:
             options = f"{options} -c default_transaction_read_only=on".strip()
         if options:
             forwarded["options"] = options
+        if pooled:
+            key = (endpoint, user, database, *sorted(f"{k}={v}" for k, v in forwarded.items()))
+            pool = self.pooler.pool(key, lambda: self.backend(endpoint, user, database, forwarded))
+            await self.pooler.serve(reader, writer, pool)
+            return
         backend = await self.backend(endpoint, user, database, forwarded)
         try:
             writer.write(backend.greeting)
@@ -387,6 +398,7 @@ class Proxy:
         except BaseException:
             writer.close()
             raise
+        backend.database = database
         if backend.key is not None:
             self._cancel_keys[backend.key] = self.server
         return backend
@@ -395,7 +407,11 @@ class Proxy:
         key = body[INT32:]
         server = self._cancel_keys.get(key)
         if server is None:
-            return  # as PostgreSQL: an unknown key is ignored, and the client is told nothing
+            # A pooled client's key: the cancel goes to the server it holds, if any.
+            backend = self.pooler.client_for_cancel(key)
+            if backend is None or backend.key is None:
+                return  # as PostgreSQL: an unknown key is ignored, the client told nothing
+            key, server = backend.key, self.server
         _, writer = await _connect(server)
         writer.write(struct.pack("!II", 8 + len(key), _CANCEL_REQUEST) + key)
         await writer.drain()

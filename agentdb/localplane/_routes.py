@@ -151,8 +151,9 @@ async def delete_project(request: AnyRequest, project_id: FromPath[str]) -> JSON
 
 @get("/projects/{project_id:str}/connection_uri")
 async def connection_uri(request: AnyRequest, project_id: FromPath[str]) -> JSON:
-    # There is no pooler locally: a pooled URI is the direct one, as far as clients can tell.
-    # Booleans are read as Go's strconv.ParseBool does (the official SDK sends "False").
+    # A pooled URI names the `-pooler` endpoint, as Neon's pooled host does (through the proxy:
+    # transaction pooling). Booleans are read as Go's strconv.ParseBool does (the official SDK
+    # sends "False").
     pooled = request.query_params.get("pooled", "false")
     if pooled not in {
         "1",
@@ -174,6 +175,7 @@ async def connection_uri(request: AnyRequest, project_id: FromPath[str]) -> JSON
         database_name=_query_required(request, "database_name"),
         role_name=_query_required(request, "role_name"),
         branch_id=request.query_params.get("branch_id"),
+        pooled=pooled in {"1", "t", "T", "TRUE", "true", "True"},
         endpoint_id=request.query_params.get("endpoint_id"),
     )
 

@@ -26,10 +26,11 @@ from psycopg import errors
 from support import client_for, run_node
 
 from agentdb.localplane import LocalPlane, create_app, running
+from agentdb.localplane._pooler import POOL_SIZE
 from agentdb.pg import ServerInfo
 from agentdb.settings import Settings
 
-from .helpers import create_project, execute, fetch, wait_ops
+from .helpers import create_project, execute, fetch, physical, wait_ops
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
@@ -418,3 +419,97 @@ async def test_the_cli_prints_the_ca_that_verifies_the_proxy(
     assert refused.returncode != 0
     assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
     assert "a-file" in refused.stderr
+
+
+async def _pooled_uri(api: httpx.AsyncClient, project_id: str) -> str:
+    asked = await api.get(
+        f"/projects/{project_id}/connection_uri",
+        params={"database_name": "neondb", "role_name": "neondb_owner", "pooled": "true"},
+    )
+    assert asked.status_code == 200, asked.text
+    uri: str = asked.json()["uri"]
+    return uri
+
+
+async def test_pooled_clients_share_a_few_server_connections_and_keep_prepared_statements(
+    api: httpx.AsyncClient, pg_server: ServerInfo
+) -> None:
+    created = await create_project(api)
+    project_id = created["project"]["id"]
+    pooled = await _pooled_uri(api, project_id)
+    assert "-pooler" in parse_qs(urlsplit(pooled).query)["options"][0]
+    await execute(pooled, "CREATE TABLE t (n int)")
+    role, _ = await physical(created["connection_uris"][0]["connection_uri"])
+    # 20 clients, each preparing its statements on the server (psycopg's named statements):
+    # they run on at most POOL_SIZE server connections, and every statement works though the
+    # server under it changes from one transaction to the next.
+    clients = [
+        await psycopg.AsyncConnection.connect(pooled, prepare_threshold=0) for _ in range(20)
+    ]
+    try:
+        for round_ in range(3):
+            for number, conn in enumerate(clients):
+                async with conn.transaction():
+                    await conn.execute("INSERT INTO t VALUES (%s)", (number,))
+                    cur = await conn.execute("SELECT count(*) FROM t WHERE n = %s", (number,))
+                    assert await cur.fetchone() == (round_ + 1,)
+        backends = await fetch(
+            pg_server.conninfo(),
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = %s",
+            (role,),
+        )
+        assert backends[0][0] <= POOL_SIZE
+    finally:
+        for conn in clients:
+            await conn.close()
+    assert await fetch(pooled, "SELECT count(*) FROM t") == [(60,)]
+
+
+async def test_a_pooled_client_rides_through_checkpoints_and_restores(
+    api: httpx.AsyncClient,
+) -> None:
+    """A pooled client loops transactions through 10 checkpoints and 10 restores: no query
+    fails, and after each restore it reads that restore's data."""
+    created = await create_project(api)
+    project_id, branch_id = created["project"]["id"], created["branch"]["id"]
+    pooled = await _pooled_uri(api, project_id)
+    await execute(pooled, "CREATE TABLE t (n int)")
+    failures: list[str] = []
+    seen: list[int] = []
+    stop = asyncio.Event()
+
+    async def loop() -> None:
+        async with await psycopg.AsyncConnection.connect(pooled) as conn:
+            while not stop.is_set():
+                try:
+                    async with conn.transaction():
+                        cur = await conn.execute("SELECT count(*) FROM t")
+                        row = await cur.fetchone()
+                        assert row is not None
+                        seen.append(int(row[0]))
+                except psycopg.Error as error:
+                    failures.append(f"{type(error).__name__}: {error}")
+                await asyncio.sleep(0.002)
+
+    looping = asyncio.create_task(loop())
+    snapshots: list[tuple[str, int]] = []
+    for n in range(1, 11):
+        await execute(pooled, f"INSERT INTO t VALUES ({n})")
+        made = await api.post(f"/projects/{project_id}/branches/{branch_id}/snapshot")
+        assert made.status_code == 200, made.text
+        await wait_ops(api, project_id, made.json()["operations"])
+        snapshots.append((made.json()["snapshot"]["id"], n))
+    for snapshot_id, rows in reversed(snapshots):
+        restored = await api.post(
+            f"/projects/{project_id}/snapshots/{snapshot_id}/restore",
+            json={"finalize_restore": True, "target_branch_id": branch_id},
+        )
+        assert restored.status_code == 200, restored.text
+        await wait_ops(api, project_id, restored.json()["operations"])
+        branch_id = restored.json()["branch"]["id"]
+        assert await fetch(pooled, "SELECT count(*) FROM t") == [(rows,)]
+    stop.set()
+    await looping
+    assert failures == []
+    assert len(seen) > 50
+    assert seen[-1] == 1  # the last restore's data
