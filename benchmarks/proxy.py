@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 import shutil
 import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Self
 from urllib.parse import quote
 
 import httpx
@@ -28,6 +30,7 @@ from _common import (
     ADMIN,
     ClientProbe,
     Outage,
+    Probe,
     bearer,
     expect,
     filesystem_of,
@@ -50,6 +53,49 @@ def percentile(values: list[float], p: float) -> float:
 
 def ms(value: float, digits: int = 0) -> str:
     return f"{value * 1000:.{digits}f} ms" if value < 10 else f"{value:.1f} s"
+
+
+def pooled_of(uri: str) -> str:
+    """The pooled connection string of a session's: its endpoint's `-pooler` name."""
+    return re.sub(r"(options=endpoint%3D[a-z0-9-]+)", r"\1-pooler", uri, count=1)
+
+
+class KeptProbe(threading.Thread):
+    """One kept-open connection running `query` every 2 ms (reconnecting after a failure), in
+    a thread of its own: what a pooled app's connection sees during a checkpoint or restore."""
+
+    def __init__(self, uri: str, query: str) -> None:
+        super().__init__(daemon=True)
+        self._uri, self._query = uri, query
+        self._stop = threading.Event()
+        self.probes: list[Probe] = []
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self.join()
+
+    def outage(self) -> Outage:
+        return Outage.of(self.probes)
+
+    def run(self) -> None:
+        conn: psycopg.Connection[tuple[object, ...]] | None = None
+        while not self._stop.is_set():
+            start = time.perf_counter()
+            try:
+                if conn is None or conn.closed:
+                    conn = psycopg.connect(self._uri, autocommit=True, connect_timeout=30)
+                conn.execute(self._query)
+                self.probes.append(Probe(start, time.perf_counter(), ok=True))
+            except psycopg.Error as error:
+                self.probes.append(Probe(start, time.perf_counter(), ok=False, error=str(error)))
+                conn = None
+            time.sleep(0.002)
+        if conn is not None:
+            conn.close()
 
 
 def round_trips(uri: str, count: int) -> list[float]:
@@ -94,11 +140,13 @@ async def physical_uri(uri: str, server: ServerInfo) -> tuple[str, str]:
     return f"postgresql://{role}:{password}@{server.host}:{server.port}/{database}", database
 
 
-def _seen(outages: tuple[Outage, Outage]) -> str:
-    proxy, direct = outages
+def _seen(outages: tuple[Outage, Outage, Outage]) -> str:
+    proxy, direct, pooled = outages
     return (
         f"proxy {proxy.failed} of {proxy.probes} / {ms(proxy.longest_gap_s)}"
         f" | direct {direct.failed} of {direct.probes} / {ms(direct.longest_gap_s)}"
+        f" | pooled, kept connection {pooled.failed} of {pooled.probes}"
+        f" / {ms(pooled.longest_gap_s)}"
     )
 
 
@@ -132,22 +180,20 @@ async def main() -> None:  # noqa: PLR0915 - one linear script
 
             lat_direct = await asyncio.to_thread(round_trips, direct, args.queries)
             lat_proxy = await asyncio.to_thread(round_trips, uri, args.queries)
-            added = percentile(lat_proxy, 50) - percentile(lat_direct, 50)
-            spread_direct = (
-                f"{ms(percentile(lat_direct, 50), 3)} / {ms(percentile(lat_direct, 95), 3)}"
-            )
-            spread_proxy = (
-                f"{ms(percentile(lat_proxy, 50), 3)} / {ms(percentile(lat_proxy, 95), 3)}"
-            )
-            rows.append(
-                [
-                    f"SELECT 1 on a kept connection, p50 / p95 (x{args.queries})",
-                    (
-                        f"direct {spread_direct} | proxy (TLS) {spread_proxy}"
-                        f" | added p50 {ms(added, 3)}"
-                    ),
-                ]
-            )
+            lat_pooled = await asyncio.to_thread(round_trips, pooled_of(uri), args.queries)
+            for label, taken in (
+                ("direct", lat_direct),
+                ("proxy, unpooled (TLS)", lat_proxy),
+                ("proxy, pooled (TLS; a transaction each)", lat_pooled),
+            ):
+                added = percentile(taken, 50) - percentile(lat_direct, 50)
+                rows.append(
+                    [
+                        f"SELECT 1 on a kept connection, {label}: p50 / p95 (x{args.queries})",
+                        f"{ms(percentile(taken, 50), 3)} / {ms(percentile(taken, 95), 3)}"
+                        + ("" if taken is lat_direct else f"; added p50 {ms(added, 3)}"),
+                    ]
+                )
             for clients in (1, 4):
                 rate_direct = await asyncio.to_thread(
                     connections_per_second, direct, clients, args.seconds
@@ -177,6 +223,7 @@ async def main() -> None:  # noqa: PLR0915 - one linear script
                 with (
                     ClientProbe(uri, "SELECT n FROM probe") as via_proxy,
                     ClientProbe(direct, "SELECT n FROM probe") as via_direct,
+                    KeptProbe(pooled_of(uri), "SELECT n FROM probe") as via_pooler,
                 ):
                     await asyncio.sleep(0.3)
                     for n in range(3):
@@ -192,10 +239,11 @@ async def main() -> None:  # noqa: PLR0915 - one linear script
                         took.append(time.perf_counter() - started)
                         checkpoint_ids.append(done["id"])
                         await asyncio.sleep(0.3)
-                cp = (via_proxy.outage(), via_direct.outage())
+                cp = (via_proxy.outage(), via_direct.outage(), via_pooler.outage())
                 with (
                     ClientProbe(uri, "SELECT n FROM probe") as via_proxy,
                     ClientProbe(direct, "SELECT n FROM probe") as via_direct,
+                    KeptProbe(pooled_of(uri), "SELECT n FROM probe") as via_pooler,
                 ):
                     await asyncio.sleep(0.3)
                     started = time.perf_counter()
@@ -209,7 +257,7 @@ async def main() -> None:  # noqa: PLR0915 - one linear script
                     )
                     restore_s = time.perf_counter() - started
                     await asyncio.sleep(0.3)
-                rs = (via_proxy.outage(), via_direct.outage())
+                rs = (via_proxy.outage(), via_direct.outage(), via_pooler.outage())
                 (data_dir / "dumps").mkdir(exist_ok=True)
                 dump_s, pg_restore_s, _ = await dump_and_restore(
                     server.server, database, data_dir / "dumps", 0
@@ -220,7 +268,7 @@ async def main() -> None:  # noqa: PLR0915 - one linear script
                         f"{ms(percentile(took, 50))} vs {ms(dump_s)}",
                     ],
                     [
-                        f"{label}: during them, new connection per query: failed / longest gap",
+                        f"{label}: during them, failed / longest gap",
                         _seen(cp),
                     ],
                     [
@@ -228,7 +276,7 @@ async def main() -> None:  # noqa: PLR0915 - one linear script
                         f"{ms(restore_s)} vs {ms(pg_restore_s)}",
                     ],
                     [
-                        f"{label}: during it, new connection per query: failed / longest gap",
+                        f"{label}: during it, failed / longest gap",
                         _seen(rs),
                     ],
                 ]
@@ -243,6 +291,7 @@ async def main() -> None:  # noqa: PLR0915 - one linear script
     print()
     print(f"agentdb proxy benchmark: {facts['cpu']}, {facts['cores']} cores, {filesystem}")
     print(markdown_table(["what", "measured"], rows))
+    print("proxy and direct clients open a new connection per query; the pooled client keeps one")
 
 
 if __name__ == "__main__":

@@ -251,13 +251,17 @@ async def test_a_read_only_endpoint_is_read_only_at_the_proxy(api: httpx.AsyncCl
         await execute(replica_uri, "INSERT INTO t VALUES (1)")
 
 
+@pytest.mark.parametrize("pooled", [False, True], ids=["unpooled", "pooled"])
 async def test_node_postgres_connects_with_channel_binding(
-    api: httpx.AsyncClient, proxied: Litestar
+    api: httpx.AsyncClient, proxied: Litestar, pooled: bool
 ) -> None:
     """node-postgres (`pg`), as an app an agent generates would use it: the connection string
-    as given, the plane's CA trusted through NODE_EXTRA_CA_CERTS, SCRAM-SHA-256-PLUS."""
+    as given (pooled or not), the plane's CA trusted through NODE_EXTRA_CA_CERTS,
+    SCRAM-SHA-256-PLUS, a parameterized query (the extended protocol)."""
     created = await create_project(api)
     uri = created["connection_uris"][0]["connection_uri"]
+    if pooled:
+        uri = await _pooled_uri(api, created["project"]["id"])
     plane = _plane(proxied)
     assert plane.tls_files is not None
     script = """
