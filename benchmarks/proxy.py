@@ -67,7 +67,7 @@ class KeptProbe(threading.Thread):
     def __init__(self, uri: str, query: str) -> None:
         super().__init__(daemon=True)
         self._uri, self._query = uri, query
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self.probes: list[Probe] = []
 
     def __enter__(self) -> Self:
@@ -75,7 +75,7 @@ class KeptProbe(threading.Thread):
         return self
 
     def __exit__(self, *_exc: object) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join()
 
     def outage(self) -> Outage:
@@ -83,7 +83,7 @@ class KeptProbe(threading.Thread):
 
     def run(self) -> None:
         conn: psycopg.Connection[tuple[object, ...]] | None = None
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             start = time.perf_counter()
             try:
                 if conn is None or conn.closed:
@@ -167,7 +167,10 @@ async def main() -> None:  # noqa: PLR0915 - one linear script
         ):
             admin = bearer(ADMIN)
             user = expect(
-                await http.post("/v1/users", json={"email": "p@x.dev"}, headers=admin), 201
+                await http.post(
+                    "/v1/users", json={"email": "p@x.dev", "tier": "pro"}, headers=admin
+                ),
+                201,
             )
             token = expect(
                 await http.post(f"/v1/users/{user['id']}/tokens", json={}, headers=admin), 201
