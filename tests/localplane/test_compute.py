@@ -167,4 +167,7 @@ async def test_connection_uri_errors_name_the_parameter(neon_http: httpx.AsyncCl
         params={"database_name": "neondb", "role_name": "neondb_owner", "pooled": "true"},
     )
     assert pooled.status_code == 200
-    assert pooled.json()["uri"] == created["connection_uris"][0]["connection_uri"]
+    # As Neon's pooled host carries `-pooler`, the pooled string names the `-pooler` endpoint.
+    unpooled = created["connection_uris"][0]["connection_uri"]
+    endpoint = created["endpoints"][0]["id"]
+    assert pooled.json()["uri"] == unpooled.replace(endpoint, f"{endpoint}-pooler")
