@@ -62,6 +62,7 @@ class Pool:
         self._busy: set[Server] = set()
         self._changed = asyncio.Condition()
         self.draining: set[str] = set()
+        self._closed = False
         self.greeting: bytes | None = None
         self.database: str | None = None
 
@@ -103,7 +104,7 @@ class Pool:
     async def release(self, server: Server, *, reusable: bool) -> None:
         async with self._changed:
             self._busy.discard(server)
-            if reusable and not server.retired:
+            if reusable and not server.retired and not self._closed:
                 server.watcher = asyncio.create_task(self._watch(server))
                 self._idle.append(server)
             else:
@@ -135,6 +136,19 @@ class Pool:
         async with self._changed:
             self.draining.discard(database)
             self._changed.notify_all()
+
+    async def close(self) -> None:
+        """Closes the idle server connections; busy ones are closed as their clients end."""
+        async with self._changed:
+            idle, self._idle = self._idle, []
+            for server in idle:
+                server.retired = True
+                if server.watcher is not None:
+                    server.watcher.cancel()
+                self._forget(server)
+            self._closed = True  # nothing goes back to the pool now
+        watchers = [s.watcher for s in idle if s.watcher is not None]
+        await asyncio.gather(*watchers, return_exceptions=True)
 
     def _forget(self, server: Server) -> None:
         self._open_count -= 1
@@ -172,6 +186,7 @@ class Pooler:
         self._pools: dict[tuple[str, ...], Pool] = {}
         self._numbers = itertools.count(1)
         self._cancel_keys: dict[bytes, _Client] = {}
+        self._undraining: set[asyncio.Task[None]] = set()
 
     def pool(self, key: tuple[str, ...], opener: Callable[[], Awaitable[Backend]]) -> Pool:
         found = self._pools.get(key)
@@ -182,9 +197,15 @@ class Pooler:
     async def drain(self, database: str) -> None:
         await asyncio.gather(*(p.drain(database) for p in list(self._pools.values())))
 
+    async def close(self) -> None:
+        """Closes every pool's idle server connections (the proxy is closing)."""
+        await asyncio.gather(*(p.close() for p in list(self._pools.values())))
+
     def undrain(self, database: str) -> None:
         for pool in list(self._pools.values()):
-            asyncio.get_running_loop().create_task(pool.undrain(database))
+            task = asyncio.get_running_loop().create_task(pool.undrain(database))
+            self._undraining.add(task)
+            task.add_done_callback(self._undraining.discard)
 
     def client_for_cancel(self, key: bytes) -> Backend | None:
         """The server a pooled client's cancel key reaches now, if it holds one."""
