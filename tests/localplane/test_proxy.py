@@ -68,6 +68,27 @@ def _with(uri: str, **changes: str) -> str:
     return f"{parts.scheme}://{netloc}{parts.path}?{encoded}"
 
 
+async def _snapshot(api: httpx.AsyncClient, project_id: str, branch_id: str) -> str:
+    """A snapshot of the branch, once its operations finished; its id."""
+    made = await api.post(f"/projects/{project_id}/branches/{branch_id}/snapshot")
+    assert made.status_code == 200, made.text
+    await wait_ops(api, project_id, made.json()["operations"])
+    return str(made.json()["snapshot"]["id"])
+
+
+async def _restore(
+    api: httpx.AsyncClient, project_id: str, snapshot_id: str, branch_id: str
+) -> str:
+    """Restores the snapshot over the branch, finalized; the live branch's new id."""
+    restored = await api.post(
+        f"/projects/{project_id}/snapshots/{snapshot_id}/restore",
+        json={"finalize_restore": True, "target_branch_id": branch_id},
+    )
+    assert restored.status_code == 200, restored.text
+    await wait_ops(api, project_id, restored.json()["operations"])
+    return str(restored.json()["branch"]["id"])
+
+
 async def _refusal(uri: str) -> psycopg.OperationalError:
     with pytest.raises(psycopg.OperationalError) as caught:
         await psycopg.AsyncConnection.connect(uri)
@@ -205,18 +226,9 @@ async def test_new_connections_ride_through_checkpoints_and_restores(
     snapshots: list[tuple[str, int]] = []
     for n in range(1, 4):
         await execute(uri, f"INSERT INTO t VALUES ({n})")
-        made = await api.post(f"/projects/{project_id}/branches/{branch_id}/snapshot")
-        assert made.status_code == 200, made.text
-        await wait_ops(api, project_id, made.json()["operations"])
-        snapshots.append((made.json()["snapshot"]["id"], n + 1))
+        snapshots.append((await _snapshot(api, project_id, branch_id), n + 1))
     for snapshot_id, rows in [*snapshots, *reversed(snapshots)]:
-        restored = await api.post(
-            f"/projects/{project_id}/snapshots/{snapshot_id}/restore",
-            json={"finalize_restore": True, "target_branch_id": branch_id},
-        )
-        assert restored.status_code == 200, restored.text
-        await wait_ops(api, project_id, restored.json()["operations"])
-        branch_id = restored.json()["branch"]["id"]
+        branch_id = await _restore(api, project_id, snapshot_id, branch_id)
         assert await fetch(uri, "SELECT count(*) FROM t") == [(rows,)]
     stop.set()
     await running_client
@@ -499,18 +511,9 @@ async def test_a_pooled_client_rides_through_checkpoints_and_restores(
     snapshots: list[tuple[str, int]] = []
     for n in range(1, 11):
         await execute(pooled, f"INSERT INTO t VALUES ({n})")
-        made = await api.post(f"/projects/{project_id}/branches/{branch_id}/snapshot")
-        assert made.status_code == 200, made.text
-        await wait_ops(api, project_id, made.json()["operations"])
-        snapshots.append((made.json()["snapshot"]["id"], n))
+        snapshots.append((await _snapshot(api, project_id, branch_id), n))
     for snapshot_id, rows in reversed(snapshots):
-        restored = await api.post(
-            f"/projects/{project_id}/snapshots/{snapshot_id}/restore",
-            json={"finalize_restore": True, "target_branch_id": branch_id},
-        )
-        assert restored.status_code == 200, restored.text
-        await wait_ops(api, project_id, restored.json()["operations"])
-        branch_id = restored.json()["branch"]["id"]
+        branch_id = await _restore(api, project_id, snapshot_id, branch_id)
         assert await fetch(pooled, "SELECT count(*) FROM t") == [(rows,)]
     stop.set()
     await looping
