@@ -73,3 +73,30 @@ async def execute(uri: str, *statements: str) -> None:
     async with await psycopg.AsyncConnection.connect(uri, autocommit=True) as conn:
         for statement in statements:
             await conn.execute(statement)
+
+
+async def snapshot(
+    neon_http: httpx.AsyncClient, project_id: str, branch_id: str, **params: str
+) -> dict[str, Any]:
+    """A snapshot of the branch (`params`: name, expires_at...), once its operations finished."""
+    resp = await neon_http.post(
+        f"/projects/{project_id}/branches/{branch_id}/snapshot", params=params
+    )
+    assert resp.status_code == 200, resp.text
+    body: dict[str, Any] = resp.json()
+    await wait_ops(neon_http, project_id, body["operations"])
+    found: dict[str, Any] = body["snapshot"]
+    return found
+
+
+async def restore(
+    neon_http: httpx.AsyncClient, project_id: str, snapshot_id: str, target_id: str
+) -> str:
+    """Restores the snapshot over the branch `target_id`; returns the live branch's new id."""
+    resp = await neon_http.post(
+        f"/projects/{project_id}/snapshots/{snapshot_id}/restore",
+        json={"finalize_restore": True, "target_branch_id": target_id},
+    )
+    assert resp.status_code == 200, resp.text
+    await wait_ops(neon_http, project_id, resp.json()["operations"])
+    return str(resp.json()["branch"]["id"])

@@ -30,7 +30,7 @@ from agentdb.localplane._pooler import POOL_SIZE
 from agentdb.pg import ServerInfo
 from agentdb.settings import Settings
 
-from .helpers import create_project, execute, fetch, physical, wait_ops
+from .helpers import create_project, execute, fetch, physical, restore, snapshot, wait_ops
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
@@ -66,27 +66,6 @@ def _with(uri: str, **changes: str) -> str:
     encoded = "&".join(f"{k}={quote(v, safe='')}" for k, v in query.items())
     netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{parts.hostname}:{parts.port}"
     return f"{parts.scheme}://{netloc}{parts.path}?{encoded}"
-
-
-async def _snapshot(api: httpx.AsyncClient, project_id: str, branch_id: str) -> str:
-    """A snapshot of the branch, once its operations finished; its id."""
-    made = await api.post(f"/projects/{project_id}/branches/{branch_id}/snapshot")
-    assert made.status_code == 200, made.text
-    await wait_ops(api, project_id, made.json()["operations"])
-    return str(made.json()["snapshot"]["id"])
-
-
-async def _restore(
-    api: httpx.AsyncClient, project_id: str, snapshot_id: str, branch_id: str
-) -> str:
-    """Restores the snapshot over the branch, finalized; the live branch's new id."""
-    restored = await api.post(
-        f"/projects/{project_id}/snapshots/{snapshot_id}/restore",
-        json={"finalize_restore": True, "target_branch_id": branch_id},
-    )
-    assert restored.status_code == 200, restored.text
-    await wait_ops(api, project_id, restored.json()["operations"])
-    return str(restored.json()["branch"]["id"])
 
 
 async def _refusal(uri: str) -> psycopg.OperationalError:
@@ -226,9 +205,9 @@ async def test_new_connections_ride_through_checkpoints_and_restores(
     snapshots: list[tuple[str, int]] = []
     for n in range(1, 4):
         await execute(uri, f"INSERT INTO t VALUES ({n})")
-        snapshots.append((await _snapshot(api, project_id, branch_id), n + 1))
+        snapshots.append(((await snapshot(api, project_id, branch_id))["id"], n + 1))
     for snapshot_id, rows in [*snapshots, *reversed(snapshots)]:
-        branch_id = await _restore(api, project_id, snapshot_id, branch_id)
+        branch_id = await restore(api, project_id, snapshot_id, branch_id)
         assert await fetch(uri, "SELECT count(*) FROM t") == [(rows,)]
     stop.set()
     await running_client
@@ -511,9 +490,9 @@ async def test_a_pooled_client_rides_through_checkpoints_and_restores(
     snapshots: list[tuple[str, int]] = []
     for n in range(1, 11):
         await execute(pooled, f"INSERT INTO t VALUES ({n})")
-        snapshots.append((await _snapshot(api, project_id, branch_id), n))
+        snapshots.append(((await snapshot(api, project_id, branch_id))["id"], n))
     for snapshot_id, rows in reversed(snapshots):
-        branch_id = await _restore(api, project_id, snapshot_id, branch_id)
+        branch_id = await restore(api, project_id, snapshot_id, branch_id)
         assert await fetch(pooled, "SELECT count(*) FROM t") == [(rows,)]
     stop.set()
     await looping

@@ -8,19 +8,7 @@ from support import client_for
 
 from agentdb.pg import ServerInfo
 
-from .helpers import create_project, execute, fetch, wait_ops
-
-
-async def _snapshot(
-    neon_http: httpx.AsyncClient, project_id: str, branch_id: str, **params: str
-) -> dict:
-    resp = await neon_http.post(
-        f"/projects/{project_id}/branches/{branch_id}/snapshot", params=params
-    )
-    assert resp.status_code == 200, resp.text
-    body: dict = resp.json()
-    await wait_ops(neon_http, project_id, body["operations"])
-    return body["snapshot"]
+from .helpers import create_project, execute, fetch, restore, snapshot, wait_ops
 
 
 async def test_preview_gets_its_own_connection_string_then_finalizes(
@@ -30,7 +18,7 @@ async def test_preview_gets_its_own_connection_string_then_finalizes(
     project_id, main_id = created["project"]["id"], created["branch"]["id"]
     uri = created["connection_uris"][0]["connection_uri"]
     await execute(uri, "CREATE TABLE t (n int)", "INSERT INTO t VALUES (1)")
-    snap = await _snapshot(neon_http, project_id, main_id, name="one row")
+    snap = await snapshot(neon_http, project_id, main_id, name="one row")
     await execute(uri, "INSERT INTO t VALUES (2)")
 
     restored = await neon_http.post(
@@ -104,7 +92,7 @@ async def test_snapshot_reports_size_and_lsn_and_can_be_renamed_and_deleted(
 ) -> None:
     created = await create_project(neon_http)
     project_id, main_id = created["project"]["id"], created["branch"]["id"]
-    snap = await _snapshot(neon_http, project_id, main_id, expires_at="2099-01-01T00:00:00Z")
+    snap = await snapshot(neon_http, project_id, main_id, expires_at="2099-01-01T00:00:00Z")
     listed = (await neon_http.get(f"/projects/{project_id}/snapshots")).json()["snapshots"]
     assert [s["id"] for s in listed] == [snap["id"]]
     assert listed[0]["full_size"] > 1_000_000
@@ -145,19 +133,6 @@ async def _snapshot_databases(pg_server: ServerInfo) -> set[str]:
     return {str(name) for (name,) in rows}
 
 
-async def _restore(
-    neon_http: httpx.AsyncClient, project_id: str, snapshot_id: str, target_id: str
-) -> str:
-    """Restores the snapshot over the branch `target_id`; returns the live branch's new id."""
-    resp = await neon_http.post(
-        f"/projects/{project_id}/snapshots/{snapshot_id}/restore",
-        json={"finalize_restore": True, "target_branch_id": target_id},
-    )
-    assert resp.status_code == 200, resp.text
-    await wait_ops(neon_http, project_id, resp.json()["operations"])
-    return str(resp.json()["branch"]["id"])
-
-
 async def test_a_snapshot_of_a_database_nothing_wrote_to_is_not_copied(
     neon_http: httpx.AsyncClient, pg_server: ServerInfo
 ) -> None:
@@ -172,11 +147,11 @@ async def test_a_snapshot_of_a_database_nothing_wrote_to_is_not_copied(
         uri, "SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace"
     ) == [(0,)]
     before = await _snapshot_databases(pg_server)
-    empty = await _snapshot(neon_http, project_id, main_id, name="empty")
+    empty = await snapshot(neon_http, project_id, main_id, name="empty")
     assert await _snapshot_databases(pg_server) == before  # nothing copied
 
     await execute(uri, "CREATE TABLE t (n int)", "INSERT INTO t VALUES (1)")
-    one_row = await _snapshot(neon_http, project_id, main_id, name="one row")
+    one_row = await snapshot(neon_http, project_id, main_id, name="one row")
     made = await _snapshot_databases(pg_server) - before
     assert len(made) == 1  # copied
     # Both report their logical size, as Neon does, though only one takes disk.
@@ -187,12 +162,12 @@ async def test_a_snapshot_of_a_database_nothing_wrote_to_is_not_copied(
 
     # Back to the empty state: the same connection string, an empty database the project's
     # role owns the public schema of, usable at once.
-    live_id = await _restore(neon_http, project_id, empty["id"], main_id)
+    live_id = await restore(neon_http, project_id, empty["id"], main_id)
     assert await fetch(uri, "SELECT to_regclass('public.t') IS NULL") == [(True,)]
     await execute(uri, "CREATE TABLE u (n int)", "INSERT INTO u VALUES (7)")
     assert await fetch(uri, "SELECT n FROM u") == [(7,)]
     # And forward again to the copied one.
-    await _restore(neon_http, project_id, one_row["id"], live_id)
+    await restore(neon_http, project_id, one_row["id"], live_id)
     assert await fetch(uri, "SELECT n FROM t") == [(1,)]
     assert await fetch(uri, "SELECT to_regclass('public.u') IS NULL") == [(True,)]
 
@@ -203,15 +178,15 @@ async def test_a_database_restored_empty_is_again_snapshotted_without_a_copy(
     created = await create_project(neon_http)
     project_id, main_id = created["project"]["id"], created["branch"]["id"]
     uri = created["connection_uris"][0]["connection_uri"]
-    root = await _snapshot(neon_http, project_id, main_id, name="root")
+    root = await snapshot(neon_http, project_id, main_id, name="root")
     await execute(uri, "CREATE TABLE t (n int)")
-    live_id = await _restore(neon_http, project_id, root["id"], main_id)
+    live_id = await restore(neon_http, project_id, root["id"], main_id)
     before = await _snapshot_databases(pg_server)
-    again = await _snapshot(neon_http, project_id, live_id, name="again")
+    again = await snapshot(neon_http, project_id, live_id, name="again")
     assert await _snapshot_databases(pg_server) == before
     # A rolled-back write changes nothing, but it touched the database: a copy, to be safe.
     await execute(uri, "BEGIN", "CREATE TABLE gone (n int)", "ROLLBACK")
-    await _snapshot(neon_http, project_id, live_id, name="after a rollback")
+    await snapshot(neon_http, project_id, live_id, name="after a rollback")
     assert len(await _snapshot_databases(pg_server) - before) == 1
     resp = await neon_http.delete(f"/projects/{project_id}/snapshots/{again['id']}")
     assert resp.status_code == 202, resp.text
