@@ -44,6 +44,7 @@ from agentdb.services import (
     CheckpointService,
     CredentialService,
     EventService,
+    FleetMigrationService,
     IdempotencyService,
     IdleConnections,
     JobRunner,
@@ -99,6 +100,7 @@ class Runtime:
     events: EventService
     usage: UsageService
     tier_changes: TierChangeService
+    fleet: FleetMigrationService
     reconciler: Reconciler
     idempotency: IdempotencyService
     jobs: JobRunner
@@ -267,6 +269,36 @@ def _runtime(  # noqa: PLR0917 - the parts open_runtime opened, in the order it 
         idle=IdleConnections(settings.sql_idle_connections),
         gate=gate,
     )
+    checkpoints = CheckpointService(
+        meta,
+        neon,
+        locks=locks,
+        tiers=tiers,
+        kill=kill,
+        gate=gate,
+        # Retention's deletes run after the checkpoint has answered.
+        prune_soon=partial(jobs.kick, "prune_checkpoints"),
+    )
+    branches = BranchService(
+        meta,
+        neon,
+        secrets,
+        locks=locks,
+        default_ttl=timedelta(seconds=settings.branch_ttl_s),
+        kill=kill,
+        gate=gate,
+    )
+    fleet = FleetMigrationService(
+        meta,
+        secrets,
+        checkpoints=checkpoints,
+        branches=branches,
+        locks=locks,
+        runner=jobs.runner,
+        kick=partial(jobs.kick, "fleet_migrations"),
+    )
+    # A session just created takes the fleet's baseline migrations before it is handed out.
+    sessions.after_create = fleet.apply_baseline
     return Runtime(
         settings=settings,
         tiers=tiers,
@@ -286,25 +318,9 @@ def _runtime(  # noqa: PLR0917 - the parts open_runtime opened, in the order it 
             session_max_ttl=seconds(settings.session_token_max_ttl_s),
         ),
         sessions=sessions,
-        checkpoints=CheckpointService(
-            meta,
-            neon,
-            locks=locks,
-            tiers=tiers,
-            kill=kill,
-            gate=gate,
-            # Retention's deletes run after the checkpoint has answered.
-            prune_soon=partial(jobs.kick, "prune_checkpoints"),
-        ),
-        branches=BranchService(
-            meta,
-            neon,
-            secrets,
-            locks=locks,
-            default_ttl=timedelta(seconds=settings.branch_ttl_s),
-            kill=kill,
-            gate=gate,
-        ),
+        checkpoints=checkpoints,
+        branches=branches,
+        fleet=fleet,
         sql=sql,
         catalog=CatalogService(meta, neon, secrets, sql, locks=locks),
         addons=addons,
@@ -359,6 +375,13 @@ def _schedule_jobs(runtime: Runtime) -> None:
     jobs.add(
         "tier_changes",
         runtime.tier_changes.run_pending,
+        every=seconds(settings.reconcile_interval_s),
+    )
+    # Fleet migrations: started, resumed, cancelled and rolled back from their rows (a new
+    # one or a change kicks it); one process at a time across replicas.
+    jobs.add(
+        "fleet_migrations",
+        runtime.fleet.run_pending,
         every=seconds(settings.reconcile_interval_s),
     )
     # No jitter: Neon refreshes consumption every 15 minutes, and polls must not come sooner

@@ -344,26 +344,48 @@ class UsageSample(TableModel, table=True):
 
 
 class FleetMigration(TableModel, table=True):
-    """SQL to apply to many sessions' databases; its targets are its result rows."""
+    """SQL to apply to many sessions' databases, with whom it targets and how it rolls out;
+    its progress lives in its result rows (one per target session), so any run resumes it."""
 
     __tablename__ = "fleet_migrations"
-    __table_args__ = (one_of("status", FleetMigrationStatus),)
+    __table_args__ = (
+        # A name is one migration; dry runs of it may be many.
+        sa.Index(
+            "uq_fleet_migrations_name", "name", unique=True, postgresql_where=sa.text("NOT dry_run")
+        ),
+        one_of("status", FleetMigrationStatus),
+    )
 
     id: uuid.UUID = Field(default_factory=new_id, primary_key=True)
-    name: str = Field(sa_type=sa.Text, unique=True)
-    sql: str = Field(sa_type=sa.Text)
+    name: str = Field(sa_type=sa.Text)
+    dry_run: bool = Field(default=False, sa_column_kwargs={"server_default": sa.false()})
+    up_sql: str = Field(sa_type=sa.Text)
+    down_sql: str | None = Field(default=None, sa_type=sa.Text)
+    # sha256 of `up_sql`: what a dry run tested, and what `tested_by` must match.
+    checksum: str = Field(sa_type=sa.Text)
+    # Whom it targets: all sessions, or those of some tiers, users, or session ids.
+    target: dict[str, Any] = Field(default_factory=dict, sa_type=JSONB)
+    # Sessions created later take it too (when they are created, and by the job after).
+    baseline: bool = Field(default=False, sa_column_kwargs={"server_default": sa.false()})
+    rollout: dict[str, Any] = Field(default_factory=dict, sa_type=JSONB)
+    tested_by: uuid.UUID | None = Field(default=None, foreign_key="fleet_migrations.id")
     status: FleetMigrationStatus = Field(
         default=FleetMigrationStatus.PENDING, sa_type=EnumText(FleetMigrationStatus)
     )
+    # Failures a `resume` with `continue` accepted: the halt rule counts only later ones.
+    failures_accepted: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     created_by: str = Field(sa_type=sa.Text)
+    request_id: str | None = Field(default=None, sa_type=sa.Text)
     error: str | None = Field(default=None, sa_type=sa.Text)
     created_at: datetime = Field(default_factory=utcnow, sa_column_kwargs=_NOW)
+    updated_at: datetime = Field(default_factory=utcnow, sa_column_kwargs=_NOW)
     started_at: datetime | None = None
     finished_at: datetime | None = None
 
 
 class FleetMigrationResult(TableModel, table=True):
-    """A fleet migration on one session, with the checkpoint taken just before it."""
+    """A fleet migration on one session: its wave, its outcome, and the checkpoint taken just
+    before it (what a rollback without `down` restores)."""
 
     __tablename__ = "fleet_migration_results"
     __table_args__ = (
@@ -371,17 +393,29 @@ class FleetMigrationResult(TableModel, table=True):
         sa.ForeignKeyConstraint(
             ["checkpoint_id", "session_id"], ["checkpoints.id", "checkpoints.session_id"]
         ),
+        sa.Index(None, "fleet_migration_id", "wave", "status"),
         one_of("status", FleetMigrationResultStatus),
     )
 
     id: uuid.UUID = Field(default_factory=new_id, primary_key=True)
     fleet_migration_id: uuid.UUID = Field(foreign_key="fleet_migrations.id", ondelete="CASCADE")
     session_id: uuid.UUID = Field(foreign_key="agent_sessions.id", ondelete="CASCADE", index=True)
+    # 0: the canary; 1, 2, ...: the waves after it, in order.
+    wave: int = Field(default=1)
     status: FleetMigrationResultStatus = Field(
         default=FleetMigrationResultStatus.PENDING, sa_type=EnumText(FleetMigrationResultStatus)
     )
     checkpoint_id: uuid.UUID | None = None
+    # A dry run's branch while it exists (so a crash's leftover is found and deleted).
+    branch_id: uuid.UUID | None = None
+    # What the database held right after the migration (`describe_database`): a rollback
+    # restores the checkpoint only if it still does.
+    fingerprint: str | None = Field(default=None, sa_type=sa.Text)
+    attempts: int = Field(default=0)
+    runner: str | None = Field(default=None, sa_type=sa.Text)
     error: str | None = Field(default=None, sa_type=sa.Text)
+    checkpoint_ms: int | None = None
+    apply_ms: int | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
 

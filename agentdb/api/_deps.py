@@ -42,6 +42,7 @@ SERVICES = {
     "events": "events",
     "usage": "usage",
     "tier_changes": "tier_changes",
+    "fleet": "fleet",
     "jobs": "jobs",
     "readiness": "readiness",
 }

@@ -79,6 +79,7 @@ from ._auth import (
     user_guard,
 )
 from ._deps import Render
+from ._fleet_routes import FLEET_ROUTES
 from ._problems import BadRequest
 from ._usage_routes import USAGE_ROUTES
 
@@ -717,5 +718,5 @@ class Tokens(Controller):
 
 ROUTES: list[ControllerRouterHandler] = [
     healthz, readyz, Users, Sessions, Session, Catalog, Checkpoints, Branches, Tokens,
-    *ADDON_ROUTES, *USAGE_ROUTES,
+    *ADDON_ROUTES, *USAGE_ROUTES, *FLEET_ROUTES,
 ]  # fmt: skip

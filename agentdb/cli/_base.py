@@ -22,6 +22,9 @@ HELP = {
     "Restoring one puts the database back in place (same connection URI); later checkpoints "
     "stay.",
     "branches": "A session's dev branches: writable copies (from now or a checkpoint) that expire.",
+    "migrations": "Fleet migrations (admin token): SQL applied to many sessions' databases, "
+    "canary first, then in waves, each session checkpointed before; halt, resume, cancel, roll "
+    "back.",
 }
 
 

@@ -32,13 +32,15 @@ app.command(localplane)
 
 # The operator commands: clients of `agentdb serve`, each loaded when called.
 app.help = (
-    f"{app.help}\n\nThe operator commands (users, sessions, tokens, sql, checkpoints, branches) "
+    f"{app.help}\n\nThe operator commands (users, sessions, tokens, sql, checkpoints, branches, "
+    f"migrations) "
     f"talk to a running `agentdb serve` (--url / AGENTDB_URL) with a token "
     f"(--token / AGENTDB_TOKEN): {WHERE_TOKENS_COME_FROM}. Exit codes: 1 when the operation "
     f"fails, 2 when the command line is wrong."
 )
 for _name in ("users", "sessions", "tokens", "sql", "checkpoints", "branches"):
     app.command(f"agentdb.cli._commands:{_name}", name=_name, help=HELP[_name])
+app.command("agentdb.cli._migrations:migrations", name="migrations", help=HELP["migrations"])
 # The chat demo alone (agentdb/cli/_demo.py), loaded when called.
 app.command(
     "agentdb.cli._demo:run_demo",

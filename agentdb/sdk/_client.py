@@ -6,9 +6,11 @@ answers, same errors."""
 from __future__ import annotations
 
 import asyncio
+import inspect
+import json as jsonlib
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, aclosing, asynccontextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar, cast
@@ -17,6 +19,7 @@ import httpx
 from pydantic import BaseModel, JsonValue, TypeAdapter
 
 from agentdb.settings import Settings
+from agentdb.wire import TERMINAL_MIGRATION_STATUSES
 
 from ._errors import error_from
 from ._models import (
@@ -29,6 +32,10 @@ from ._models import (
     Diff,
     Event,
     Extension,
+    Migration,
+    MigrationResult,
+    MigrationRollout,
+    MigrationTarget,
     OAuthProvider,
     Role,
     Session,
@@ -46,6 +53,16 @@ Id = uuid.UUID | str
 _INTERNAL_URL = "http://agentdb"
 #: In process nothing is lost on the way; only a runaway operation should hit this.
 EMBEDDED_TIMEOUT = 3600.0
+#: How long `wait_for_migration` follows a fleet migration by default.
+MIGRATION_WAIT_TIMEOUT = 3600.0
+#: Between two reads of a fleet migration when its event stream is not followed; the stream
+#: itself sends at most about two events a second.
+MIGRATION_POLL_INTERVAL = 0.5
+#: An event stream silent this long is taken for dropped (and the migration polled instead).
+MIGRATION_STREAM_SILENCE = 30.0
+
+#: What `on_progress` may be: a function or a coroutine function of the migration's view.
+ProgressCallback = Callable[[Migration], Awaitable[object] | object]
 
 
 class AgentDB:
@@ -63,6 +80,7 @@ class AgentDB:
         self._opener = opener
         self._stack: AsyncExitStack | None = None
         self._http: httpx.AsyncClient | None = None
+        self._follows_event_streams = True
 
     @classmethod
     def local(
@@ -100,7 +118,11 @@ class AgentDB:
                 ) as http:
                     yield http
 
-        return cls(opener)
+        client = cls(opener)
+        # httpx's ASGITransport hands a response over once the app has finished it, so an
+        # event stream would arrive whole at its end: in process, fleet migrations are polled.
+        client._follows_event_streams = False
+        return client
 
     @classmethod
     def connect(
@@ -506,6 +528,177 @@ class AgentDB:
     async def disable_data_api(self, session_id: Id) -> DataApi:
         return await self._one(DataApi, "DELETE", f"/v1/sessions/{session_id}/data-api")
 
+    # --- fleet migrations --------------------------------------------------------------------
+
+    async def create_migration(
+        self,
+        name: str,
+        up: str,
+        *,
+        down: str | None = None,
+        target: MigrationTarget | dict[str, Any] | None = None,
+        baseline: bool = False,
+        rollout: MigrationRollout | dict[str, Any] | None = None,
+        dry_run: bool = False,
+        tested_by: Id | None = None,
+        wait: bool = False,
+        timeout: float | None = MIGRATION_WAIT_TIMEOUT,  # noqa: ASYNC109 - a deadline by default
+        on_progress: ProgressCallback | None = None,
+    ) -> Migration:
+        """Starts a fleet migration (admin token): `up` runs in one transaction on every
+        targeted session's database (default: every session; a target names tiers, users or
+        sessions), each checkpointed just before, the canary first, then in waves; it halts
+        when the rollout's failure rule trips, and skips sessions that already carry it.
+        `down` is what `rollback_migration` runs (without one, a rollback restores the
+        checkpoints). With `baseline`, sessions created later take it too. `dry_run` applies
+        it on a short-lived branch of each target instead; `tested_by` names a finished dry
+        run of this very SQL. With `wait`, follows it until it finished, halted or was
+        cancelled, as `wait_for_migration` does."""
+        body = _body(
+            name=name,
+            up=up,
+            down=down,
+            target=_part(target),
+            baseline=baseline or None,
+            rollout=_part(rollout),
+            dry_run=dry_run or None,
+            tested_by=None if tested_by is None else str(tested_by),
+        )
+        migration = await self._one(Migration, "POST", "/v1/migrations", json=body)
+        if not wait:
+            return migration
+        return await self.wait_for_migration(migration.id, timeout=timeout, on_progress=on_progress)
+
+    async def get_migration(self, migration_id: Id) -> Migration:
+        return await self._one(Migration, "GET", f"/v1/migrations/{migration_id}")
+
+    async def list_migrations(self, *, limit: int = 50) -> list[Migration]:
+        """Fleet migrations, newest first (admin token)."""
+        return await self._many(Migration, "migrations", "/v1/migrations", params={"limit": limit})
+
+    async def list_migration_sessions(
+        self,
+        migration_id: Id,
+        *,
+        status: str | None = None,
+        limit: int = 100,
+        after: Id | None = None,
+    ) -> list[MigrationResult]:
+        """A fleet migration's sessions with their outcome, ordered by session id: pages of
+        `limit` from the session after `after`; `status` (e.g. "failed") keeps only those."""
+        params = {"status": status, "limit": limit, "after": after}
+        path = f"/v1/migrations/{migration_id}/sessions"
+        return await self._many(MigrationResult, "results", path, params=params)
+
+    async def resume_migration(
+        self,
+        migration_id: Id,
+        *,
+        continue_: bool = False,
+        wait: bool = False,
+        timeout: float | None = MIGRATION_WAIT_TIMEOUT,  # noqa: ASYNC109 - a deadline by default
+        on_progress: ProgressCallback | None = None,
+    ) -> Migration:
+        """Resumes a halted fleet migration: its failed sessions are tried again, or with
+        `continue_` left failed while it rolls on past them (the halt rule then counts only
+        later failures). With `wait`, follows it until it stops again, as
+        `wait_for_migration` does."""
+        path = f"/v1/migrations/{migration_id}/resume"
+        migration = await self._one(Migration, "POST", path, json={"continue": continue_})
+        if not wait:
+            return migration
+        return await self._follow(migration, timeout=timeout, on_progress=on_progress)
+
+    async def cancel_migration(self, migration_id: Id) -> Migration:
+        """Stops a fleet migration for good: sessions not yet started are left as they are
+        (`cancelled`), those under way finish; what was applied stays until rolled back."""
+        return await self._one(Migration, "POST", f"/v1/migrations/{migration_id}/cancel")
+
+    async def rollback_migration(
+        self,
+        migration_id: Id,
+        *,
+        wait: bool = False,
+        timeout: float | None = MIGRATION_WAIT_TIMEOUT,  # noqa: ASYNC109 - a deadline by default
+        on_progress: ProgressCallback | None = None,
+    ) -> Migration:
+        """Undoes a finished, halted or cancelled fleet migration on the sessions that took it:
+        its `down` where it has one, else a restore of the checkpoint taken before it where
+        nothing was written since (the others end `not_rolled_back`). With `wait`, follows it
+        until it is `rolled_back`, as `wait_for_migration` does."""
+        path = f"/v1/migrations/{migration_id}/rollback"
+        migration = await self._one(Migration, "POST", path)
+        if not wait:
+            return migration
+        return await self._follow(migration, timeout=timeout, on_progress=on_progress)
+
+    async def wait_for_migration(
+        self,
+        migration_id: Id,
+        *,
+        timeout: float | None = MIGRATION_WAIT_TIMEOUT,  # noqa: ASYNC109 - a deadline by default
+        on_progress: ProgressCallback | None = None,
+    ) -> Migration:
+        """Follows a fleet migration until its status is terminal (finished, halted,
+        cancelled, rolled_back) and returns that view; `on_progress` is called (or awaited)
+        with each new view on the way. Follows the server's event stream, and reads the
+        migration every half second instead when the stream drops. `TimeoutError` after
+        `timeout` seconds (None: no limit)."""
+        migration = await self.get_migration(migration_id)
+        return await self._follow(migration, timeout=timeout, on_progress=on_progress)
+
+    async def _follow(
+        self,
+        start: Migration,
+        *,
+        timeout: float | None,  # noqa: ASYNC109 - the callers' deadline
+        on_progress: ProgressCallback | None,
+    ) -> Migration:
+        """Follows the migration from `start` until its status is terminal. A resume or
+        rollback answers with its new, active status, so its own answer never ends the wait."""
+        progress = _Progress(on_progress)
+        await progress.report(start)
+        if _terminal(start):
+            return start
+        async with asyncio.timeout(timeout):
+            if self._follows_event_streams:
+                async with aclosing(self._migration_events(start.id)) as events:
+                    async for view in events:
+                        await progress.report(view)
+                        if _terminal(view):
+                            return view
+            # The stream dropped, or is not followed: read the migration until it settles.
+            while True:
+                view = await self.get_migration(start.id)
+                await progress.report(view)
+                if _terminal(view):
+                    return view
+                await asyncio.sleep(MIGRATION_POLL_INTERVAL)
+
+    async def _migration_events(self, migration_id: uuid.UUID) -> AsyncGenerator[Migration]:
+        """The views of the migration's event stream (`progress` events, then `done`), until
+        the stream ends or drops; drops end it quietly, for the caller to poll."""
+        if self._http is None:
+            raise RuntimeError("use `async with AgentDB...(...) as db:` before calling it")
+        path = f"/v1/migrations/{migration_id}/events"
+        timeout = httpx.Timeout(self._http.timeout.connect, read=MIGRATION_STREAM_SILENCE)
+        headers = {"Accept": "text/event-stream"}
+        try:
+            async with self._http.stream("GET", path, headers=headers, timeout=timeout) as stream:
+                if stream.is_error:
+                    return  # the poll that follows raises the answer's error, if any
+                async for event, data in _server_sent_events(stream.aiter_lines()):
+                    if event not in {"progress", "done"}:
+                        continue
+                    try:
+                        yield Migration.model_validate(jsonlib.loads(data))
+                    except ValueError:
+                        continue  # a stray event: the poll has the last word
+                    if event == "done":
+                        return
+        except httpx.TransportError:
+            return
+
 
 def _token_params(include_inactive: bool, limit: int, after: Id | None) -> dict[str, Any]:
     return {
@@ -518,3 +711,54 @@ def _token_params(include_inactive: bool, limit: int, after: Id | None) -> dict[
 def _body(**fields: Any) -> dict[str, Any]:  # noqa: ANN401
     """A request body without the fields left out, so the server's defaults apply."""
     return {k: v for k, v in fields.items() if v is not None}
+
+
+def _part(part: BaseModel | dict[str, Any] | None) -> dict[str, Any] | None:
+    """A migration's target or rollout as JSON: only the fields set (an explicit None stays,
+    as the null that turns a rule off)."""
+    if part is None or isinstance(part, dict):
+        return part
+    return part.model_dump(mode="json", exclude_unset=True)
+
+
+def _terminal(view: Migration) -> bool:
+    return view.status in TERMINAL_MIGRATION_STATUSES
+
+
+class _Progress:
+    """Calls (or awaits) `on_progress` with each view that differs from the last one."""
+
+    def __init__(self, on_progress: ProgressCallback | None) -> None:
+        self._on_progress = on_progress
+        self._last: Migration | None = None
+
+    async def report(self, view: Migration) -> None:
+        if view == self._last:
+            return
+        self._last = view
+        if self._on_progress is not None:
+            result = self._on_progress(view)
+            if inspect.isawaitable(result):
+                await result
+
+
+async def _server_sent_events(lines: AsyncIterator[str]) -> AsyncIterator[tuple[str, str]]:
+    """(event, data) pairs of a `text/event-stream`, as the HTML standard parses them: fields
+    up to a blank line, `data` lines joined by newlines, comments (`:`) skipped, the event
+    named "message" when unnamed, and an event the stream cut off before its blank line
+    dropped."""
+    event, data = "", list[str]()
+    async for line in lines:
+        if not line:
+            if data:
+                yield event or "message", "\n".join(data)
+            event, data = "", []
+            continue
+        if line.startswith(":"):
+            continue
+        field, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if field == "event":
+            event = value
+        elif field == "data":
+            data.append(value)

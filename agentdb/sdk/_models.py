@@ -9,10 +9,12 @@ from agentdb.wire import DataApiView as DataApi
 from agentdb.wire import DiffView as Diff
 from agentdb.wire import EventView as Event
 from agentdb.wire import ExtensionView as Extension
+from agentdb.wire import FleetMigrationResultView as MigrationResult
+from agentdb.wire import FleetMigrationView as Migration
+from agentdb.wire import MigrationCounts, MigrationRollout, MigrationTarget, SqlResult
 from agentdb.wire import OAuthProviderView as OAuthProvider
 from agentdb.wire import RoleOut as Role
 from agentdb.wire import SessionOut as Session
-from agentdb.wire import SqlResult
 from agentdb.wire import TierChangeView as TierChange
 from agentdb.wire import TokenOut as Token
 from agentdb.wire import TokenView as TokenInfo
@@ -29,6 +31,11 @@ __all__ = [
     "Diff",
     "Event",
     "Extension",
+    "Migration",
+    "MigrationCounts",
+    "MigrationResult",
+    "MigrationRollout",
+    "MigrationTarget",
     "OAuthProvider",
     "Role",
     "Session",

@@ -48,6 +48,7 @@ from .catalog import CatalogService
 from .checkpoints import CheckpointService
 from .credentials import CredentialService
 from .events import EventService, EventView
+from .fleet import FleetMigrationService, MigrationNotFound
 from .idempotency import IdempotencyService
 from .jobs import JobRunner, JobStatus
 from .lease import ProcessLease
@@ -85,6 +86,7 @@ __all__ = [
     "EventService",
     "EventView",
     "FillReport",
+    "FleetMigrationService",
     "IdempotencyService",
     "IdleConnections",
     "InvalidInput",
@@ -93,6 +95,7 @@ __all__ = [
     "JobStatus",
     "LimitExceeded",
     "MetricUsage",
+    "MigrationNotFound",
     "NotFound",
     "OAuthProviderView",
     "PeriodUsage",

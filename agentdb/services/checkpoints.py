@@ -214,16 +214,23 @@ class CheckpointService:
         *,
         idempotency_key: str | None = None,
         actor: Actor = SYSTEM,
+        reason: str | None = None,
+        held: bool = False,
     ) -> CheckpointView:
         """Snapshots the session's database as it is now, as a child of the head checkpoint,
         which it becomes. The same `idempotency_key` returns the checkpoint taken first.
         Then, if the session's tier keeps fewer checkpoints, the oldest ones are pruned
-        (`prune`)."""
+        (`prune`). `reason`: why agentdb took it when nobody asked (its events say so).
+        `held`: the caller holds the session's lock already (a workflow that checkpoints
+        as one of its steps)."""
         check_text("label", label, MAX_NAME)
         check_text("message", message, MAX_MESSAGE)
         check_text("idempotency_key", idempotency_key, MAX_IDEMPOTENCY_KEY)
         meta = _checked_metadata(metadata)
-        async with self._locks.hold(session_id), self._db() as db:
+        lock: contextlib.AbstractAsyncContextManager[None] = (
+            contextlib.nullcontext() if held else self._locks.hold(session_id)
+        )
+        async with lock, self._db() as db:
             if idempotency_key is not None:
                 earlier = await db.scalar(
                     sa.select(Checkpoint).where(
@@ -248,7 +255,11 @@ class CheckpointService:
             db.add(checkpoint)
             row.status = SessionStatus.CHECKPOINTING
             row.updated_at = self._clock()
-            db.add(self._event(actor, "checkpoint.create", checkpoint, phase="requested"))
+            db.add(
+                self._event(
+                    actor, "checkpoint.create", checkpoint, phase="requested", reason=reason
+                )
+            )
             await db.commit()
             self._kill.point("checkpoint.requested")
             try:
@@ -279,6 +290,7 @@ class CheckpointService:
                     checkpoint,
                     phase="succeeded",
                     operations=operation_ids(created),
+                    reason=reason,
                 )
             )
             await db.commit()
@@ -356,7 +368,13 @@ class CheckpointService:
     # --- restore -------------------------------------------------------------------------------
 
     async def restore(
-        self, session_id: uuid.UUID, checkpoint_id: uuid.UUID, *, actor: Actor = SYSTEM
+        self,
+        session_id: uuid.UUID,
+        checkpoint_id: uuid.UUID,
+        *,
+        actor: Actor = SYSTEM,
+        reason: str | None = None,
+        held: bool = False,
     ) -> Restored:
         """Puts the session's database back to `checkpoint_id`, in place: the connection URI
         stays, open connections are ended. Later checkpoints are kept; the next checkpoint is
@@ -364,8 +382,12 @@ class CheckpointService:
         the restore left it.
 
         The replaced live branch is recorded as a `replaced` branch and deleted at once unless
-        a retained checkpoint was taken from it (then `cleanup_replaced` deletes it later)."""
-        async with self._locks.hold(session_id), self._db() as db:
+        a retained checkpoint was taken from it (then `cleanup_replaced` deletes it later).
+        `reason` and `held` as for `create`."""
+        lock: contextlib.AbstractAsyncContextManager[None] = (
+            contextlib.nullcontext() if held else self._locks.hold(session_id)
+        )
+        async with lock, self._db() as db:
             row = await self._ready_session(db, session_id)
             checkpoint = await self._ready_checkpoint(db, session_id, checkpoint_id)
             assert row.project_id is not None  # noqa: S101 - checked by _ready_session
@@ -376,7 +398,11 @@ class CheckpointService:
             # What a reconciler needs to finish the restore if this process dies mid-way.
             row.restore_target_id = checkpoint.id
             row.updated_at = self._clock()
-            db.add(self._event(actor, "checkpoint.restore", checkpoint, phase="requested"))
+            db.add(
+                self._event(
+                    actor, "checkpoint.restore", checkpoint, phase="requested", reason=reason
+                )
+            )
             await db.commit()
             self._kill.point("restore.requested")
             operations: builtins.list[str] = []

@@ -11,7 +11,7 @@ import builtins
 import contextlib
 import uuid
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote, urlsplit
 
 import sqlalchemy as sa
@@ -81,6 +81,10 @@ ROLE_NAME = "agent"
 PROJECT_PREFIX = "agentdb-"
 
 
+class AfterCreate(Protocol):
+    async def __call__(self, session_id: uuid.UUID, *, actor: Actor) -> object: ...
+
+
 def project_name(session_id: uuid.UUID, prefix: str = PROJECT_PREFIX) -> str:
     """The control plane's name for a session's project: how a lost create is found again, and
     how the reconciler tells this installation's projects from anything else in the account."""
@@ -139,6 +143,9 @@ class SessionService:
         self._locks = locks or SessionLocks(sessions)
         self._kill = kill or WorkflowKillSwitch()
         self._warm = warm
+        #: Runs on each session a create made, once it is ready, before the create answers
+        #: (the fleet's baseline migrations); it must record its own failures, not raise.
+        self.after_create: AfterCreate | None = None
 
     def _db(self) -> AsyncSession:
         # Rows stay readable after commit: reloading them implicitly would be blocking IO.
@@ -209,6 +216,17 @@ class SessionService:
         is then `failed`, with its error recorded and nothing left on the control plane)."""
         check_text("name", name, MAX_NAME)
         check_text("idempotency_key", idempotency_key, MAX_IDEMPOTENCY_KEY)
+        view, fresh = await self._create(user_id, name, idempotency_key, actor=actor)
+        if fresh and view.status == SessionStatus.READY and self.after_create is not None:
+            # After the session's lock is released: the hook's workflows take it.
+            await self.after_create(view.id, actor=actor)
+            view = await self.get(view.id)
+        return view
+
+    async def _create(
+        self, user_id: uuid.UUID, name: str | None, idempotency_key: str | None, *, actor: Actor
+    ) -> tuple[SessionView, bool]:
+        """`create`'s work; also says whether this call made the session (not a replay)."""
         # The lock is taken before the intent row exists: a reconciler that finds the row
         # provisioning waits for this create instead of undoing it.
         session_id = new_id()
@@ -217,7 +235,7 @@ class SessionService:
                 if idempotency_key is not None and (
                     found := await self._by_key(db, user_id, idempotency_key)
                 ):
-                    return SessionView.of(found)
+                    return SessionView.of(found), False
                 # The user's row stays locked until the intent row is in: concurrent creates
                 # for one user count their sessions one after the other.
                 user = await db.get(User, user_id, with_for_update=True)
@@ -249,7 +267,7 @@ class SessionService:
                     else None
                 )
                 if warm is not None:
-                    return await self._take_warm(db, row, warm, actor)
+                    return await self._take_warm(db, row, warm, actor), True
                 db.add(row)
                 try:
                     db.add(self._event(actor, "session.create", row, phase="requested"))
@@ -259,10 +277,10 @@ class SessionService:
                     if idempotency_key is not None and (
                         found := await self._by_key(db, user_id, idempotency_key)
                     ):
-                        return SessionView.of(found)  # a concurrent call with the same key won
+                        return SessionView.of(found), False  # a concurrent call with the key won
                     raise
             self._kill.point("session_create.requested")
-            return await self._provision(session_id, actor)
+            return await self._provision(session_id, actor), True
 
     async def _take_warm(
         self, db: AsyncSession, row: AgentSession, warm: WarmProject, actor: Actor

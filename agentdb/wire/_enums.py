@@ -74,21 +74,34 @@ class BranchStatus(StrEnum):
 
 
 class FleetMigrationStatus(StrEnum):
+    """A fleet migration's lifecycle: `pending` until its targets are listed, `canary` while
+    its first sessions take it, `rolling` through its waves, then `finished`, `halted` (its
+    halt rule tripped: `resume` goes on) or `cancelled`; `rolling_back` to `rolled_back`."""
+
     PENDING = "pending"
-    RUNNING = "running"
+    CANARY = "canary"
+    ROLLING = "rolling"
     FINISHED = "finished"
-    FAILED = "failed"
+    HALTED = "halted"
     CANCELLED = "cancelled"
+    ROLLING_BACK = "rolling_back"
+    ROLLED_BACK = "rolled_back"
 
 
 class FleetMigrationResultStatus(StrEnum):
-    """One session's outcome within a fleet migration."""
+    """One session's outcome within a fleet migration. `skipped`: the session already carried
+    the migration, or was deleted; `tested`: a dry run applied it on a branch;
+    `not_rolled_back`: a rollback left it (written after the migration, with no `down`)."""
 
     PENDING = "pending"
     RUNNING = "running"
     APPLIED = "applied"
-    FAILED = "failed"
     SKIPPED = "skipped"
+    FAILED = "failed"
+    TESTED = "tested"
+    CANCELLED = "cancelled"
+    ROLLED_BACK = "rolled_back"
+    NOT_ROLLED_BACK = "not_rolled_back"
 
 
 class AddonKind(StrEnum):
