@@ -635,14 +635,24 @@ class FleetMigrationService:
         status: Status,
         phase: str,
         error: str | None = None,
+        *,
+        rule: _Rule | None = None,
     ) -> bool:
         """Moves the migration from `source` (None: either active status) to `status`, if it is
-        still there (a cancel meanwhile wins)."""
+        still there (a cancel meanwhile wins) and, given a halt `rule`, if the rule trips on the
+        failures not accepted."""
         sources = list(_ACTIVE) if source is None else [source]
         async with self._db() as db:
             row = await self._locked(db, migration_id)
             if row.status not in sources:
                 return False
+            if rule is not None:
+                counts = await self._counts(db, migration_id)
+                failed = counts.failed - row.failures_accepted
+                reason = rule.tripped(failed, counts.applied + counts.skipped + failed)
+                if reason is None:
+                    return False
+                error = f"halted: {reason}"
             row.status = status
             row.error = error
             row.updated_at = self._clock()
@@ -727,18 +737,13 @@ class FleetMigrationService:
             return claimed
 
     async def _check_rule(self, migration_id: uuid.UUID, rule: _Rule) -> None:
+        """Halts the migration if its rule trips (decided under the migration's row lock, so a
+        `resume` that just accepted the failures is never undone by stale counts)."""
         async with self._db() as db:
             counts = await self._counts(db, migration_id)
-            accepted = await db.scalar(
-                sa.select(col(FleetMigration.failures_accepted)).where(
-                    col(FleetMigration.id) == migration_id
-                )
-            )
-        failed = counts.failed - (accepted or 0)
-        done = counts.applied + counts.skipped + counts.failed - (accepted or 0)
-        reason = rule.tripped(failed, done)
-        if reason is not None:
-            await self._set_status(migration_id, None, Status.HALTED, "halted", f"halted: {reason}")
+        if rule.tripped(counts.failed, counts.applied + counts.skipped + counts.failed) is None:
+            return  # not even before the accepted failures are taken off
+        await self._set_status(migration_id, None, Status.HALTED, "halted", rule=rule)
 
     # --- one session ---------------------------------------------------------------------------
 
