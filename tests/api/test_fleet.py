@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from agentdb.runtime import Runtime
+from meta_schema import AgentSession
 
 from .conftest import ADMIN, Tenant, assert_problem, bearer, make_tenant, runtime_with
 
@@ -229,8 +230,13 @@ async def test_dry_run_leaves_no_branch_and_a_tested_run_must_match_its_sql(
         ) == [[0]]
         branches = await http.get(f"/v1/sessions/{sid}/branches", headers=ADMIN)
         assert [b for b in branches.json()["branches"] if b["status"] != "deleted"] == []
-    listed = await runtime.neon.list_projects()
-    assert listed is not None
+        # Nor on the control plane: the project has its live branch only.
+        async with runtime.meta() as db:
+            row = await db.get(AgentSession, uuid.UUID(sid))
+        assert row is not None
+        assert row.project_id is not None
+        on_plane = await runtime.neon.list_branches(row.project_id)
+        assert [b.id for b in on_plane.branches] == [row.live_branch_id]
     # Other SQL under the dry run's name is refused; the tested SQL goes through.
     other = await http.post(
         "/v1/migrations",

@@ -50,10 +50,13 @@ def test_a_kill_mid_wave_resumes_to_the_same_end_with_no_session_migrated_twice(
             agentdb_serve(env, data_dir) as (proc, url),
             httpx.Client(base_url=url, headers=ADMIN, timeout=60) as http,
         ):
-            user = http.post("/v1/users", json={"email": "fleet-crash@example.com"}).json()
+            users = [
+                http.post("/v1/users", json={"email": f"fleet-crash-{n}@example.com"}).json()
+                for n in range(2)  # the free tier's 10 sessions each
+            ]
             ids = []
-            for _ in range(SESSIONS):
-                made = http.post("/v1/sessions", json={"user_id": user["id"]})
+            for n in range(SESSIONS):
+                made = http.post("/v1/sessions", json={"user_id": users[n % 2]["id"]})
                 assert made.status_code == 201, made.text
                 ids.append(made.json()["id"])
                 _sql(http, ids[-1], "create table runs (n int); create table items (id int)")
