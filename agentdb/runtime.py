@@ -268,6 +268,7 @@ def _runtime(  # noqa: PLR0917 - the parts open_runtime opened, in the order it 
         read_pace=ReadPace(settings.sql_user_read_rate),
         idle=IdleConnections(settings.sql_idle_connections),
         gate=gate,
+        audit_chars=settings.audit_sql_max_chars,
     )
     checkpoints = CheckpointService(
         meta,

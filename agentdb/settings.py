@@ -306,6 +306,13 @@ class Settings(BaseSettings):
         le=MAX_SQL_ROWS,
         description="Most rows one SQL call returns (the rest are cut, `truncated` says so).",
     )
+    audit_sql_max_chars: int = Field(
+        default=1000,
+        ge=0,
+        le=100_000,
+        description="How much of each SQL call's text its `sql.run` audit event keeps (the "
+        "event always has the whole text's SHA-256; parameters' values are never recorded).",
+    )
     sql_max_result_bytes: int = Field(
         default=16 * 1024 * 1024,
         ge=1024,

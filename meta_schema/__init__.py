@@ -11,6 +11,7 @@ from agentdb.wire import (
     FleetMigrationStatus,
     SessionStatus,
     TierChangeStatus,
+    TokenMode,
     TokenScope,
 )
 from meta_schema._migrate import alembic_config, database_url, metadata, upgrade
@@ -53,6 +54,7 @@ __all__ = [
     "SessionStatus",
     "TierChange",
     "TierChangeStatus",
+    "TokenMode",
     "TokenScope",
     "UsageSample",
     "User",

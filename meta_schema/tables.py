@@ -28,6 +28,7 @@ from agentdb.wire import (
     FleetMigrationStatus,
     SessionStatus,
     TierChangeStatus,
+    TokenMode,
     TokenScope,
 )
 from meta_schema._base import EnumText, TableModel, new_id, one_of, utcnow
@@ -59,6 +60,11 @@ class ApiTokenBase(SQLModel):
     # The first characters of the token, so its owner can tell tokens apart.
     prefix: str = Field(sa_type=sa.Text)
     scope: TokenScope = Field(sa_type=EnumText(TokenScope))
+    mode: TokenMode = Field(
+        default=TokenMode.READ_WRITE,
+        sa_type=EnumText(TokenMode),
+        sa_column_kwargs={"server_default": TokenMode.READ_WRITE.value},
+    )
     user_id: uuid.UUID | None = Field(
         default=None, foreign_key="users.id", ondelete="CASCADE", index=True
     )
@@ -81,6 +87,7 @@ class ApiToken(ApiTokenBase, TableModel, table=True):
             ondelete="CASCADE",
         ),
         one_of("scope", TokenScope),
+        one_of("mode", TokenMode),
         sa.CheckConstraint(
             "(scope = 'admin' AND session_id IS NULL)"
             " OR (scope = 'user' AND user_id IS NOT NULL AND session_id IS NULL)"
@@ -307,7 +314,13 @@ class Event(TableModel, table=True):
     # An api_tokens id, or "system" for agentdb's own jobs (reconciler, retention).
     actor: str = Field(sa_type=sa.Text)
     actor_scope: ActorScope = Field(sa_type=EnumText(ActorScope))
+    # The token's name when it had one (its id is `actor`).
+    token_name: str | None = Field(default=None, sa_type=sa.Text)
     request_id: str | None = Field(default=None, sa_type=sa.Text)
+    # What the agent said it was doing: tool, tool_call_id, model, prompt (an excerpt).
+    agent_context: dict[str, Any] = Field(
+        default_factory=dict, sa_type=JSONB, sa_column_kwargs=_EMPTY_JSON
+    )
     session_id: uuid.UUID | None = None
     # What was done, as "<noun>.<verb>", e.g. "checkpoint.create".
     action: str = Field(sa_type=sa.Text)

@@ -19,6 +19,7 @@ from agentdb.wire import (
     AuthUserList,
     EnableDataApi,
     OAuthProviderList,
+    TokenMode,
     UpdateDataApi,
 )
 
@@ -59,7 +60,13 @@ class SessionAuth(Controller):
     ) -> AuthOut:
         return await _auth_out(request, addons, await addons.get_auth(session_id))
 
-    @delete("/", status_code=200, summary="Turn off Neon Auth", guards=[owner_guard])
+    @delete(
+        "/",
+        status_code=200,
+        summary="Turn off Neon Auth",
+        guards=[owner_guard],
+        opt={"mode": TokenMode.FULL},
+    )
     async def disable(
         self,
         *,
@@ -159,7 +166,11 @@ class SessionDataApi(Controller):
         return await addons.refresh_data_api(session_id, cors_allowed_origins=origins, actor=actor)
 
     @delete(
-        "/", status_code=200, summary="Stop serving the database over REST", guards=[owner_guard]
+        "/",
+        status_code=200,
+        summary="Stop serving the database over REST",
+        guards=[owner_guard],
+        opt={"mode": TokenMode.FULL},
     )
     async def disable(
         self, *, addons: Addons, actor: ActorOf, session_id: FromPath[uuid.UUID]

@@ -13,7 +13,7 @@ from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlu
 from agentdb.runtime import Runtime
 from agentdb.services import Principal
 
-from ._auth import AuthMiddleware, AuthThrottle, RequestIdMiddleware
+from ._auth import AuthMiddleware, AuthThrottle, RequestIdMiddleware, mode_guard
 from ._deps import DEPENDENCIES
 from ._idempotency import IdempotencyMiddleware
 from ._limits import TokenLimits, TokenLimitsMiddleware
@@ -32,6 +32,8 @@ def create_app(runtime: Runtime, *, trusted: Principal | None = None) -> Litesta
     app = Litestar(
         route_handlers=[*ROUTES, metrics],
         dependencies=DEPENDENCIES,
+        # A session token's mode (read_only, read_write, full) is checked on every route.
+        guards=[mode_guard],
         # Outermost first: the request id covers everything, auth runs before the token's
         # limits and idempotency (both are per token).
         middleware=[

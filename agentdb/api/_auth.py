@@ -16,7 +16,9 @@ import re
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Mapping
 from typing import Any
+from urllib.parse import unquote
 
 import structlog
 from limits import RateLimitItem, parse_many
@@ -30,8 +32,16 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from opentelemetry import trace
 
 from agentdb.runtime import Runtime
-from agentdb.services import Actor, Principal, SessionNotFound, SessionView, UserNotFound
-from meta_schema import ActorScope, TokenScope
+from agentdb.services import (
+    Actor,
+    InvalidInput,
+    Principal,
+    SessionNotFound,
+    SessionView,
+    UserNotFound,
+)
+from agentdb.wire import AGENT_CONTEXT_HEADERS, MAX_AGENT_CONTEXT, MAX_PROMPT_EXCERPT
+from meta_schema import ActorScope, TokenMode, TokenScope
 
 from ._limits import TokenLimits, is_expensive
 from ._problems import Forbidden, TooManyRequests, Unauthorized
@@ -204,7 +214,32 @@ def actor_of(request: AnyRequest) -> Actor:
         str(principal.token_id),
         ActorScope(principal.scope.value),
         request_id=request.scope.get("state", {}).get("request_id"),
+        token_name=principal.name,
+        context=agent_context(request.headers),
     )
+
+
+def agent_context(headers: Mapping[str, str]) -> dict[str, str]:
+    """What the agent said it was doing (`AGENT_CONTEXT_HEADERS`, percent-encoded UTF-8):
+    the prompt cut to an excerpt; a tool, call id or model too long or not text is refused
+    (400 naming the header)."""
+    found: dict[str, str] = {}
+    for key, header in AGENT_CONTEXT_HEADERS.items():
+        raw = headers.get(header)
+        if raw is None or not raw.strip():
+            continue
+        try:
+            value = unquote(raw.strip(), errors="strict")
+        except UnicodeDecodeError:
+            raise InvalidInput(header, "must be percent-encoded UTF-8") from None
+        if any(ord(char) < 32 and char not in "\t\n" for char in value):  # noqa: PLR2004
+            raise InvalidInput(header, "must not hold control characters")
+        if key == "prompt":
+            value = value[:MAX_PROMPT_EXCERPT]
+        elif len(value) > MAX_AGENT_CONTEXT:
+            raise InvalidInput(header, f"must be at most {MAX_AGENT_CONTEXT} characters")
+        found[key] = value
+    return found
 
 
 def require_user(request: AnyRequest, user_id: uuid.UUID) -> None:
@@ -285,6 +320,27 @@ def admin_guard(connection: AnyConnection, _: BaseRouteHandler) -> None:
         raise Forbidden("this route needs the admin token")
 
 
-def owner_guard(connection: AnyConnection, _: BaseRouteHandler) -> None:
-    """See `require_owner`: after `session_guard`, so a session not reached is still 404."""
-    _owner(connection.scope["user"])
+def owner_guard(connection: AnyConnection, handler: BaseRouteHandler) -> None:
+    """See `require_owner`: after `session_guard`, so a session not reached is still 404. A
+    route marked `opt={"mode": "full"}` is open to a `full` session token too."""
+    principal: Principal = connection.scope["user"]
+    if handler.opt.get("mode") == TokenMode.FULL and principal.mode == TokenMode.FULL:
+        return
+    _owner(principal)
+
+
+def mode_guard(connection: AnyConnection, handler: BaseRouteHandler) -> None:
+    """A session token does what its mode allows: a route needs the mode its handler names
+    (`opt={"mode": ...}`), else `read_only` to read (GET) and `read_write` to change anything.
+    User and admin tokens are `full`. Runs on every route (the app's guard)."""
+    principal = connection.scope.get("user")
+    if not isinstance(principal, Principal) or principal.scope != TokenScope.SESSION:
+        return
+    method = connection.scope.get("method", "GET")
+    default = TokenMode.READ_ONLY if method in {"GET", "HEAD"} else TokenMode.READ_WRITE
+    needed = TokenMode(handler.opt.get("mode", default))
+    if not principal.mode.allows(needed):
+        raise Forbidden(
+            f"this session token is {principal.mode.value}: {method} {connection.scope['path']}"
+            f" needs a {needed.value} session token, or a user or admin token"
+        )

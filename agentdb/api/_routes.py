@@ -25,6 +25,7 @@ from agentdb.services import (
     CheckpointView,
     DiffView,
     EventService,
+    InvalidInput,
     IssuedToken,
     JobRunner,
     Principal,
@@ -62,7 +63,7 @@ from agentdb.wire import (
     TokenOut,
     UserList,
 )
-from meta_schema import SessionStatus, TokenScope
+from meta_schema import SessionStatus, TokenMode, TokenScope
 
 from ._addon_routes import ADDON_ROUTES
 from ._auth import (
@@ -221,6 +222,8 @@ class Users(Controller):
         data: JSONBody[CreateToken | None] = None,
     ) -> TokenOut:
         data = data or CreateToken()
+        if data.mode not in {None, TokenMode.FULL}:
+            raise InvalidInput("mode", "user tokens are full: modes are for session tokens")
         issued = await tokens.issue_user_token(
             user_id, name=data.name, ttl=_ttl(data.ttl_seconds), actor=actor
         )
@@ -371,7 +374,11 @@ class Session(Controller):
     ) -> TokenOut:
         data = data or CreateToken()
         issued = await tokens.issue_session_token(
-            session_id, name=data.name, ttl=_ttl(data.ttl_seconds), actor=actor
+            session_id,
+            name=data.name,
+            ttl=_ttl(data.ttl_seconds),
+            mode=data.mode or TokenMode.READ_WRITE,
+            actor=actor,
         )
         return _token_out(issued)
 
@@ -394,18 +401,32 @@ class Session(Controller):
         )
         return _token_page(views, limit)
 
-    @post("/sql", status_code=200, summary="Run SQL on the session's database")
+    @post(
+        "/sql",
+        status_code=200,
+        summary="Run SQL on the session's database",
+        description="A `read_only` session token's SQL is one statement, run in a read-only "
+        "transaction that is always rolled back: it cannot write by any trick.",
+        opt={"mode": TokenMode.READ_ONLY},
+    )
     async def sql(
         self,
         *,
         sql_service: NamedDependency[SqlService],
         actor: NamedDependency[Actor],
+        principal: NamedDependency[Principal],
         session_id: FromPath[uuid.UUID],
         data: JSONBody[RunSql],
     ) -> SqlResult:
         timeout = None if data.timeout_seconds is None else timedelta(seconds=data.timeout_seconds)
         return await sql_service.run(
-            session_id, data.sql, data.params, max_rows=data.max_rows, timeout=timeout, actor=actor
+            session_id,
+            data.sql,
+            data.params,
+            max_rows=data.max_rows,
+            timeout=timeout,
+            actor=actor,
+            read_only=principal.mode == TokenMode.READ_ONLY,
         )
 
     @get("/events", summary="The session's audit log, oldest first")
@@ -487,6 +508,7 @@ class Checkpoints(Controller):
             data.metadata,
             idempotency_key=_scoped(request, idempotency_key),
             actor=actor,
+            code_ref=data.code_ref,
         )
 
     @get("/", summary="The checkpoint tree and its head")
@@ -510,7 +532,9 @@ class Checkpoints(Controller):
         "/{checkpoint_id:uuid}",
         status_code=200,
         summary="Delete a checkpoint",
-        guards=[owner_guard],  # checkpoints are the agent's way back; it may not drop them
+        # Checkpoints are the agent's way back: only a `full` session token may drop them.
+        guards=[owner_guard],
+        opt={"mode": TokenMode.FULL},
     )
     async def remove(
         self,
@@ -567,7 +591,8 @@ class Checkpoints(Controller):
         checkpoint_id: FromPath[uuid.UUID],
     ) -> SessionOut:
         restored = await checkpoints.restore(session_id, checkpoint_id, actor=actor)
-        return await render.session(restored.session)
+        out = await render.session(restored.session)
+        return out.model_copy(update={"restored_code_ref": restored.checkpoint.code_ref})
 
     @post("/{checkpoint_id:uuid}/preview", summary="Open a checkpoint as a separate branch")
     async def preview(
@@ -685,6 +710,17 @@ class Branches(Controller):
 class Tokens(Controller):
     path = "/v1/tokens"
     tags = ["tokens"]  # noqa: RUF012
+
+    @get(
+        "/current",
+        summary="The caller's own token: its scope, mode and session (never its secret)",
+        description="What a client (the MCP server, a toolbox) asks to learn what its token "
+        "may do, e.g. which tools to offer a read-only token.",
+    )
+    async def current(
+        self, *, tokens: NamedDependency[TokenService], principal: NamedDependency[Principal]
+    ) -> TokenView:
+        return await tokens.get(principal.token_id, by=principal)
 
     @get("/{token_id:uuid}", summary="Get a token (never its secret)")
     async def show(

@@ -8,16 +8,16 @@ import contextlib
 import hashlib
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from pydantic import JsonValue
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from agentdb import _kill
+from agentdb import _kill, wire
 from agentdb.neon import Snapshot, WithOperations
 from meta_schema import (
     ActorScope,
@@ -40,6 +40,7 @@ MAX_NAME = 200
 MAX_PAGE = 500
 MAX_MESSAGE = 10_000
 MAX_IDEMPOTENCY_KEY = 200
+MAX_CODE_REF = wire.MAX_CODE_REF
 
 
 class WorkflowKillSwitch(_kill.KillSwitch):
@@ -77,6 +78,11 @@ class Actor:
     id: str
     scope: ActorScope
     request_id: str | None = None
+    #: The token's name, when it has one.
+    token_name: str | None = None
+    #: What the agent said it was doing (`AGENT_CONTEXT_KEYS`): every event of the request
+    #: records it.
+    context: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def system(cls) -> Actor:
@@ -218,6 +224,8 @@ def event(
         at=at,
         actor=actor.id,
         actor_scope=actor.scope,
+        token_name=actor.token_name,
+        agent_context=dict(actor.context),
         request_id=actor.request_id,
         session_id=session_id,
         action=action,

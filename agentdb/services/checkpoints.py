@@ -42,6 +42,7 @@ from meta_schema import (
 
 from ._common import (
     LIVE_BRANCH_NAME,
+    MAX_CODE_REF,
     MAX_IDEMPOTENCY_KEY,
     MAX_MESSAGE,
     MAX_NAME,
@@ -216,6 +217,7 @@ class CheckpointService:
         actor: Actor = SYSTEM,
         reason: str | None = None,
         held: bool = False,
+        code_ref: str | None = None,
     ) -> CheckpointView:
         """Snapshots the session's database as it is now, as a child of the head checkpoint,
         which it becomes. The same `idempotency_key` returns the checkpoint taken first.
@@ -226,6 +228,7 @@ class CheckpointService:
         check_text("label", label, MAX_NAME)
         check_text("message", message, MAX_MESSAGE)
         check_text("idempotency_key", idempotency_key, MAX_IDEMPOTENCY_KEY)
+        check_text("code_ref", code_ref, MAX_CODE_REF)
         meta = _checked_metadata(metadata)
         lock: contextlib.AbstractAsyncContextManager[None] = (
             contextlib.nullcontext() if held else self._locks.hold(session_id)
@@ -249,6 +252,7 @@ class CheckpointService:
                 label=label,
                 message=message,
                 meta=meta,
+                code_ref=code_ref,
                 idempotency_key=idempotency_key,
                 created_at=self._clock(),
             )

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hashlib
 import json
 import math
 import re
@@ -58,6 +59,7 @@ from ._common import (
     Clock,
     SessionFactory,
     SessionGate,
+    event,
     load_session,
     system_clock,
 )
@@ -84,6 +86,10 @@ _PAY_EVERY = 1024 * 1024
 _BIG_ROW = 256 * 1024
 #: Users whose read pace is remembered; idle ones are forgotten past this many.
 _PACED_USERS = 4096
+
+
+#: How a call's transaction begins, by whether the call is read-only.
+_BEGIN = {False: "BEGIN", True: "BEGIN READ ONLY"}
 
 
 class ReadPace:
@@ -458,6 +464,7 @@ class SqlService:
         read_pace: ReadPace | None = None,
         idle: IdleConnections | None = None,
         gate: SessionGate | None = None,
+        audit_chars: int = 1000,
     ) -> None:
         """`after_ddl` runs after SQL that may have changed the schema (the Data API's schema
         cache refresh); it must not raise. `explain_quota` looks up whether a refused
@@ -487,6 +494,7 @@ class SqlService:
         self._idle = IdleConnections(0) if idle is None else idle
         self._gate = SessionGate() if gate is None else gate
         self._adapters = _result_adapters()
+        self._audit_chars = audit_chars
 
     async def close(self) -> None:
         """Closes the idle connections kept for sessions' next calls."""
@@ -514,6 +522,7 @@ class SqlService:
         max_rows: int | None = None,
         timeout: timedelta | None = None,  # noqa: ASYNC109 - PostgreSQL's statement_timeout
         actor: Actor = SYSTEM,
+        read_only: bool = False,
     ) -> SqlResult:
         """Runs `sql` in one transaction on the session's database and returns the last
         statement's result; any error rolls back everything the call did.
@@ -529,6 +538,11 @@ class SqlService:
         `SqlFailed` (PostgreSQL's error; SQLSTATE class 08 when the database is unreachable),
         `QuotaExceeded` (the session used up a quota: its compute is suspended, or its
         database is over its size and refuses writes).
+
+        `read_only` (a read-only token's call): `sql` is one statement (sent with the extended
+        protocol, which refuses two), run in a `READ ONLY` transaction that is always rolled
+        back, so nothing it does outlasts the call: `SET TRANSACTION READ WRITE`, a `COMMIT`,
+        a function that writes, all end with nothing changed.
         """
         _check_sql(sql)
         bound = _bind(params)
@@ -546,19 +560,25 @@ class SqlService:
         try:
             # A checkpoint or restore of the session in progress is waited out, not failed on.
             async with self._gate.query(session_id, wait=limit.total_seconds()):
-                conn, timeout_ms, begun = await self._checkout(session_id, uri, limit)
+                conn, timeout_ms, begun = await self._checkout(
+                    session_id, uri, limit, read_only=read_only
+                )
                 clean = False
                 try:
-                    result = await self._execute(conn, sql, bound, cap, limit, pay=pay, begun=begun)
+                    result = await self._execute(
+                        conn, sql, bound, cap, limit, pay=pay, begun=begun, read_only=read_only
+                    )
                     clean = True
                 finally:
                     await self._checkin(session_id, conn, timeout_ms, clean=clean)
         except SqlFailed as failed:
+            await self._audit(session_id, actor, sql, started, read_only=read_only, failed=failed)
             if self._explain_quota is not None and failed.sqlstate in _QUOTA_STATES:
                 over = await self._explain_quota(session_id)
                 if over is not None:
                     raise over from failed
             raise
+        await self._audit(session_id, actor, sql, started, read_only=read_only, result=result)
         log.debug(
             "sql.run",
             session_id=str(session_id),
@@ -575,8 +595,48 @@ class SqlService:
             await self._check_credentials(session_id, uri, limit)
         return result
 
+    async def _audit(
+        self,
+        session_id: uuid.UUID,
+        actor: Actor,
+        sql: str,
+        started: float,
+        *,
+        read_only: bool,
+        result: SqlResult | None = None,
+        failed: SqlFailed | None = None,
+    ) -> None:
+        """The call's `sql.run` event: the statement's text cut to `audit_chars`, its SHA-256,
+        the command tag and row count or the SQLSTATE, who ran it and what the agent said it
+        was doing; never the parameters' values."""
+        details: dict[str, JsonValue] = {
+            "statement": sql[: self._audit_chars],
+            "statement_truncated": len(sql) > self._audit_chars,
+            "sha256": hashlib.sha256(sql.encode()).hexdigest(),
+            "read_only": read_only,
+            "ms": round((time.perf_counter() - started) * 1000, 1),
+        }
+        if result is not None:
+            details |= {"phase": "succeeded", "command": result.command}
+            details["row_count"] = result.row_count
+        if failed is not None:
+            details |= {"phase": "failed", "sqlstate": failed.sqlstate}
+        async with self._db() as db:
+            db.add(
+                event(
+                    actor,
+                    "sql.run",
+                    at=self._clock(),
+                    session_id=session_id,
+                    target_kind="session",
+                    target_id=session_id,
+                    details=details,
+                )
+            )
+            await db.commit()
+
     async def _checkout(
-        self, session_id: uuid.UUID, uri: str, limit: timedelta
+        self, session_id: uuid.UUID, uri: str, limit: timedelta, *, read_only: bool = False
     ) -> tuple[psycopg.AsyncConnection[tuple[Any, ...]], int, bool]:
         """A connection for one call, with the call's statement_timeout: a kept one of the
         session's, its transaction begun (which shows it is alive: a checkpoint or restore ends
@@ -585,7 +645,7 @@ class SqlService:
         milliseconds = _milliseconds(limit)
         while (idle := await self._idle.take(session_id)) is not None:
             try:
-                await idle.conn.execute("BEGIN")
+                await idle.conn.execute(_BEGIN[read_only])
                 if idle.timeout_ms != milliseconds:
                     # For the session: `DISCARD ALL` at check-in sets it back.
                     await idle.conn.execute(
@@ -728,18 +788,20 @@ class SqlService:
         *,
         pay: Pay | None,
         begun: bool = False,
+        read_only: bool = False,
     ) -> SqlResult:
         committing = False
         try:
             async with asyncio.timeout(limit.total_seconds() + _CALL_GRACE_S):
                 if not begun:
-                    await conn.execute("BEGIN")
+                    await conn.execute(_BEGIN[read_only])
                 kept = _Kept(cap, self._max_bytes, Transformer(conn))
-                await _stream(conn, sql, params, kept, pay)
+                await _stream(conn, sql, params, kept, pay, one_statement=read_only)
                 types = await self._type_names(conn, kept.oids, kept.modifiers)
                 if conn.pgconn.transaction_status == pq.TransactionStatus.INTRANS:
-                    committing = True
-                    await conn.execute("COMMIT")
+                    committing = not read_only
+                    # A read-only call never commits: whatever it did is undone.
+                    await conn.execute("ROLLBACK" if read_only else "COMMIT")
                 return kept.result(types)
         except SqlFailed:
             # Given up while the server still sends rows: it stops now, not at its timeout.
@@ -871,6 +933,8 @@ async def _stream(
     params: list[object] | None,
     kept: _Kept,
     pay: Pay | None,
+    *,
+    one_statement: bool = False,
 ) -> None:
     """Runs `sql` and streams each statement's rows into `kept` a row at a time, paying `pay`
     for every `_PAY_EVERY` bytes read; raises the first error once the server is done. Without
@@ -878,11 +942,11 @@ async def _stream(
     protocol); with them it is one, bound as psycopg binds them."""
     pgconn = conn.pgconn
     query = sql.encode(conn.info.encoding)
-    if not params:
+    if not params and not one_statement:
         pgconn.send_query(query)
     else:
         binder = Transformer(conn)
-        values = binder.dump_sequence(params, [PyFormat.AUTO] * len(params))
+        values = binder.dump_sequence(params or [], [PyFormat.AUTO] * len(params or []))
         pgconn.send_query_params(
             query, values, param_types=binder.types, param_formats=binder.formats
         )

@@ -28,6 +28,7 @@ from meta_schema import (
     ApiToken,
     Event,
     SessionStatus,
+    TokenMode,
     TokenScope,
     User,
 )
@@ -79,6 +80,10 @@ class Principal:
     scope: TokenScope
     user_id: uuid.UUID | None
     session_id: uuid.UUID | None
+    #: What the holder may do (`TokenMode`); user and admin tokens are `full`.
+    mode: TokenMode = TokenMode.FULL
+    #: The token's name, as the audit log records it beside its id.
+    name: str | None = None
 
     @property
     def is_admin(self) -> bool:
@@ -194,11 +199,13 @@ class TokenService:
         *,
         name: str | None = None,
         ttl: timedelta | None = None,
+        mode: TokenMode = TokenMode.READ_WRITE,
         actor: Actor = SYSTEM,
     ) -> IssuedToken:
         """A token reaching this one session and nothing else: what an agent gets. It expires
-        after `ttl`, by default the service's `session_ttl`. Raises `SessionNotFound`,
-        `Conflict` (a deleted session, a disabled owner) or `InvalidInput`."""
+        after `ttl`, by default the service's `session_ttl`; `mode` says what it may do there.
+        Raises `SessionNotFound`, `Conflict` (a deleted session, a disabled owner) or
+        `InvalidInput`."""
         check_text("name", name, MAX_NAME)
         _check_ttl(ttl, self._session_max_ttl)
         ttl = self._session_ttl if ttl is None else ttl
@@ -219,6 +226,7 @@ class TokenService:
                 name=name,
                 ttl=ttl,
                 actor=actor,
+                mode=mode,
             )
 
     async def _issue(
@@ -231,6 +239,7 @@ class TokenService:
         name: str | None,
         ttl: timedelta | None,
         actor: Actor,
+        mode: TokenMode = TokenMode.FULL,
     ) -> IssuedToken:
         token = new_token(scope)
         row = self._row(
@@ -242,6 +251,7 @@ class TokenService:
             name=name,
             ttl=ttl,
             actor=actor,
+            mode=mode,
         )
         await db.commit()
         return IssuedToken(token=SecretStr(token), view=TokenView.of(row))
@@ -259,6 +269,7 @@ class TokenService:
         actor: Actor = SYSTEM,
         prefix: str | None = None,
         source: str = "issued",
+        mode: TokenMode = TokenMode.FULL,
     ) -> ApiToken:
         now = self._clock()
         row = ApiToken(
@@ -267,6 +278,7 @@ class TokenService:
             if prefix is not None
             else token[: len(SCOPE_PREFIXES[scope]) + _PREFIX_RANDOM],
             scope=scope,
+            mode=mode,
             user_id=user_id,
             session_id=session_id,
             name=name,
@@ -311,7 +323,12 @@ class TokenService:
             if row.last_used_at is None or now - row.last_used_at >= LAST_USED_RESOLUTION:
                 await self._touch(db, row.id, now)
             return Principal(
-                token_id=row.id, scope=row.scope, user_id=row.user_id, session_id=row.session_id
+                token_id=row.id,
+                scope=row.scope,
+                user_id=row.user_id,
+                session_id=row.session_id,
+                mode=row.mode if row.scope == TokenScope.SESSION else TokenMode.FULL,
+                name=row.name,
             )
 
     async def _touch(self, db: AsyncSession, token_id: uuid.UUID, now: datetime) -> None:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ._api import (
         MAX_BRANCH_TTL_SECONDS,
+        MAX_CODE_REF,
         MAX_JSON_DEPTH,
         MAX_ROLE_NAME,
         MAX_TTL_SECONDS,
@@ -61,6 +62,7 @@ if TYPE_CHECKING:
         FleetMigrationStatus,
         SessionStatus,
         TierChangeStatus,
+        TokenMode,
         TokenScope,
     )
     from ._fleet import (
@@ -76,7 +78,13 @@ if TYPE_CHECKING:
         ResumeMigration,
         share_of,
     )
-    from ._limits import MAX_SQL_ROWS, MAX_SQL_TIMEOUT_SECONDS
+    from ._limits import (
+        AGENT_CONTEXT_HEADERS,
+        MAX_AGENT_CONTEXT,
+        MAX_PROMPT_EXCERPT,
+        MAX_SQL_ROWS,
+        MAX_SQL_TIMEOUT_SECONDS,
+    )
     from ._views import (
         AuthUserView,
         AuthView,
@@ -148,8 +156,12 @@ _HOMES = {
     "FleetMigrationStatus": "_enums",
     "Health": "_api",
     "MAX_BRANCH_TTL_SECONDS": "_api",
+    "MAX_CODE_REF": "_api",
     "MAX_JSON_DEPTH": "_api",
     "MAX_ROLE_NAME": "_api",
+    "AGENT_CONTEXT_HEADERS": "_limits",
+    "MAX_AGENT_CONTEXT": "_limits",
+    "MAX_PROMPT_EXCERPT": "_limits",
     "MAX_SQL_ROWS": "_limits",
     "MAX_SQL_TIMEOUT_SECONDS": "_limits",
     "MAX_TTL_SECONDS": "_api",
@@ -190,6 +202,7 @@ _HOMES = {
     "TierChangeView": "_views",
     "TokenList": "_api",
     "TokenOut": "_api",
+    "TokenMode": "_enums",
     "TokenScope": "_enums",
     "TokenView": "_views",
     "UpdateDataApi": "_api",
@@ -209,8 +222,12 @@ def __getattr__(name: str) -> Any:  # noqa: ANN401 - whatever the named module h
 
 
 __all__ = [
+    "AGENT_CONTEXT_HEADERS",
+    "MAX_AGENT_CONTEXT",
     "MAX_BRANCH_TTL_SECONDS",
+    "MAX_CODE_REF",
     "MAX_JSON_DEPTH",
+    "MAX_PROMPT_EXCERPT",
     "MAX_ROLE_NAME",
     "MAX_SQL_ROWS",
     "MAX_SQL_TIMEOUT_SECONDS",
@@ -289,6 +306,7 @@ __all__ = [
     "TierChangeStatus",
     "TierChangeView",
     "TokenList",
+    "TokenMode",
     "TokenOut",
     "TokenScope",
     "TokenView",

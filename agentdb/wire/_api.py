@@ -12,6 +12,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, JsonValue
 
+from ._enums import TokenMode
 from ._limits import MAX_SQL_ROWS, MAX_SQL_TIMEOUT_SECONDS
 from ._views import (
     AuthUserView,
@@ -28,6 +29,8 @@ from ._views import (
     UserView,
 )
 
+#: Longest `code_ref` a checkpoint keeps (a commit hash, a build id, a tag).
+MAX_CODE_REF = 200
 #: Ten years: long-lived tokens are the platform's choice, endless ones are not offered.
 MAX_TTL_SECONDS = 10 * 365 * 86_400
 #: A year: more than any branch lives (the service's own maximum is lower), small enough that
@@ -112,6 +115,11 @@ class TierChangeList(BaseModel):
 
 class CreateToken(Body):
     name: Text | None = None
+    mode: TokenMode | None = Field(
+        default=None,
+        description="A session token's mode: read_only, read_write (the default) or full. "
+        "User tokens are full.",
+    )
     ttl_seconds: WholeNumber | None = Field(
         default=None,
         gt=0,
@@ -143,6 +151,12 @@ class CreateCheckpoint(Body):
     message: Text | None = Field(default=None, description="The agent's message or prompt.")
     metadata: JsonObject | None = Field(
         default=None, description="Free-form JSON, e.g. {'commit': '...'}."
+    )
+    code_ref: Text | None = Field(
+        default=None,
+        max_length=MAX_CODE_REF,
+        description="The generated code this state goes with (a git commit, a build id): a "
+        "restore answers it, so the platform can check out the matching code.",
     )
 
 
@@ -192,6 +206,11 @@ class TokenList(BaseModel):
 class SessionOut(SessionView):
     connection_uri: str | None = Field(
         default=None, description="Only for admin and user tokens, never for session tokens."
+    )
+    restored_code_ref: str | None = Field(
+        default=None,
+        description="After a restore: the `code_ref` of the checkpoint it put back (check out "
+        "that code).",
     )
     extensions: list[ExtensionView] | None = Field(
         default=None,

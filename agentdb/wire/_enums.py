@@ -73,6 +73,21 @@ class BranchStatus(StrEnum):
     DELETED = "deleted"
 
 
+class TokenMode(StrEnum):
+    """What a token's holder may do: `read_only` reads (its SQL runs in a read-only
+    transaction that is always rolled back, one statement per call), `read_write` reads and
+    writes the session's data, checkpoints, restores and branches (a session token's default),
+    `full` also deletes checkpoints and turns add-ons off. User and admin tokens are `full`."""
+
+    READ_ONLY = "read_only"
+    READ_WRITE = "read_write"
+    FULL = "full"
+
+    def allows(self, needed: TokenMode) -> bool:
+        order = (TokenMode.READ_ONLY, TokenMode.READ_WRITE, TokenMode.FULL)
+        return order.index(self) >= order.index(needed)
+
+
 class FleetMigrationStatus(StrEnum):
     """A fleet migration's lifecycle: `pending` until its targets are listed, `canary` while
     its first sessions take it, `rolling` through its waves, then `finished`, `halted` (its

@@ -50,7 +50,15 @@ def _sql(value: str) -> str:
     return value
 
 
+def _positive_share(value: object) -> object:
+    checked = _share(value)
+    if checked == 0 or (isinstance(checked, str) and not float(checked.rstrip("%"))):
+        raise ValueError("must be at least 1 (or more than 0%)")
+    return checked
+
+
 Share = Annotated[int | str, BeforeValidator(_share)]
+PositiveShare = Annotated[int | str, BeforeValidator(_positive_share)]
 Percent = Annotated[float, BeforeValidator(_number)]
 MigrationSql = Annotated[Text, AfterValidator(_sql)]
 
@@ -91,7 +99,7 @@ class MigrationRollout(Body):
 
     canary: Share = 0
     concurrency: WholeNumber = Field(default=4, ge=1, le=MAX_MIGRATION_CONCURRENCY)
-    wave_size: Share | None = None
+    wave_size: PositiveShare | None = None
     halt_after_failures: WholeNumber | None = Field(default=1, ge=1)
     halt_failure_percent: Percent | None = Field(default=None, ge=0, le=100)
 

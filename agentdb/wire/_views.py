@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
@@ -19,6 +19,7 @@ from ._enums import (
     CheckpointStatus,
     SessionStatus,
     TierChangeStatus,
+    TokenMode,
     TokenScope,
 )
 
@@ -72,6 +73,7 @@ class CheckpointView(_View):
     label: str | None
     message: str | None
     metadata: dict[str, JsonValue]
+    code_ref: str | None = None
     taken_at: datetime | None
     size_bytes: int | None
     pinned: bool
@@ -89,6 +91,7 @@ class CheckpointView(_View):
             label=row.label,
             message=row.message,
             metadata=row.meta,
+            code_ref=row.code_ref,
             taken_at=row.taken_at,
             size_bytes=row.size_bytes,
             pinned=row.pinned,
@@ -295,6 +298,7 @@ class TokenView(BaseModel):
 
     id: uuid.UUID
     scope: TokenScope
+    mode: TokenMode
     user_id: uuid.UUID | None
     session_id: uuid.UUID | None
     name: str | None
@@ -345,12 +349,16 @@ class EventView(BaseModel):
     at: datetime
     actor: str
     actor_scope: ActorScope
+    token_name: str | None = None
     request_id: str | None
+    agent_context: dict[str, str] = Field(default_factory=dict)
     session_id: uuid.UUID | None
     action: str
     target_kind: str | None
     target_id: str | None
-    details: dict[str, JsonValue]
+    # Any JSON (`Any`, not `JsonValue`: its OpenAPI `oneOf` has a whole number match both
+    # "integer" and "number", which no number in the details could pass).
+    details: dict[str, Any]
     neon_operation_ids: list[str]
 
     @classmethod

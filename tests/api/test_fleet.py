@@ -152,6 +152,7 @@ async def test_bad_input_names_the_field_and_writes_nothing(http: httpx.AsyncCli
         ({"name": "x", "up": "select 1", "rollout": {"canary": "150%"}}, "rollout.canary"),
         ({"name": "x", "up": "select 1", "rollout": {"canary": "abc"}}, "rollout.canary"),
         ({"name": "x", "up": "select 1", "rollout": {"concurrency": 0}}, "rollout.concurrency"),
+        ({"name": "x", "up": "select 1", "rollout": {"wave_size": "0%"}}, "rollout.wave_size"),
         ({"name": "x", "up": "select 1", "rollout": {"concurrency": "8"}}, "rollout.concurrency"),
         ({"name": "x", "up": "select 1", "target": {"all": True, "tiers": ["free"]}}, "target"),
         ({"name": "x", "up": "select 1", "target": {"user_ids": ["nope"]}}, "target.user_ids.0"),

@@ -178,6 +178,7 @@ async def test_expired_previews_are_deleted_by_the_background_job(
         "cleanup_replaced_branches",
         "expire_idempotency_keys",
         "tier_changes",
+        "fleet_migrations",
         "poll_usage",
         "close_idle_sql_connections",
         "prune_checkpoints",

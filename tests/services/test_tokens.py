@@ -108,7 +108,7 @@ async def test_a_user_token_is_shown_once_and_stored_as_its_hash(
 
     principal = await tokens.authenticate(token)
     assert principal == Principal(
-        token_id=view.id, scope=TokenScope.USER, user_id=user_id, session_id=None
+        token_id=view.id, scope=TokenScope.USER, user_id=user_id, session_id=None, name=view.name
     )
     assert principal.actor("req-8") == Actor(str(view.id), ActorScope.USER, "req-8")
 
