@@ -48,8 +48,7 @@ migrations = cyclopts.App(name="migrations", help=HELP["migrations"])
 Positive = Annotated[int, Parameter(validator=cyclopts.validators.Number(gt=0))]
 Flag = Annotated[bool, Parameter(negative="", show_default=False)]
 Repeated = Parameter(negative="")
-#: A session's outcome within a migration as the API names it (the client does not import the
-#: server's enums).
+#: A session's outcome within a migration, as `sessions --status` takes it.
 ResultStatusName = Literal[
     "pending",
     "running",
@@ -73,11 +72,16 @@ RESULT_COLUMNS = (
     "checkpoint_id",
     "error",
 )
-#: How many failed sessions a summary lists (`agentdb migrations sessions ID --status failed`
-#: lists them all).
-FAILED_SHOWN = 20
+#: How many failed (or not rolled back) sessions a summary lists (`agentdb migrations sessions
+#: ID --status failed` lists them all).
+SHOWN = 20
+#: The outcomes a summary lists the sessions of: failed ones, or those a rollback left.
+Troubled = Literal["failed", "not_rolled_back"]
 #: The counts a summary shows, in this order (those at zero are left out).
 COUNT_NAMES = tuple(MigrationCounts.model_fields)
+#: The counts of sessions not done yet, and those the progress bar always shows.
+AT_WORK = ("pending", "running")
+LIVE_COUNTS = ("applied", "failed", "skipped")
 
 
 # --- apply -------------------------------------------------------------------------------------
@@ -157,7 +161,7 @@ async def apply(
     rollout = _rollout(canary, concurrency, wave_size, halt_after, halt_percent)
     target = _target(tier, user, session)
     async with connected(options) as db:
-        with _options_named(), _following(wait=wait) as show:
+        with _options_named():
             migration = await db.create_migration(
                 name,
                 up,
@@ -167,12 +171,12 @@ async def apply(
                 rollout=rollout,
                 dry_run=dry_run,
                 tested_by=tested_by,
-                wait=wait,
-                on_progress=show,
             )
-        failed = await _failed(db, migration)
-    _report(options, migration, failed)
-    _exit_for(migration, expected="finished")
+        if wait:
+            migration = await _follow(db, migration)
+        failed = await _troubled(db, migration, "failed")
+    _report(options, migration, failed, "failed")
+    _exit_for(migration)
 
 
 def _sql_file(option: str, path: Path) -> str:
@@ -189,20 +193,26 @@ def _sql_file(option: str, path: Path) -> str:
     return text
 
 
-_COUNT_OR_PERCENT = re.compile(r"(\d+)\s*(%?)")
+_COUNT = re.compile(r"\d+")
+_PERCENT = re.compile(r"(\d{1,3}(?:\.\d+)?)\s*%")
 
 
 def _count_or_percent(option: str, text: str, *, least: int) -> int | str:
-    """`text` as the API takes a number of sessions: a count (at least `least`) or "N%"."""
-    match = _COUNT_OR_PERCENT.fullmatch(text.strip())
-    if match is None:
+    """`text` as the API takes a number of sessions: a whole count (at least `least`) or a
+    percentage ("5%", "2.5%"; above 0 when `least` is)."""
+    text = text.strip()
+    if _COUNT.fullmatch(text):
+        if int(text) < least:
+            raise usage_error(f"{option}: must be at least {least}")
+        return int(text)
+    percent = _PERCENT.fullmatch(text)
+    if percent is None:
         raise usage_error(f"{option}: {text!r} is not a count or a percentage (e.g. 5 or 5%)")
-    number, percent = int(match[1]), bool(match[2])
-    if percent and not least <= number <= 100:  # noqa: PLR2004 - per cent
-        raise usage_error(f"{option}: {text!r} is not a percentage from {least}% to 100%")
-    if number < least:
-        raise usage_error(f"{option}: must be at least {least}")
-    return f"{number}%" if percent else number
+    value = float(percent[1])
+    if value > 100 or (least and not value):  # noqa: PLR2004 - per cent
+        span = "above 0% and at most 100%" if least else "from 0% to 100%"
+        raise usage_error(f"{option}: {text!r} is not a percentage {span}")
+    return f"{percent[1]}%"
 
 
 def _rollout(
@@ -304,13 +314,11 @@ class _Live:
         )
 
 
-@contextmanager
-def _following(*, wait: bool) -> Iterator[_Live | None]:
-    """With `wait`, a progress bar on stderr, shown on a terminal only (stdout is what scripts
-    read, and a failure stays one line on stderr): done/total, the counts, the status."""
-    if not wait:
-        yield None
-        return
+async def _follow(db: AgentDB, migration: Migration) -> Migration:
+    """Waits for the migration (just created, resumed or rolled back: its answer shows it at
+    work) to end, with a progress bar on stderr, drawn on a terminal only (stdout is what
+    scripts read, and a failure stays one line on stderr): done/total, the counts, the
+    status."""
     console = Console(stderr=True)
     bar = Progress(
         SpinnerColumn(),
@@ -324,7 +332,8 @@ def _following(*, wait: bool) -> Iterator[_Live | None]:
         disable=not console.is_terminal,
     )
     with bar:
-        yield _Live(bar, bar.add_task("migration", total=None, tally="", status="starting"))
+        show = _Live(bar, bar.add_task(migration.name, total=None, tally="", status=""))
+        return await db.wait_for_migration(migration.id, on_progress=show)
 
 
 def done(counts: MigrationCounts) -> int:
@@ -334,31 +343,35 @@ def done(counts: MigrationCounts) -> int:
 
 
 def _tally(counts: MigrationCounts, *, live: bool = False) -> str:
-    """The counts as "applied 3 · failed 1 · skipped 0": on the bar, always the three it is
-    about plus any other at work; elsewhere, the ones above zero."""
-    always = ("applied", "failed", "skipped") if live else ()
-    shown_counts = [
-        f"{name.replace('_', ' ')} {getattr(counts, name)}"
-        for name in COUNT_NAMES
-        if name in always
-        or (getattr(counts, name) and name not in {"pending", "running"} | {*always})
-    ]
-    return " · ".join(shown_counts)
+    """The outcomes as "applied 3 · failed 1 · skipped 0": on the bar, those three always and
+    first; elsewhere, each above zero."""
+    first = LIVE_COUNTS if live else ()
+    names = [*first, *(n for n in COUNT_NAMES if n not in first and n not in AT_WORK)]
+    return " · ".join(
+        f"{name.replace('_', ' ')} {value}"
+        for name in names
+        if (value := getattr(counts, name)) or name in first
+    )
 
 
-async def _failed(db: AgentDB, migration: Migration) -> list[MigrationResult]:
-    if not migration.counts.failed:
+async def _troubled(db: AgentDB, migration: Migration, status: Troubled) -> list[MigrationResult]:
+    """The first `SHOWN` sessions in `status` (failed, or not rolled back), if any."""
+    if not getattr(migration.counts, status):
         return []
-    return await db.list_migration_sessions(migration.id, status="failed", limit=FAILED_SHOWN)
+    return await db.list_migration_sessions(migration.id, status=status, limit=SHOWN)
 
 
-def _report(options: Remote, migration: Migration, failed: list[MigrationResult]) -> None:
-    emit(options, migration, lambda: summary(migration, failed))
+def _report(
+    options: Remote, migration: Migration, troubled: list[MigrationResult], status: Troubled
+) -> None:
+    emit(options, migration, lambda: summary(migration, troubled, status))
 
 
-def summary(migration: Migration, failed: list[MigrationResult]) -> RenderableType:
-    """The migration's status, its sessions by outcome, and its failed sessions (the first
-    `FAILED_SHOWN`) with their errors."""
+def summary(
+    migration: Migration, troubled: list[MigrationResult], status: Troubled = "failed"
+) -> RenderableType:
+    """The migration's status, its sessions by outcome, and those in `status` (failed, or not
+    rolled back: the first `SHOWN`) with their errors."""
     counts = migration.counts
     kind = "dry run" if migration.dry_run else "migration"
     title = Text(
@@ -376,39 +389,43 @@ def summary(migration: Migration, failed: list[MigrationResult]) -> RenderableTy
         if value := getattr(counts, name):
             table.add_row(name, str(value))
     parts.append(table if table.row_count else Text("no sessions", style="dim"))
-    if failed:
-        more = (
-            f" (the first {len(failed)} of {counts.failed})" if counts.failed > len(failed) else ""
-        )
-        parts.append(Text(f"failed sessions{more}:", style="bold"))
+    if troubled:
+        of = getattr(counts, status)
+        more = f" (the first {len(troubled)} of {of})" if of > len(troubled) else ""
+        parts.append(Text(f"{status.replace('_', ' ')} sessions{more}:", style="bold"))
         errors = Table(box=None, header_style="bold", pad_edge=False)
         for column in ("session_id", "wave", "error"):
             errors.add_column(column, no_wrap=column == "session_id")
-        for result in failed:
+        for result in troubled:
             errors.add_row(str(result.session_id), shown(result.wave), shown(result.error))
         parts.append(errors)
     return Group(*parts)
 
 
-def _exit_for(migration: Migration, *, expected: Literal["finished", "rolled_back"]) -> None:
-    """Exit 1 (one line on stderr) unless the migration reached `expected` with no failed
-    session; a migration still under way (--no-wait) is not a failure."""
+def _exit_for(migration: Migration) -> None:
+    """Exit 1 (one line on stderr) unless the migration finished with no failed session, or
+    a rollback left no session behind; a migration still under way (--no-wait) is not a
+    failure."""
     status, counts, name, mid = (
         migration.status.value,
         migration.counts,
         migration.name,
         migration.id,
     )
-    if migration.status not in TERMINAL_MIGRATION_STATUSES:
-        return
-    if status == expected and not counts.failed:
-        return
-    if status == "halted":
-        reason = f": {migration.error}" if migration.error else ""
+    if status == "rolled_back":
+        if not counts.not_rolled_back:
+            return
         message = (
-            f"migration {name} halted after {counts.failed} failed session(s){reason}; "
-            f"`agentdb migrations resume {mid} --continue` rolls on past them, "
-            f"`agentdb migrations rollback {mid}` undoes it"
+            f"migration {name} rolled back, but not on {counts.not_rolled_back} session(s): "
+            f"`agentdb migrations sessions {mid} --status not_rolled_back` lists them"
+        )
+    elif migration.status not in TERMINAL_MIGRATION_STATUSES:
+        return
+    elif status == "halted":
+        reason = (migration.error or f"{counts.failed} session(s) failed").removeprefix("halted: ")
+        message = (
+            f"migration {name} halted: {reason}; `agentdb migrations resume {mid} --continue` "
+            f"rolls on past the failed sessions, `agentdb migrations rollback {mid}` undoes it"
         )
     elif status == "cancelled":
         message = (
@@ -416,9 +433,12 @@ def _exit_for(migration: Migration, *, expected: Literal["finished", "rolled_bac
             f"done; `agentdb migrations rollback {mid}` undoes what it applied"
         )
     elif counts.failed:
-        message = f"migration {name} {status} with {counts.failed} failed session(s)"
+        message = (
+            f"migration {name} {status}, but {counts.failed} session(s) failed: "
+            f"`agentdb migrations sessions {mid} --status failed` lists them"
+        )
     else:
-        message = f"migration {name} is {status}, not {expected.replace('_', ' ')}"
+        return
     raise ClientError(message, FAILED)
 
 
@@ -542,13 +562,12 @@ async def resume(
         Follow it until it stops again (--no-wait returns at once).
     """
     async with connected(options) as db:
-        with _following(wait=wait) as show:
-            migration = await db.resume_migration(
-                migration_id, continue_=continue_, wait=wait, on_progress=show
-            )
-        failed = await _failed(db, migration)
-    _report(options, migration, failed)
-    _exit_for(migration, expected="finished")
+        migration = await db.resume_migration(migration_id, continue_=continue_)
+        if wait:
+            migration = await _follow(db, migration)
+        failed = await _troubled(db, migration, "failed")
+    _report(options, migration, failed, "failed")
+    _exit_for(migration)
 
 
 @migrations.command(name="cancel")
@@ -574,7 +593,7 @@ async def rollback(
     """Roll a finished, halted or cancelled fleet migration back on the sessions that took it:
     its `down` SQL where it has one, else a restore of the checkpoint taken before it where
     nothing was written since (the others stay, `not_rolled_back`). Shows the progress, then
-    the counts.
+    the counts and the sessions not rolled back; exits 1 if there are any.
 
     Parameters
     ----------
@@ -584,8 +603,9 @@ async def rollback(
         Follow it until it is rolled back (--no-wait returns at once).
     """
     async with connected(options) as db:
-        with _following(wait=wait) as show:
-            migration = await db.rollback_migration(migration_id, wait=wait, on_progress=show)
-        failed = await _failed(db, migration)
-    _report(options, migration, failed)
-    _exit_for(migration, expected="rolled_back")
+        migration = await db.rollback_migration(migration_id)
+        if wait:
+            migration = await _follow(db, migration)
+        left = await _troubled(db, migration, "not_rolled_back")
+    _report(options, migration, left, "not_rolled_back")
+    _exit_for(migration)

@@ -1,8 +1,8 @@
-"""Fleet migrations through the SDK, remote (a served `agentdb serve`, its event stream over real
-HTTP) and embedded (`AgentDB.local`, which polls): a canary that finishes, a failure that halts
-and a resume that rolls on past it, a rollback, and `wait_for_migration`'s terminal view with
-its progress on the way. Each test targets its own user's sessions, so tests sharing a server
-do not reach each other's."""
+"""Fleet migrations through the SDK against a served `agentdb serve` (its event stream over real
+HTTP), and embedded (`AgentDB.local`, whose waits poll) for the halt and resume: a canary that
+finishes, `wait_for_migration`'s terminal view with the progress on the way, a rollback, a
+failure that halts and a resume that rolls on past it, and refused input. Each test targets
+its own user's sessions, so tests sharing a server do not reach each other's."""
 
 from __future__ import annotations
 
@@ -36,10 +36,18 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield url
 
 
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def remote(served: str) -> AsyncIterator[AgentDB]:
+    async with AgentDB.connect(served, ADMIN_TOKEN) as client:
+        yield client
+
+
 @pytest_asyncio.fixture(scope="module", loop_scope="session", params=["remote", "embedded"])
 async def db(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[AgentDB]:
+    """Both modes, for the test that resumes: embedded, waits poll (an event stream through
+    httpx's ASGITransport would arrive whole at its end)."""
     if request.param == "embedded":
         client = AgentDB.local(settings=Settings(data_dir=tmp_path_factory.mktemp("sdk-mig-emb")))
     else:
@@ -72,10 +80,10 @@ async def columns(db: AgentDB, sid: str) -> list[str]:
     return [str(row[0]) for row in result.rows]
 
 
-async def test_a_canary_then_the_rest_finishes_and_rolls_back(db: AgentDB):
-    user_id, sids = await sessions_of_a_new_user(db, 3)
+async def test_a_canary_then_the_rest_finishes_and_rolls_back(remote: AgentDB):
+    user_id, sids = await sessions_of_a_new_user(remote, 3)
     seen: list[Migration] = []
-    created = await db.create_migration(
+    created = await remote.create_migration(
         name(),
         "alter table todo add column done bool not null default false",
         down="alter table todo drop column done",
@@ -84,7 +92,7 @@ async def test_a_canary_then_the_rest_finishes_and_rolls_back(db: AgentDB):
     )
     assert created.status in {"pending", "canary", "rolling"}  # answered before it ends
     assert created.has_down
-    finished = await db.wait_for_migration(created.id, timeout=WAIT, on_progress=seen.append)
+    finished = await remote.wait_for_migration(created.id, timeout=WAIT, on_progress=seen.append)
 
     assert (finished.status, finished.total) == ("finished", 3)
     assert finished.counts.applied == 3
@@ -92,29 +100,29 @@ async def test_a_canary_then_the_rest_finishes_and_rolls_back(db: AgentDB):
     assert seen[-1] == finished  # the terminal view was reported too, once
     assert len(seen) == len({v.model_dump_json() for v in seen})
     for sid in sids:
-        assert await columns(db, sid) == ["id", "title", "done"]
-    results = await db.list_migration_sessions(created.id)
+        assert await columns(remote, sid) == ["id", "title", "done"]
+    results = await remote.list_migration_sessions(created.id)
     assert sorted(str(r.session_id) for r in results) == sorted(sids)
     assert [str(r.session_id) for r in results] == sorted(str(r.session_id) for r in results)
     assert sum(r.canary for r in results) == 1
     assert all(r.status == "applied" and r.checkpoint_id is not None for r in results)
-    page = await db.list_migration_sessions(created.id, limit=1)
-    rest = await db.list_migration_sessions(created.id, after=page[0].session_id)
+    page = await remote.list_migration_sessions(created.id, limit=1)
+    rest = await remote.list_migration_sessions(created.id, after=page[0].session_id)
     assert [r.session_id for r in page + rest] == [r.session_id for r in results]
-    assert created.id in [m.id for m in await db.list_migrations()]
-    assert (await db.get_migration(created.id)).status == "finished"
+    assert created.id in [m.id for m in await remote.list_migrations()]
+    assert (await remote.get_migration(created.id)).status == "finished"
 
-    rolled_back = await db.rollback_migration(created.id, wait=True, timeout=WAIT)
+    rolled_back = await remote.rollback_migration(created.id, wait=True, timeout=WAIT)
     assert rolled_back.status == "rolled_back"
     assert rolled_back.counts.rolled_back == 3
     for sid in sids:
-        assert await columns(db, sid) == ["id", "title"]
+        assert await columns(remote, sid) == ["id", "title"]
 
 
 async def test_a_failure_halts_and_a_resume_with_continue_rolls_on(db: AgentDB):
     user_id, sids = await sessions_of_a_new_user(db, 3)
     # One session already has the column: `up` fails there, and only there.
-    odd = sorted(sids)[0]
+    odd = sids[0]
     await db.sql(odd, "alter table todo add column note text")
     halted = await db.create_migration(
         name(),
@@ -144,18 +152,18 @@ async def test_a_failure_halts_and_a_resume_with_continue_rolls_on(db: AgentDB):
     assert done.total == 3
 
 
-async def test_bad_migrations_are_refused(db: AgentDB):
-    user_id, _ = await sessions_of_a_new_user(db, 1)
+async def test_bad_migrations_are_refused(remote: AgentDB):
+    user_id, _ = await sessions_of_a_new_user(remote, 1)
     target = MigrationTarget(user_ids=[uuid.UUID(user_id)])
     with pytest.raises(InvalidRequestError) as bad:
-        await db.create_migration("has spaces", "select 1", target=target)
+        await remote.create_migration("has spaces", "select 1", target=target)
     assert bad.value.fields == ["name"]
     with pytest.raises(InvalidRequestError) as bad_canary:
-        await db.create_migration(name(), "select 1", target=target, rollout={"canary": "150%"})
+        await remote.create_migration(name(), "select 1", target=target, rollout={"canary": "150%"})
     assert bad_canary.value.fields == ["rollout.canary"]
     taken = name()
-    await db.create_migration(taken, "select 1", target=target, wait=True, timeout=WAIT)
+    await remote.create_migration(taken, "select 1", target=target, wait=True, timeout=WAIT)
     with pytest.raises(ConflictError):
-        await db.create_migration(taken, "select 1", target=target)
+        await remote.create_migration(taken, "select 1", target=target)
     with pytest.raises(NotFoundError):
-        await db.wait_for_migration(uuid.uuid4(), timeout=WAIT)
+        await remote.wait_for_migration(uuid.uuid4(), timeout=WAIT)
