@@ -17,8 +17,9 @@ through `GET /v1/migrations/{id}/sessions` for each session's time (`finished_at
 checkpoint, apply and the service's bookkeeping) and its `checkpoint_ms` and `apply_ms`. The naive
 loop follows at `--naive` (default 1,8) connections at once (asyncio psycopg through the local
 plane's proxy, the same connection string an agent gets), each session's time being its
-`GET /v1/sessions/{id}`, connect and transaction. The CPU seconds agentdb and PostgreSQL used
-during each row, and the PostgreSQL data dir's size after it, come beside.
+`GET /v1/sessions/{id}`, connect and transaction. The CPU seconds agentdb, PostgreSQL and the
+rest of the machine (this benchmark's clients, anything else running) used during each row, and
+the PostgreSQL data dir's size after it (databases and write-ahead log), come beside.
 
 Usage: `.venv/bin/python benchmarks/fleet.py [--sessions 1000] [--concurrency 1,4,8]
 [--naive 1,8] [--serve-log PATH]`
@@ -29,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -58,6 +60,8 @@ CREATE_AT_ONCE = 8
 SESSIONS_PER_USER = 100
 POLL_S = 0.5
 MIGRATION_TIMEOUT_S = 7200
+#: A migration whose counts do not move for this long is reported as stuck (see serve.log).
+STALL_S = 300
 PAGE = 500  # the API's largest page (MAX_PAGE)
 TARGET_RATE = 10.0  # sessions/s at concurrency 8, with checkpoints
 TARGET_CONCURRENCY = 8
@@ -87,6 +91,7 @@ class Row:
     apply_ms: list[float]
     agentdb_cpu_s: float
     pg_cpu_s: float
+    other_cpu_s: float
     data_dir_bytes: int
     status: str = ""
 
@@ -96,14 +101,16 @@ class Row:
 
 
 class Cpu:
-    """CPU seconds of `agentdb serve` and of PostgreSQL (the postmaster, its live children and
-    the children it has reaped) since the last `lap()`."""
+    """CPU seconds of `agentdb serve`, of PostgreSQL (the postmaster, its live children and
+    the children it has reaped) and of everything else on the machine."""
 
     def __init__(self, agentdb: psutil.Process, pg: psutil.Process) -> None:
         self._agentdb, self._pg = agentdb, pg
         self._last = self._now()
 
-    def _now(self) -> tuple[float, float]:
+    def _now(self) -> tuple[float, float, float]:
+        machine = psutil.cpu_times()
+        busy = sum(machine) - machine.idle - getattr(machine, "iowait", 0.0)
         times = self._agentdb.cpu_times()
         agentdb = times.user + times.system + times.children_user + times.children_system
         times = self._pg.cpu_times()
@@ -114,13 +121,15 @@ class Cpu:
             except psutil.NoSuchProcess:
                 continue
             pg += child_times.user + child_times.system
-        return agentdb, pg
+        return agentdb, pg, busy
 
-    def lap(self) -> tuple[float, float]:
+    def lap(self) -> tuple[float, float, float]:
+        """agentdb's, PostgreSQL's and the rest of the machine's (this benchmark's clients and
+        anything else running) CPU seconds since the last lap."""
         now = self._now()
-        spent = (now[0] - self._last[0], now[1] - self._last[1])
+        agentdb, pg, busy = (now[i] - self._last[i] for i in range(3))
         self._last = now
-        return spent
+        return agentdb, pg, max(0.0, busy - agentdb - pg)
 
 
 def quantiles(values: list[float]) -> tuple[str, str]:
@@ -210,17 +219,24 @@ async def fleet_migration(http: httpx.AsyncClient, concurrency: int, cpu: Cpu) -
     started = time.perf_counter()
     view = expect(await http.post("/v1/migrations", json=body, headers=admin), 201)
     migration_id = view["id"]
-    last_print = started
+    last_print = last_move = started
+    progress = (view["status"], view["counts"])
     while view["status"] not in STOPPED:
-        if time.perf_counter() - started > MIGRATION_TIMEOUT_S:
-            raise BenchmarkError(f"migration {migration_id} still {view['status']}: {view}")
+        now = time.perf_counter()
+        if now - started > MIGRATION_TIMEOUT_S or now - last_move > STALL_S:
+            raise BenchmarkError(
+                f"migration {migration_id} stuck {view['status']} (see serve.log): {view}"
+            )
         await asyncio.sleep(POLL_S)
         view = expect(await http.get(f"/v1/migrations/{migration_id}", headers=admin), 200)
+        if (view["status"], view["counts"]) != progress:
+            progress, last_move = (view["status"], view["counts"]), time.perf_counter()
         if time.perf_counter() - last_print > 30:
             last_print = time.perf_counter()
-            print(f"  {view['status']}: {view['counts']}", file=sys.stderr, flush=True)
+            counts = {k: v for k, v in view["counts"].items() if v}
+            print(f"  {view['status']}: {counts}", file=sys.stderr, flush=True)
     wall = time.perf_counter() - started
-    agentdb_cpu, pg_cpu = cpu.lap()
+    agentdb_cpu, pg_cpu, other_cpu = cpu.lap()
     results = await results_of(http, migration_id)
     counts = view["counts"]
     if view["status"] != "finished" or counts.get("failed"):
@@ -258,6 +274,7 @@ async def fleet_migration(http: httpx.AsyncClient, concurrency: int, cpu: Cpu) -
         apply_ms=[float(r["apply_ms"]) for r in applied if r.get("apply_ms") is not None],
         agentdb_cpu_s=agentdb_cpu,
         pg_cpu_s=pg_cpu,
+        other_cpu_s=other_cpu,
         data_dir_bytes=0,
         status=view["status"],
     )
@@ -292,7 +309,7 @@ async def naive_loop(http: httpx.AsyncClient, ids: list[str], concurrency: int, 
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     wall = time.perf_counter() - started
-    agentdb_cpu, pg_cpu = cpu.lap()
+    agentdb_cpu, pg_cpu, other_cpu = cpu.lap()
     for error in errors[:5]:
         print(f"naive c={concurrency}: {error}", file=sys.stderr)
     return Row(
@@ -306,6 +323,7 @@ async def naive_loop(http: httpx.AsyncClient, ids: list[str], concurrency: int, 
         apply_ms=[],
         agentdb_cpu_s=agentdb_cpu,
         pg_cpu_s=pg_cpu,
+        other_cpu_s=other_cpu,
         data_dir_bytes=0,
         status="finished" if not errors else f"{len(errors)} failed",
     )
@@ -338,9 +356,23 @@ async def run(args: argparse.Namespace, data_dir: Path) -> tuple[list[Row], floa
                 row = await naive_loop(http, ids, concurrency, cpu)
                 row.data_dir_bytes = await pg_size(data_dir)
                 rows.append(row)
-        if args.serve_log:
-            shutil.copy(data_dir / "serve.log", args.serve_log)
     return rows, create_s, len(ids), before
+
+
+def summarize_log(log: Path, keep: Path | None) -> None:
+    """Copies `agentdb serve`'s log to `keep` and prints how many warnings it has, and the last."""
+    if not log.exists():
+        return
+    if keep is not None:
+        shutil.copy(log, keep)
+    warnings = [
+        line
+        for line in log.read_text(errors="replace").splitlines()
+        if "[warning" in line or "[error" in line
+    ]
+    print(f"serve.log: {len(warnings)} warning/error lines", file=sys.stderr)
+    for line in warnings[-10:]:
+        print(f"  {line[:300]}", file=sys.stderr)
 
 
 def table(rows: list[Row]) -> str:
@@ -363,7 +395,7 @@ def table(rows: list[Row]) -> str:
                 f"{cp50} / {cp95}",
                 f"{ap50} / {ap95}",
                 f"{row.rate / base:.2f}x" if base else "-",
-                f"{row.agentdb_cpu_s:.1f} / {row.pg_cpu_s:.1f}",
+                f"{row.agentdb_cpu_s:.0f} / {row.pg_cpu_s:.0f} / {row.other_cpu_s:.0f}",
                 mebibytes(row.data_dir_bytes),
             ]
         )
@@ -378,7 +410,7 @@ def table(rows: list[Row]) -> str:
         "checkpoint p50 / p95 ms",
         "apply p50 / p95 ms",
         "vs naive",
-        "CPU s agentdb / PG",
+        "CPU s agentdb / PG / rest",
         "PG data dir after",
     ]
     return markdown_table(headers, lines)
@@ -399,12 +431,15 @@ def main() -> None:
     parser.add_argument("--serve-log", type=Path, help="keep agentdb serve's log here")
     args = parser.parse_args()
     quiet_logs()
+    # `timeout` and `kill` stop the run as Ctrl-C does: the server and its cluster go too.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     data_dir = Path(tempfile.mkdtemp(prefix="agentdb-fleet-"))
     started = time.perf_counter()
     try:
         rows, create_s, created, before = asyncio.run(run(args, data_dir))
         filesystem = filesystem_of(data_dir)
     finally:
+        summarize_log(data_dir / "serve.log", args.serve_log)
         shutil.rmtree(data_dir, ignore_errors=True)
     facts = machine_facts()
     fleet_rows = [
@@ -422,7 +457,8 @@ def main() -> None:
         "p50/p95: per session (fleet: finished_at - started_at of its result; naive: GET the"
         " session, connect through the proxy, alter + create index); checkpoint/apply: the"
         " results' checkpoint_ms and apply_ms; vs naive: sessions/s over the naive loop's at"
-        " the same concurrency"
+        " the same concurrency; CPU s: during the row, rest = the machine's other processes"
+        " (this benchmark's clients included)"
     )
     print(f"PostgreSQL data dir before the migrations: {mebibytes(before)}")
     if fleet_rows:

@@ -443,9 +443,37 @@ class FleetMigrationService:
                 )
             ).all()
         done = 0
+        failures: builtins.list[str] = []
         for migration_id in ids:
-            done += await self.advance(migration_id)
+            try:
+                done += await self.advance(migration_id)
+            except Exception as error:  # noqa: BLE001 - recorded on the migration, raised below
+                failures.append(f"{migration_id}: {describe(error)}")
+                await self._note_failure(migration_id, error)
+        if failures:
+            # The job's failure (its run records and metrics count it); the others went on.
+            raise RuntimeError("fleet migrations failed to advance: " + "; ".join(failures))
         return done
+
+    async def _note_failure(self, migration_id: uuid.UUID, error: Exception) -> None:
+        """Shows a run that failed on the migration itself (its `error`), so a migration the
+        job cannot advance does not look quietly stuck; the next run tries again."""
+        log.warning(
+            "fleet_migration.advance_failed", migration_id=str(migration_id), error=describe(error)
+        )
+        try:
+            async with self._db() as db:
+                await db.execute(
+                    sa.update(FleetMigration)
+                    .where(col(FleetMigration.id) == migration_id)
+                    .values(
+                        error=f"the last run failed (retried): {describe(error)}"[:2000],
+                        updated_at=self._clock(),
+                    )
+                )
+                await db.commit()
+        except sa.exc.SQLAlchemyError:
+            log.warning("fleet_migration.error_not_recorded", migration_id=str(migration_id))
 
     async def advance(self, migration_id: uuid.UUID) -> int:
         """Works the migration as far as it goes now; returns how many sessions it finished.
@@ -691,7 +719,7 @@ class FleetMigrationService:
             while (claimed := await self._claim(row, wave)) is not None:
                 await self._one(row, claimed)
                 done += 1
-                if wave is not None and not row.dry_run:
+                if wave is not None and (rule.after is not None or rule.percent is not None):
                     await self._check_rule(row.id, rule)
 
         async with asyncio.TaskGroup() as group:
@@ -894,6 +922,8 @@ class FleetMigrationService:
                 await self._one_by_one(conn, row)
             except psycopg.Error as error:
                 raise _SessionFailed(_reason(error)) from None
+            if row.down_sql is not None:
+                return None  # a rollback runs `down`: no restore needs to know
             try:
                 return fingerprint(await describe_database(conn))
             except psycopg.Error:
@@ -926,7 +956,10 @@ class FleetMigrationService:
         result: FleetMigrationResult,
         status: Result,
         error: str | None,
+        *,
+        action: str | None = None,
     ) -> None:
+        """The session's outcome and its event (`action`: by default the apply's or test's)."""
         now = self._clock()
         async with self._db() as db:
             await db.execute(
@@ -937,7 +970,7 @@ class FleetMigrationService:
             db.add(
                 event(
                     SYSTEM,
-                    "fleet_migration.test" if row.dry_run else "fleet_migration.apply",
+                    action or ("fleet_migration.test" if row.dry_run else "fleet_migration.apply"),
                     at=now,
                     session_id=result.session_id,
                     target_kind="fleet_migration",
@@ -964,7 +997,7 @@ class FleetMigrationService:
             nonlocal done
             while (result := await self._claim_applied(row.id)) is not None:
                 status, error = await self._undo(row, result)
-                await self._record_undo(row, result, status, error)
+                await self._record(row, result, status, error, action="fleet_migration.rollback")
                 done += 1
 
         async with asyncio.TaskGroup() as group:
@@ -1060,29 +1093,6 @@ class FleetMigrationService:
             return Result.NOT_ROLLED_BACK, str(skipped)
         except (_SessionFailed, ServiceError) as failed:
             return Result.NOT_ROLLED_BACK, str(failed)
-
-    async def _record_undo(
-        self, row: FleetMigration, result: FleetMigrationResult, status: Result, error: str | None
-    ) -> None:
-        now = self._clock()
-        async with self._db() as db:
-            await db.execute(
-                sa.update(FleetMigrationResult)
-                .where(col(FleetMigrationResult.id) == result.id)
-                .values(status=status, error=error, finished_at=now)
-            )
-            db.add(
-                event(
-                    SYSTEM,
-                    "fleet_migration.rollback",
-                    at=now,
-                    session_id=result.session_id,
-                    target_kind="fleet_migration",
-                    target_id=row.id,
-                    details={"phase": status.value, "name": row.name, "error": error},
-                )
-            )
-            await db.commit()
 
     # --- baselines -----------------------------------------------------------------------------
 
