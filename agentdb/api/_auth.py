@@ -219,10 +219,14 @@ def actor_of(request: AnyRequest) -> Actor:
     )
 
 
+def _control(char: str) -> bool:
+    return ord(char) < 32 or ord(char) == 127  # noqa: PLR2004 - ASCII's control characters
+
+
 def agent_context(headers: Mapping[str, str]) -> dict[str, str]:
     """What the agent said it was doing (`AGENT_CONTEXT_HEADERS`, percent-encoded UTF-8):
-    the prompt cut to an excerpt; a tool, call id or model too long or not text is refused
-    (400 naming the header)."""
+    the prompt cleaned of control characters and cut to an excerpt; a tool, call id or model
+    too long or holding control characters is refused (400 naming the header)."""
     found: dict[str, str] = {}
     for key, header in AGENT_CONTEXT_HEADERS.items():
         raw = headers.get(header)
@@ -232,10 +236,14 @@ def agent_context(headers: Mapping[str, str]) -> dict[str, str]:
             value = unquote(raw.strip(), errors="strict")
         except UnicodeDecodeError:
             raise InvalidInput(header, "must be percent-encoded UTF-8") from None
-        if any(ord(char) < 32 and char not in "\t\n" for char in value):  # noqa: PLR2004
-            raise InvalidInput(header, "must not hold control characters")
         if key == "prompt":
+            # An excerpt of text a person or model wrote: line breaks kept (CRLF as one),
+            # other control characters as spaces.
+            value = value.replace("\r\n", "\n").replace("\r", "\n")
+            value = "".join(" " if _control(char) and char != "\n" else char for char in value)
             value = value[:MAX_PROMPT_EXCERPT]
+        elif any(_control(char) for char in value):
+            raise InvalidInput(header, "must not hold control characters")
         elif len(value) > MAX_AGENT_CONTEXT:
             raise InvalidInput(header, f"must be at most {MAX_AGENT_CONTEXT} characters")
         found[key] = value

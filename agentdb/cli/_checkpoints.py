@@ -51,6 +51,7 @@ async def create_checkpoint(
     label: str | None = None,
     message: str | None = None,
     metadata: str | None = None,
+    code_ref: str | None = None,
     options: Remote = NO_OPTIONS,
 ) -> None:
     """Checkpoint the session's database as it is now; the new checkpoint becomes the head.
@@ -65,12 +66,15 @@ async def create_checkpoint(
         The agent's message or prompt that led here.
     metadata
         A JSON object to keep with it, e.g. '{"commit": "abc123"}'.
+    code_ref
+        The code this state goes with (a git commit, a build id, a tag): restoring the
+        checkpoint prints it, to check that code out.
     """
     extra = _metadata(metadata)
     async with connected(options) as db:
         with working("Checkpointing"):
             checkpoint = await db.create_checkpoint(
-                session_id, label=label, message=message, metadata=extra
+                session_id, label=label, message=message, metadata=extra, code_ref=code_ref
             )
     emit(options, checkpoint, lambda: details(checkpoint))
 
@@ -127,6 +131,8 @@ def _node(checkpoint: Checkpoint, head_id: uuid.UUID | None) -> Text:
     if checkpoint.status.value != "ready":
         line.append(f"  [{checkpoint.status.value}]", style="yellow")
     line.append(f"  {shown(checkpoint.taken_at or checkpoint.created_at)}", style="dim")
+    if checkpoint.code_ref is not None:
+        line.append(f"  code {checkpoint.code_ref}", style="magenta")
     if checkpoint.id == head_id:
         line.append("  (HEAD)", style="bold green")
     return line
@@ -143,7 +149,7 @@ async def restore_checkpoint(
 ) -> None:
     """Put the session's database back to a checkpoint, in place: the connection URI stays the
     same (open connections are ended), later checkpoints are kept, and the checkpoint becomes
-    the head.
+    the head. Prints the checkpoint's code_ref (restored_code_ref): the code to check out.
 
     Parameters
     ----------
@@ -158,6 +164,8 @@ async def restore_checkpoint(
         with working("Restoring"):
             session = await db.restore_checkpoint(session_id, checkpoint_id)
     title = f"restored to checkpoint {checkpoint_id}"
+    if session.restored_code_ref is not None:
+        title += f" (code_ref {session.restored_code_ref})"
     emit(options, session, lambda: details(session, secrets=secrets, title=title), secrets=secrets)
 
 

@@ -40,6 +40,8 @@ Positive = Annotated[int, Parameter(validator=cyclopts.validators.Number(gt=0))]
 SessionStatusName = Literal[
     "provisioning", "ready", "checkpointing", "restoring", "deleting", "deleted", "failed"
 ]
+#: A session token's mode, as the API names it.
+TokenModeName = Literal["read_only", "read_write", "full"]
 
 users = cyclopts.App(name="users", help=HELP["users"])
 sessions = cyclopts.App(name="sessions", help=HELP["sessions"])
@@ -49,6 +51,7 @@ USER_COLUMNS = ("id", "email", "name", "tier", "created_at")
 TOKEN_COLUMNS = (
     "id",
     "scope",
+    "mode",
     "name",
     "prefix",
     "session_id",
@@ -278,6 +281,7 @@ async def session_token(
     *,
     name: str | None = None,
     ttl: Positive | None = None,
+    mode: TokenModeName | None = None,
     options: Remote = NO_OPTIONS,
 ) -> None:
     """Issue a session token and print it (shown this once): what the agent gets. It reaches
@@ -292,9 +296,13 @@ async def session_token(
     ttl
         Lifetime in seconds (default: the server's AGENTDB_SESSION_TOKEN_TTL_S, a day; at
         most its AGENTDB_SESSION_TOKEN_MAX_TTL_S).
+    mode
+        What it may do: read_only (read; its SQL is one statement that never writes),
+        read_write (the default: data, checkpoints, restores, branches) or full (also delete
+        checkpoints and turn Neon Auth or the Data API off).
     """
     async with connected(options) as db:
-        token = await db.create_session_token(session_id, name=name, ttl_seconds=ttl)
+        token = await db.create_session_token(session_id, name=name, ttl_seconds=ttl, mode=mode)
     emit(options, token, lambda: token.token)
 
 

@@ -160,6 +160,8 @@ _OPTION_OF = {
     "label": "--label",
     "message": "--message",
     "metadata": "--metadata",
+    "code_ref": "--code-ref",
+    "mode": "--mode",
     "email": "EMAIL",
     "sql": "SQL",
 }

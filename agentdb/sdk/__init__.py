@@ -1,7 +1,9 @@
 """agentdb's async Python SDK: one client, embedded (`AgentDB.local()`) or remote
-(`AgentDB.connect(url, token)`), with the same methods and the same typed results and errors."""
+(`AgentDB.connect(url, token)`), with the same methods and the same typed results and errors;
+`AgentContext` is what an agent says it is doing, which the audit log records."""
 
 from ._client import AgentDB
+from ._context import AgentContext
 from ._errors import (
     AgentDBError,
     AuthError,
@@ -40,6 +42,7 @@ from ._models import (
 )
 
 __all__ = [
+    "AgentContext",
     "AgentDB",
     "AgentDBError",
     "Auth",

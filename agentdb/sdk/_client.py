@@ -9,8 +9,8 @@ import asyncio
 import inspect
 import json as jsonlib
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from contextlib import AsyncExitStack, aclosing, asynccontextmanager
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AsyncExitStack, aclosing, asynccontextmanager, contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar, cast
@@ -19,8 +19,9 @@ import httpx
 from pydantic import BaseModel, JsonValue, TypeAdapter
 
 from agentdb.settings import Settings
-from agentdb.wire import TERMINAL_MIGRATION_STATUSES
+from agentdb.wire import TERMINAL_MIGRATION_STATUSES, TokenMode
 
+from ._context import ACTIVE, NO_CONTEXT, AgentContext
 from ._errors import error_from
 from ._models import (
     Auth,
@@ -74,21 +75,38 @@ class AgentDB:
         await db.sql(session.id, "create table t (x int)")
         checkpoint = await db.create_checkpoint(session.id, label="empty t")
     ```
+
+    What the agent is doing goes with every request made inside `with
+    db.agent_context(tool=..., tool_call_id=..., model=..., prompt=...):`, and the audit log
+    records it; `agent_context=AgentContext(model=...)` at construction is the default.
     """
 
-    def __init__(self, opener: Any) -> None:  # noqa: ANN401 - a private factory of clients
+    def __init__(
+        self,
+        opener: Any,  # noqa: ANN401 - a private factory of clients
+        *,
+        agent_context: AgentContext | None = None,
+    ) -> None:
         self._opener = opener
         self._stack: AsyncExitStack | None = None
         self._http: httpx.AsyncClient | None = None
         self._follows_event_streams = True
+        self._default_context = agent_context or NO_CONTEXT
+        #: This client's key among the active agent contexts (`agent_context`).
+        self._context_key = object()
 
     @classmethod
     def local(
-        cls, data_dir: Path | str | None = None, *, settings: Settings | None = None
+        cls,
+        data_dir: Path | str | None = None,
+        *,
+        settings: Settings | None = None,
+        agent_context: AgentContext | None = None,
     ) -> AgentDB:
         """Embedded: agentdb in this process on the embedded PostgreSQL and the local control
         plane (or whatever `settings` choose), with the admin's reach. Nothing listens on a
-        socket."""
+        socket. `agent_context`: what every request says the agent is doing, unless an
+        `agent_context` block says otherwise."""
         if settings is None:
             settings = Settings(data_dir=Path(data_dir)) if data_dir is not None else Settings()
 
@@ -118,7 +136,7 @@ class AgentDB:
                 ) as http:
                     yield http
 
-        client = cls(opener)
+        client = cls(opener, agent_context=agent_context)
         # httpx's ASGITransport hands a response over once the app has finished it, so an
         # event stream would arrive whole at its end: in process, fleet migrations are polled.
         client._follows_event_streams = False
@@ -132,9 +150,11 @@ class AgentDB:
         *,
         transport: httpx.AsyncBaseTransport | None = None,
         timeout: float = 120,
+        agent_context: AgentContext | None = None,
     ) -> AgentDB:
         """Remote: the REST API at `url` (e.g. "http://127.0.0.1:8000") with a bearer token
-        (admin, user or session)."""
+        (admin, user or session). `agent_context`: what every request says the agent is doing,
+        unless an `agent_context` block says otherwise."""
         if not token:
             raise ValueError("a token is required (admin, user or session)")
 
@@ -148,7 +168,7 @@ class AgentDB:
             ) as http:
                 yield http
 
-        return cls(opener)
+        return cls(opener, agent_context=agent_context)
 
     async def __aenter__(self) -> Self:
         stack = AsyncExitStack()
@@ -170,6 +190,38 @@ class AgentDB:
         if stack is not None:
             await stack.aclose()
 
+    # --- the agent's context -----------------------------------------------------------------
+
+    @contextmanager
+    def agent_context(
+        self,
+        *,
+        tool: str | None = None,
+        tool_call_id: str | None = None,
+        model: str | None = None,
+        prompt: str | None = None,
+    ) -> Iterator[AgentContext]:
+        """Says what the agent is doing for every request this client makes inside the block
+        (in this task and the tasks it starts there): the `X-Agent-*` headers, which each
+        audit event of the request records. Blocks nest: an inner one keeps the outer one's
+        values it does not set. Yields the context in force. Raises `ValueError` for a tool,
+        call id or model longer than 200 characters."""
+        inner = AgentContext(tool=tool, tool_call_id=tool_call_id, model=model, prompt=prompt)
+        current = inner.over(self.current_agent_context)
+        active = ACTIVE.get()
+        token = ACTIVE.set({**active, self._context_key: current})
+        try:
+            yield current
+        finally:
+            ACTIVE.reset(token)
+
+    @property
+    def current_agent_context(self) -> AgentContext:
+        """The context this client's next request sends: the innermost `agent_context` block's
+        over the default given at construction."""
+        active = ACTIVE.get().get(self._context_key)
+        return self._default_context if active is None else active.over(self._default_context)
+
     # --- plumbing --------------------------------------------------------------------------
 
     async def _request(
@@ -183,10 +235,12 @@ class AgentDB:
     ) -> Any:  # noqa: ANN401 - the decoded JSON answer
         if self._http is None:
             raise RuntimeError("use `async with AgentDB...(...) as db:` before calling it")
-        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
+        headers = self.current_agent_context.headers()
+        if idempotency_key:
+            headers["Idempotency-Key"] = idempotency_key
         query = {k: str(v) for k, v in (params or {}).items() if v is not None}
         response = await self._http.request(
-            method, path, json=json, params=query or None, headers=headers
+            method, path, json=json, params=query or None, headers=headers or None
         )
         if response.is_error:
             raise error_from(response)
@@ -236,6 +290,12 @@ class AgentDB:
 
     async def get_token(self, token_id: Id) -> TokenInfo:
         return await self._one(TokenInfo, "GET", f"/v1/tokens/{token_id}")
+
+    async def current_token(self) -> TokenInfo:
+        """The token this client acts with (never its secret): its scope, `mode` and, for a
+        session token, `session_id`. An embedded client acts without a token (with the admin's
+        reach): it gets `NotFoundError`."""
+        return await self._one(TokenInfo, "GET", "/v1/tokens/current")
 
     async def revoke_token(self, token_id: Id) -> TokenInfo:
         """Revokes a token: its next request answers 401 (revoking twice is fine). The admin
@@ -313,9 +373,18 @@ class AgentDB:
         return await self._one(Session, "DELETE", f"/v1/sessions/{session_id}")
 
     async def create_session_token(
-        self, session_id: Id, *, name: str | None = None, ttl_seconds: int | None = None
+        self,
+        session_id: Id,
+        *,
+        name: str | None = None,
+        ttl_seconds: int | None = None,
+        mode: TokenMode | str | None = None,
     ) -> Token:
-        body = _body(name=name, ttl_seconds=ttl_seconds)
+        """A token reaching this session only: what an agent gets. `mode` says what it may do
+        there: `read_only` (reads; its SQL is one statement, run read-only and rolled back),
+        `read_write` (the server's default: data, checkpoints, restores, branches) or `full`
+        (also deletes checkpoints and turns Neon Auth and the Data API off)."""
+        body = _body(name=name, ttl_seconds=ttl_seconds, mode=None if mode is None else str(mode))
         return await self._one(Token, "POST", f"/v1/sessions/{session_id}/tokens", json=body)
 
     async def list_session_tokens(
@@ -365,8 +434,12 @@ class AgentDB:
         message: str | None = None,
         metadata: dict[str, JsonValue] | None = None,
         idempotency_key: str | None = None,
+        code_ref: str | None = None,
     ) -> Checkpoint:
-        body = _body(label=label, message=message, metadata=metadata)
+        """Snapshots the session's database as it is now; the new checkpoint becomes the head.
+        `code_ref` names the code this state goes with (a git commit, a build id): restoring
+        the checkpoint answers it as the session's `restored_code_ref`."""
+        body = _body(label=label, message=message, metadata=metadata, code_ref=code_ref)
         return await self._one(
             Checkpoint,
             "POST",
@@ -397,7 +470,8 @@ class AgentDB:
 
     async def restore_checkpoint(self, session_id: Id, checkpoint_id: Id) -> Session:
         """Puts the session's database back to the checkpoint, in place: the connection
-        string stays, later checkpoints stay restorable."""
+        string stays, later checkpoints stay restorable. The answer's `restored_code_ref` is
+        the checkpoint's `code_ref` (the code to check out with it)."""
         path = f"/v1/sessions/{session_id}/checkpoints/{checkpoint_id}/restore"
         return await self._one(Session, "POST", path)
 
@@ -682,7 +756,7 @@ class AgentDB:
             raise RuntimeError("use `async with AgentDB...(...) as db:` before calling it")
         path = f"/v1/migrations/{migration_id}/events"
         timeout = httpx.Timeout(self._http.timeout.connect, read=MIGRATION_STREAM_SILENCE)
-        headers = {"Accept": "text/event-stream"}
+        headers = self.current_agent_context.headers() | {"Accept": "text/event-stream"}
         try:
             async with self._http.stream("GET", path, headers=headers, timeout=timeout) as stream:
                 if stream.is_error:

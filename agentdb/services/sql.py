@@ -573,6 +573,12 @@ class SqlService:
                     await self._checkin(session_id, conn, timeout_ms, clean=clean)
         except SqlFailed as failed:
             await self._audit(session_id, actor, sql, started, read_only=read_only, failed=failed)
+            if read_only and failed.sqlstate == "42601" and "multiple commands" in str(failed):
+                raise SqlFailed(
+                    "42601",
+                    "a read-only token runs one statement per call: send the statements one "
+                    "at a time",
+                ) from failed
             if self._explain_quota is not None and failed.sqlstate in _QUOTA_STATES:
                 over = await self._explain_quota(session_id)
                 if over is not None:

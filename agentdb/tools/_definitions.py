@@ -3,8 +3,10 @@ when to call it, the pydantic model of its input (the source of every JSON schem
 dispatcher's validation) and the handler, which calls the SDK exactly as a REST client would.
 
 Results are compact JSON without secrets: connection URIs never reach the agent. No tool
-deletes the session or a checkpoint or turns Neon Auth or the Data API off: a session token
-(what an agent holds) may not, and those are the platform's calls (a user or admin token).
+deletes the session or a checkpoint or turns Neon Auth or the Data API off: those are the
+platform's calls (a user or admin token). Each tool names the least token mode that may call it
+(`read_only` for the reading tools and run_sql, whose SQL a read-only token runs read-only;
+`read_write` for the rest), and a toolbox offers only what its token's mode allows.
 """
 
 from __future__ import annotations
@@ -32,11 +34,13 @@ from agentdb.sdk import (
     Usage,
 )
 from agentdb.wire import (
+    MAX_CODE_REF,
     MAX_ROLE_NAME,
     MAX_SQL_ROWS,
     MAX_SQL_TIMEOUT_SECONDS,
     ROLE_NAME_PATTERN,
     SessionStatus,
+    TokenMode,
 )
 
 #: Most rows and longest timeout one SQL call may ask for (the API's own limits).
@@ -80,6 +84,17 @@ class RunSql(ToolInput):
     )
 
 
+class ReadSql(RunSql):
+    """run_sql's input for a read-only token: one statement, which never writes."""
+
+    sql: str = Field(
+        min_length=1,
+        description="One SQL statement that reads: SELECT, WITH ... SELECT, EXPLAIN, SHOW. "
+        "It runs in a read-only transaction that is rolled back, so it never changes "
+        "anything; a statement that would write fails.",
+    )
+
+
 class CreateCheckpoint(ToolInput):
     label: str | None = Field(
         default=None, description="Short name for this state, e.g. 'users table created'."
@@ -89,6 +104,13 @@ class CreateCheckpoint(ToolInput):
     )
     metadata: dict[str, JsonValue] | None = Field(
         default=None, description="Free-form JSON to keep with it, e.g. {'commit': 'abc123'}."
+    )
+    code_ref: str | None = Field(
+        default=None,
+        max_length=MAX_CODE_REF,
+        description="The code this database state goes with, e.g. the git commit of the app "
+        "you are generating ('git:4f2a9c1'): restoring the checkpoint returns it as "
+        "`restored_code_ref`, so the code can be put back to match.",
     )
 
 
@@ -180,7 +202,9 @@ class Tool(Generic[InputT]):
     what runs (`handler`, given the SDK client, the session and the validated input).
     `read_only` tools change nothing; `destructive` ones can lose data of the live database or
     a branch (MCP clients may ask the user first); calling an `idempotent` one again with the
-    same arguments changes nothing more."""
+    same arguments changes nothing more. `mode` is the least token mode that may call it;
+    `read_only_variant` is how a tool that may write reads to a read-only token, whose calls
+    of it the API keeps from writing (run_sql)."""
 
     name: str
     description: str
@@ -189,6 +213,16 @@ class Tool(Generic[InputT]):
     read_only: bool = False
     destructive: bool = False
     idempotent: bool = False
+    mode: TokenMode = TokenMode.READ_WRITE
+    read_only_variant: Tool[InputT] | None = None
+
+    def for_mode(self, mode: TokenMode) -> Tool[InputT] | None:
+        """The tool as a token of `mode` gets it, or None when that token may not call it."""
+        if not mode.allows(self.mode):
+            return None
+        if mode == TokenMode.READ_ONLY and not self.read_only:
+            return self.read_only_variant
+        return self
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +237,10 @@ class PlatformTool(Generic[PlatformInputT]):
     read_only: bool = False
     destructive: bool = False
     idempotent: bool = False
+    mode: TokenMode = TokenMode.READ_WRITE
+
+    def for_mode(self, mode: TokenMode) -> PlatformTool[PlatformInputT] | None:
+        return self if mode.allows(self.mode) else None
 
 
 # --- results: compact, no secrets -----------------------------------------------------------
@@ -232,6 +270,8 @@ def checkpoint_result(checkpoint: Checkpoint) -> dict[str, JsonValue]:
         "taken_at": None if checkpoint.taken_at is None else checkpoint.taken_at.isoformat(),
         "size_bytes": checkpoint.size_bytes,
     }
+    if checkpoint.code_ref is not None:
+        out["code_ref"] = checkpoint.code_ref
     if checkpoint.metadata:
         out["metadata"] = checkpoint.metadata
     if checkpoint.error:
@@ -366,7 +406,11 @@ async def create_checkpoint(
     db: AgentDB, session_id: uuid.UUID, args: CreateCheckpoint
 ) -> JsonValue:
     checkpoint = await db.create_checkpoint(
-        session_id, label=args.label, message=args.message, metadata=args.metadata
+        session_id,
+        label=args.label,
+        message=args.message,
+        metadata=args.metadata,
+        code_ref=args.code_ref,
     )
     return checkpoint_result(checkpoint)
 
@@ -380,7 +424,9 @@ async def list_checkpoints(db: AgentDB, session_id: uuid.UUID, _: NoArguments) -
 
 
 async def restore_checkpoint(db: AgentDB, session_id: uuid.UUID, args: OneCheckpoint) -> JsonValue:
-    return session_result(await db.restore_checkpoint(session_id, args.checkpoint_id))
+    session = await db.restore_checkpoint(session_id, args.checkpoint_id)
+    # None too: "this checkpoint named no code" is an answer the agent acts on.
+    return session_result(session) | {"restored_code_ref": session.restored_code_ref}
 
 
 async def preview_checkpoint(
@@ -490,6 +536,24 @@ TOOLS: tuple[Tool[Any], ...] = (
         RunSql,
         run_sql,
         destructive=True,
+        # A read-only token calls it too: the API runs its SQL read-only, rolled back.
+        mode=TokenMode.READ_ONLY,
+        read_only_variant=Tool(
+            "run_sql",
+            "Query the session's own PostgreSQL database (PostgreSQL 18), read-only: this "
+            "connection may read but never change anything. Each call is ONE statement "
+            "(SELECT, WITH ... SELECT, EXPLAIN, SHOW), run in a read-only transaction that is "
+            "always rolled back, so it never writes: INSERT, UPDATE, DELETE, DDL, sequences "
+            "and functions that write fail (SQLSTATE 25006). Pass values as parameters $1, "
+            "$2, ... in `params` rather than pasting them into the SQL. At most `max_rows` "
+            "rows come back (`truncated` says when more existed) and every statement has a "
+            "timeout. Tables and columns: query information_schema or pg_catalog.",
+            ReadSql,
+            run_sql,
+            read_only=True,
+            idempotent=True,
+            mode=TokenMode.READ_ONLY,
+        ),
     ),
     Tool(
         "create_checkpoint",
@@ -509,6 +573,7 @@ TOOLS: tuple[Tool[Any], ...] = (
         NoArguments,
         list_checkpoints,
         read_only=True,
+        mode=TokenMode.READ_ONLY,
     ),
     Tool(
         "restore_checkpoint",
@@ -541,6 +606,7 @@ TOOLS: tuple[Tool[Any], ...] = (
         DiffCheckpoints,
         diff_checkpoints,
         read_only=True,
+        mode=TokenMode.READ_ONLY,
     ),
     Tool(
         "create_branch",
@@ -578,6 +644,7 @@ TOOLS: tuple[Tool[Any], ...] = (
         NoArguments,
         list_extensions,
         read_only=True,
+        mode=TokenMode.READ_ONLY,
     ),
     Tool(
         "create_role",
@@ -596,6 +663,7 @@ TOOLS: tuple[Tool[Any], ...] = (
         NoArguments,
         list_roles,
         read_only=True,
+        mode=TokenMode.READ_ONLY,
     ),
     Tool(
         "get_session",
@@ -604,6 +672,7 @@ TOOLS: tuple[Tool[Any], ...] = (
         NoArguments,
         get_session,
         read_only=True,
+        mode=TokenMode.READ_ONLY,
     ),
     Tool(
         "get_usage",
@@ -616,6 +685,7 @@ TOOLS: tuple[Tool[Any], ...] = (
         NoArguments,
         get_usage,
         read_only=True,
+        mode=TokenMode.READ_ONLY,
     ),
     Tool(
         "enable_auth",
@@ -666,5 +736,6 @@ PLATFORM_TOOLS: tuple[PlatformTool[Any], ...] = (
         ListSessions,
         list_sessions,
         read_only=True,
+        mode=TokenMode.READ_ONLY,
     ),
 )

@@ -1,6 +1,8 @@
 """The tools as an MCP server (the official `mcp` SDK's low-level `Server`): the same
 definitions, names, descriptions and input schemas as `Toolbox`, with a failed call answered as
-an MCP tool error (`isError`) whose text says what to change.
+an MCP tool error (`isError`) whose text says what to change. Each caller is offered the tools
+its token's mode allows, and each call's requests carry the tool's name and the MCP request's id
+(`X-Agent-Tool`, `X-Agent-Tool-Call-Id`), which the audit log records.
 
 Two transports: stdio here (`agentdb mcp`, for desktop agent clients), and streamable HTTP
 mounted at `/mcp` by `agentdb serve` (`agentdb.tools.mcp_http`, which loads the server's web
@@ -12,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
+import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from importlib.metadata import version
@@ -23,7 +26,7 @@ from mcp.server.stdio import stdio_server
 from mcp.shared.exceptions import MCPError
 
 from agentdb.sdk import AgentDB, AgentDBError
-from agentdb.wire import SCOPE_PREFIXES, TokenScope
+from agentdb.wire import SCOPE_PREFIXES, TokenMode, TokenScope
 
 from ._toolbox import AnyTool, Toolbox, ToolError
 
@@ -36,7 +39,16 @@ INSTRUCTIONS = (
     "that expire on their own. list_extensions shows the extensions CREATE EXTENSION can "
     "install; roles are made with create_role, not CREATE ROLE. Deleting the session or its "
     "checkpoints and turning Neon Auth or the Data API off need a user or admin token: no "
-    "tool here does them."
+    "tool here does them. A read-only token is offered the reading tools only, and its "
+    "run_sql runs one statement that never writes."
+)
+#: The same for a read-only token's stdio server, which knows its mode before it starts.
+READ_ONLY_INSTRUCTIONS = (
+    "agentdb gives this agent session its own PostgreSQL database; this connection is "
+    "read-only. Query it with run_sql (one statement per call, run in a read-only transaction "
+    "that is rolled back: nothing you run changes the database). list_checkpoints, "
+    "diff_checkpoints, list_roles, list_extensions, get_session and get_usage show its "
+    "history, roles, extensions and state. Changing anything needs a read_write token."
 )
 SESSION_TOKEN_PREFIX = SCOPE_PREFIXES[TokenScope.SESSION]
 
@@ -46,23 +58,26 @@ ToolboxSource = Callable[[object], AbstractAsyncContextManager[Toolbox]]
 
 
 async def scoped_toolbox(client: AgentDB, token: str | None = None) -> Toolbox:
-    """A toolbox for whoever holds `token`: bound to its session for a session token (whose
-    session list is exactly that session), unbound (`session_id` in every call) otherwise."""
+    """A toolbox for whoever holds `token`: for a session token, bound to its session and
+    offering what its mode allows (the API's `GET /v1/tokens/current` tells both); unbound
+    (`session_id` in every call) and `full` otherwise: user and admin tokens, and an embedded
+    client, which acts without a token."""
     if token is None or not token.startswith(SESSION_TOKEN_PREFIX):
-        return Toolbox(client)
+        return Toolbox(client, mode=TokenMode.FULL)
     try:
-        sessions = await client.list_sessions()
+        own = await client.current_token()
     except AgentDBError as exc:
         raise ToolError(str(exc), status=exc.status) from exc
-    if len(sessions) != 1:
-        raise ToolError("the session token does not lead to exactly one session")
-    return Toolbox(client, session_id=sessions[0].id)
+    if own.scope != TokenScope.SESSION or own.session_id is None:
+        raise ToolError("the session token does not lead to a session")
+    return Toolbox(client, session_id=own.session_id, mode=own.mode)
 
 
 def build_mcp_server(toolbox: Toolbox | ToolboxSource, *, name: str = "agentdb") -> Server[Any]:
     """An MCP server offering agentdb's tools: over one `Toolbox` (stdio, embedded), or over
     a `ToolboxSource` that gives each request a toolbox acting with its caller's token."""
     source = _fixed(toolbox) if isinstance(toolbox, Toolbox) else toolbox
+    read_only = isinstance(toolbox, Toolbox) and toolbox.mode == TokenMode.READ_ONLY
 
     async def list_tools(
         ctx: ServerRequestContext[Any, Any], _: types.PaginatedRequestParams | None
@@ -76,9 +91,12 @@ def build_mcp_server(toolbox: Toolbox | ToolboxSource, *, name: str = "agentdb")
     async def call_tool(
         ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams
     ) -> types.CallToolResult:
+        # The MCP request's id names the call in the audit log (the client numbers its
+        # requests); a request without one gets an id of its own.
+        call_id = f"mcp-{uuid.uuid4().hex}" if ctx.request_id is None else str(ctx.request_id)
         try:
             async with source(ctx.request) as box:
-                result = await box.call(params.name, params.arguments)
+                result = await box.call(params.name, params.arguments, tool_call_id=call_id)
         except ToolError as exc:
             return types.CallToolResult(
                 content=[types.TextContent(type="text", text=exc.message)], is_error=True
@@ -92,7 +110,7 @@ def build_mcp_server(toolbox: Toolbox | ToolboxSource, *, name: str = "agentdb")
         name,
         version=version("agentdb"),
         title="agentdb",
-        instructions=INSTRUCTIONS,
+        instructions=READ_ONLY_INSTRUCTIONS if read_only else INSTRUCTIONS,
         on_list_tools=list_tools,
         on_call_tool=call_tool,
     )

@@ -2,7 +2,9 @@
 MCP) and as a dispatcher that validates an agent's arguments and runs the tool.
 
 A toolbox bound to a session (an agent holding a session token) fills in `session_id` itself
-and leaves it out of every schema: the agent never handles an id it could get wrong.
+and leaves it out of every schema: the agent never handles an id it could get wrong. A toolbox
+offers only the tools its token's mode may call, and each call says which tool made it (the
+SDK's agent context), so the audit log records it.
 """
 
 from __future__ import annotations
@@ -18,7 +20,15 @@ from pydantic import JsonValue, ValidationError
 from pydantic.json_schema import GenerateJsonSchema, JsonSchemaValue
 from pydantic_core import core_schema
 
-from agentdb.sdk import AgentDB, AgentDBError, ConflictError, ControlPlaneError, SqlError
+from agentdb.sdk import (
+    AgentContext,
+    AgentDB,
+    AgentDBError,
+    ConflictError,
+    ControlPlaneError,
+    SqlError,
+)
+from agentdb.wire import TokenMode
 
 from ._definitions import PLATFORM_TOOLS, TOOLS, PlatformTool, Tool
 
@@ -93,14 +103,25 @@ class Toolbox:
 
     `session_id` binds every call to that session and hides `session_id` from the schemas;
     without it, every session tool takes a required `session_id`, and the platform tools
-    (`create_session`, `list_sessions`) are offered too."""
+    (`create_session`, `list_sessions`) are offered too. `mode` is the mode of the client's
+    token (`scoped_toolbox` learns it): only the tools it may call are offered, a read-only
+    one's run_sql as the read-only query it is. User and admin tokens are `full`."""
 
-    def __init__(self, client: AgentDB, *, session_id: uuid.UUID | str | None = None) -> None:
+    def __init__(
+        self,
+        client: AgentDB,
+        *,
+        session_id: uuid.UUID | str | None = None,
+        mode: TokenMode | str = TokenMode.FULL,
+    ) -> None:
         self.client = client
         self.session_id = None if session_id is None else uuid.UUID(str(session_id))
+        self.mode = TokenMode(mode)
         bound = self.session_id is not None
-        offered: tuple[AnyTool, ...] = TOOLS if bound else (*PLATFORM_TOOLS, *TOOLS)
+        candidates: tuple[AnyTool, ...] = TOOLS if bound else (*PLATFORM_TOOLS, *TOOLS)
+        offered = [t for t in (c.for_mode(self.mode) for c in candidates) if t is not None]
         self._tools = {tool.name: tool for tool in offered}
+        self._withheld = {c.name for c in candidates} - set(self._tools)
         self._schemas = {tool.name: input_schema(tool, bound=bound) for tool in offered}
 
     @property
@@ -140,10 +161,24 @@ class Toolbox:
             for tool in self.tools
         ]
 
-    async def call(self, name: str, arguments: Mapping[str, Any] | str | None = None) -> JsonValue:
+    async def call(
+        self,
+        name: str,
+        arguments: Mapping[str, Any] | str | None = None,
+        *,
+        tool_call_id: str | None = None,
+        model: str | None = None,
+        prompt: str | None = None,
+    ) -> JsonValue:
         """Runs tool `name` with the agent's `arguments` (a dict, or the JSON text a model
-        produced) and returns its JSON result. Raises `ToolError` for an unknown tool, bad
-        arguments, or a call the API refused (with the API's explanation)."""
+        produced) and returns its JSON result. Raises `ToolError` for an unknown tool (or one
+        the token's mode may not call), bad arguments, or a call the API refused (with the
+        API's explanation).
+
+        The call's requests say what made them, for the audit log: the tool's name, and
+        `tool_call_id` (the model's id of this call, e.g. Anthropic's `tool_use` id), `model`
+        and `prompt` (the user's request behind it) when given; values not given are the
+        client's (`AgentDB.agent_context`)."""
         tool = self._tool(name)
         args = _decode(arguments)
         # Naming its own session is harmless; naming another one is a mistake worth telling.
@@ -159,12 +194,19 @@ class Toolbox:
         except ValidationError as exc:
             raise ToolError(_describe(exc, tool)) from None
         try:
-            if isinstance(tool, PlatformTool):
-                return await tool.handler(self.client, parsed)
-            session_id = self.session_id or parsed.session_id
-            if session_id is None:
-                raise ToolError("session_id: required (the id of the agent session to work on)")
-            return await tool.handler(self.client, session_id, parsed)
+            context = AgentContext(
+                tool=tool.name, tool_call_id=tool_call_id, model=model, prompt=prompt
+            )
+        except ValueError as exc:
+            raise ToolError(str(exc)) from None
+        try:
+            with self.client.agent_context(**context.fields()):
+                if isinstance(tool, PlatformTool):
+                    return await tool.handler(self.client, parsed)
+                session_id = self.session_id or parsed.session_id
+                if session_id is None:
+                    raise ToolError("session_id: required (the id of the agent session to work on)")
+                return await tool.handler(self.client, session_id, parsed)
         except AgentDBError as exc:
             raise ToolError(_explain(exc), status=exc.status) from exc
         except httpx.HTTPError as exc:
@@ -172,9 +214,15 @@ class Toolbox:
 
     def _tool(self, name: str) -> AnyTool:
         tool = self._tools.get(name)
-        if tool is None:
-            raise ToolError(f"unknown tool {name!r}; the tools are: {', '.join(self._tools)}")
-        return tool
+        if tool is not None:
+            return tool
+        known = ", ".join(self._tools)
+        if name in self._withheld:
+            raise ToolError(
+                f"{name}: this connection's token is {self.mode.value} and may not call it; "
+                f"the tools are: {known}"
+            )
+        raise ToolError(f"unknown tool {name!r}; the tools are: {known}")
 
 
 def _decode(arguments: Mapping[str, Any] | str | None) -> dict[str, Any]:

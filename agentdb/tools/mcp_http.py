@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from urllib.parse import unquote
 
 import httpx
 from litestar import asgi
@@ -14,7 +15,8 @@ from litestar.handlers import ASGIRouteHandler
 from litestar.types import ASGIApp, Receive, Scope, Send
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 
-from agentdb.sdk import AgentDB
+from agentdb.sdk import AgentContext, AgentDB
+from agentdb.wire import AGENT_CONTEXT_HEADERS, TokenMode
 
 from ._mcp import build_mcp_server, scoped_toolbox
 from ._toolbox import Toolbox, ToolError
@@ -26,7 +28,9 @@ INTERNAL_URL = "http://agentdb"
 class McpHttp:
     """The MCP server over streamable HTTP, for mounting in the API app (`route`), stateless
     and answering JSON: every request carries its caller's bearer token, and the tools act
-    with it through an SDK client of `api`, so they pass the API's own authorization.
+    with it through an SDK client of `api`, so they pass the API's own authorization. A
+    request's `X-Agent-Model` and `X-Agent-Prompt` headers (an MCP client configured to send
+    them) go with its tool calls' requests, beside the tool and call id the server fills in.
 
     `running()` must be entered around serving (it owns the MCP SDK's task group)."""
 
@@ -54,7 +58,11 @@ class McpHttp:
         async def mcp_endpoint(scope: Scope, receive: Receive, send: Send) -> None:
             await self(scope, receive, send)
 
-        return asgi(self.path, is_mount=True, copy_scope=True)(mcp_endpoint)
+        # Open to every token mode: MCP speaks POST even to read, and each tool's own API
+        # request meets the token's mode there (a read-only token is offered reading tools).
+        return asgi(self.path, is_mount=True, copy_scope=True, opt={"mode": TokenMode.READ_ONLY})(
+            mcp_endpoint
+        )
 
     @asynccontextmanager
     async def _toolbox_for(self, request: object) -> AsyncIterator[Toolbox]:
@@ -62,8 +70,25 @@ class McpHttp:
         if token is None:
             raise ToolError("send 'Authorization: Bearer <token>' (an agentdb token)")
         transport = httpx.ASGITransport(app=self._api)  # type: ignore[arg-type]
-        async with AgentDB.connect(INTERNAL_URL, token, transport=transport) as client:
+        context = _agent_context(request)
+        async with AgentDB.connect(
+            INTERNAL_URL, token, transport=transport, agent_context=context
+        ) as client:
             yield await scoped_toolbox(client, token)
+
+
+def _agent_context(request: object) -> AgentContext:
+    """The model and prompt the MCP client sent as headers (percent-encoded UTF-8)."""
+    headers = getattr(request, "headers", None)
+    found: dict[str, str] = {}
+    for key in ("model", "prompt"):
+        value = headers.get(AGENT_CONTEXT_HEADERS[key]) if headers is not None else None
+        if isinstance(value, str) and value.strip():
+            found[key] = unquote(value.strip(), errors="replace")
+    try:
+        return AgentContext(**found)
+    except ValueError as exc:
+        raise ToolError(f"{AGENT_CONTEXT_HEADERS['model']} header: {exc}") from None
 
 
 def _bearer(request: object) -> str | None:

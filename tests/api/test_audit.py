@@ -158,3 +158,17 @@ async def test_bad_agent_context_and_code_ref_are_named(
         headers=tenant.session_token,
     )
     assert_problem(ref, 400, "code_ref")
+
+
+async def test_a_prompt_is_cleaned_not_refused(http: httpx.AsyncClient, tenant: Tenant) -> None:
+    answer = await http.post(
+        f"/v1/sessions/{tenant.session_id}/sql",
+        json={"sql": "select 1"},
+        headers=tenant.session_token
+        | {"X-Agent-Tool-Call-Id": "crlf", "X-Agent-Prompt": quote("line one\r\nline\ttwo\x07!")},
+    )
+    assert answer.status_code == 200, answer.text
+    found = [
+        e for e in await events(http, tenant) if e["agent_context"].get("tool_call_id") == "crlf"
+    ]
+    assert found[0]["agent_context"]["prompt"] == "line one\nline two !"

@@ -365,6 +365,67 @@ def test_pins_usage_and_tier_changes(
     assert doc("users", "tier", user["id"], "pro", env=admin)["status"] == "finished"
 
 
+def test_token_modes_and_code_refs(
+    admin: dict[str, str], agent: dict[str, str], session: dict[str, Any]
+) -> None:
+    sid = session["id"]
+    issued, bad_mode, first = run_all(
+        (("sessions", "token", sid, "--mode", "read_only", "--name", "reader", "--json"), admin),
+        (("sessions", "token", sid, "--mode", "everything"), admin),
+        (
+            (
+                "checkpoints",
+                "create",
+                sid,
+                "--label",
+                "code v1",
+                "--code-ref",
+                "git:c0de1",
+                "--json",
+            ),
+            agent,
+        ),
+    )
+    line = assert_one_line_error(bad_mode)
+    assert bad_mode.returncode == 2, line
+    assert "--mode" in line
+    assert bad_mode.stdout == ""
+    reader = json_of(issued)
+    assert (reader["mode"], reader["name"]) == ("read_only", "reader")
+    as_reader = {**admin, "AGENTDB_TOKEN": reader["token"]}
+    checkpoint = json_of(first)
+    assert checkpoint["code_ref"] == "git:c0de1"
+
+    write, checkpointed, listed, shown, second = run_all(
+        (("sql", sid, "create table nope (n int)"), as_reader),
+        (("checkpoints", "create", sid), as_reader),
+        (("tokens", "ls", "--session", sid), admin),
+        (("tokens", "show", reader["id"]), admin),
+        (("checkpoints", "create", sid, "--code-ref", "git:c0de2", "--json"), agent),
+    )
+    assert write.returncode == 1
+    assert "read-only transaction" in assert_one_line_error(write)
+    assert checkpointed.returncode == 1
+    assert "read_only" in assert_one_line_error(checkpointed)
+    (row,) = [x for x in stdout_of(listed).splitlines() if x.startswith(reader["id"])]
+    assert row.split()[1:3] == ["session", "read_only"]
+    assert ["mode", "read_only"] in [x.split() for x in stdout_of(shown).splitlines()]
+    assert json_of(second)["code_ref"] == "git:c0de2"
+
+    restored = doc("checkpoints", "restore", sid, checkpoint["id"], env=agent)
+    assert restored["restored_code_ref"] == "git:c0de1"
+    table, tree = run_all(
+        (("checkpoints", "restore", sid, checkpoint["id"]), agent),
+        (("checkpoints", "ls", sid), agent),
+    )
+    title = stdout_of(table).splitlines()[0]
+    assert title == f"restored to checkpoint {checkpoint['id']} (code_ref git:c0de1)"
+    assert any(
+        checkpoint["id"] in x and "git:c0de1" in x and "HEAD" in x
+        for x in stdout_of(tree).splitlines()
+    )
+
+
 def test_previews_branches_and_removal(
     admin: dict[str, str], user: dict[str, Any], session: dict[str, Any], history: dict[str, Any]
 ) -> None:

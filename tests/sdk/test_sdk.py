@@ -248,3 +248,59 @@ def test_a_429_is_a_too_many_requests_error_with_retry_after():
     error = error_from(response)
     assert isinstance(error, TooManyRequestsError)
     assert error.retry_after == 17
+
+
+async def test_agent_context_and_code_ref_reach_the_audit_log(db: AgentDB):
+    _, sid = await new_session(db)
+    prompt = "Ajoute une table « tâches » 📝 " + "x" * 600
+    with db.agent_context(model="claude-sonnet-4", prompt=prompt):
+        with db.agent_context(tool="create_checkpoint", tool_call_id="toolu_01"):
+            first = await db.create_checkpoint(sid, label="v1", code_ref="git:4f2a9c1")
+        await db.sql(sid, "create table t (n int)")
+    assert first.code_ref == "git:4f2a9c1"
+    await db.create_checkpoint(sid, label="v2", code_ref="git:77aa001")
+    restored = await db.restore_checkpoint(sid, first.id)
+    assert (restored.head_checkpoint_id, restored.restored_code_ref) == (first.id, "git:4f2a9c1")
+    tree = await db.list_checkpoints(sid)
+    assert [c.code_ref for c in tree.checkpoints] == [None, "git:4f2a9c1", "git:77aa001"]
+
+    events = await db.list_events(sid, limit=500)
+    created = [e for e in events if e.action == "checkpoint.create" and e.agent_context]
+    assert created
+    for event in created:
+        assert event.agent_context == {
+            "tool": "create_checkpoint",
+            "tool_call_id": "toolu_01",
+            "model": "claude-sonnet-4",
+            "prompt": prompt[:500],
+        }
+    (ran,) = [e for e in events if e.action == "sql.run"]
+    assert ran.agent_context == {"model": "claude-sonnet-4", "prompt": prompt[:500]}
+    assert all(not e.agent_context for e in events if e.action.startswith("checkpoint.restore"))
+
+
+async def test_session_token_modes_and_the_current_token(served: str):
+    async with AgentDB.connect(served, ADMIN_TOKEN) as admin:
+        _, sid = await new_session(admin)
+        reader = await admin.create_session_token(sid, name="reader", mode="read_only")
+        writer = await admin.create_session_token(sid)
+        listed = {t.name: t.mode for t in await admin.list_session_tokens(sid)}
+        with pytest.raises(InvalidRequestError) as bad:
+            await admin.create_session_token(sid, mode="everything")
+    assert (reader.mode, writer.mode) == ("read_only", "read_write")
+    assert listed == {"reader": "read_only", None: "read_write"}
+    assert bad.value.fields == ["mode"]
+    async with AgentDB.connect(served, reader.token) as agent:
+        own = await agent.current_token()
+        assert (own.id, own.mode, own.scope, str(own.session_id)) == (
+            reader.id,
+            "read_only",
+            "session",
+            sid,
+        )
+        assert (await agent.sql(sid, "select 1 as one")).rows == [[1]]
+        with pytest.raises(SqlError):
+            await agent.sql(sid, "create table nope (n int)")
+        with pytest.raises(AuthError, match="read_only") as refused:
+            await agent.create_checkpoint(sid)
+        assert refused.value.status == 403

@@ -217,3 +217,49 @@ def test_agentdb_mcp_refuses_to_start_without_a_working_token(served: Served):
         "mcp", "--url", "http://127.0.0.1:9", "--token", "adb_sess_x", env=clean_env()
     )
     assert "cannot reach agentdb at http://127.0.0.1:9" in assert_one_line_error(unreachable)
+
+
+async def test_http_offers_each_token_its_modes_tools_and_records_each_call(served: Served):
+    """Over /mcp, the server learns each token's mode (`GET /v1/tokens/current`): a read-only
+    token is offered the reading tools and cannot write; a read-write token's calls are events
+    carrying the tool, the MCP request's id and the model the MCP client sent as a header."""
+    sid, owner = served.alice.session_id, {"Authorization": f"Bearer {served.alice.user_token}"}
+    async with httpx.AsyncClient(base_url=served.url, headers=owner, timeout=60) as http:
+        issued = {
+            mode: (await http.post(f"/v1/sessions/{sid}/tokens", json=body)).json()
+            for mode, body in (
+                ("read_only", {"mode": "read_only"}),
+                ("read_write", {"name": "mcp-http-audit"}),
+            )
+        }
+    assert issued["read_only"]["mode"] == "read_only"
+
+    async with over_http(served.url, issued["read_only"]["token"]) as mcp:
+        tools = {t.name: t for t in (await mcp.list_tools()).tools}
+        assert "run_sql" in tools
+        assert not {"create_checkpoint", "restore_checkpoint", "create_branch"} & set(tools)
+        hints = tools["run_sql"].annotations
+        assert hints is not None
+        assert (hints.read_only_hint, hints.destructive_hint) == (True, False)
+        assert "read-only" in (tools["run_sql"].description or "")
+        assert "read-only" in await failure(mcp, "run_sql", sql="CREATE TABLE nope (n int)")
+        gone = await call(mcp, "run_sql", sql="SELECT to_regclass('nope') IS NULL AS gone")
+        assert gone["rows"] == [[True]]
+
+    model = {"X-Agent-Model": "claude-opus-4", "X-Agent-Prompt": "m%C3%A1s%20tablas"}
+    headers = {"Authorization": f"Bearer {issued['read_write']['token']}", **model}
+    async with (
+        httpx2.AsyncClient(headers=headers, timeout=120) as client,
+        Client(streamable_http_client(f"{served.url}/mcp", http_client=client)) as mcp,
+    ):
+        await call(mcp, "run_sql", sql="CREATE TABLE audited_over_http (n int)")
+        await call(mcp, "create_checkpoint", label="audited", code_ref="git:feed1")
+    async with httpx.AsyncClient(base_url=served.url, headers=owner, timeout=60) as http:
+        found = await http.get(f"/v1/sessions/{sid}/events", params={"limit": 500})
+    mine = [e for e in found.json()["events"] if e["token_name"] == "mcp-http-audit"]
+    tools_used = {e["agent_context"]["tool"] for e in mine}
+    assert tools_used == {"run_sql", "create_checkpoint"}
+    assert all(e["agent_context"]["tool_call_id"] for e in mine)
+    assert len({e["agent_context"]["tool_call_id"] for e in mine}) == 2
+    assert {e["agent_context"]["model"] for e in mine} == {"claude-opus-4"}
+    assert {e["agent_context"]["prompt"] for e in mine} == {"más tablas"}

@@ -140,6 +140,7 @@ async def test_every_tool_round_trips_through_the_dispatcher(api_app: Litestar, 
             "label": "notes table",
             "message": "created the notes table",
             "metadata": {"commit": "abc123"},
+            "code_ref": "git:abc123",
             "name": "experiment",
             "ttl_seconds": 600,
             "against": "HEAD",
@@ -158,6 +159,7 @@ async def test_every_tool_round_trips_through_the_dispatcher(api_app: Litestar, 
         one = await call("create_checkpoint")
         assert one["label"] == "notes table"
         assert one["metadata"] == {"commit": "abc123"}
+        assert one["code_ref"] == "git:abc123"
         values["checkpoint_id"] = one["id"]
 
         inserted = await call("run_sql", sql="INSERT INTO notes VALUES ($1, $2)", params=[2, "two"])
@@ -189,6 +191,7 @@ async def test_every_tool_round_trips_through_the_dispatcher(api_app: Litestar, 
 
         restored = await call("restore_checkpoint")
         assert restored["head_checkpoint_id"] == one["id"]
+        assert restored["restored_code_ref"] == "git:abc123"
         after = await call("run_sql", sql="SELECT n, body FROM notes ORDER BY n", params=None)
         assert after["rows"] == [[1, "one"]]
         session = await call("get_session")
