@@ -344,6 +344,9 @@ def mode_guard(connection: AnyConnection, handler: BaseRouteHandler) -> None:
     principal = connection.scope.get("user")
     if not isinstance(principal, Principal) or principal.scope != TokenScope.SESSION:
         return
+    named = connection.path_params.get("session_id")
+    if named is not None and str(named).lower() != str(principal.session_id):
+        return  # not its session: `session_guard` answers 404, as for no session
     method = connection.scope.get("method", "GET")
     default = TokenMode.READ_ONLY if method in {"GET", "HEAD"} else TokenMode.READ_WRITE
     needed = TokenMode(handler.opt.get("mode", default))

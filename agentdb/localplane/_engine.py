@@ -49,6 +49,8 @@ _IN_USE_PAUSE_S = 0.02
 _TERMINATE_DEADLINE_S = 10.0
 # Sources up to this size are copied with STRATEGY WAL_LOG (module docstring).
 _WAL_LOG_MAX_BYTES = 64 * 2**20
+#: Databases prepared at once when a plane starts (`_prepare_cluster`).
+_PREPARE_CONCURRENCY = 4
 # A snapshot reads at most this much WAL to learn that its source is unchanged (else it copies).
 _WAL_INSPECT_MAX_BYTES = 64 * 2**20
 # Databases renamed here wait for the background drop.
@@ -227,6 +229,11 @@ class Engine:
                         )
                     )
 
+    async def _exists(self, physical: str) -> bool:
+        async with self._conn() as conn:
+            cur = await conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (physical,))
+            return await cur.fetchone() is not None
+
     async def _prepare_cluster(self) -> None:
         async with self._conn() as conn:
             # Every database is closed to PUBLIC; projects get CONNECT through their group role.
@@ -238,9 +245,23 @@ class Engine:
                 "SELECT datname FROM pg_database WHERE datallowconn ORDER BY datname"
             )
             databases = [str(row[0]) for row in await cur.fetchall()]
-        # New databases copy template1's catalog; the ones made before get the same here.
-        for name in databases:
-            await self.hide_other_tenants(name)
+        # New databases copy template1's catalog; the ones made before get the same here, a
+        # few at a time (a cluster of many sessions has many databases). One dropped meanwhile
+        # (a project deleted by the plane's jobs of another process) needs nothing.
+        gate = asyncio.Semaphore(_PREPARE_CONCURRENCY)
+
+        async def hide(name: str) -> None:
+            async with gate:
+                try:
+                    await self.hide_other_tenants(name)
+                except psycopg.OperationalError as error:
+                    if await self._exists(name):
+                        raise
+                    log.info("localplane.database_gone", database=name, error=type(error).__name__)
+
+        async with asyncio.TaskGroup() as group:
+            for name in databases:
+                group.create_task(hide(name))
         filesystem, self.clone_supported = await self._probe_clone()
         async with self._conn() as conn:
             try:

@@ -219,7 +219,7 @@ async def test_check_constraints_match_the_models_and_their_enums(empty_dsn: str
         for column in table.columns
         if isinstance(column.type, EnumText)
     ]
-    assert len(enum_columns) == 11
+    assert len(enum_columns) == 12
     for table, column, enum in enum_columns:
         definition = in_database[f"ck_{table}_{column}"]
         assert re.findall(r"'([^']*)'::text", definition) == [member.value for member in enum]
